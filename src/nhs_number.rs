@@ -1,0 +1,1 @@
+//! NHS Number (Modulus 11). Filled in with the FHIR work.
