@@ -1,1 +1,494 @@
-//! (in progress)
+//! Configuration: the TOML schema, defaults, and validation with field-named errors.
+//!
+//! Two stages, like ripgrep's low/high args: serde parses the file into [`Config`] with
+//! `deny_unknown_fields` everywhere (so a misspelt key is an error, not a silently ignored
+//! setting), then [`Config::validate`] checks meaning (ids unique, devices point at patients,
+//! driver names exist, NHS Numbers pass Modulus 11, ...) and collects every problem at once.
+//! A config with any problem is refused whole; the daemon keeps running on the one it had.
+//!
+//! Every message names the file, the key and the reason, e.g.
+//! `vitalgate.toml: device[1].patient = "p9": no [[patient]] has id "p9"`.
+//!
+//! `config/vitalgate.toml` is the annotated reference; `config/demo.toml` is embedded in the
+//! binary for `vitalgate demo`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::drivers::sim::Scenario;
+
+/// The default config path of `vitalgate run`.
+pub const DEFAULT_PATH: &str = "/etc/vitalgate/vitalgate.toml";
+
+/// The demo config, embedded so `vitalgate demo` needs no files.
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default, rename = "patient")]
+    pub patients: Vec<PatientConfig>,
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// Where the gateway runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Gateway id; defaults to the uplink client certificate's CN. Required without an uplink.
+    pub id: Option<String>,
+    /// `residential` (home hub) or `clinical` (ward): the FHIR recording setting.
+    pub setting: Setting,
+    /// Directory for the outbox, status snapshot and audit log (created 0700).
+    pub state_dir: PathBuf,
+    /// Directories searched for device profiles (`devices/*.toml`), in order.
+    pub devices_dirs: Vec<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            id: None,
+            setting: Setting::Residential,
+            state_dir: PathBuf::from("/var/lib/vitalgate"),
+            devices_dirs: vec![
+                PathBuf::from("/etc/vitalgate/devices"),
+                PathBuf::from("/usr/share/vitalgate/devices"),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    Residential,
+    Clinical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Outbox database; relative paths are under `gateway.state_dir`.
+    pub path: PathBuf,
+    /// Master key file, used when the systemd credential `vitalgate.key` is absent.
+    pub key_file: PathBuf,
+    /// Delivered rows are kept this long (for audit and re-send on request), then purged.
+    pub retention_days: u32,
+    /// Undelivered rows the outbox is sized for; a technical alarm fires at 80 %. Readings
+    /// are never dropped when it is reached.
+    pub capacity: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("outbox.db"),
+            key_file: PathBuf::from("/etc/vitalgate/master.key"),
+            retention_days: 7,
+            capacity: 2_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Group commit: the longest a received reading waits for companions before its
+    /// transaction starts. Readings arriving together share one transaction.
+    pub max_batch_wait_ms: u64,
+    /// Group commit: most readings in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch_wait_ms: 50,
+            max_batch: 2000,
+        }
+    }
+}
+
+/// A patient monitored by this gateway.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientConfig {
+    /// Pseudonymous id used in logs, alerts and status (never the NHS Number).
+    pub id: String,
+    /// NHS Number (10 digits, Modulus 11). Goes into FHIR `subject`; redacted everywhere else.
+    #[serde(default)]
+    pub nhs_number: Option<String>,
+    /// NEWS2 SpO2 scale: 1 (default) or 2. Scale 2 is a clinician's decision for hypercapnic
+    /// respiratory failure, never inferred.
+    #[serde(default = "default_scale")]
+    pub spo2_scale: u8,
+    /// The patient is on supplemental oxygen (NEWS2 "air or oxygen"), unless an
+    /// `inspired_oxygen` reading says otherwise.
+    #[serde(default)]
+    pub on_oxygen: bool,
+}
+
+fn default_scale() -> u8 {
+    1
+}
+
+impl fmt::Debug for PatientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatientConfig")
+            .field("id", &self.id)
+            .field("nhs_number", &self.nhs_number.as_deref().map(redact_nhs_number))
+            .field("spo2_scale", &self.spo2_scale)
+            .field("on_oxygen", &self.on_oxygen)
+            .finish()
+    }
+}
+
+/// A device attached to the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Unique, stable id (goes into FHIR `Observation.device`).
+    pub id: String,
+    /// The `[[patient]]` whose readings these are.
+    pub patient: String,
+    /// Driver name (`sim`, `jsonl`, `nonin-fmt2`, ...) or a device profile name from `devices/`.
+    pub driver: String,
+    /// Human-readable name for status and FHIR `device.display`.
+    #[serde(default)]
+    pub display: Option<String>,
+    /// Byte-stream drivers: a file, FIFO, or serial device (prefer `/dev/serial/by-id/...`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Serial ports: baud rate (defaults from the device profile).
+    #[serde(default)]
+    pub baud: Option<u32>,
+    /// A device silent for longer than this raises a technical alarm.
+    #[serde(default)]
+    pub expected_interval_s: Option<u64>,
+    /// `sim` only: the simulated patient's course.
+    #[serde(default)]
+    pub scenario: Option<Scenario>,
+    /// `sim` only: time between readings.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// `sim` only: random seed, for repeatable runs.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `device[1].patient`.
+    pub key: String,
+    pub message: String,
+}
+
+/// A config refused whole, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{file}: {}", p.message)?;
+            } else {
+                write!(f, "{file}: {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `file` is used in messages only.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let refuse = |key: String, message: String| ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem { key, message }],
+        };
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            // toml's message carries the line and a caret under the offending text.
+            let message = e.into_inner().to_string().trim().replace('\n', "\n    ");
+            refuse(key, message)
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// The demo config (embedded), with its state under `state_dir`.
+    pub fn demo(state_dir: &Path) -> Result<Config, ConfigError> {
+        let mut c = Config::parse(DEMO_TOML, Path::new("<embedded demo.toml>"))?;
+        c.gateway.state_dir = state_dir.to_path_buf();
+        c.store.key_file = state_dir.join("master.key");
+        Ok(c)
+    }
+
+    /// Semantic checks; every problem, not just the first.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+
+        if let Some(id) = &self.gateway.id {
+            if !valid_id(id) {
+                problem("gateway.id".into(), format!("{id:?}: use 1-64 of A-Z a-z 0-9 - _ . (it becomes an MQTT topic level)"));
+            }
+        }
+        if self.store.retention_days == 0 {
+            problem("store.retention_days".into(), "must be at least 1 (delivered readings are kept this long)".into());
+        }
+        if self.store.capacity < 1000 {
+            problem("store.capacity".into(), format!("{} is too small; at least 1000 undelivered readings", self.store.capacity));
+        }
+        if !(1..=10_000).contains(&self.ingest.max_batch_wait_ms) {
+            problem("ingest.max_batch_wait_ms".into(), format!("{} is outside 1..=10000 ms", self.ingest.max_batch_wait_ms));
+        }
+        if !(1..=100_000).contains(&self.ingest.max_batch) {
+            problem("ingest.max_batch".into(), format!("{} is outside 1..=100000", self.ingest.max_batch));
+        }
+
+        let mut patient_ids = HashSet::new();
+        for (i, p) in self.patients.iter().enumerate() {
+            let key = |k: &str| format!("patient[{i}].{k}");
+            if !valid_id(&p.id) {
+                problem(key("id"), format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", p.id));
+            }
+            if !patient_ids.insert(p.id.as_str()) {
+                problem(key("id"), format!("{:?} is used by another patient", p.id));
+            }
+            if let Some(n) = &p.nhs_number {
+                if let Err(why) = crate::nhs_number::NhsNumber::parse(n) {
+                    problem(key("nhs_number"), format!("{} is not a valid NHS Number: {why}", redact_nhs_number(n)));
+                }
+            }
+            if !matches!(p.spo2_scale, 1 | 2) {
+                problem(key("spo2_scale"), format!("{} is not a NEWS2 SpO2 scale; use 1 or 2", p.spo2_scale));
+            }
+        }
+
+        let mut device_ids = HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |k: &str| format!("device[{i}].{k}");
+            if !valid_id(&d.id) {
+                problem(key("id"), format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", d.id));
+            }
+            if !device_ids.insert(d.id.as_str()) {
+                problem(key("id"), format!("{:?} is used by another device", d.id));
+            }
+            if !patient_ids.contains(d.patient.as_str()) {
+                problem(key("patient"), format!("{:?}: no [[patient]] has this id", d.patient));
+            }
+            let is_sim = d.driver == "sim";
+            if !is_sim && crate::drivers::find(&d.driver).is_none() && !self.profile_exists(&d.driver) {
+                let mut names: Vec<&str> = crate::drivers::registry().iter().map(|x| x.name).collect();
+                names.insert(0, "sim");
+                problem(
+                    key("driver"),
+                    format!("{:?} is neither a built-in driver ({}) nor a profile in {}", d.driver, names.join(", "), self.devices_dirs_display()),
+                );
+            }
+            if is_sim {
+                if d.path.is_some() {
+                    problem(key("path"), "the sim driver reads no file; remove `path`".into());
+                }
+                if d.interval_ms == Some(0) {
+                    problem(key("interval_ms"), "must be at least 1".into());
+                }
+            } else {
+                for (set, name) in [(d.scenario.is_some(), "scenario"), (d.interval_ms.is_some(), "interval_ms"), (d.seed.is_some(), "seed")] {
+                    if set {
+                        problem(key(name), format!("only the sim driver takes `{name}`"));
+                    }
+                }
+                if d.path.is_none() {
+                    problem(key("path"), format!("driver {:?} needs `path` (a serial device, file or FIFO)", d.driver));
+                }
+            }
+            if d.expected_interval_s == Some(0) {
+                problem(key("expected_interval_s"), "must be at least 1 second".into());
+            }
+        }
+        out
+    }
+
+    fn profile_exists(&self, name: &str) -> bool {
+        self.gateway
+            .devices_dirs
+            .iter()
+            .any(|dir| dir.join(format!("{name}.toml")).is_file())
+    }
+
+    fn devices_dirs_display(&self) -> String {
+        let dirs: Vec<String> = self.gateway.devices_dirs.iter().map(|d| d.display().to_string()).collect();
+        dirs.join(", ")
+    }
+
+    /// The outbox path, resolved against `gateway.state_dir`.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.gateway.state_dir.join(&self.store.path)
+    }
+
+    pub fn patient(&self, id: &str) -> Option<&PatientConfig> {
+        self.patients.iter().find(|p| p.id == id)
+    }
+
+    /// The effective config as TOML with identifiers redacted (`check-config`).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for p in &mut shown.patients {
+            p.nhs_number = p.nhs_number.as_deref().map(redact_nhs_number);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Shows only the last four digits of an NHS Number, for logs and printed config.
+pub fn redact_nhs_number(n: &str) -> String {
+    let digits: String = n.chars().filter(|c| c.is_ascii_digit()).collect();
+    let tail = &digits[digits.len().saturating_sub(4)..];
+    format!("***-***-{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        [[patient]]
+        id = "p1"
+        [[device]]
+        id = "sim1"
+        patient = "p1"
+        driver = "sim"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.ingest.max_batch_wait_ms, 50);
+        assert_eq!(c.store.retention_days, 7);
+        assert_eq!(c.patients[0].spo2_scale, 1);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_file_and_key() {
+        let e = parse("[store]\nretention_dayz = 3\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: store"), "{e}");
+        assert!(e.contains("unknown field `retention_dayz`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_key_path() {
+        let e = parse(&format!("{MINIMAL}\nbaud = \"fast\"\n")).unwrap_err().to_string();
+        assert!(e.contains("device[0].baud"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn device_pointing_at_unknown_patient_is_refused() {
+        let e = parse(&MINIMAL.replace("patient = \"p1\"", "patient = \"p9\"")).unwrap_err().to_string();
+        assert_eq!(e, "test.toml: device[0].patient: \"p9\": no [[patient]] has this id");
+    }
+
+    #[test]
+    fn unknown_driver_lists_the_known_ones() {
+        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"nonin-fmt99\"\npath = \"/dev/null\"")).unwrap_err().to_string();
+        assert!(e.contains("device[0].driver") && e.contains("jsonl"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [store]
+            retention_days = 0
+            [[patient]]
+            id = "p1"
+            spo2_scale = 3
+        "#;
+        let e = parse(text).unwrap_err();
+        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["store.retention_days", "patient[0].spo2_scale"]);
+    }
+
+    #[test]
+    fn invalid_nhs_number_is_refused_and_redacted_in_the_message() {
+        let e = parse("[[patient]]\nid = \"p1\"\nnhs_number = \"9434765918\"\n").unwrap_err().to_string();
+        assert!(e.contains("patient[0].nhs_number"), "{e}");
+        assert!(!e.contains("9434765918"), "NHS Number printed in clear: {e}");
+    }
+
+    #[test]
+    fn sim_only_keys_are_refused_for_other_drivers() {
+        let text = MINIMAL.replace("driver = \"sim\"", "driver = \"jsonl\"\npath = \"/tmp/x\"\nscenario = \"stable\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("device[0].scenario: only the sim driver"), "{e}");
+    }
+
+    #[test]
+    fn redacted_config_hides_nhs_numbers() {
+        let c = parse("[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n").unwrap();
+        let shown = c.redacted_toml();
+        assert!(shown.contains("***-***-5919") && !shown.contains("9434765919"), "{shown}");
+        assert!(!format!("{c:?}").contains("9434765919"));
+    }
+
+    #[test]
+    fn embedded_demo_config_is_valid() {
+        Config::demo(Path::new("/tmp/vg-demo")).unwrap();
+    }
+
+    #[test]
+    fn annotated_reference_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vitalgate.toml");
+        Config::load(&path).unwrap();
+    }
+}
