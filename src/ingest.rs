@@ -1,1 +1,419 @@
-//! (in progress)
+//! Ingest: the only writer of readings. Validates, stamps, and commits with group commit.
+//!
+//! Device tasks hand frames (the readings one device sent together) to an [`IngestHandle`].
+//! One writer thread owns the outbox's write connection and commits whatever has arrived in
+//! one transaction: while a commit's fsync runs, new frames queue up and go into the next, so
+//! batches grow with load and an idle gateway commits a lone reading at once. A batch closes
+//! when the queue is empty, at `max_batch` readings, or when its first reading has waited
+//! `max_batch_wait` (the worst-case wait before a reading's transaction starts).
+//!
+//! A reading is "received" only once its transaction is committed: [`IngestHandle::submit_and_wait`]
+//! returns its row ids then, and the writer logs each committed id range (`committed` event).
+//!
+//! A failed commit (disk full, I/O error) loses nothing: the batch stays in memory and is
+//! retried with backoff while the bounded queue pushes back on the devices.
+//! Invalid readings (implausible values, wrong units) are rejected here, counted and logged
+//! (rate-limited), never stored as valid.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::reading::{Metric, Reading};
+use crate::store::outbox::DeviceStateUpdate;
+use crate::store::{Outbox, ReadingRecord, Record, StoreError};
+
+/// Frames waiting for the writer. Bounded: a slow disk pushes back on the devices instead of
+/// growing memory without limit.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// One frame from one device.
+#[derive(Debug)]
+pub struct Frame {
+    pub device_id: Arc<str>,
+    pub patient_id: Arc<str>,
+    pub nhs_number: Option<Arc<str>>,
+    pub readings: Vec<Reading>,
+    pub received_at: OffsetDateTime,
+    pub clock_synced: bool,
+    /// Device state to commit with this frame's readings (e.g. the file offset after it).
+    pub cursor: Option<(String, String)>,
+    /// Told the row ids once committed (or why not).
+    pub done: Option<oneshot::Sender<Result<Vec<i64>, String>>>,
+}
+
+/// Counters for status and tests; updated by the writer.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub frames_received: AtomicU64,
+    pub readings_committed: AtomicU64,
+    pub readings_rejected: AtomicU64,
+    pub transactions: AtomicU64,
+    pub commit_failures: AtomicU64,
+}
+
+impl IngestCounters {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "frames_received": self.frames_received.load(Ordering::Relaxed),
+            "readings_committed": self.readings_committed.load(Ordering::Relaxed),
+            "readings_rejected": self.readings_rejected.load(Ordering::Relaxed),
+            "transactions": self.transactions.load(Ordering::Relaxed),
+            "commit_failures": self.commit_failures.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A rejected reading, as reported to the `on_reject` hook (technical alarms).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub device_id: Arc<str>,
+    pub patient_id: Arc<str>,
+    pub metric: Metric,
+    pub reason: String,
+    pub at: OffsetDateTime,
+}
+
+/// How the writer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommit {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            max_batch: 2000,
+            max_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Extra work done inside each commit's transaction, before it is sealed: the alert engine
+/// plugs in here so alert events commit atomically with the readings that caused them.
+pub trait CommitHook: Send + 'static {
+    /// Called with the accepted readings of a batch (in order); returns extra records to
+    /// append in the same transaction (alert events, derived scores).
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> Vec<Record>;
+    /// Called for each rejected reading.
+    fn on_reject(&mut self, _rejection: &Rejection) -> Vec<Record> {
+        Vec::new()
+    }
+}
+
+/// No extra work.
+pub struct NoHook;
+impl CommitHook for NoHook {
+    fn on_batch(&mut self, _accepted: &[Record], _now: OffsetDateTime) -> Vec<Record> {
+        Vec::new()
+    }
+}
+
+/// The device tasks' way in. Cheap to clone. When every handle is dropped, the writer
+/// commits what it holds and stops.
+#[derive(Clone)]
+pub struct IngestHandle {
+    tx: mpsc::Sender<Frame>,
+    pub counters: Arc<IngestCounters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest has stopped; the reading was not stored")]
+    Closed,
+    #[error("commit failed: {0}")]
+    Commit(String),
+}
+
+impl IngestHandle {
+    /// Queues a frame; returns once queued (waits if the queue is full).
+    pub async fn submit(&self, mut frame: Frame) -> Result<(), IngestError> {
+        frame.done = None;
+        self.tx.send(frame).await.map_err(|_| IngestError::Closed)
+    }
+
+    /// Queues a frame and waits until it is committed; returns its row ids.
+    pub async fn submit_and_wait(&self, mut frame: Frame) -> Result<Vec<i64>, IngestError> {
+        let (tx, rx) = oneshot::channel();
+        frame.done = Some(tx);
+        self.tx.send(frame).await.map_err(|_| IngestError::Closed)?;
+        rx.await.map_err(|_| IngestError::Closed)?.map_err(IngestError::Commit)
+    }
+}
+
+/// Starts the writer thread. It runs until every [`IngestHandle`] is dropped, then commits
+/// what it holds and returns the outbox (so shutdown can close it cleanly).
+pub fn start(
+    outbox: Outbox,
+    policy: GroupCommit,
+    committed: Arc<Notify>,
+    hook: Box<dyn CommitHook>,
+) -> std::io::Result<(IngestHandle, std::thread::JoinHandle<Outbox>)> {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let counters = Arc::new(IngestCounters::default());
+    let writer = Writer {
+        outbox,
+        rx,
+        policy,
+        committed,
+        hook,
+        counters: counters.clone(),
+        rejected_logged: RateLimit::new(Duration::from_secs(10)),
+    };
+    let join = std::thread::Builder::new()
+        .name("ingest-writer".into())
+        .spawn(move || writer.run())?;
+    Ok((IngestHandle { tx, counters }, join))
+}
+
+struct Writer {
+    outbox: Outbox,
+    rx: mpsc::Receiver<Frame>,
+    policy: GroupCommit,
+    committed: Arc<Notify>,
+    hook: Box<dyn CommitHook>,
+    counters: Arc<IngestCounters>,
+    rejected_logged: RateLimit,
+}
+
+impl Writer {
+    fn run(mut self) -> Outbox {
+        while let Some(first) = self.rx.blocking_recv() {
+            let started = Instant::now();
+            let mut batch = vec![first];
+            let mut readings = batch[0].readings.len();
+            while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
+                match self.rx.try_recv() {
+                    Ok(frame) => {
+                        readings += frame.readings.len();
+                        batch.push(frame);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+        self.outbox
+    }
+
+    fn commit(&mut self, batch: Vec<Frame>) {
+        let now = OffsetDateTime::now_utc();
+        self.counters.frames_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut records = Vec::with_capacity(batch.len());
+        let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
+        let mut extra = Vec::new();
+        for (i, frame) in batch.iter().enumerate() {
+            let mut accepted = Vec::with_capacity(frame.readings.len());
+            for r in &frame.readings {
+                match r.validate() {
+                    Ok(()) => accepted.push(r.clone()),
+                    Err(why) => {
+                        self.counters.readings_rejected.fetch_add(1, Ordering::Relaxed);
+                        if self.rejected_logged.allow() {
+                            tracing::warn!(device = %frame.device_id, metric = %r.metric, reason = %why, "reading rejected");
+                        }
+                        extra.extend(self.hook.on_reject(&Rejection {
+                            device_id: frame.device_id.clone(),
+                            patient_id: frame.patient_id.clone(),
+                            metric: r.metric,
+                            reason: why.to_string(),
+                            at: now,
+                        }));
+                    }
+                }
+            }
+            for group in observation_groups(accepted) {
+                records.push(Record::Reading(ReadingRecord {
+                    device_id: frame.device_id.to_string(),
+                    patient_id: frame.patient_id.to_string(),
+                    nhs_number: frame.nhs_number.as_deref().map(str::to_string),
+                    received_at: frame.received_at,
+                    clock_synced: frame.clock_synced,
+                    readings: group,
+                }));
+                owners.push(i);
+            }
+        }
+        let n_readings = records.len();
+        extra.extend(self.hook.on_batch(&records, now));
+        records.extend(extra);
+        if records.is_empty() && batch.iter().all(|f| f.cursor.is_none()) {
+            for frame in batch {
+                if let Some(done) = frame.done {
+                    let _ = done.send(Ok(Vec::new()));
+                }
+            }
+            return;
+        }
+
+        // Cursors commit with the readings; the last one per device and key wins.
+        let state: Vec<DeviceStateUpdate> = batch
+            .iter()
+            .filter_map(|f| {
+                f.cursor.as_ref().map(|(key, value)| DeviceStateUpdate {
+                    device_id: f.device_id.to_string(),
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        let ids = self.append_with_retry(&records, &state, now);
+        let Some(ids) = ids else {
+            // Only reached when the outbox is unusable for good (see append_with_retry).
+            for frame in batch {
+                if let Some(done) = frame.done {
+                    let _ = done.send(Err("the outbox cannot be written".into()));
+                }
+            }
+            return;
+        };
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        let committed_readings: usize = records[..n_readings]
+            .iter()
+            .map(|r| match r {
+                Record::Reading(r) => r.readings.len(),
+                _ => 0,
+            })
+            .sum();
+        self.counters.readings_committed.fetch_add(committed_readings as u64, Ordering::Relaxed);
+        if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
+            tracing::debug!(first_id = first, last_id = last, rows = ids.len(), "committed");
+            self.committed.notify_one();
+        }
+
+        let mut per_frame: Vec<Vec<i64>> = vec![Vec::new(); batch.len()];
+        for (id, owner) in ids.iter().zip(&owners) {
+            per_frame[*owner].push(*id);
+        }
+        for (frame, ids) in batch.into_iter().zip(per_frame) {
+            if let Some(done) = frame.done {
+                let _ = done.send(Ok(ids));
+            }
+        }
+    }
+
+    /// Appends, retrying with backoff on failure. Gives up (returning `None`) only after the
+    /// channel has closed (shutdown) and a last attempt failed, logging what was lost.
+    fn append_with_retry(&mut self, records: &[Record], state: &[DeviceStateUpdate], now: OffsetDateTime) -> Option<Vec<i64>> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.outbox.append_with_state(records, state, now) {
+                Ok(ids) => return Some(ids),
+                Err(e) => {
+                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    let disk_full = matches!(&e, StoreError::Sqlite { source, .. } if is_disk_full(source));
+                    tracing::error!(
+                        error = %e,
+                        rows = records.len(),
+                        disk_full,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "commit failed; keeping the batch in memory and retrying (devices are held back meanwhile)"
+                    );
+                    if self.rx.is_closed() && delay >= Duration::from_secs(5) {
+                        tracing::error!(rows = records.len(), "shutting down with an uncommitted batch: these readings were NOT stored");
+                        return None;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// Splits one frame's accepted readings into the groups that become one row (and one FHIR
+/// Observation) each: a blood-pressure set (systolic, diastolic, mean with the same device
+/// time) together, everything else alone.
+pub fn observation_groups(readings: Vec<Reading>) -> Vec<Vec<Reading>> {
+    let is_bp = |m: Metric| matches!(m, Metric::SystolicBp | Metric::DiastolicBp | Metric::MeanBp);
+    let mut groups: Vec<Vec<Reading>> = Vec::new();
+    let mut bp: Vec<Vec<Reading>> = Vec::new();
+    for r in readings {
+        if is_bp(r.metric) {
+            if let Some(g) = bp
+                .iter_mut()
+                .find(|g| g[0].device_time == r.device_time && !g.iter().any(|x| x.metric == r.metric))
+            {
+                g.push(r);
+            } else {
+                bp.push(vec![r]);
+            }
+        } else {
+            groups.push(vec![r]);
+        }
+    }
+    groups.extend(bp);
+    groups
+}
+
+/// Allows one event per period (log rate limiting).
+pub struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    pub fn new(period: Duration) -> Self {
+        RateLimit { period, last: None }
+    }
+
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.period => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::Decimal;
+
+    #[test]
+    fn blood_pressure_set_becomes_one_group() {
+        let t = time::macros::datetime!(2026-11-23 10:00 UTC);
+        let groups = observation_groups(vec![
+            Reading::canonical(Metric::SystolicBp, Decimal::int(120)).at(t),
+            Reading::canonical(Metric::DiastolicBp, Decimal::int(80)).at(t),
+            Reading::canonical(Metric::PulseRate, Decimal::int(70)).at(t),
+            Reading::canonical(Metric::MeanBp, Decimal::int(93)).at(t),
+        ]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0][0].metric, Metric::PulseRate);
+        assert_eq!(groups[1].len(), 3);
+    }
+
+    #[test]
+    fn two_bp_sets_in_one_frame_stay_apart() {
+        let t1 = time::macros::datetime!(2026-11-23 10:00 UTC);
+        let t2 = time::macros::datetime!(2026-11-23 10:05 UTC);
+        let groups = observation_groups(vec![
+            Reading::canonical(Metric::SystolicBp, Decimal::int(120)).at(t1),
+            Reading::canonical(Metric::DiastolicBp, Decimal::int(80)).at(t1),
+            Reading::canonical(Metric::SystolicBp, Decimal::int(130)).at(t2),
+            Reading::canonical(Metric::DiastolicBp, Decimal::int(85)).at(t2),
+        ]);
+        assert_eq!(groups.len(), 2);
+        assert!(groups.iter().all(|g| g.len() == 2));
+    }
+
+    #[test]
+    fn rate_limit_allows_one_per_period() {
+        let mut r = RateLimit::new(Duration::from_secs(60));
+        assert!(r.allow());
+        assert!(!r.allow());
+    }
+}

@@ -1,1 +1,294 @@
-fn main() {}
+//! The `vitalgate` command line: parse, load config, call into the library.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (the message names the file, key and
+//! reason), 1 runtime failure. Errors print their whole cause chain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use vitalgate::config::{self, Config};
+use vitalgate::drivers::{self, DriverKind};
+use vitalgate::store::MasterKey;
+
+#[derive(Parser)]
+#[command(
+    name = "vitalgate",
+    version,
+    about = "Edge gateway for NHS remote patient monitoring",
+    long_about = "vitalgate reads vital-sign devices (serial, Bluetooth LE, files), keeps every reading \
+AES-256-GCM-encrypted in a local SQLite outbox until the platform acknowledges it, evaluates alerts \
+locally, and forwards FHIR R4 UK Core Observations over mutual-TLS MQTT.\n\n\
+Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon (what systemd starts).
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline with simulated patients and no set-up, showing what is stored.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Keep the demo's state here instead of a temporary directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print the effective configuration (identifiers
+    /// redacted); exits 2 on any problem.
+    CheckConfig {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Decode captured frames with a driver and print one JSON reading per line.
+    ///
+    /// Each argument is one frame or characteristic value in hex (spaces and colons allowed),
+    /// or with --text one line of a line-oriented protocol. Drivers: see `vitalgate decode --list`.
+    Decode {
+        /// Driver name, e.g. jsonl, nonin-fmt2, ble-blood-pressure.
+        #[arg(required_unless_present = "list")]
+        driver: Option<String>,
+        /// Frames (hex) or, with --text, lines.
+        frames: Vec<String>,
+        /// Arguments are text lines, not hex.
+        #[arg(long)]
+        text: bool,
+        /// List the drivers and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Print what the gateway holds as JSON: backlog, oldest undelivered, last ack, devices, keys.
+    Status {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
+    Keygen {
+        /// Where to write the key (default: the key_file of the config, else /etc/vitalgate/master.key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// An error that exits with 2 (usage or configuration).
+#[derive(Debug)]
+struct UsageError(String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo's screen is the live view: only warnings and errors in between.
+    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<config::ConfigError>().is_some();
+            eprintln!("error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            runtime()?.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                vitalgate::daemon::run(cfg, master, shutdown, Default::default()).await
+            })?;
+            Ok(())
+        }
+        Command::Demo { seconds, state_dir } => demo(seconds, state_dir),
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            println!("# {}: valid", config.display());
+            print!("{}", cfg.redacted_toml());
+            Ok(())
+        }
+        Command::Decode { driver, frames, text, list } => decode(driver, frames, text, list),
+        Command::Status { config } => {
+            let cfg = Config::load(&config)?;
+            let status = vitalgate::daemon::status_json(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Keygen { out, config } => {
+            let path = match (out, config) {
+                (Some(p), _) => p,
+                (None, Some(c)) => Config::load(&c)?.store.key_file,
+                (None, None) => PathBuf::from("/etc/vitalgate/master.key"),
+            };
+            MasterKey::generate_file(&path).map_err(|e| UsageError(e.to_string()))?;
+            if let Some(dir) = path.parent() {
+                if let Ok(log) = vitalgate::audit::AuditLog::open(dir) {
+                    log.note("keygen", serde_json::json!({"path": path}));
+                }
+            }
+            eprintln!("wrote a new master key to {} (mode 0600); back it up: without it the outbox cannot be read", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// SIGTERM and SIGINT cancel `token` (graceful shutdown).
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        token.cancel();
+    });
+}
+
+fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -> anyhow::Result<()> {
+    if list {
+        for d in drivers::registry() {
+            println!("{:<22} {}{}", d.name, d.summary, if d.text { " (--text)" } else { "" });
+        }
+        return Ok(());
+    }
+    let name = driver.unwrap_or_default();
+    let info = drivers::find(&name).ok_or_else(|| {
+        let names: Vec<&str> = drivers::registry().iter().map(|d| d.name).collect();
+        UsageError(format!("unknown driver {name:?}; known drivers: {}", names.join(", ")))
+    })?;
+    let inputs: Vec<Vec<u8>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if text || info.text {
+                let mut line = f.clone().into_bytes();
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                Ok(line)
+            } else {
+                let clean: String = f.chars().filter(|c| !matches!(c, ' ' | ':' | '-' | '_')).collect();
+                hex::decode(&clean).map_err(|e| UsageError(format!("frame {}: {f:?} is not hex: {e}", i + 1)))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut failures = 0;
+    let mut stdout = std::io::stdout().lock();
+    use std::io::Write;
+    match info.kind {
+        DriverKind::Value(decode) => {
+            for (i, bytes) in inputs.iter().enumerate() {
+                match decode(bytes) {
+                    Ok(readings) => {
+                        for r in readings {
+                            writeln!(stdout, "{}", serde_json::to_string(&r)?)?;
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("frame {}: {e}", i + 1);
+                    }
+                }
+            }
+        }
+        DriverKind::Stream(make) => {
+            // Frames are fed in order to one decoder, as the transport would.
+            let mut decoder = make();
+            let all: Vec<u8> = inputs.concat();
+            let (mut out, mut errors) = (Vec::new(), Vec::new());
+            let used = drivers::drain(decoder.as_mut(), &all, &mut out, &mut errors);
+            for r in out {
+                writeln!(stdout, "{}", serde_json::to_string(&r)?)?;
+            }
+            for e in &errors {
+                eprintln!("skipped: {e}");
+            }
+            failures += errors.len();
+            if used < all.len() {
+                eprintln!("{} trailing byte(s) do not complete a frame", all.len() - used);
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} frame(s) could not be decoded");
+    }
+    Ok(())
+}
+
+fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, temporary) = match state_dir {
+        Some(d) => (d, false),
+        None => (std::env::temp_dir().join(format!("vitalgate-demo-{}", std::process::id())), true),
+    };
+    let cfg = Config::demo(&dir)?;
+    let master = MasterKey::ephemeral().context("cannot make a demo key")?;
+    println!("vitalgate demo: {} simulated patients, outbox in {}", cfg.patients.len(), dir.display());
+    println!("(Ctrl-C to stop; the demo's data is encrypted with a throw-away key)\n");
+    let result = runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        if let Some(s) = seconds {
+            let t = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(s)).await;
+                t.cancel();
+            });
+        }
+        let view = vitalgate::daemon::demo_view::DemoView::start(cfg.clone(), shutdown.clone());
+        let opts = vitalgate::daemon::RunOptions {
+            hooks: vec![Box::new(view)],
+            ready: None,
+        };
+        vitalgate::daemon::run(cfg.clone(), master, shutdown, opts).await
+    });
+    let summary = vitalgate::store::outbox::stats_readonly(&cfg.outbox_path()).ok();
+    if let Some(s) = summary {
+        println!(
+            "\ndemo stopped: outbox holds {} undelivered readings and {} alerts (quarantined: {})",
+            s.backlog_readings, s.backlog_alerts, s.quarantined
+        );
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result?;
+    Ok(())
+}

@@ -1,1 +1,122 @@
-//! (in progress)
+//! Status: what the gateway holds and how its parts are doing.
+//!
+//! The daemon keeps a [`Registry`] of device states and writes a snapshot (`status.json`,
+//! mode 0600) to the state dir every few seconds and at shutdown. `vitalgate status` combines
+//! that snapshot with counts read straight from the outbox (no key needed), so it works
+//! whether or not the daemon is running, and says which.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::transport::LinkState;
+
+pub const SNAPSHOT_FILE: &str = "status.json";
+
+/// One device as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub id: String,
+    pub patient: String,
+    pub driver: String,
+    pub state: LinkState,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_data_at: Option<OffsetDateTime>,
+    pub frames: u64,
+    pub readings: u64,
+    pub decode_errors: u64,
+    pub last_error: Option<String>,
+    /// Silence longer than this is reported as `no_data`.
+    #[serde(skip)]
+    pub expected_interval: Option<Duration>,
+}
+
+/// Device states shared between device tasks and the snapshot writer.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    devices: Arc<Mutex<BTreeMap<String, DeviceStatus>>>,
+}
+
+impl Registry {
+    pub fn add(&self, id: &str, patient: &str, driver: &str, expected_interval: Option<Duration>) {
+        self.lock().insert(
+            id.to_string(),
+            DeviceStatus {
+                id: id.to_string(),
+                patient: patient.to_string(),
+                driver: driver.to_string(),
+                state: LinkState::Starting,
+                last_data_at: None,
+                frames: 0,
+                readings: 0,
+                decode_errors: 0,
+                last_error: None,
+                expected_interval,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceStatus>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to one device's status.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut DeviceStatus)) {
+        if let Some(d) = self.lock().get_mut(id) {
+            f(d);
+        }
+    }
+
+    /// Current states; a connected device silent for longer than expected shows `no_data`.
+    pub fn snapshot(&self, now: OffsetDateTime) -> Vec<DeviceStatus> {
+        self.lock()
+            .values()
+            .cloned()
+            .map(|mut d| {
+                if d.state == LinkState::Connected {
+                    if let (Some(limit), Some(last)) = (d.expected_interval, d.last_data_at) {
+                        if now - last > limit {
+                            d.state = LinkState::NoData;
+                        }
+                    }
+                }
+                d
+            })
+            .collect()
+    }
+}
+
+/// RFC 3339 text for a timestamp (status and logs).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Writes `value` to `dir/status.json` atomically (temp file + rename), mode 0600.
+pub fn write_snapshot(dir: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".status.json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(value).unwrap_or_default().as_bytes())?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// Reads the snapshot, if any.
+pub fn read_snapshot(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(SNAPSHOT_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether the process that wrote a snapshot is still alive (Linux `/proc`).
+pub fn pid_alive(pid: u64) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}

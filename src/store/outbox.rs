@@ -122,6 +122,14 @@ pub struct OutboxStats {
     pub schema_version: i64,
 }
 
+/// A device-state value to set atomically with a batch of records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStateUpdate {
+    pub device_id: String,
+    pub key: String,
+    pub value: String,
+}
+
 /// A row that failed authentication or decoding and was moved to quarantine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quarantined {
@@ -323,6 +331,18 @@ impl Outbox {
     /// once the transaction is durable (WAL, `synchronous=FULL`): only then is a reading
     /// "received".
     pub fn append(&mut self, records: &[Record], now: OffsetDateTime) -> Result<Vec<i64>, StoreError> {
+        self.append_with_state(records, &[], now)
+    }
+
+    /// Like [`Outbox::append`], and also sets device state (e.g. a file offset or the last
+    /// glucose record number fetched) in the SAME transaction, so the cursor can never run
+    /// ahead of or behind the readings it covers.
+    pub fn append_with_state(
+        &mut self,
+        records: &[Record],
+        state: &[DeviceStateUpdate],
+        now: OffsetDateTime,
+    ) -> Result<Vec<i64>, StoreError> {
         if self.sealed_under_current + records.len() as i64 > ROTATE_AFTER_RECORDS {
             self.rotate_key()?;
         }
@@ -364,6 +384,14 @@ impl Outbox {
                 [id],
             )
             .map_err(err)?;
+            for u in state {
+                tx.execute(
+                    "INSERT INTO device_state (device_id, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(device_id, key) DO UPDATE SET value = excluded.value",
+                    [&u.device_id, &u.key, &u.value],
+                )
+                .map_err(err)?;
+            }
         }
         tx.commit().map_err(err)?;
         self.next_id += records.len() as i64;
@@ -522,35 +550,7 @@ impl Outbox {
     }
 
     pub fn stats(&self) -> Result<OutboxStats, StoreError> {
-        let e = self.sql_err();
-        let count = |sql: &str| -> Result<u64, StoreError> {
-            self.conn
-                .query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(self.sql_err())
-        };
-        let opt_time = |sql: &str| -> Result<Option<OffsetDateTime>, StoreError> {
-            let v: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0)).map_err(self.sql_err())?;
-            Ok(v.and_then(from_ms))
-        };
-        let key_ids: Vec<u32> = {
-            let mut st = self.conn.prepare("SELECT key_id FROM keys ORDER BY key_id").map_err(&e)?;
-            let it = st.query_map([], |r| r.get(0)).map_err(&e)?;
-            it.collect::<Result<_, _>>().map_err(&e)?
-        };
-        Ok(OutboxStats {
-            backlog_alerts: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0")?,
-            backlog_readings: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1")?,
-            oldest_undelivered: opt_time("SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL")?,
-            last_ack: opt_time("SELECT MAX(delivered_at) FROM outbox WHERE delivered_at IS NOT NULL")?,
-            delivered_held: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")?,
-            refused: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL")?,
-            quarantined: count("SELECT COUNT(*) FROM quarantine")?,
-            corrupt_files_set_aside: count_set_aside(&self.path),
-            current_key_id: self.current_key,
-            key_ids,
-            schema_version: SCHEMA_VERSION,
-        })
+        stats_of(&self.conn, &self.path, self.current_key)
     }
 
     /// `PRAGMA quick_check`'s answer (`"ok"` when healthy).
@@ -610,6 +610,51 @@ impl Outbox {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Counts for `status`, read without the key through a read-only connection, so
+/// `vitalgate status` works beside a running daemon and needs no secret.
+pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    let current: u32 = conn
+        .query_row("SELECT COALESCE(MAX(key_id), 0) FROM keys", [], |r| r.get(0))
+        .map_err(err)?;
+    stats_of(&conn, path, current)
+}
+
+fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxStats, StoreError> {
+    let e = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let count = |sql: &str| -> Result<u64, StoreError> { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(e) };
+    let opt_time = |sql: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+        let v: Option<i64> = conn.query_row(sql, [], |r| r.get(0)).map_err(e)?;
+        Ok(v.and_then(from_ms))
+    };
+    let key_ids: Vec<u32> = {
+        let mut st = conn.prepare("SELECT key_id FROM keys ORDER BY key_id").map_err(e)?;
+        let it = st.query_map([], |r| r.get(0)).map_err(e)?;
+        it.collect::<Result<_, _>>().map_err(e)?
+    };
+    Ok(OutboxStats {
+        backlog_alerts: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0")?,
+        backlog_readings: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1")?,
+        oldest_undelivered: opt_time("SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL")?,
+        last_ack: opt_time("SELECT MAX(delivered_at) FROM outbox WHERE delivered_at IS NOT NULL")?,
+        delivered_held: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")?,
+        refused: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL")?,
+        quarantined: count("SELECT COUNT(*) FROM quarantine")?,
+        corrupt_files_set_aside: count_set_aside(path),
+        current_key_id: current_key,
+        key_ids,
+        schema_version: SCHEMA_VERSION,
+    })
 }
 
 fn key_check_identity(key_id: u32) -> RecordIdentity {

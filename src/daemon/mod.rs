@@ -1,0 +1,474 @@
+//! The daemon: wires the long-lived tasks together for `vitalgate run` and `vitalgate demo`.
+//!
+//! One task per concern, each stopped by a `CancellationToken` at a safe point:
+//! - one task per device (transport + decoder, or the simulator), feeding ingest;
+//! - the ingest writer thread (the only writer of readings);
+//! - the retention task (purges delivered rows after `retention_days`, audited);
+//! - the status task (writes `status.json`).
+//!
+//! Shutdown order matters for durability: devices stop first, then every ingest handle is
+//! dropped so the writer commits what it holds and ends, then the final status is written.
+//! A failing device task is logged and retried; it never stops ingest.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::AuditLog;
+use crate::config::{Config, DeviceConfig};
+use crate::drivers::{self, sim::SimPatient, DriverKind, Step};
+use crate::ingest::{self, CommitHook, Frame, GroupCommit, IngestHandle, RateLimit};
+use crate::status::{self, Registry};
+use crate::store::{MasterKey, Outbox, Record, StoreError};
+use crate::transport::stream::{Event, StreamSource};
+use crate::transport::LinkState;
+
+/// How long shutdown waits for tasks before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{path}: cannot create the state directory: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the ingest writer: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Extras for `run`: the demo's live view hooks in here, as do tests.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Extra commit hooks, run inside each ingest transaction after the built-in ones.
+    pub hooks: Vec<Box<dyn CommitHook>>,
+    /// Told when the outbox is open and devices are starting (systemd READY).
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Calls several hooks in order.
+struct Hooks(Vec<Box<dyn CommitHook>>);
+
+impl CommitHook for Hooks {
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> Vec<Record> {
+        self.0.iter_mut().flat_map(|h| h.on_batch(accepted, now)).collect()
+    }
+    fn on_reject(&mut self, r: &ingest::Rejection) -> Vec<Record> {
+        self.0.iter_mut().flat_map(|h| h.on_reject(r)).collect()
+    }
+}
+
+/// Whether the system clock is known to be synchronised (systemd-timesyncd's flag file).
+pub fn clock_synced() -> bool {
+    std::path::Path::new("/run/systemd/timesync/synchronized").exists()
+}
+
+/// The state-file key under which a stream device's committed offset is kept.
+fn offset_key(path: &std::path::Path) -> String {
+    format!("offset:{}", path.display())
+}
+
+/// Runs the gateway until `shutdown` is cancelled.
+pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken, mut opts: RunOptions) -> Result<(), DaemonError> {
+    let state_dir = config.gateway.state_dir.clone();
+    create_private_dir(&state_dir)?;
+    let audit = Arc::new(AuditLog::open(&state_dir)?);
+
+    let outbox_path = config.outbox_path();
+    let (outbox, report) = match Outbox::open(&outbox_path, &master) {
+        Ok(x) => x,
+        Err(e) => {
+            if matches!(e, StoreError::WrongKey { .. }) {
+                audit.note("wrong_key_refused", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(aside) = &report.corrupt_moved_to {
+        audit.note("outbox_corrupt_set_aside", serde_json::json!({"outbox": outbox_path, "moved_to": aside}));
+    }
+    if report.created {
+        audit.note("outbox_created", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
+    }
+    let started_at = OffsetDateTime::now_utc();
+
+    // Offsets of followed files, committed with their readings.
+    let mut cursors = std::collections::HashMap::new();
+    for d in &config.devices {
+        if let Some(p) = &d.path {
+            if let Some(v) = outbox.device_state(&d.id, &offset_key(p))? {
+                cursors.insert(d.id.clone(), v.parse::<u64>().ok());
+            }
+        }
+    }
+
+    let committed = Arc::new(Notify::new());
+    let policy = GroupCommit {
+        max_batch: config.ingest.max_batch,
+        max_wait: Duration::from_millis(config.ingest.max_batch_wait_ms),
+    };
+    let hooks: Vec<Box<dyn CommitHook>> = std::mem::take(&mut opts.hooks);
+    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
+
+    let registry = Registry::default();
+    let devices_token = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    for d in &config.devices {
+        let expected = d.expected_interval_s.map(Duration::from_secs);
+        registry.add(&d.id, &d.patient, &d.driver, expected);
+        let nhs = config.patient(&d.patient).and_then(|p| p.nhs_number.clone()).map(Arc::from);
+        let ctx = DeviceCtx {
+            cfg: d.clone(),
+            device_id: Arc::from(d.id.as_str()),
+            patient_id: Arc::from(d.patient.as_str()),
+            nhs_number: nhs,
+            ingest: ingest.clone(),
+            registry: registry.clone(),
+            token: devices_token.clone(),
+        };
+        let resume = cursors.get(&d.id).copied().flatten();
+        tracker.spawn(run_device(ctx, resume));
+    }
+    let counters = ingest.counters.clone();
+    drop(ingest); // device tasks hold the only handles now
+    tracing::info!(devices = config.devices.len(), outbox = %outbox_path.display(), "vitalgate running");
+    if let Some(ready) = opts.ready.take() {
+        let _ = ready.send(());
+    }
+
+    // Retention: purge rows delivered more than retention_days ago, audited.
+    let retention_token = shutdown.child_token();
+    {
+        let path = outbox_path.clone();
+        let audit = audit.clone();
+        let days = config.store.retention_days;
+        let secondary = Outbox::open_secondary(&path, &master)?;
+        let token = retention_token.clone();
+        tracker.spawn(async move {
+            let secondary = Arc::new(std::sync::Mutex::new(secondary));
+            loop {
+                let cutoff = OffsetDateTime::now_utc() - time::Duration::days(days as i64);
+                let ob = secondary.clone();
+                let purged = tokio::task::spawn_blocking(move || ob.lock().unwrap_or_else(|p| p.into_inner()).purge_delivered_before(cutoff)).await;
+                match purged {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => audit.note("retention_purge", serde_json::json!({"rows": n, "delivered_before": status::rfc3339(cutoff), "retention_days": days})),
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention purge failed"),
+                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
+                }
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(RETENTION_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    // Status snapshot.
+    let snapshot = {
+        let registry = registry.clone();
+        let counters = counters.clone();
+        let gateway = config.gateway.id.clone();
+        let key_source = serde_json::to_value(master.source()).unwrap_or_default();
+        move |running: bool| {
+            serde_json::json!({
+                "gateway": gateway,
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "running": running,
+                "started_at": status::rfc3339(started_at),
+                "updated_at": status::rfc3339(OffsetDateTime::now_utc()),
+                "clock_synced": clock_synced(),
+                "key_source": key_source,
+                "devices": registry.snapshot(OffsetDateTime::now_utc()),
+                "ingest": counters.snapshot(),
+            })
+        }
+    };
+    {
+        let snapshot = snapshot.clone();
+        let dir = state_dir.clone();
+        let token = retention_token.clone();
+        tracker.spawn(async move {
+            loop {
+                if let Err(e) = status::write_snapshot(&dir, &snapshot(true)) {
+                    tracing::warn!(error = %e, "cannot write status snapshot");
+                }
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(STATUS_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping: devices first, then committing what ingest holds");
+    devices_token.cancel();
+    retention_token.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    // Every ingest handle is gone once the device tasks ended: the writer drains and stops.
+    match tokio::task::spawn_blocking(move || writer.join()).await {
+        Ok(Ok(_outbox)) => {}
+        _ => tracing::error!("ingest writer ended abnormally"),
+    }
+    let _ = status::write_snapshot(&state_dir, &snapshot(false));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DaemonError::StateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+struct DeviceCtx {
+    cfg: DeviceConfig,
+    device_id: Arc<str>,
+    patient_id: Arc<str>,
+    nhs_number: Option<Arc<str>>,
+    ingest: IngestHandle,
+    registry: Registry,
+    token: CancellationToken,
+}
+
+impl DeviceCtx {
+    fn frame(&self, readings: Vec<crate::reading::Reading>, cursor: Option<(String, String)>) -> Frame {
+        Frame {
+            device_id: self.device_id.clone(),
+            patient_id: self.patient_id.clone(),
+            nhs_number: self.nhs_number.clone(),
+            readings,
+            received_at: OffsetDateTime::now_utc(),
+            clock_synced: clock_synced(),
+            cursor,
+            done: None,
+        }
+    }
+}
+
+async fn run_device(ctx: DeviceCtx, resume_offset: Option<u64>) {
+    let id = ctx.device_id.clone();
+    let result = if ctx.cfg.driver == "sim" {
+        run_sim(&ctx).await
+    } else {
+        run_stream(&ctx, resume_offset).await
+    };
+    if let Err(e) = result {
+        tracing::error!(device = %id, error = %e, "device task ended");
+        ctx.registry.update(&id, |d| {
+            d.state = LinkState::Unavailable;
+            d.last_error = Some(e.to_string());
+        });
+    }
+}
+
+async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
+    let cfg = &ctx.cfg;
+    let mut patient = SimPatient::new(cfg.scenario.unwrap_or_default(), cfg.seed.unwrap_or(0));
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.unwrap_or(1000)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ctx.registry.update(&cfg.id, |d| d.state = LinkState::Connected);
+    loop {
+        tokio::select! {
+            _ = ctx.token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let now = OffsetDateTime::now_utc();
+        let frames = patient.next(now);
+        let (n_frames, n_readings) = (frames.len() as u64, frames.iter().map(Vec::len).sum::<usize>() as u64);
+        for readings in frames {
+            ctx.ingest.submit(ctx.frame(readings, None)).await?;
+        }
+        ctx.registry.update(&cfg.id, |d| {
+            d.last_data_at = Some(now);
+            d.frames += n_frames;
+            d.readings += n_readings;
+        });
+    }
+}
+
+/// Largest amount of undecoded bytes kept for one device; beyond it the oldest are dropped
+/// as garbage (a decoder that never resyncs must not grow memory).
+const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), ingest::IngestError> {
+    let cfg = &ctx.cfg;
+    let Some(path) = cfg.path.clone() else {
+        return Ok(()); // config validation guarantees a path
+    };
+    let make = match drivers::find(&cfg.driver).map(|d| d.kind) {
+        Some(DriverKind::Stream(make)) => make,
+        _ => {
+            ctx.registry.update(&cfg.id, |d| {
+                d.state = LinkState::Unavailable;
+                d.last_error = Some(format!("driver {:?} is not a byte-stream driver", cfg.driver));
+            });
+            return Ok(());
+        }
+    };
+    let mut decoder = make();
+    let mut source = StreamSource::new(&path, resume_offset);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_offset: Option<u64> = None; // file offset of buf[0] (regular files)
+    let mut errors_logged = RateLimit::new(Duration::from_secs(10));
+    let key = offset_key(&path);
+    loop {
+        let event = tokio::select! {
+            _ = ctx.token.cancelled() => return Ok(()),
+            e = source.next() => e,
+        };
+        match event {
+            Event::Opened { kind, resumed_at } => {
+                tracing::info!(device = %cfg.id, path = %path.display(), ?kind, ?resumed_at, "device connected");
+                buf.clear();
+                buf_offset = resumed_at;
+                decoder = make();
+                ctx.registry.update(&cfg.id, |d| {
+                    d.state = LinkState::Connected;
+                    d.last_error = None;
+                });
+            }
+            Event::Lost { error, retry_in } => {
+                ctx.registry.update(&cfg.id, |d| {
+                    if d.state != LinkState::Disconnected {
+                        tracing::warn!(device = %cfg.id, %error, "device disconnected; retrying");
+                    }
+                    d.state = LinkState::Disconnected;
+                    d.last_error = Some(error.clone());
+                });
+                tokio::select! {
+                    _ = ctx.token.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(retry_in) => {}
+                }
+            }
+            Event::Data { bytes, offset_after } => {
+                buf.extend_from_slice(&bytes);
+                if let Some(after) = offset_after {
+                    buf_offset = Some(after - buf.len() as u64);
+                }
+                let now = OffsetDateTime::now_utc();
+                let mut pos = 0;
+                let (mut frames, mut readings, mut errors) = (0u64, 0u64, 0u64);
+                while pos < buf.len() {
+                    match decoder.feed(&buf[pos..]) {
+                        Step::NeedMore => break,
+                        Step::Frame { consumed, readings: rs } => {
+                            pos += consumed.clamp(1, buf.len() - pos);
+                            frames += 1;
+                            readings += rs.len() as u64;
+                            let cursor = buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
+                            if !rs.is_empty() || cursor.is_some() {
+                                ctx.ingest.submit(ctx.frame(rs, cursor)).await?;
+                            }
+                        }
+                        Step::Skip { consumed, error } => {
+                            pos += consumed.clamp(1, buf.len() - pos);
+                            errors += 1;
+                            if errors_logged.allow() {
+                                tracing::warn!(device = %cfg.id, %error, "undecodable input skipped");
+                            }
+                        }
+                    }
+                }
+                buf.drain(..pos);
+                if let Some(o) = buf_offset.as_mut() {
+                    *o += pos as u64;
+                }
+                if buf.len() > MAX_PENDING_BYTES {
+                    let drop_n = buf.len() - MAX_PENDING_BYTES;
+                    buf.drain(..drop_n);
+                    if let Some(o) = buf_offset.as_mut() {
+                        *o += drop_n as u64;
+                    }
+                    errors += 1;
+                }
+                ctx.registry.update(&cfg.id, |d| {
+                    d.last_data_at = Some(now);
+                    d.frames += frames;
+                    d.readings += readings;
+                    d.decode_errors += errors;
+                });
+            }
+        }
+    }
+}
+
+pub mod demo_view;
+
+/// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
+/// last snapshot (devices, ingest), marked stale when its process is gone.
+pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
+    let path = config.outbox_path();
+    let stats = if path.exists() {
+        Some(crate::store::outbox::stats_readonly(&path)?)
+    } else {
+        None
+    };
+    let snapshot = status::read_snapshot(&config.gateway.state_dir);
+    let running = snapshot
+        .as_ref()
+        .and_then(|s| s.get("pid").and_then(|p| p.as_u64()))
+        .map(status::pid_alive)
+        .unwrap_or(false)
+        && snapshot.as_ref().and_then(|s| s.get("running")).and_then(|r| r.as_bool()).unwrap_or(false);
+    let s = stats.unwrap_or_default();
+    Ok(serde_json::json!({
+        "gateway": config.gateway.id,
+        "daemon": {
+            "running": running,
+            "pid": snapshot.as_ref().and_then(|s| s.get("pid")).cloned(),
+            "updated_at": snapshot.as_ref().and_then(|s| s.get("updated_at")).cloned(),
+            "clock_synced": clock_synced(),
+        },
+        "outbox": {
+            "path": path,
+            "exists": path.exists(),
+            "capacity": config.store.capacity,
+            "delivered_held": s.delivered_held,
+            "refused": s.refused,
+            "quarantined": s.quarantined,
+            "corrupt_files_set_aside": s.corrupt_files_set_aside,
+            "schema_version": s.schema_version,
+        },
+        "backlog": {
+            "alerts": s.backlog_alerts,
+            "readings": s.backlog_readings,
+            "total": s.backlog_alerts + s.backlog_readings,
+        },
+        "oldest_undelivered": s.oldest_undelivered.map(status::rfc3339),
+        "last_ack": s.last_ack.map(status::rfc3339),
+        "keys": {
+            "source": snapshot.as_ref().and_then(|s| s.get("key_source")).cloned(),
+            "current_key_id": s.current_key_id,
+            "key_ids": s.key_ids,
+        },
+        "devices": snapshot.as_ref().and_then(|s| s.get("devices")).cloned().unwrap_or_else(|| {
+            serde_json::Value::Array(config.devices.iter().map(|d| serde_json::json!({
+                "id": d.id, "patient": d.patient, "driver": d.driver, "state": "not_running"
+            })).collect())
+        }),
+        "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
+    }))
+}
