@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].value, Value::Number(Decimal::int(97)));
         assert_eq!(r[1].metric, Metric::Acvpu);
-        assert_eq!(n, 0 + "{\"metric\":\"spo2\",\"value\":97,\"unit\":\"%\"}\n{\"metric\":\"acvpu\",\"code\":\"A\"}\n".len());
+        assert_eq!(n, "{\"metric\":\"spo2\",\"value\":97,\"unit\":\"%\"}\n{\"metric\":\"acvpu\",\"code\":\"A\"}\n".len());
     }
 
     #[test]
