@@ -327,3 +327,25 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_single_digit_change_of_a_valid_number_is_rejected(pos in 0usize..10, delta in 1u8..10) {
+            // Modulus 11 with weights 10..2 (and the check digit itself) catches every single-digit error.
+            let mut digits: Vec<u8> = b"9434765919".to_vec();
+            digits[pos] = b'0' + (digits[pos] - b'0' + delta) % 10;
+            let s = String::from_utf8(digits).unwrap();
+            prop_assert!(NhsNumber::parse(&s).is_err(), "{}", s);
+        }
+
+        #[test]
+        fn parse_never_panics(s in ".{0,40}") {
+            let _ = NhsNumber::parse(&s);
+        }
+    }
+}

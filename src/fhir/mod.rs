@@ -335,6 +335,7 @@ pub(crate) fn common(
         "subject": {"type": "Patient", "identifier": subject},
         "effectiveDateTime": fhir_date_time(ctx.effective)?,
     });
+    // `json!` of an object literal is always an object; the other arm only avoids a panic path.
     match obs {
         Value::Object(m) => Ok(m),
         _ => Ok(Map::new()),

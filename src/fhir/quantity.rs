@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn negative_values_round_half_away_from_zero() {
-        // −40 °F = −40 °C; −0.5 °F = −17.5 °C;
+        // −40 °F = −40 °C; −0.5 °F = −18.0555… °C
         assert_eq!(conv(-40, 0, Unit::Fahrenheit, Unit::Celsius), "-40");
         assert_eq!(conv(-5, -1, Unit::Fahrenheit, Unit::Celsius), "-18.06");
     }

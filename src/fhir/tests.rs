@@ -617,3 +617,87 @@ fn news2_impossible_sub_score_is_refused() {
         })
     ));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_reading() -> impl Strategy<Value = Reading> {
+        let metric = proptest::sample::select(Metric::ALL.to_vec());
+        let units = proptest::sample::select(vec![
+            Unit::PerMinute,
+            Unit::Percent,
+            Unit::Celsius,
+            Unit::Fahrenheit,
+            Unit::MmHg,
+            Unit::KiloPascal,
+            Unit::Kilogram,
+            Unit::Pound,
+            Unit::Centimetre,
+            Unit::Metre,
+            Unit::Inch,
+            Unit::KgPerM2,
+            Unit::MmolPerL,
+            Unit::MgPerDl,
+            Unit::LitrePerMinute,
+        ]);
+        let absent = proptest::sample::select(vec![
+            Absent::Nan,
+            Absent::Nres,
+            Absent::PosInf,
+            Absent::NegInf,
+            Absent::Missing,
+        ]);
+        (
+            metric,
+            any::<i64>(),
+            any::<i8>(),
+            units,
+            absent,
+            0u8..3,
+            any::<bool>(),
+        )
+            .prop_map(|(m, mantissa, exponent, unit, why, kind, with_flag)| {
+                let r = match kind {
+                    0 => Reading::number(m, Decimal::new(mantissa, exponent), unit),
+                    1 => Reading::number(
+                        m,
+                        Decimal::new(mantissa % 2000, -(exponent.rem_euclid(3))),
+                        unit,
+                    ),
+                    _ => Reading::absent(m, why),
+                };
+                if with_flag {
+                    r.with_flags([Flag::Motion])
+                } else {
+                    r
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn observation_never_panics_and_valid_output_has_value_or_reason(rs in proptest::collection::vec(any_reading(), 0..4)) {
+            let n = nhs();
+            if let Ok(o) = observation(&ctx(Some(&n)), &rs) {
+                prop_assert_eq!(&o["status"], "final");
+                let has_content = o.get("valueQuantity").is_some()
+                    || o.get("valueCodeableConcept").is_some()
+                    || o.get("dataAbsentReason").is_some()
+                    || o.get("component").is_some()
+                    || o["code"]["coding"][0]["code"] == "722742002"; // room air: no value by design
+                prop_assert!(has_content, "{}", o);
+            }
+        }
+
+        #[test]
+        fn group_for_fhir_groups_always_map_when_readings_are_valid(rs in proptest::collection::vec(any_reading(), 0..8)) {
+            let valid: Vec<Reading> = rs.into_iter().filter(|r| r.validate().is_ok()).collect();
+            let groups = group_for_fhir(&valid);
+            prop_assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), valid.len());
+            for g in &groups {
+                prop_assert!(observation(&ctx(None), g).is_ok(), "{:?}", g);
+            }
+        }
+    }
+}
