@@ -515,10 +515,6 @@ impl AlertEngine {
                     let desired = (stale && !raised).then_some(None);
                     self.drive(now, rule, desired, timing, device.as_deref(), metric, None, &mut out);
                 }
-                RuleRef::Technical {
-                    condition: TechnicalCondition::DeviceSilent | TechnicalCondition::RepeatedRejections,
-                    ..
-                } => {} // handled above
                 _ => {
                     let timing = slot.timing;
                     self.drive(now, rule, None, timing, device.as_deref(), metric, None, &mut out);
