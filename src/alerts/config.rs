@@ -286,8 +286,9 @@ impl PatientAlertConfig {
                     "clear {} / warn {} / high {}",
                     t.outbox_clear_percent, t.outbox_warn_percent, t.outbox_high_percent
                 ),
-                reason: "need outbox_clear_percent < outbox_warn_percent <= outbox_high_percent <= 100"
-                    .into(),
+                reason:
+                    "need outbox_clear_percent < outbox_warn_percent <= outbox_high_percent <= 100"
+                        .into(),
             });
         }
         let mut seen = BTreeSet::new();
@@ -317,8 +318,7 @@ fn validate_rule(
     };
     let id_ok = !r.id.is_empty()
         && r.id.len() <= 64
-        && r
-            .id
+        && r.id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if !id_ok {

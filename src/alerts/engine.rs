@@ -120,10 +120,9 @@ struct Latest {
 impl Latest {
     fn observed(&self, metric: Metric) -> ObservedValue {
         let (value, canonical) = match self.value {
-            LatestValue::Number(d) => (
-                d.to_string(),
-                self.unit.map(|u| u.to_canonical(d.to_f64())),
-            ),
+            LatestValue::Number(d) => {
+                (d.to_string(), self.unit.map(|u| u.to_canonical(d.to_f64())))
+            }
             LatestValue::Code(c) => (format!("{c:?}"), None),
         };
         ObservedValue {
@@ -266,7 +265,10 @@ fn looks_like_nhs_number(id: &str) -> bool {
 impl AlertEngine {
     /// A fresh engine. Refuses an invalid config (every problem named) and a patient id that is
     /// empty or looks like an NHS Number.
-    pub fn new(patient_id: impl Into<String>, cfg: PatientAlertConfig) -> Result<Self, AlertConfigError> {
+    pub fn new(
+        patient_id: impl Into<String>,
+        cfg: PatientAlertConfig,
+    ) -> Result<Self, AlertConfigError> {
         Self::with_state(patient_id, cfg, EngineState::default())
     }
 
@@ -323,8 +325,15 @@ impl AlertEngine {
     /// caller wants). From `now` on, [`AlertEngine::tick`] raises `device_silent` when it has
     /// been quiet for longer. Re-registering updates the interval and keeps the last-seen time.
     /// Intervals below one second are taken as one second.
-    pub fn register_device(&mut self, now: OffsetDateTime, device_id: &str, expected_interval: Duration) {
-        let secs = u64::try_from(expected_interval.whole_seconds()).unwrap_or(0).max(1);
+    pub fn register_device(
+        &mut self,
+        now: OffsetDateTime,
+        device_id: &str,
+        expected_interval: Duration,
+    ) {
+        let secs = u64::try_from(expected_interval.whole_seconds())
+            .unwrap_or(0)
+            .max(1);
         let entry = self
             .state
             .devices
@@ -343,7 +352,16 @@ impl AlertEngine {
         let mut out = Vec::new();
         if self.state.devices.remove(device_id).is_some() {
             let rule = technical_rule(TechnicalCondition::DeviceSilent, Some(device_id), None);
-            self.drive(now, rule, Some(None), Timing::default(), Some(device_id), None, None, &mut out);
+            self.drive(
+                now,
+                rule,
+                Some(None),
+                Timing::default(),
+                Some(device_id),
+                None,
+                None,
+                &mut out,
+            );
         }
         out
     }
@@ -356,43 +374,79 @@ impl AlertEngine {
     /// not a value: it neither updates NEWS2 nor the threshold rules. A valid reading observed
     /// more than `news2_freshness_secs` before `now` (e.g. a stored record uploaded late) is
     /// kept out of the rules too: it is history, not the patient's current state.
-    pub fn on_reading(&mut self, now: OffsetDateTime, device_id: &str, reading: &Reading, obs_ref: &str) -> ReadingOutcome {
+    pub fn on_reading(
+        &mut self,
+        now: OffsetDateTime,
+        device_id: &str,
+        reading: &Reading,
+        obs_ref: &str,
+    ) -> ReadingOutcome {
         let mut out = Vec::new();
         self.device_seen(now, device_id, &mut out);
         self.flag_alarms(now, device_id, reading, obs_ref, &mut out);
 
         let usable = reading.validate().is_ok()
             && !matches!(reading.value, Value::Absent(_))
-            && !reading.flags.iter().any(|f| DISQUALIFYING_FLAGS.contains(f));
+            && !reading
+                .flags
+                .iter()
+                .any(|f| DISQUALIFYING_FLAGS.contains(f));
         if !usable {
-            return ReadingOutcome { events: out, news2: None };
+            return ReadingOutcome {
+                events: out,
+                news2: None,
+            };
         }
         // A valid value from this device and metric ends a run of rejections.
-        let rej_rule = technical_rule(TechnicalCondition::RepeatedRejections, Some(device_id), Some(reading.metric));
+        let rej_rule = technical_rule(
+            TechnicalCondition::RepeatedRejections,
+            Some(device_id),
+            Some(reading.metric),
+        );
         self.state.rejections.remove(&rej_rule.key());
         let t = &self.cfg.technical;
         let timing = Timing {
             raise_after_secs: 0,
             settle_after_secs: t.clear_after_secs,
         };
-        self.drive(now, rej_rule, Some(None), timing, Some(device_id), Some(reading.metric), Some(obs_ref), &mut out);
+        self.drive(
+            now,
+            rej_rule,
+            Some(None),
+            timing,
+            Some(device_id),
+            Some(reading.metric),
+            Some(obs_ref),
+            &mut out,
+        );
 
         let observed_at = match reading.device_time {
             Some(t) if !reading.flags.contains(&Flag::DeviceClockSuspect) => t.min(now),
             _ => now,
         };
         if now - observed_at > secs(self.cfg.news2_freshness_secs) {
-            return ReadingOutcome { events: out, news2: None };
+            return ReadingOutcome {
+                events: out,
+                news2: None,
+            };
         }
         let value = match reading.value {
             Value::Number(d) => LatestValue::Number(d),
             Value::Code(c) => LatestValue::Code(c),
-            Value::Absent(_) => return ReadingOutcome { events: out, news2: None },
+            Value::Absent(_) => {
+                return ReadingOutcome {
+                    events: out,
+                    news2: None,
+                }
+            }
         };
         if let Some(prev) = self.state.latest.get(&reading.metric) {
             if prev.observed_at > observed_at {
                 // An older reading arriving late: the newer one stays the patient's state.
-                return ReadingOutcome { events: out, news2: None };
+                return ReadingOutcome {
+                    events: out,
+                    news2: None,
+                };
             }
         }
         self.state.latest.insert(
@@ -415,10 +469,16 @@ impl AlertEngine {
                 let subs: Vec<u8> = score.sub_scores.iter().map(|s| s.score).collect();
                 let due = match &self.state.last_news2 {
                     None => true,
-                    Some(last) => last.sub_scores != subs || now - last.at >= secs(self.cfg.news2_freshness_secs),
+                    Some(last) => {
+                        last.sub_scores != subs
+                            || now - last.at >= secs(self.cfg.news2_freshness_secs)
+                    }
                 };
                 if due {
-                    self.state.last_news2 = Some(LastNews2 { sub_scores: subs, at: now });
+                    self.state.last_news2 = Some(LastNews2 {
+                        sub_scores: subs,
+                        at: now,
+                    });
                     news2 = Some(score);
                 }
             }
@@ -429,18 +489,32 @@ impl AlertEngine {
     /// Records that ingest rejected a reading from `device_id` for `metric` (implausible value,
     /// wrong unit, ...). `rejections_to_alarm` of them within `rejection_window_secs` raise the
     /// `repeated_rejections` alarm, whose text carries `why` of the latest one.
-    pub fn on_rejected(&mut self, now: OffsetDateTime, device_id: &str, metric: Metric, why: &str) -> Vec<AlertEvent> {
+    pub fn on_rejected(
+        &mut self,
+        now: OffsetDateTime,
+        device_id: &str,
+        metric: Metric,
+        why: &str,
+    ) -> Vec<AlertEvent> {
         let mut out = Vec::new();
         self.device_seen(now, device_id, &mut out);
-        let rule = technical_rule(TechnicalCondition::RepeatedRejections, Some(device_id), Some(metric));
+        let rule = technical_rule(
+            TechnicalCondition::RepeatedRejections,
+            Some(device_id),
+            Some(metric),
+        );
         let key = rule.key();
         let window = secs(self.cfg.technical.rejection_window_secs);
-        let log = self.state.rejections.entry(key).or_insert_with(|| RejectionLog {
-            device: device_id.to_string(),
-            metric,
-            times: Vec::new(),
-            last_reason: String::new(),
-        });
+        let log = self
+            .state
+            .rejections
+            .entry(key)
+            .or_insert_with(|| RejectionLog {
+                device: device_id.to_string(),
+                metric,
+                times: Vec::new(),
+                last_reason: String::new(),
+            });
         log.times.push(now);
         log.times.retain(|t| now - *t <= window);
         if log.times.len() > MAX_REJECTIONS {
@@ -459,14 +533,27 @@ impl AlertEngine {
     pub fn tick(&mut self, now: OffsetDateTime) -> Vec<AlertEvent> {
         let mut out = Vec::new();
         // Device silence.
-        let devices: Vec<(String, DeviceState)> =
-            self.state.devices.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let devices: Vec<(String, DeviceState)> = self
+            .state
+            .devices
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (id, d) in devices {
             let since = d.last_seen.unwrap_or(d.registered_at);
             let silent = technical::is_silent(now, since, d.expected_interval_secs);
             let rule = technical_rule(TechnicalCondition::DeviceSilent, Some(&id), None);
             let desired = silent.then_some(TechnicalCondition::DeviceSilent.priority());
-            self.drive(now, rule, Some(desired), Timing::default(), Some(&id), None, None, &mut out);
+            self.drive(
+                now,
+                rule,
+                Some(desired),
+                Timing::default(),
+                Some(&id),
+                None,
+                None,
+                &mut out,
+            );
         }
         // Rejections leaving the window.
         let window = secs(self.cfg.technical.rejection_window_secs);
@@ -480,8 +567,14 @@ impl AlertEngine {
             })
             .collect();
         for (key, count) in logs {
-            let Some(log) = self.state.rejections.get(&key) else { continue };
-            let rule = technical_rule(TechnicalCondition::RepeatedRejections, Some(&log.device.clone()), Some(log.metric));
+            let Some(log) = self.state.rejections.get(&key) else {
+                continue;
+            };
+            let rule = technical_rule(
+                TechnicalCondition::RepeatedRejections,
+                Some(&log.device.clone()),
+                Some(log.metric),
+            );
             if count == 0 {
                 self.state.rejections.remove(&key);
             }
@@ -490,14 +583,25 @@ impl AlertEngine {
         // Everything else: thresholds (with staleness), NEWS2, flags, outbox, clock.
         let keys: Vec<String> = self.state.slots.keys().cloned().collect();
         for key in keys {
-            let Some(slot) = self.state.slots.get(&key) else { continue };
+            let Some(slot) = self.state.slots.get(&key) else {
+                continue;
+            };
             let rule = slot.rule.clone();
             let (device, metric) = (slot.device.clone(), slot.metric);
             match &rule {
                 RuleRef::Threshold { rule_id } => {
                     let Some(r) = self.cfg.rules.iter().find(|r| &r.id == rule_id) else {
                         // Rule removed from the configuration: its alert clears now.
-                        self.drive(now, rule, Some(None), Timing::default(), device.as_deref(), metric, None, &mut out);
+                        self.drive(
+                            now,
+                            rule,
+                            Some(None),
+                            Timing::default(),
+                            device.as_deref(),
+                            metric,
+                            None,
+                            &mut out,
+                        );
                         continue;
                     };
                     let timing = Timing {
@@ -505,19 +609,36 @@ impl AlertEngine {
                         settle_after_secs: r.clear_after_secs,
                     };
                     let raised = slot.tracker.active.is_some();
-                    let stale = self
-                        .state
-                        .latest
-                        .get(&r.metric)
-                        .is_none_or(|l| now - l.observed_at > secs(self.cfg.news2_freshness_secs));
+                    let stale =
+                        self.state.latest.get(&r.metric).is_none_or(|l| {
+                            now - l.observed_at > secs(self.cfg.news2_freshness_secs)
+                        });
                     // A pending breach whose evidence went stale is dropped; a raised alert is
                     // never cleared by staleness.
                     let desired = (stale && !raised).then_some(None);
-                    self.drive(now, rule, desired, timing, device.as_deref(), metric, None, &mut out);
+                    self.drive(
+                        now,
+                        rule,
+                        desired,
+                        timing,
+                        device.as_deref(),
+                        metric,
+                        None,
+                        &mut out,
+                    );
                 }
                 _ => {
                     let timing = slot.timing;
-                    self.drive(now, rule, None, timing, device.as_deref(), metric, None, &mut out);
+                    self.drive(
+                        now,
+                        rule,
+                        None,
+                        timing,
+                        device.as_deref(),
+                        metric,
+                        None,
+                        &mut out,
+                    );
                 }
             }
         }
@@ -525,7 +646,12 @@ impl AlertEngine {
     }
 
     /// Reports the outbox depth (undelivered items) and capacity.
-    pub fn on_outbox_depth(&mut self, now: OffsetDateTime, depth: u64, capacity: u64) -> Vec<AlertEvent> {
+    pub fn on_outbox_depth(
+        &mut self,
+        now: OffsetDateTime,
+        depth: u64,
+        capacity: u64,
+    ) -> Vec<AlertEvent> {
         let mut out = Vec::new();
         self.state.outbox = Some((depth, capacity));
         let rule = technical_rule(TechnicalCondition::OutboxNearFull, None, None);
@@ -579,7 +705,10 @@ impl AlertEngine {
         }
         let total: u8 = sub_scores.iter().map(|s| s.score).sum();
         let band = risk_band(total, any_three);
-        let mut derived_from: Vec<String> = sub_scores.iter().filter_map(|s| s.obs_ref.clone()).collect();
+        let mut derived_from: Vec<String> = sub_scores
+            .iter()
+            .filter_map(|s| s.obs_ref.clone())
+            .collect();
         derived_from.dedup();
         News2Status::Complete(News2Score {
             total,
@@ -641,32 +770,66 @@ impl AlertEngine {
             o2_ref,
         );
         if let Some((v, l)) = int(Metric::RespiratoryRate) {
-            put(News2Parameter::RespirationRate, score_respiration_rate(v), v.to_string(), Some(l.obs_ref.clone()));
+            put(
+                News2Parameter::RespirationRate,
+                score_respiration_rate(v),
+                v.to_string(),
+                Some(l.obs_ref.clone()),
+            );
         }
         if let Some((v, l)) = int(Metric::Spo2) {
-            put(News2Parameter::OxygenSaturation, score_spo2(v, scale, on_oxygen), v.to_string(), Some(l.obs_ref.clone()));
+            put(
+                News2Parameter::OxygenSaturation,
+                score_spo2(v, scale, on_oxygen),
+                v.to_string(),
+                Some(l.obs_ref.clone()),
+            );
         }
         if let Some((v, l)) = int(Metric::SystolicBp) {
-            put(News2Parameter::SystolicBp, score_systolic_bp(v), v.to_string(), Some(l.obs_ref.clone()));
+            put(
+                News2Parameter::SystolicBp,
+                score_systolic_bp(v),
+                v.to_string(),
+                Some(l.obs_ref.clone()),
+            );
         }
         // Pulse: the more recent of pulse_rate and heart_rate; on equal times pulse_rate wins,
         // because NEWS2 charts the pulse.
         let pulse = match (int(Metric::PulseRate), int(Metric::HeartRate)) {
-            (Some(p), Some(h)) => Some(if h.1.observed_at > p.1.observed_at { h } else { p }),
+            (Some(p), Some(h)) => Some(if h.1.observed_at > p.1.observed_at {
+                h
+            } else {
+                p
+            }),
             (p, h) => p.or(h),
         };
         if let Some((v, l)) = pulse {
-            put(News2Parameter::Pulse, score_pulse(v), v.to_string(), Some(l.obs_ref.clone()));
+            put(
+                News2Parameter::Pulse,
+                score_pulse(v),
+                v.to_string(),
+                Some(l.obs_ref.clone()),
+            );
         }
         if let Some(l) = self.fresh(Metric::Acvpu, now) {
             if let LatestValue::Code(c) = l.value {
-                put(News2Parameter::Consciousness, score_consciousness(c), format!("{c:?}"), Some(l.obs_ref.clone()));
+                put(
+                    News2Parameter::Consciousness,
+                    score_consciousness(c),
+                    format!("{c:?}"),
+                    Some(l.obs_ref.clone()),
+                );
             }
         }
         if let Some(l) = self.fresh(Metric::BodyTemperature, now) {
             if let Some(tenths) = l.number().and_then(|(d, u)| round_to_chart(d, u, 1)) {
                 let shown = Decimal::new(tenths, -1).to_string();
-                put(News2Parameter::Temperature, score_temperature(tenths), shown, Some(l.obs_ref.clone()));
+                put(
+                    News2Parameter::Temperature,
+                    score_temperature(tenths),
+                    shown,
+                    Some(l.obs_ref.clone()),
+                );
             }
         }
         out
@@ -693,7 +856,12 @@ impl AlertEngine {
         }
     }
 
-    fn evaluate_news2(&mut self, now: OffsetDateTime, obs_ref: Option<&str>, out: &mut Vec<AlertEvent>) {
+    fn evaluate_news2(
+        &mut self,
+        now: OffsetDateTime,
+        obs_ref: Option<&str>,
+        out: &mut Vec<AlertEvent>,
+    ) {
         let timing = Timing {
             raise_after_secs: 0,
             settle_after_secs: self.cfg.news2_settle_secs,
@@ -703,10 +871,24 @@ impl AlertEngine {
             let rule = RuleRef::News2Red { parameter: p };
             // Fresh value: its score decides. No fresh value: keep the last evidence (never
             // clear a red score because the parameter went unmeasured).
-            let desired = params.get(&p).map(|s| (s.score == 3).then_some(Priority::Medium));
+            let desired = params
+                .get(&p)
+                .map(|s| (s.score == 3).then_some(Priority::Medium));
             let r = params.get(&p).and_then(|s| s.obs_ref.clone());
             let metric = news2_source(p, &self.state.latest);
-            self.drive(now, rule, desired, timing, None, metric, r.as_deref(), out);
+            let device = metric
+                .and_then(|m| self.state.latest.get(&m))
+                .map(|l| l.device.clone());
+            self.drive(
+                now,
+                rule,
+                desired,
+                timing,
+                device.as_deref(),
+                metric,
+                r.as_deref(),
+                out,
+            );
         }
         let desired = match self.news2(now) {
             News2Status::Complete(s) => Some(match s.band {
@@ -717,10 +899,26 @@ impl AlertEngine {
             }),
             News2Status::Partial(_) => None,
         };
-        self.drive(now, RuleRef::News2Aggregate, desired, timing, None, None, obs_ref, out);
+        self.drive(
+            now,
+            RuleRef::News2Aggregate,
+            desired,
+            timing,
+            None,
+            None,
+            obs_ref,
+            out,
+        );
     }
 
-    fn evaluate_thresholds(&mut self, now: OffsetDateTime, metric: Metric, device: &str, obs_ref: &str, out: &mut Vec<AlertEvent>) {
+    fn evaluate_thresholds(
+        &mut self,
+        now: OffsetDateTime,
+        metric: Metric,
+        device: &str,
+        obs_ref: &str,
+        out: &mut Vec<AlertEvent>,
+    ) {
         let Some(value) = self
             .state
             .latest
@@ -729,9 +927,17 @@ impl AlertEngine {
         else {
             return;
         };
-        let rules: Vec<_> = self.cfg.rules.iter().filter(|r| r.metric == metric).cloned().collect();
+        let rules: Vec<_> = self
+            .cfg
+            .rules
+            .iter()
+            .filter(|r| r.metric == metric)
+            .cloned()
+            .collect();
         for r in rules {
-            let rule = RuleRef::Threshold { rule_id: r.id.clone() };
+            let rule = RuleRef::Threshold {
+                rule_id: r.id.clone(),
+            };
             let raised = self
                 .state
                 .slots
@@ -742,7 +948,16 @@ impl AlertEngine {
                 raise_after_secs: r.persist_secs,
                 settle_after_secs: r.clear_after_secs,
             };
-            self.drive(now, rule, Some(desired), timing, Some(device), Some(metric), Some(obs_ref), out);
+            self.drive(
+                now,
+                rule,
+                Some(desired),
+                timing,
+                Some(device),
+                Some(metric),
+                Some(obs_ref),
+                out,
+            );
         }
     }
 
@@ -750,30 +965,72 @@ impl AlertEngine {
         if let Some(d) = self.state.devices.get_mut(device_id) {
             d.last_seen = Some(d.last_seen.map_or(now, |t| t.max(now)));
             let rule = technical_rule(TechnicalCondition::DeviceSilent, Some(device_id), None);
-            self.drive(now, rule, Some(None), Timing::default(), Some(device_id), None, None, out);
+            self.drive(
+                now,
+                rule,
+                Some(None),
+                Timing::default(),
+                Some(device_id),
+                None,
+                None,
+                out,
+            );
         }
     }
 
-    fn flag_alarms(&mut self, now: OffsetDateTime, device_id: &str, reading: &Reading, obs_ref: &str, out: &mut Vec<AlertEvent>) {
+    fn flag_alarms(
+        &mut self,
+        now: OffsetDateTime,
+        device_id: &str,
+        reading: &Reading,
+        obs_ref: &str,
+        out: &mut Vec<AlertEvent>,
+    ) {
         let t = &self.cfg.technical;
         let checks = [
-            (TechnicalCondition::SensorOff, Flag::SensorOff, t.sensor_off_after_secs),
-            (TechnicalCondition::ProbeDisconnected, Flag::ProbeDisconnected, t.sensor_off_after_secs),
+            (
+                TechnicalCondition::SensorOff,
+                Flag::SensorOff,
+                t.sensor_off_after_secs,
+            ),
+            (
+                TechnicalCondition::ProbeDisconnected,
+                Flag::ProbeDisconnected,
+                t.sensor_off_after_secs,
+            ),
             (TechnicalCondition::LowBattery, Flag::LowBattery, 0),
         ];
         let settle = t.clear_after_secs;
         for (condition, flag, raise_after) in checks {
             let rule = technical_rule(condition, Some(device_id), None);
-            let desired = reading.flags.contains(&flag).then_some(condition.priority());
+            let desired = reading
+                .flags
+                .contains(&flag)
+                .then_some(condition.priority());
             let timing = Timing {
                 raise_after_secs: raise_after,
                 settle_after_secs: settle,
             };
-            self.drive(now, rule, Some(desired), timing, Some(device_id), Some(reading.metric), Some(obs_ref), out);
+            self.drive(
+                now,
+                rule,
+                Some(desired),
+                timing,
+                Some(device_id),
+                Some(reading.metric),
+                Some(obs_ref),
+                out,
+            );
         }
     }
 
-    fn drive_rejections(&mut self, now: OffsetDateTime, rule: RuleRef, count: usize, out: &mut Vec<AlertEvent>) {
+    fn drive_rejections(
+        &mut self,
+        now: OffsetDateTime,
+        rule: RuleRef,
+        count: usize,
+        out: &mut Vec<AlertEvent>,
+    ) {
         let t = &self.cfg.technical;
         let enough = u32::try_from(count).unwrap_or(u32::MAX) >= t.rejections_to_alarm;
         let desired = enough.then_some(TechnicalCondition::RepeatedRejections.priority());
@@ -785,7 +1042,16 @@ impl AlertEngine {
             RuleRef::Technical { device, metric, .. } => (device.clone(), *metric),
             _ => (None, None),
         };
-        self.drive(now, rule, Some(desired), timing, device.as_deref(), metric, None, out);
+        self.drive(
+            now,
+            rule,
+            Some(desired),
+            timing,
+            device.as_deref(),
+            metric,
+            None,
+            out,
+        );
     }
 
     /// Feeds one alert key: `desired = Some(level)` is new evidence, `None` only lets time pass.
@@ -836,7 +1102,8 @@ impl AlertEngine {
                         slot.refs.push(r.to_string());
                     }
                 }
-                slot.tracker.observe(now, level, timing, &self.patient_id, &key)
+                slot.tracker
+                    .observe(now, level, timing, &self.patient_id, &key)
             }
             None => slot.tracker.step(now, timing, &self.patient_id, &key),
         };
@@ -844,13 +1111,21 @@ impl AlertEngine {
             let event = self.build_event(now, &key, &slot, change);
             out.push(event);
         }
-        let idle = slot.tracker.active.is_none() && slot.tracker.desired.is_none() && slot.tracker.up_since.is_none();
+        let idle = slot.tracker.active.is_none()
+            && slot.tracker.desired.is_none()
+            && slot.tracker.up_since.is_none();
         if !idle {
             self.state.slots.insert(key, slot);
         }
     }
 
-    fn build_event(&self, now: OffsetDateTime, key: &str, slot: &Slot, change: Change) -> AlertEvent {
+    fn build_event(
+        &self,
+        now: OffsetDateTime,
+        key: &str,
+        slot: &Slot,
+        change: Change,
+    ) -> AlertEvent {
         let mut ev = AlertEvent {
             schema_version: SCHEMA_VERSION,
             rules_version: RULES_VERSION,
@@ -891,7 +1166,11 @@ impl AlertEngine {
             RuleRef::Threshold { rule_id } => self.threshold_body(&mut ev, rule_id, slot),
             RuleRef::News2Aggregate => {
                 let b = self.breakdown(now);
-                ev.obs_refs = b.sub_scores.iter().filter_map(|s| s.obs_ref.clone()).collect();
+                ev.obs_refs = b
+                    .sub_scores
+                    .iter()
+                    .filter_map(|s| s.obs_ref.clone())
+                    .collect();
                 let text = match (b.total, b.band, b.response) {
                     (Some(total), Some(band), Some(resp)) => format!(
                         "NEWS2 total {total} ({} clinical risk): {}. Sub-scores: {}",
@@ -922,7 +1201,10 @@ impl AlertEngine {
                         s.score,
                         s.value,
                         if s.score == 3 {
-                            format!(": a 3 in a single parameter needs an {}", ClinicalResponse::UrgentWardBasedResponse.text())
+                            format!(
+                                ": a 3 in a single parameter needs an {}",
+                                ClinicalResponse::UrgentWardBasedResponse.text()
+                            )
                         } else {
                             String::new()
                         }
@@ -930,7 +1212,10 @@ impl AlertEngine {
                     None => format!("NEWS2 {} not measured recently", parameter.label()),
                 };
                 if !b.missing.is_empty() {
-                    text.push_str(&format!(". Not scored (no fresh value): {}", param_list(&b.missing)));
+                    text.push_str(&format!(
+                        ". Not scored (no fresh value): {}",
+                        param_list(&b.missing)
+                    ));
                 }
                 ev.news2 = Some(b);
                 text
@@ -944,7 +1229,9 @@ impl AlertEngine {
     }
 
     fn threshold_body(&self, ev: &mut AlertEvent, rule_id: &str, slot: &Slot) -> String {
-        let latest = slot.metric.and_then(|m| self.state.latest.get(&m).map(|l| (m, l)));
+        let latest = slot
+            .metric
+            .and_then(|m| self.state.latest.get(&m).map(|l| (m, l)));
         if let Some((m, l)) = latest {
             ev.values.push(l.observed(m));
         }
@@ -982,14 +1269,26 @@ impl AlertEngine {
                 "{} {value}, back {back} {clear_at} {u} for {} s (rule {})",
                 r.metric, r.clear_after_secs, r.id
             ),
-            _ => format!(
-                "{} {value} {word} {limit} {u} for at least {} s (rule {}; clears {back} {clear_at} {u})",
-                r.metric, r.persist_secs, r.id
-            ),
+            _ => {
+                let held = if r.persist_secs == 0 {
+                    String::new()
+                } else {
+                    format!(" for at least {} s", r.persist_secs)
+                };
+                format!(
+                    "{} {value} {word} {limit} {u}{held} (rule {}; clears {back} {clear_at} {u})",
+                    r.metric, r.id
+                )
+            }
         }
     }
 
-    fn technical_body(&self, ev: &mut AlertEvent, condition: TechnicalCondition, device: Option<&str>) -> String {
+    fn technical_body(
+        &self,
+        ev: &mut AlertEvent,
+        condition: TechnicalCondition,
+        device: Option<&str>,
+    ) -> String {
         let mut d = TechnicalDetail {
             condition: Some(condition),
             ..TechnicalDetail::default()
@@ -1065,7 +1364,11 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn technical_rule(condition: TechnicalCondition, device: Option<&str>, metric: Option<Metric>) -> RuleRef {
+fn technical_rule(
+    condition: TechnicalCondition,
+    device: Option<&str>,
+    metric: Option<Metric>,
+) -> RuleRef {
     RuleRef::Technical {
         condition,
         device: device.map(str::to_string),
@@ -1105,7 +1408,10 @@ fn news2_source(p: News2Parameter, latest: &BTreeMap<Metric, Latest>) -> Option<
     if p != News2Parameter::Pulse {
         return news2_metric(p);
     }
-    match (latest.get(&Metric::PulseRate), latest.get(&Metric::HeartRate)) {
+    match (
+        latest.get(&Metric::PulseRate),
+        latest.get(&Metric::HeartRate),
+    ) {
         (Some(pr), Some(hr)) if hr.observed_at > pr.observed_at => Some(Metric::HeartRate),
         (None, Some(_)) => Some(Metric::HeartRate),
         _ => Some(Metric::PulseRate),

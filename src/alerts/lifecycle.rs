@@ -122,12 +122,25 @@ pub fn alert_id(patient: &str, key: &str, raised_at: OffsetDateTime) -> String {
 
 /// Deterministic event id: UUID v5 of the alert id, transition, priority and time, so a
 /// re-published event is recognisably the same event.
-pub fn event_id(alert_id: &str, transition: Transition, priority: Priority, at: OffsetDateTime) -> String {
-    let ns = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://vitalgate.invalid/alert-events/v1");
+pub fn event_id(
+    alert_id: &str,
+    transition: Transition,
+    priority: Priority,
+    at: OffsetDateTime,
+) -> String {
+    let ns = Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        b"https://vitalgate.invalid/alert-events/v1",
+    );
     let at = at.to_offset(time::UtcOffset::UTC).unix_timestamp_nanos();
     Uuid::new_v5(
         &ns,
-        format!("{alert_id}\n{}\n{}\n{at}", transition.as_str(), priority.as_str()).as_bytes(),
+        format!(
+            "{alert_id}\n{}\n{}\n{at}",
+            transition.as_str(),
+            priority.as_str()
+        )
+        .as_bytes(),
     )
     .to_string()
 }
@@ -152,7 +165,13 @@ impl Tracker {
     }
 
     /// Lets time pass with the last evidence; applies a pending change whose delay elapsed.
-    pub fn step(&mut self, now: OffsetDateTime, timing: Timing, patient: &str, key: &str) -> Option<Change> {
+    pub fn step(
+        &mut self,
+        now: OffsetDateTime,
+        timing: Timing,
+        patient: &str,
+        key: &str,
+    ) -> Option<Change> {
         let current = self.current();
         let desired = self.desired;
         if desired > current {
@@ -177,7 +196,13 @@ impl Tracker {
         self.apply(now, desired, patient, key)
     }
 
-    fn apply(&mut self, now: OffsetDateTime, desired: Option<Priority>, patient: &str, key: &str) -> Option<Change> {
+    fn apply(
+        &mut self,
+        now: OffsetDateTime,
+        desired: Option<Priority>,
+        patient: &str,
+        key: &str,
+    ) -> Option<Change> {
         match (self.active.take(), desired) {
             (None, Some(p)) => {
                 let id = alert_id(patient, key, now);
@@ -241,7 +266,10 @@ mod tests {
     #[test]
     fn tracker_raises_only_after_raise_delay_held() {
         let mut t = Tracker::default();
-        assert_eq!(t.observe(at(0), Some(Priority::High), TIMING, "p", "k"), None);
+        assert_eq!(
+            t.observe(at(0), Some(Priority::High), TIMING, "p", "k"),
+            None
+        );
         assert_eq!(t.step(at(59), TIMING, "p", "k"), None);
         let c = t.step(at(60), TIMING, "p", "k").unwrap();
         assert_eq!(c.transition, Transition::Raised);
@@ -254,7 +282,10 @@ mod tests {
         let mut t = Tracker::default();
         t.observe(at(0), Some(Priority::High), TIMING, "p", "k");
         t.observe(at(30), None, TIMING, "p", "k");
-        assert_eq!(t.observe(at(40), Some(Priority::High), TIMING, "p", "k"), None);
+        assert_eq!(
+            t.observe(at(40), Some(Priority::High), TIMING, "p", "k"),
+            None
+        );
         assert_eq!(t.step(at(99), TIMING, "p", "k"), None);
         assert!(t.step(at(100), TIMING, "p", "k").is_some());
     }
@@ -263,10 +294,19 @@ mod tests {
     fn tracker_escalates_and_de_escalates_keeping_the_alert_id() {
         let mut t = Tracker::default();
         let no_delay = Timing::default();
-        let r = t.observe(at(0), Some(Priority::Medium), no_delay, "p", "k").unwrap();
-        let e = t.observe(at(1), Some(Priority::High), no_delay, "p", "k").unwrap();
-        assert_eq!((e.transition, e.previous), (Transition::Escalated, Some(Priority::Medium)));
-        let d = t.observe(at(2), Some(Priority::Low), no_delay, "p", "k").unwrap();
+        let r = t
+            .observe(at(0), Some(Priority::Medium), no_delay, "p", "k")
+            .unwrap();
+        let e = t
+            .observe(at(1), Some(Priority::High), no_delay, "p", "k")
+            .unwrap();
+        assert_eq!(
+            (e.transition, e.previous),
+            (Transition::Escalated, Some(Priority::Medium))
+        );
+        let d = t
+            .observe(at(2), Some(Priority::Low), no_delay, "p", "k")
+            .unwrap();
         assert_eq!(d.transition, Transition::DeEscalated);
         let c = t.observe(at(3), None, no_delay, "p", "k").unwrap();
         assert_eq!(c.transition, Transition::Cleared);
@@ -278,7 +318,10 @@ mod tests {
     fn alert_id_is_deterministic_and_depends_on_each_input() {
         let a = alert_id("p1", "k", at(0));
         assert_eq!(a, alert_id("p1", "k", at(0)));
-        assert_eq!(a, alert_id("p1", "k", at(0).to_offset(time::macros::offset!(+1))));
+        assert_eq!(
+            a,
+            alert_id("p1", "k", at(0).to_offset(time::macros::offset!(+1)))
+        );
         assert_ne!(a, alert_id("p2", "k", at(0)));
         assert_ne!(a, alert_id("p1", "k2", at(0)));
         assert_ne!(a, alert_id("p1", "k", at(1)));

@@ -314,7 +314,18 @@ mod tests {
     // clinical.md §2.1 Chart 1, respiration rate row; edges 8/9, 11/12, 20/21, 24/25.
     #[test]
     fn respiration_rate_scores_every_band_edge() {
-        let cases = [(0, 3), (8, 3), (9, 1), (11, 1), (12, 0), (20, 0), (21, 2), (24, 2), (25, 3), (60, 3)];
+        let cases = [
+            (0, 3),
+            (8, 3),
+            (9, 1),
+            (11, 1),
+            (12, 0),
+            (20, 0),
+            (21, 2),
+            (24, 2),
+            (25, 3),
+            (60, 3),
+        ];
         for (rr, want) in cases {
             assert_eq!(score_respiration_rate(rr), want, "RR {rr}");
         }
@@ -323,9 +334,22 @@ mod tests {
     // clinical.md §2.1 Chart 1, SpO2 Scale 1 row; edges 91/92, 93/94, 95/96; oxygen irrelevant.
     #[test]
     fn spo2_scale1_scores_every_band_edge_on_air_and_oxygen() {
-        let cases = [(80, 3), (91, 3), (92, 2), (93, 2), (94, 1), (95, 1), (96, 0), (100, 0)];
+        let cases = [
+            (80, 3),
+            (91, 3),
+            (92, 2),
+            (93, 2),
+            (94, 1),
+            (95, 1),
+            (96, 0),
+            (100, 0),
+        ];
         for (s, want) in cases {
-            assert_eq!(score_spo2(s, Spo2Scale::Scale1, false), want, "SpO2 {s} air");
+            assert_eq!(
+                score_spo2(s, Spo2Scale::Scale1, false),
+                want,
+                "SpO2 {s} air"
+            );
             assert_eq!(score_spo2(s, Spo2Scale::Scale1, true), want, "SpO2 {s} O2");
         }
     }
@@ -333,16 +357,45 @@ mod tests {
     // clinical.md §2.1 Chart 1, SpO2 Scale 2 row; edges 83/84, 85/86, 87/88, 92/93, 94/95, 96/97.
     #[test]
     fn spo2_scale2_scores_every_band_edge_on_air() {
-        let cases = [(83, 3), (84, 2), (85, 2), (86, 1), (87, 1), (88, 0), (92, 0), (93, 0), (97, 0), (100, 0)];
+        let cases = [
+            (83, 3),
+            (84, 2),
+            (85, 2),
+            (86, 1),
+            (87, 1),
+            (88, 0),
+            (92, 0),
+            (93, 0),
+            (97, 0),
+            (100, 0),
+        ];
         for (s, want) in cases {
-            assert_eq!(score_spo2(s, Spo2Scale::Scale2, false), want, "SpO2 {s} air");
+            assert_eq!(
+                score_spo2(s, Spo2Scale::Scale2, false),
+                want,
+                "SpO2 {s} air"
+            );
         }
     }
 
     // clinical.md §2.1 Chart 1, SpO2 Scale 2 row, "on oxygen" columns; §2.2 ">= 93 scores 1/2/3 on oxygen".
     #[test]
     fn spo2_scale2_scores_every_band_edge_on_oxygen() {
-        let cases = [(83, 3), (84, 2), (85, 2), (86, 1), (87, 1), (88, 0), (92, 0), (93, 1), (94, 1), (95, 2), (96, 2), (97, 3), (100, 3)];
+        let cases = [
+            (83, 3),
+            (84, 2),
+            (85, 2),
+            (86, 1),
+            (87, 1),
+            (88, 0),
+            (92, 0),
+            (93, 1),
+            (94, 1),
+            (95, 2),
+            (96, 2),
+            (97, 3),
+            (100, 3),
+        ];
         for (s, want) in cases {
             assert_eq!(score_spo2(s, Spo2Scale::Scale2, true), want, "SpO2 {s} O2");
         }
@@ -358,7 +411,18 @@ mod tests {
     // clinical.md §2.1 Chart 1, systolic BP row; edges 90/91, 100/101, 110/111, 219/220.
     #[test]
     fn systolic_bp_scores_every_band_edge() {
-        let cases = [(60, 3), (90, 3), (91, 2), (100, 2), (101, 1), (110, 1), (111, 0), (219, 0), (220, 3), (280, 3)];
+        let cases = [
+            (60, 3),
+            (90, 3),
+            (91, 2),
+            (100, 2),
+            (101, 1),
+            (110, 1),
+            (111, 0),
+            (219, 0),
+            (220, 3),
+            (280, 3),
+        ];
         for (v, want) in cases {
             assert_eq!(score_systolic_bp(v), want, "SBP {v}");
         }
@@ -367,7 +431,20 @@ mod tests {
     // clinical.md §2.1 Chart 1, pulse row; edges 40/41, 50/51, 90/91, 110/111, 130/131.
     #[test]
     fn pulse_scores_every_band_edge() {
-        let cases = [(30, 3), (40, 3), (41, 1), (50, 1), (51, 0), (90, 0), (91, 1), (110, 1), (111, 2), (130, 2), (131, 3), (200, 3)];
+        let cases = [
+            (30, 3),
+            (40, 3),
+            (41, 1),
+            (50, 1),
+            (51, 0),
+            (90, 0),
+            (91, 1),
+            (110, 1),
+            (111, 2),
+            (130, 2),
+            (131, 3),
+            (200, 3),
+        ];
         for (v, want) in cases {
             assert_eq!(score_pulse(v), want, "pulse {v}");
         }
@@ -385,7 +462,18 @@ mod tests {
     // clinical.md §2.1 Chart 1, temperature row; edges 35.0/35.1, 36.0/36.1, 38.0/38.1, 39.0/39.1.
     #[test]
     fn temperature_scores_every_band_edge() {
-        let cases = [(340, 3), (350, 3), (351, 1), (360, 1), (361, 0), (380, 0), (381, 1), (390, 1), (391, 2), (420, 2)];
+        let cases = [
+            (340, 3),
+            (350, 3),
+            (351, 1),
+            (360, 1),
+            (361, 0),
+            (380, 0),
+            (381, 1),
+            (390, 1),
+            (391, 2),
+            (420, 2),
+        ];
         for (v, want) in cases {
             assert_eq!(score_temperature(v), want, "temp {v}");
         }
@@ -407,45 +495,93 @@ mod tests {
     // clinical.md §2.3 Chart 2/4: total 0 routine, 1-4 ward-based.
     #[test]
     fn clinical_response_distinguishes_zero_from_one_to_four() {
-        assert_eq!(ClinicalResponse::for_score(0, RiskBand::Low), ClinicalResponse::RoutineMonitoring);
-        assert_eq!(ClinicalResponse::for_score(1, RiskBand::Low), ClinicalResponse::WardBasedResponse);
-        assert_eq!(ClinicalResponse::for_score(3, RiskBand::LowMedium), ClinicalResponse::UrgentWardBasedResponse);
-        assert_eq!(ClinicalResponse::for_score(7, RiskBand::High), ClinicalResponse::EmergencyResponse);
+        assert_eq!(
+            ClinicalResponse::for_score(0, RiskBand::Low),
+            ClinicalResponse::RoutineMonitoring
+        );
+        assert_eq!(
+            ClinicalResponse::for_score(1, RiskBand::Low),
+            ClinicalResponse::WardBasedResponse
+        );
+        assert_eq!(
+            ClinicalResponse::for_score(3, RiskBand::LowMedium),
+            ClinicalResponse::UrgentWardBasedResponse
+        );
+        assert_eq!(
+            ClinicalResponse::for_score(7, RiskBand::High),
+            ClinicalResponse::EmergencyResponse
+        );
     }
 
     // clinical.md §2.5: 35.05 °C -> 1 (rounds to 35.1), 20.5/min -> 2, 90.5 mmHg -> 2.
     #[test]
     fn round_to_chart_rounds_half_away_from_zero_on_exact_digits() {
-        assert_eq!(round_to_chart(Decimal::new(3505, -2), Unit::Celsius, 1), Some(351));
+        assert_eq!(
+            round_to_chart(Decimal::new(3505, -2), Unit::Celsius, 1),
+            Some(351)
+        );
         assert_eq!(score_temperature(351), 1);
-        assert_eq!(round_to_chart(Decimal::new(205, -1), Unit::PerMinute, 0), Some(21));
-        assert_eq!(round_to_chart(Decimal::new(905, -1), Unit::MmHg, 0), Some(91));
-        assert_eq!(round_to_chart(Decimal::new(3504, -2), Unit::Celsius, 1), Some(350));
-        assert_eq!(round_to_chart(Decimal::new(-15, -1), Unit::Celsius, 0), Some(-2));
+        assert_eq!(
+            round_to_chart(Decimal::new(205, -1), Unit::PerMinute, 0),
+            Some(21)
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(905, -1), Unit::MmHg, 0),
+            Some(91)
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(3504, -2), Unit::Celsius, 1),
+            Some(350)
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(-15, -1), Unit::Celsius, 0),
+            Some(-2)
+        );
     }
 
     // 95.09 °F is exactly 35.05 °C: the exact path rounds it to 35.1 like the Celsius value.
     #[test]
     fn round_to_chart_converts_fahrenheit_exactly() {
-        assert_eq!(round_to_chart(Decimal::new(9509, -2), Unit::Fahrenheit, 1), Some(351));
-        assert_eq!(round_to_chart(Decimal::new(1004, -1), Unit::Fahrenheit, 1), Some(380));
+        assert_eq!(
+            round_to_chart(Decimal::new(9509, -2), Unit::Fahrenheit, 1),
+            Some(351)
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(1004, -1), Unit::Fahrenheit, 1),
+            Some(380)
+        );
         // agrees with Unit::to_canonical away from ties
         let f = Decimal::new(1013, -1);
         let c = Unit::Fahrenheit.to_canonical(f.to_f64());
-        assert_eq!(round_to_chart(f, Unit::Fahrenheit, 1), Some((c * 10.0).round() as i64));
+        assert_eq!(
+            round_to_chart(f, Unit::Fahrenheit, 1),
+            Some((c * 10.0).round() as i64)
+        );
     }
 
     #[test]
     fn round_to_chart_converts_kilopascal_to_mmhg() {
         // 12 kPa = 90.0073890 mmHg -> 90
-        assert_eq!(round_to_chart(Decimal::int(12), Unit::KiloPascal, 0), Some(90));
-        assert_eq!(round_to_chart(Decimal::new(1215, -2), Unit::KiloPascal, 0), Some(91));
+        assert_eq!(
+            round_to_chart(Decimal::int(12), Unit::KiloPascal, 0),
+            Some(90)
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(1215, -2), Unit::KiloPascal, 0),
+            Some(91)
+        );
     }
 
     #[test]
     fn round_to_chart_refuses_overflow_and_foreign_units() {
-        assert_eq!(round_to_chart(Decimal::new(i64::MAX, 127), Unit::Celsius, 1), None);
-        assert_eq!(round_to_chart(Decimal::new(1, -128), Unit::Celsius, 1), None);
+        assert_eq!(
+            round_to_chart(Decimal::new(i64::MAX, 127), Unit::Celsius, 1),
+            None
+        );
+        assert_eq!(
+            round_to_chart(Decimal::new(1, -128), Unit::Celsius, 1),
+            None
+        );
         assert_eq!(round_to_chart(Decimal::int(70), Unit::Kilogram, 0), None);
     }
 }

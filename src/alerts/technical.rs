@@ -67,7 +67,11 @@ pub fn key(condition: TechnicalCondition, device: Option<&str>, metric: Option<M
 }
 
 /// Whether a device last heard from at `last_seen` is silent at `now`.
-pub fn is_silent(now: OffsetDateTime, last_seen: OffsetDateTime, expected_interval_secs: u64) -> bool {
+pub fn is_silent(
+    now: OffsetDateTime,
+    last_seen: OffsetDateTime,
+    expected_interval_secs: u64,
+) -> bool {
     now - last_seen > Duration::seconds(i64::try_from(expected_interval_secs).unwrap_or(i64::MAX))
 }
 
@@ -75,7 +79,12 @@ pub fn is_silent(now: OffsetDateTime, last_seen: OffsetDateTime, expected_interv
 /// above `outbox_warn_percent`; once raised it holds (at medium) down to
 /// `outbox_clear_percent`. A zero capacity is treated as full (a misconfigured store cannot
 /// keep readings).
-pub fn outbox_level(depth: u64, capacity: u64, raised: bool, cfg: &TechnicalConfig) -> Option<Priority> {
+pub fn outbox_level(
+    depth: u64,
+    capacity: u64,
+    raised: bool,
+    cfg: &TechnicalConfig,
+) -> Option<Priority> {
     // percent * 100, in u128 so no input overflows
     let fill = if capacity == 0 {
         10_000
@@ -85,7 +94,9 @@ pub fn outbox_level(depth: u64, capacity: u64, raised: bool, cfg: &TechnicalConf
     let pct = |p: u8| u128::from(p) * 100;
     if fill >= pct(cfg.outbox_high_percent) {
         Some(Priority::High)
-    } else if fill >= pct(cfg.outbox_warn_percent) || (raised && fill >= pct(cfg.outbox_clear_percent)) {
+    } else if fill >= pct(cfg.outbox_warn_percent)
+        || (raised && fill >= pct(cfg.outbox_clear_percent))
+    {
         Some(Priority::Medium)
     } else {
         None
@@ -110,16 +121,29 @@ mod tests {
     fn outbox_level_treats_zero_capacity_as_full_and_never_overflows() {
         let cfg = TechnicalConfig::default();
         assert_eq!(outbox_level(0, 0, false, &cfg), Some(Priority::High));
-        assert_eq!(outbox_level(u64::MAX, u64::MAX, false, &cfg), Some(Priority::High));
+        assert_eq!(
+            outbox_level(u64::MAX, u64::MAX, false, &cfg),
+            Some(Priority::High)
+        );
     }
 
     #[test]
     fn technical_keys_name_condition_device_and_metric() {
-        assert_eq!(key(TechnicalCondition::DeviceSilent, Some("ox-1"), None), "technical:device_silent:ox-1");
         assert_eq!(
-            key(TechnicalCondition::RepeatedRejections, Some("ox-1"), Some(Metric::Spo2)),
+            key(TechnicalCondition::DeviceSilent, Some("ox-1"), None),
+            "technical:device_silent:ox-1"
+        );
+        assert_eq!(
+            key(
+                TechnicalCondition::RepeatedRejections,
+                Some("ox-1"),
+                Some(Metric::Spo2)
+            ),
             "technical:repeated_rejections:ox-1:spo2"
         );
-        assert_eq!(key(TechnicalCondition::OutboxNearFull, None, None), "technical:outbox_near_full");
+        assert_eq!(
+            key(TechnicalCondition::OutboxNearFull, None, None),
+            "technical:outbox_near_full"
+        );
     }
 }

@@ -48,7 +48,11 @@ struct Set {
 }
 
 /// Feeds a full NEWS2 set at `t` (oxygen as an inspired_oxygen reading: 2 l/min or 0).
-fn feed_set(e: &mut AlertEngine, t: OffsetDateTime, s: &Set) -> (Vec<AlertEvent>, Option<News2Score>) {
+fn feed_set(
+    e: &mut AlertEngine,
+    t: OffsetDateTime,
+    s: &Set,
+) -> (Vec<AlertEvent>, Option<News2Score>) {
     let readings = [
         num(Metric::RespiratoryRate, s.rr),
         num(Metric::Spo2, s.spo2),
@@ -92,7 +96,11 @@ fn check_case(set: Set, want_subs: [u8; 7], total: u8, any_three: bool, band: Ri
     assert_eq!(s.total, total);
     assert_eq!(s.any_three, any_three);
     assert_eq!(s.band, band);
-    assert_eq!(score.as_ref(), Some(&s), "the reading completing the set yields the score");
+    assert_eq!(
+        score.as_ref(),
+        Some(&s),
+        "the reading completing the set yields the score"
+    );
 }
 
 fn set(rr: f64, spo2: f64, o2: bool, sbp: f64, hr: f64, acvpu: Acvpu, temp: f64) -> Set {
@@ -111,52 +119,112 @@ fn set(rr: f64, spo2: f64, o2: bool, sbp: f64, hr: f64, acvpu: Acvpu, temp: f64)
 
 #[test]
 fn news2_case_01_all_normal_lower_edges_totals_0_low() {
-    check_case(set(12.0, 96.0, false, 111.0, 51.0, Acvpu::A, 36.1), [0; 7], 0, false, RiskBand::Low);
+    check_case(
+        set(12.0, 96.0, false, 111.0, 51.0, Acvpu::A, 36.1),
+        [0; 7],
+        0,
+        false,
+        RiskBand::Low,
+    );
 }
 
 #[test]
 fn news2_case_02_all_normal_upper_edges_totals_0_low() {
-    check_case(set(20.0, 100.0, false, 219.0, 90.0, Acvpu::A, 38.0), [0; 7], 0, false, RiskBand::Low);
+    check_case(
+        set(20.0, 100.0, false, 219.0, 90.0, Acvpu::A, 38.0),
+        [0; 7],
+        0,
+        false,
+        RiskBand::Low,
+    );
 }
 
 #[test]
 fn news2_case_03_hr_91_totals_1_low() {
-    check_case(set(16.0, 97.0, false, 125.0, 91.0, Acvpu::A, 37.0), [0, 0, 0, 0, 1, 0, 0], 1, false, RiskBand::Low);
+    check_case(
+        set(16.0, 97.0, false, 125.0, 91.0, Acvpu::A, 37.0),
+        [0, 0, 0, 0, 1, 0, 0],
+        1,
+        false,
+        RiskBand::Low,
+    );
 }
 
 #[test]
 fn news2_case_04_totals_4_without_single_3_is_low() {
-    check_case(set(9.0, 94.0, false, 120.0, 91.0, Acvpu::A, 35.1), [1, 1, 0, 0, 1, 0, 1], 4, false, RiskBand::Low);
+    check_case(
+        set(9.0, 94.0, false, 120.0, 91.0, Acvpu::A, 35.1),
+        [1, 1, 0, 0, 1, 0, 1],
+        4,
+        false,
+        RiskBand::Low,
+    );
 }
 
 #[test]
 fn news2_case_05_single_red_rr_8_is_low_medium() {
-    check_case(set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0), [3, 0, 0, 0, 0, 0, 0], 3, true, RiskBand::LowMedium);
+    check_case(
+        set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0),
+        [3, 0, 0, 0, 0, 0, 0],
+        3,
+        true,
+        RiskBand::LowMedium,
+    );
 }
 
 #[test]
 fn news2_case_06_single_red_new_confusion_is_low_medium() {
-    check_case(set(16.0, 97.0, false, 120.0, 80.0, Acvpu::C, 37.0), [0, 0, 0, 0, 0, 3, 0], 3, true, RiskBand::LowMedium);
+    check_case(
+        set(16.0, 97.0, false, 120.0, 80.0, Acvpu::C, 37.0),
+        [0, 0, 0, 0, 0, 3, 0],
+        3,
+        true,
+        RiskBand::LowMedium,
+    );
 }
 
 #[test]
 fn news2_case_07_totals_5_medium() {
-    check_case(set(18.0, 96.0, false, 100.0, 111.0, Acvpu::A, 38.1), [0, 0, 0, 2, 2, 0, 1], 5, false, RiskBand::Medium);
+    check_case(
+        set(18.0, 96.0, false, 100.0, 111.0, Acvpu::A, 38.1),
+        [0, 0, 0, 2, 2, 0, 1],
+        5,
+        false,
+        RiskBand::Medium,
+    );
 }
 
 #[test]
 fn news2_case_08_totals_6_medium_on_oxygen() {
-    check_case(set(22.0, 94.0, true, 115.0, 80.0, Acvpu::A, 38.5), [2, 1, 2, 0, 0, 0, 1], 6, false, RiskBand::Medium);
+    check_case(
+        set(22.0, 94.0, true, 115.0, 80.0, Acvpu::A, 38.5),
+        [2, 1, 2, 0, 0, 0, 1],
+        6,
+        false,
+        RiskBand::Medium,
+    );
 }
 
 #[test]
 fn news2_case_09_totals_7_high() {
-    check_case(set(25.0, 93.0, false, 105.0, 95.0, Acvpu::A, 37.0), [3, 2, 0, 1, 1, 0, 0], 7, true, RiskBand::High);
+    check_case(
+        set(25.0, 93.0, false, 105.0, 95.0, Acvpu::A, 37.0),
+        [3, 2, 0, 1, 1, 0, 0],
+        7,
+        true,
+        RiskBand::High,
+    );
 }
 
 #[test]
 fn news2_case_10_maximum_totals_20_high() {
-    check_case(set(30.0, 85.0, true, 85.0, 140.0, Acvpu::U, 34.5), [3, 3, 2, 3, 3, 3, 3], 20, true, RiskBand::High);
+    check_case(
+        set(30.0, 85.0, true, 85.0, 140.0, Acvpu::U, 34.5),
+        [3, 3, 2, 3, 3, 3, 3],
+        20,
+        true,
+        RiskBand::High,
+    );
 }
 
 // ---- NEWS2 inputs ------------------------------------------------------------------------------
@@ -176,7 +244,11 @@ fn news2_without_acvpu_is_partial_and_names_consciousness() {
         num(Metric::BodyTemperature, 37.0),
     ] {
         let obs = format!("o-{}", r.metric);
-        assert_eq!(e.on_reading(T0, "d", &r, &obs).news2, None, "no score from a partial set");
+        assert_eq!(
+            e.on_reading(T0, "d", &r, &obs).news2,
+            None,
+            "no score from a partial set"
+        );
     }
     match e.news2(T0) {
         News2Status::Partial(p) => {
@@ -201,13 +273,33 @@ fn news2_parameter_older_than_freshness_window_is_missing() {
 #[test]
 fn news2_absent_value_or_sensor_off_flag_does_not_count_as_fresh() {
     let mut e = engine(no_rules());
-    e.on_reading(T0, "ox", &Reading::absent(Metric::Spo2, Absent::Missing), "o1");
-    e.on_reading(T0, "ox", &num(Metric::RespiratoryRate, 16.0).with_flags([Flag::SensorOff]), "o2");
-    e.on_reading(T0, "ox", &num(Metric::PulseRate, 70.0).with_flags([Flag::Motion]), "o3");
-    let News2Status::Partial(p) = e.news2(T0) else { panic!("partial expected") };
+    e.on_reading(
+        T0,
+        "ox",
+        &Reading::absent(Metric::Spo2, Absent::Missing),
+        "o1",
+    );
+    e.on_reading(
+        T0,
+        "ox",
+        &num(Metric::RespiratoryRate, 16.0).with_flags([Flag::SensorOff]),
+        "o2",
+    );
+    e.on_reading(
+        T0,
+        "ox",
+        &num(Metric::PulseRate, 70.0).with_flags([Flag::Motion]),
+        "o3",
+    );
+    let News2Status::Partial(p) = e.news2(T0) else {
+        panic!("partial expected")
+    };
     assert!(p.missing.contains(&News2Parameter::OxygenSaturation));
     assert!(p.missing.contains(&News2Parameter::RespirationRate));
-    assert!(!p.missing.contains(&News2Parameter::Pulse), "a motion flag keeps the value");
+    assert!(
+        !p.missing.contains(&News2Parameter::Pulse),
+        "a motion flag keeps the value"
+    );
 }
 
 #[test]
@@ -236,7 +328,11 @@ fn news2_on_oxygen_from_config_scores_two_and_drives_scale2_oxygen_column() {
     });
     feed_set(&mut e, T0, &normal()); // its inspired_oxygen reading is 0 l/min
     let s = complete(&e, T0);
-    assert_eq!(subs(&s)[1..3], [3, 2], "a 0 l/min reading cannot override the prescription");
+    assert_eq!(
+        subs(&s)[1..3],
+        [3, 2],
+        "a 0 l/min reading cannot override the prescription"
+    );
 }
 
 #[test]
@@ -244,7 +340,11 @@ fn news2_temperature_in_fahrenheit_is_converted_then_banded() {
     let mut e = engine(no_rules());
     feed_set(&mut e, T0, &normal());
     // 95.0 °F = 35.0 °C -> 3 (clinical.md §2.1 temperature <= 35.0)
-    let f = Reading::number(Metric::BodyTemperature, Decimal::new(950, -1), Unit::Fahrenheit);
+    let f = Reading::number(
+        Metric::BodyTemperature,
+        Decimal::new(950, -1),
+        Unit::Fahrenheit,
+    );
     e.on_reading(at(1), "thermo", &f, "t-f");
     let s = complete(&e, at(1));
     assert_eq!(s.sub_scores[6].score, 3);
@@ -256,9 +356,24 @@ fn news2_non_integer_values_are_rounded_half_up_before_banding() {
     // clinical.md §2.5: 35.05 °C -> 1, 20.5/min -> 2, 90.5 mmHg -> 2.
     let mut e = engine(no_rules());
     feed_set(&mut e, T0, &normal());
-    e.on_reading(at(1), "d", &Reading::canonical(Metric::BodyTemperature, Decimal::new(3505, -2)), "t");
-    e.on_reading(at(1), "d", &Reading::canonical(Metric::RespiratoryRate, Decimal::new(205, -1)), "r");
-    e.on_reading(at(1), "d", &Reading::canonical(Metric::SystolicBp, Decimal::new(905, -1)), "b");
+    e.on_reading(
+        at(1),
+        "d",
+        &Reading::canonical(Metric::BodyTemperature, Decimal::new(3505, -2)),
+        "t",
+    );
+    e.on_reading(
+        at(1),
+        "d",
+        &Reading::canonical(Metric::RespiratoryRate, Decimal::new(205, -1)),
+        "r",
+    );
+    e.on_reading(
+        at(1),
+        "d",
+        &Reading::canonical(Metric::SystolicBp, Decimal::new(905, -1)),
+        "b",
+    );
     let s = subs(&complete(&e, at(1)));
     assert_eq!((s[0], s[3], s[6]), (2, 2, 1));
 }
@@ -269,7 +384,10 @@ fn news2_pulse_uses_the_more_recent_of_pulse_rate_and_heart_rate() {
     feed_set(&mut e, T0, &normal()); // pulse_rate 70 at T0
     e.on_reading(at(10), "ecg", &num(Metric::HeartRate, 135.0), "hr");
     let s = complete(&e, at(10));
-    assert_eq!((s.sub_scores[4].score, s.sub_scores[4].obs_ref.as_deref()), (3, Some("hr")));
+    assert_eq!(
+        (s.sub_scores[4].score, s.sub_scores[4].obs_ref.as_deref()),
+        (3, Some("hr"))
+    );
     e.on_reading(at(20), "ox", &num(Metric::PulseRate, 72.0), "pr");
     assert_eq!(complete(&e, at(20)).sub_scores[4].score, 0);
 }
@@ -288,12 +406,19 @@ fn news2_score_is_yielded_on_change_not_for_every_identical_reading() {
     let (_, first) = feed_set(&mut e, T0, &normal());
     assert!(first.is_some());
     let again = e.on_reading(at(1), "ox", &num(Metric::Spo2, 97.0), "s2");
-    assert_eq!(again.news2, None, "same sub-scores within the window: nothing new to publish");
+    assert_eq!(
+        again.news2, None,
+        "same sub-scores within the window: nothing new to publish"
+    );
     let changed = e.on_reading(at(2), "ox", &num(Metric::Spo2, 95.0), "s3");
     let s = changed.news2.expect("a changed sub-score is published");
     assert_eq!(s.total, 1);
     assert!(s.derived_from.contains(&"s3".to_string()));
-    assert_eq!(s.derived_from.len(), 7, "one ObsRef per parameter incl. inspired oxygen");
+    assert_eq!(
+        s.derived_from.len(),
+        7,
+        "one ObsRef per parameter incl. inspired oxygen"
+    );
 }
 
 #[test]
@@ -313,7 +438,10 @@ fn news2_single_parameter_3_with_partial_set_raises_and_names_missing() {
     let ev = feed(&mut e, T0, num(Metric::RespiratoryRate, 7.0));
     assert_eq!(ev.len(), 1, "{ev:#?}");
     let ev = &ev[0];
-    assert_eq!((ev.kind, ev.transition, ev.priority), (AlertKind::News2, Transition::Raised, Priority::Medium));
+    assert_eq!(
+        (ev.kind, ev.transition, ev.priority),
+        (AlertKind::News2, Transition::Raised, Priority::Medium)
+    );
     assert_eq!(ev.rule, "news2:red:respiration_rate");
     let b = ev.news2.as_ref().unwrap();
     assert_eq!(b.total, None);
@@ -325,31 +453,61 @@ fn news2_single_parameter_3_with_partial_set_raises_and_names_missing() {
 #[test]
 fn news2_aggregate_5_raises_medium_and_7_escalates_with_exactly_one_event() {
     let mut e = engine(no_rules());
-    let (ev, _) = feed_set(&mut e, T0, &set(18.0, 96.0, false, 100.0, 111.0, Acvpu::A, 38.1)); // case 07
+    let (ev, _) = feed_set(
+        &mut e,
+        T0,
+        &set(18.0, 96.0, false, 100.0, 111.0, Acvpu::A, 38.1),
+    ); // case 07
     let raised: Vec<_> = ev.iter().filter(|e| e.rule == "news2:aggregate").collect();
     assert_eq!(raised.len(), 1, "{ev:#?}");
-    assert_eq!((raised[0].transition, raised[0].priority), (Transition::Raised, Priority::Medium));
+    assert_eq!(
+        (raised[0].transition, raised[0].priority),
+        (Transition::Raised, Priority::Medium)
+    );
     assert_eq!(raised[0].news2.as_ref().unwrap().total, Some(5));
     // RR 25 -> +3 = 8: high.
     let up = feed(&mut e, at(60), num(Metric::RespiratoryRate, 25.0));
     let agg: Vec<_> = up.iter().filter(|e| e.rule == "news2:aggregate").collect();
     assert_eq!(agg.len(), 1);
-    assert_eq!((agg[0].transition, agg[0].priority, agg[0].previous_priority), (Transition::Escalated, Priority::High, Some(Priority::Medium)));
+    assert_eq!(
+        (agg[0].transition, agg[0].priority, agg[0].previous_priority),
+        (
+            Transition::Escalated,
+            Priority::High,
+            Some(Priority::Medium)
+        )
+    );
     assert_eq!(agg[0].alert_id, raised[0].alert_id);
     // The same high reading again: nothing new.
     let again = feed(&mut e, at(61), num(Metric::RespiratoryRate, 25.0));
-    assert!(again.iter().all(|e| e.rule != "news2:aggregate"), "{again:#?}");
+    assert!(
+        again.iter().all(|e| e.rule != "news2:aggregate"),
+        "{again:#?}"
+    );
 }
 
 #[test]
 fn news2_aggregate_de_escalates_and_clears_only_after_settle_time() {
     let mut e = engine(no_rules()); // settle 30 min
-    feed_set(&mut e, T0, &set(25.0, 93.0, false, 105.0, 95.0, Acvpu::A, 37.0)); // case 09: 7
+    feed_set(
+        &mut e,
+        T0,
+        &set(25.0, 93.0, false, 105.0, 95.0, Acvpu::A, 37.0),
+    ); // case 09: 7
     let (ev, _) = feed_set(&mut e, at(60), &normal());
-    assert!(ev.iter().all(|e| e.rule != "news2:aggregate"), "not before the settle time");
-    assert!(e.tick(at(60 + 1799)).iter().all(|e| e.rule != "news2:aggregate"));
+    assert!(
+        ev.iter().all(|e| e.rule != "news2:aggregate"),
+        "not before the settle time"
+    );
+    assert!(e
+        .tick(at(60 + 1799))
+        .iter()
+        .all(|e| e.rule != "news2:aggregate"));
     let cleared = e.tick(at(60 + 1800));
-    let agg: Vec<_> = cleared.iter().filter(|e| e.rule == "news2:aggregate").collect();
+    let agg: Vec<_> = cleared
+        .iter()
+        .filter(|e| e.rule == "news2:aggregate")
+        .collect();
     assert_eq!(agg.len(), 1);
     assert_eq!(agg[0].transition, Transition::Cleared);
 }
@@ -385,7 +543,9 @@ fn with_rule(r: ThresholdRule) -> AlertEngine {
 }
 
 fn threshold_events(ev: Vec<AlertEvent>) -> Vec<AlertEvent> {
-    ev.into_iter().filter(|e| e.kind == AlertKind::Threshold).collect()
+    ev.into_iter()
+        .filter(|e| e.kind == AlertKind::Threshold)
+        .collect()
 }
 
 #[test]
@@ -396,8 +556,14 @@ fn threshold_raises_only_after_breach_persists() {
     assert!(threshold_events(e.tick(at(59))).is_empty());
     let ev = threshold_events(e.tick(at(60)));
     assert_eq!(ev.len(), 1);
-    assert_eq!((ev[0].transition, ev[0].priority), (Transition::Raised, Priority::High));
-    assert_eq!(ev[0].obs_refs, vec!["obs-spo2-0".to_string(), "obs-spo2-30".to_string()]);
+    assert_eq!(
+        (ev[0].transition, ev[0].priority),
+        (Transition::Raised, Priority::High)
+    );
+    assert_eq!(
+        ev[0].obs_refs,
+        vec!["obs-spo2-0".to_string(), "obs-spo2-30".to_string()]
+    );
     let t = ev[0].threshold.as_ref().unwrap();
     assert_eq!((t.limit, t.clear_at), (93.0, 95.0));
 }
@@ -408,7 +574,10 @@ fn threshold_transient_dip_interrupted_by_normal_value_does_not_raise() {
     feed(&mut e, T0, num(Metric::Spo2, 90.0));
     feed(&mut e, at(30), num(Metric::Spo2, 97.0));
     feed(&mut e, at(50), num(Metric::Spo2, 90.0));
-    assert!(threshold_events(e.tick(at(100))).is_empty(), "breach restarted at 50 s");
+    assert!(
+        threshold_events(e.tick(at(100))).is_empty(),
+        "breach restarted at 50 s"
+    );
     assert_eq!(threshold_events(e.tick(at(110))).len(), 1);
 }
 
@@ -431,9 +600,17 @@ fn threshold_oscillating_near_limit_gives_one_raise_and_one_clear() {
     }
     let th = threshold_events(events);
     let transitions: Vec<_> = th.iter().map(|e| e.transition).collect();
-    assert_eq!(transitions, vec![Transition::Raised, Transition::Cleared], "{th:#?}");
+    assert_eq!(
+        transitions,
+        vec![Transition::Raised, Transition::Cleared],
+        "{th:#?}"
+    );
     assert_eq!(th[0].alert_id, th[1].alert_id);
-    assert_eq!(th[1].time, at(1200 + 300), "clears 300 s after the first value >= 95");
+    assert_eq!(
+        th[1].time,
+        at(1200 + 300),
+        "clears 300 s after the first value >= 95"
+    );
 }
 
 #[test]
@@ -441,7 +618,10 @@ fn threshold_spot_check_without_persistence_raises_on_the_reading() {
     let mut e = engine(PatientAlertConfig::default()); // default_home_rules
     let ev = threshold_events(feed(&mut e, T0, num(Metric::SystolicBp, 185.0)));
     assert_eq!(ev.len(), 1);
-    assert_eq!((ev[0].rule.as_str(), ev[0].priority), ("threshold:systolic_high", Priority::Medium));
+    assert_eq!(
+        (ev[0].rule.as_str(), ev[0].priority),
+        ("threshold:systolic_high", Priority::Medium)
+    );
     assert_eq!(ev[0].values[0].value, "185");
     assert!(ev[0].text.contains("above 179"), "{}", ev[0].text);
 }
@@ -464,7 +644,10 @@ fn threshold_pending_breach_is_dropped_when_its_reading_goes_stale() {
     let mut e = with_rule(r);
     feed(&mut e, T0, num(Metric::Spo2, 90.0));
     assert!(threshold_events(e.tick(at(1801))).is_empty());
-    assert!(threshold_events(e.tick(at(3600))).is_empty(), "the pending breach was dropped");
+    assert!(
+        threshold_events(e.tick(at(3600))).is_empty(),
+        "the pending breach was dropped"
+    );
 }
 
 #[test]
@@ -477,7 +660,11 @@ fn threshold_alert_clears_when_its_rule_is_removed_from_config() {
     let ev = threshold_events(e2.tick(at(61)));
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].transition, Transition::Cleared);
-    assert!(ev[0].text.contains("no longer configured"), "{}", ev[0].text);
+    assert!(
+        ev[0].text.contains("no longer configured"),
+        "{}",
+        ev[0].text
+    );
 }
 
 // ---- technical alarms --------------------------------------------------------------------------
@@ -493,15 +680,34 @@ fn technical(ev: &[AlertEvent], condition: TechnicalCondition) -> Vec<AlertEvent
 fn technical_device_silent_raises_after_interval_and_clears_on_reading() {
     let mut e = engine(no_rules());
     e.register_device(T0, "scale-1", Duration::hours(26));
-    assert!(e.tick(at(26 * 3600)).is_empty(), "exactly the interval is not yet silent");
+    assert!(
+        e.tick(at(26 * 3600)).is_empty(),
+        "exactly the interval is not yet silent"
+    );
     let ev = e.tick(at(26 * 3600 + 1));
     let s = technical(&ev, TechnicalCondition::DeviceSilent);
     assert_eq!(s.len(), 1);
-    assert_eq!((s[0].priority, s[0].device.as_deref()), (Priority::Medium, Some("scale-1")));
-    assert!(e.tick(at(27 * 3600)).is_empty(), "no second event while silent");
-    let back = e.on_reading(at(27 * 3600), "scale-1", &num(Metric::BodyWeight, 80.0), "w").events;
+    assert_eq!(
+        (s[0].priority, s[0].device.as_deref()),
+        (Priority::Medium, Some("scale-1"))
+    );
+    assert!(
+        e.tick(at(27 * 3600)).is_empty(),
+        "no second event while silent"
+    );
+    let back = e
+        .on_reading(
+            at(27 * 3600),
+            "scale-1",
+            &num(Metric::BodyWeight, 80.0),
+            "w",
+        )
+        .events;
     let c = technical(&back, TechnicalCondition::DeviceSilent);
-    assert_eq!((c.len(), c[0].transition, &c[0].alert_id), (1, Transition::Cleared, &s[0].alert_id));
+    assert_eq!(
+        (c.len(), c[0].transition, &c[0].alert_id),
+        (1, Transition::Cleared, &s[0].alert_id)
+    );
 }
 
 #[test]
@@ -509,7 +715,12 @@ fn technical_sensor_off_raises_only_when_it_persists() {
     let mut e = engine(no_rules()); // sensor_off_after_secs 120
     let off = Reading::absent(Metric::Spo2, Absent::Missing).with_flags([Flag::SensorOff]);
     assert!(e.on_reading(T0, "ox", &off, "a").events.is_empty());
-    assert!(e.on_reading(at(60), "ox", &num(Metric::Spo2, 97.0), "b").events.is_empty(), "finger back in: cancelled");
+    assert!(
+        e.on_reading(at(60), "ox", &num(Metric::Spo2, 97.0), "b")
+            .events
+            .is_empty(),
+        "finger back in: cancelled"
+    );
     e.on_reading(at(100), "ox", &off, "c");
     assert!(e.tick(at(219)).is_empty());
     let ev = technical(&e.tick(at(220)), TechnicalCondition::SensorOff);
@@ -520,10 +731,19 @@ fn technical_sensor_off_raises_only_when_it_persists() {
 fn technical_low_battery_raises_at_once_and_clears_after_clear_delay() {
     let mut e = engine(no_rules()); // clear_after_secs 300
     let low = num(Metric::Spo2, 97.0).with_flags([Flag::LowBattery]);
-    let ev = technical(&e.on_reading(T0, "ox", &low, "a").events, TechnicalCondition::LowBattery);
+    let ev = technical(
+        &e.on_reading(T0, "ox", &low, "a").events,
+        TechnicalCondition::LowBattery,
+    );
     assert_eq!(ev.len(), 1);
-    assert!(e.on_reading(at(10), "ox", &num(Metric::Spo2, 97.0), "b").events.is_empty());
-    assert!(e.on_reading(at(20), "ox", &low, "c").events.is_empty(), "flicker: still the same alert");
+    assert!(e
+        .on_reading(at(10), "ox", &num(Metric::Spo2, 97.0), "b")
+        .events
+        .is_empty());
+    assert!(
+        e.on_reading(at(20), "ox", &low, "c").events.is_empty(),
+        "flicker: still the same alert"
+    );
     e.on_reading(at(30), "ox", &num(Metric::Spo2, 97.0), "d");
     assert!(e.tick(at(329)).is_empty());
     let c = technical(&e.tick(at(330)), TechnicalCondition::LowBattery);
@@ -533,8 +753,12 @@ fn technical_low_battery_raises_at_once_and_clears_after_clear_delay() {
 #[test]
 fn technical_repeated_rejections_raise_at_threshold_within_window() {
     let mut e = engine(no_rules()); // 3 within 600 s
-    assert!(e.on_rejected(T0, "ox", Metric::Spo2, "spo2 = 130 % implausible").is_empty());
-    assert!(e.on_rejected(at(100), "ox", Metric::Spo2, "spo2 = 131 % implausible").is_empty());
+    assert!(e
+        .on_rejected(T0, "ox", Metric::Spo2, "spo2 = 130 % implausible")
+        .is_empty());
+    assert!(e
+        .on_rejected(at(100), "ox", Metric::Spo2, "spo2 = 131 % implausible")
+        .is_empty());
     let ev = e.on_rejected(at(200), "ox", Metric::Spo2, "spo2 = 132 % implausible");
     let r = technical(&ev, TechnicalCondition::RepeatedRejections);
     assert_eq!(r.len(), 1);
@@ -548,7 +772,10 @@ fn technical_rejections_spread_beyond_window_do_not_raise() {
     let mut e = engine(no_rules());
     e.on_rejected(T0, "ox", Metric::Spo2, "x");
     e.on_rejected(at(400), "ox", Metric::Spo2, "x");
-    assert!(e.on_rejected(at(700), "ox", Metric::Spo2, "x").is_empty(), "the first left the window");
+    assert!(
+        e.on_rejected(at(700), "ox", Metric::Spo2, "x").is_empty(),
+        "the first left the window"
+    );
 }
 
 #[test]
@@ -569,11 +796,20 @@ fn technical_outbox_warns_escalates_once_and_clears_below_clear_level() {
     let w = e.on_outbox_depth(T0, 800, 1000);
     assert_eq!((w.len(), w[0].priority), (1, Priority::Medium));
     let h = e.on_outbox_depth(at(10), 960, 1000);
-    assert_eq!((h.len(), h[0].transition, h[0].priority), (1, Transition::Escalated, Priority::High));
+    assert_eq!(
+        (h.len(), h[0].transition, h[0].priority),
+        (1, Transition::Escalated, Priority::High)
+    );
     assert!(e.on_outbox_depth(at(20), 970, 1000).is_empty());
-    assert!(e.on_outbox_depth(at(30), 750, 1000).is_empty(), "de-escalation waits for the clear delay");
+    assert!(
+        e.on_outbox_depth(at(30), 750, 1000).is_empty(),
+        "de-escalation waits for the clear delay"
+    );
     let d = e.on_outbox_depth(at(330), 740, 1000);
-    assert_eq!((d.len(), d[0].transition, d[0].priority), (1, Transition::DeEscalated, Priority::Medium));
+    assert_eq!(
+        (d.len(), d[0].transition, d[0].priority),
+        (1, Transition::DeEscalated, Priority::Medium)
+    );
     e.on_outbox_depth(at(340), 100, 1000);
     let c = e.tick(at(640));
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
@@ -586,7 +822,10 @@ fn technical_clock_unsynchronised_raises_after_grace_and_clears_when_synced() {
     assert!(e.on_clock_sync(T0, false).is_empty());
     assert!(e.tick(at(599)).is_empty());
     let r = e.tick(at(600));
-    assert_eq!((r.len(), r[0].priority, r[0].device.clone()), (1, Priority::Low, None));
+    assert_eq!(
+        (r.len(), r[0].priority, r[0].device.clone()),
+        (1, Priority::Low, None)
+    );
     let c = e.on_clock_sync(at(700), true);
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
 }
@@ -608,7 +847,10 @@ fn engine_state_round_trip_keeps_alert_ids_and_does_not_re_raise() {
     let mut restored = AlertEngine::with_state("pt-7f3a", e.config().clone(), state).unwrap();
     assert_eq!(restored.active_alerts(), e.active_alerts());
 
-    assert!(threshold_events(feed(&mut restored, at(80), num(Metric::Spo2, 88.0))).is_empty(), "no re-raise");
+    assert!(
+        threshold_events(feed(&mut restored, at(80), num(Metric::Spo2, 88.0))).is_empty(),
+        "no re-raise"
+    );
     feed(&mut restored, at(90), num(Metric::Spo2, 97.0));
     let cleared = threshold_events(restored.tick(at(390)));
     assert_eq!(cleared.len(), 1);
@@ -620,7 +862,12 @@ fn engine_state_round_trip_keeps_alert_ids_and_does_not_re_raise() {
 fn engine_same_inputs_give_identical_events() {
     let run = || {
         let mut e = engine(PatientAlertConfig::default());
-        let mut ev = feed_set(&mut e, T0, &set(25.0, 90.0, false, 185.0, 95.0, Acvpu::A, 38.6)).0;
+        let mut ev = feed_set(
+            &mut e,
+            T0,
+            &set(25.0, 90.0, false, 185.0, 95.0, Acvpu::A, 38.6),
+        )
+        .0;
         ev.extend(e.tick(at(120)));
         serde_json::to_string(&ev).unwrap()
     };
@@ -631,7 +878,10 @@ fn engine_same_inputs_give_identical_events() {
 fn engine_refuses_nhs_number_as_patient_id() {
     for id in ["9434765919", "943 476 5919", "943-476-5919", "", "  "] {
         assert!(
-            matches!(AlertEngine::new(id, no_rules()), Err(AlertConfigError::PatientId(_))),
+            matches!(
+                AlertEngine::new(id, no_rules()),
+                Err(AlertConfigError::PatientId(_))
+            ),
             "{id:?}"
         );
     }
@@ -687,13 +937,26 @@ fn config_validation_names_every_bad_key() {
         "#,
     )
     .unwrap();
-    let Err(AlertConfigError::Invalid(problems)) = c.validate() else { panic!("must be invalid") };
+    let Err(AlertConfigError::Invalid(problems)) = c.validate() else {
+        panic!("must be invalid")
+    };
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["news2_freshness_secs", "rules[0].below", "rules[1].id", "rules[1].metric", "rules[2].above", "rules[2].hysteresis"]
+        [
+            "news2_freshness_secs",
+            "rules[0].below",
+            "rules[1].id",
+            "rules[1].metric",
+            "rules[2].above",
+            "rules[2].hysteresis"
+        ]
     );
-    assert!(problems[1].reason.contains("plausible range"), "{}", problems[1]);
+    assert!(
+        problems[1].reason.contains("plausible range"),
+        "{}",
+        problems[1]
+    );
 }
 
 // ---- event schema ------------------------------------------------------------------------------
@@ -701,7 +964,13 @@ fn config_validation_names_every_bad_key() {
 /// A deliberately small JSON Schema checker for the keywords our schema uses (type, const, enum,
 /// required, properties, additionalProperties: false, items, minimum, maximum, minLength, $ref to
 /// #/$defs). Returns every violation as "path: problem".
-fn check_schema(root: &serde_json::Value, schema: &serde_json::Value, v: &serde_json::Value, path: &str, errs: &mut Vec<String>) {
+fn check_schema(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    v: &serde_json::Value,
+    path: &str,
+    errs: &mut Vec<String>,
+) {
     use serde_json::Value as J;
     if let Some(r) = schema.get("$ref").and_then(J::as_str) {
         let name = r.trim_start_matches("#/$defs/");
@@ -750,7 +1019,12 @@ fn check_schema(root: &serde_json::Value, schema: &serde_json::Value, v: &serde_
         }
     }
     if let Some(obj) = v.as_object() {
-        for req in schema.get("required").and_then(J::as_array).into_iter().flatten() {
+        for req in schema
+            .get("required")
+            .and_then(J::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(k) = req.as_str() {
                 if !obj.contains_key(k) {
                     errs.push(format!("{path}: missing required {k}"));
@@ -791,7 +1065,13 @@ fn schema_checker_catches_a_missing_required_field_and_an_unknown_one() {
     obj.insert("nhs_number".into(), "9434765919".into());
     let mut errs = Vec::new();
     check_schema(&s, &s, &v, "$", &mut errs);
-    assert_eq!(errs, vec!["$: missing required alert_id", "$: unexpected property nhs_number"]);
+    assert_eq!(
+        errs,
+        vec![
+            "$: missing required alert_id",
+            "$: unexpected property nhs_number"
+        ]
+    );
 }
 
 #[test]
@@ -800,9 +1080,24 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
     let mut e = engine(PatientAlertConfig::default());
     e.register_device(T0, "ox", Duration::minutes(5));
     let mut events = Vec::new();
-    events.extend(feed_set(&mut e, T0, &set(25.0, 90.0, true, 185.0, 125.0, Acvpu::V, 38.6)).0);
+    events.extend(
+        feed_set(
+            &mut e,
+            T0,
+            &set(25.0, 90.0, true, 185.0, 125.0, Acvpu::V, 38.6),
+        )
+        .0,
+    );
     events.extend(e.tick(at(600)));
-    events.extend(e.on_reading(at(600), "ox", &num(Metric::Spo2, 97.0).with_flags([Flag::LowBattery]), "lb").events);
+    events.extend(
+        e.on_reading(
+            at(600),
+            "ox",
+            &num(Metric::Spo2, 97.0).with_flags([Flag::LowBattery]),
+            "lb",
+        )
+        .events,
+    );
     for i in 0..3 {
         events.extend(e.on_rejected(at(600 + i), "ox", Metric::Spo2, "spo2 = 140 %"));
     }
@@ -811,7 +1106,10 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
     events.extend(e.tick(at(1400)));
     events.extend(feed_set(&mut e, at(1500), &normal()).0);
     events.extend(e.tick(at(1500 + 1800)));
-    let kinds: std::collections::BTreeSet<_> = events.iter().map(|e| (format!("{:?}", e.kind), e.transition.as_str())).collect();
+    let kinds: std::collections::BTreeSet<_> = events
+        .iter()
+        .map(|e| (format!("{:?}", e.kind), e.transition.as_str()))
+        .collect();
     assert!(kinds.len() >= 5, "{kinds:?}");
     for ev in &events {
         let v = serde_json::to_value(ev).unwrap();
@@ -830,10 +1128,10 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
     // observed every 30 minutes as they develop sepsis. Default home rules.
     let mut e = engine(PatientAlertConfig::default());
     let rounds = [
-        set(16.0, 97.0, false, 128.0, 78.0, Acvpu::A, 37.1),  // 0:00 well: NEWS2 0
-        set(19.0, 96.0, false, 120.0, 92.0, Acvpu::A, 38.3),  // 0:30 fever: temperature_high; NEWS2 2
+        set(16.0, 97.0, false, 128.0, 78.0, Acvpu::A, 37.1), // 0:00 well: NEWS2 0
+        set(19.0, 96.0, false, 120.0, 92.0, Acvpu::A, 38.3), // 0:30 fever: temperature_high; NEWS2 2
         set(21.0, 96.0, false, 112.0, 112.0, Acvpu::A, 38.9), // 1:00 NEWS2 2+0+0+0+2+0+1 = 5: medium
-        set(26.0, 92.0, false, 96.0, 124.0, Acvpu::C, 39.3),  // 1:30 RR 26 and new confusion (red), SpO2 92: NEWS2 14 high
+        set(26.0, 92.0, false, 96.0, 124.0, Acvpu::C, 39.3), // 1:30 RR 26 and new confusion (red), SpO2 92: NEWS2 14 high
     ];
     let mut timeline: Vec<(i64, String, Transition, Priority)> = Vec::new();
     for (i, s) in rounds.iter().enumerate() {
@@ -843,8 +1141,14 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
         let mut more = ev;
         for k in 1..=20 {
             let t = at(t0 + k * 30);
-            more.extend(e.on_reading(t, "ox", &num(Metric::Spo2, s.spo2), &format!("s{i}-{k}")).events);
-            more.extend(e.on_reading(t, "ox", &num(Metric::PulseRate, s.hr), &format!("p{i}-{k}")).events);
+            more.extend(
+                e.on_reading(t, "ox", &num(Metric::Spo2, s.spo2), &format!("s{i}-{k}"))
+                    .events,
+            );
+            more.extend(
+                e.on_reading(t, "ox", &num(Metric::PulseRate, s.hr), &format!("p{i}-{k}"))
+                    .events,
+            );
             more.extend(e.tick(t));
         }
         for x in more {
@@ -868,10 +1172,19 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
         ],
         "{timeline:#?}"
     );
-    let escalated: Vec<_> = timeline.iter().filter(|x| x.2 == Transition::Escalated).collect();
+    let escalated: Vec<_> = timeline
+        .iter()
+        .filter(|x| x.2 == Transition::Escalated)
+        .collect();
     assert_eq!(escalated.len(), 1, "{timeline:#?}");
-    assert_eq!((escalated[0].0, escalated[0].1.as_str(), escalated[0].3), (90, "news2:aggregate", Priority::High));
-    assert!(timeline.iter().all(|x| x.2 != Transition::Cleared), "nothing clears while worsening");
+    assert_eq!(
+        (escalated[0].0, escalated[0].1.as_str(), escalated[0].3),
+        (90, "news2:aggregate", Priority::High)
+    );
+    assert!(
+        timeline.iter().all(|x| x.2 != Transition::Cleared),
+        "nothing clears while worsening"
+    );
 }
 
 // ---- robustness --------------------------------------------------------------------------------
@@ -879,11 +1192,20 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
 fn any_reading() -> impl Strategy<Value = Reading> {
     let metric = prop::sample::select(Metric::ALL.to_vec());
     let value = prop_oneof![
-        (any::<i64>(), any::<i8>()).prop_map(|(m, e)| crate::reading::Value::Number(Decimal::new(m, e))),
-        (-2000i64..2000, -3i8..2).prop_map(|(m, e)| crate::reading::Value::Number(Decimal::new(m, e))),
-        prop::sample::select(vec![Acvpu::A, Acvpu::C, Acvpu::V, Acvpu::P, Acvpu::U]).prop_map(crate::reading::Value::Code),
-        prop::sample::select(vec![Absent::Nan, Absent::Nres, Absent::PosInf, Absent::NegInf, Absent::Missing])
-            .prop_map(crate::reading::Value::Absent),
+        (any::<i64>(), any::<i8>())
+            .prop_map(|(m, e)| crate::reading::Value::Number(Decimal::new(m, e))),
+        (-2000i64..2000, -3i8..2)
+            .prop_map(|(m, e)| crate::reading::Value::Number(Decimal::new(m, e))),
+        prop::sample::select(vec![Acvpu::A, Acvpu::C, Acvpu::V, Acvpu::P, Acvpu::U])
+            .prop_map(crate::reading::Value::Code),
+        prop::sample::select(vec![
+            Absent::Nan,
+            Absent::Nres,
+            Absent::PosInf,
+            Absent::NegInf,
+            Absent::Missing
+        ])
+        .prop_map(crate::reading::Value::Absent),
     ];
     let unit = prop::option::of(prop::sample::select(vec![
         Unit::PerMinute,
@@ -897,7 +1219,14 @@ fn any_reading() -> impl Strategy<Value = Reading> {
         Unit::LitrePerMinute,
     ]));
     let flags = prop::collection::vec(
-        prop::sample::select(vec![Flag::SensorOff, Flag::ProbeDisconnected, Flag::LowBattery, Flag::Motion, Flag::DeviceClockSuspect, Flag::Searching]),
+        prop::sample::select(vec![
+            Flag::SensorOff,
+            Flag::ProbeDisconnected,
+            Flag::LowBattery,
+            Flag::Motion,
+            Flag::DeviceClockSuspect,
+            Flag::Searching,
+        ]),
         0..3,
     );
     let time = prop::option::of(-400_000_000_000i64..400_000_000_000);

@@ -88,12 +88,19 @@ mod tests {
         assert_eq!(desired_level(&r, 121.0, false), Some(Priority::High));
         assert_eq!(desired_level(&r, 115.0, true), Some(Priority::High));
         assert_eq!(desired_level(&r, 110.0, true), None);
-        assert_eq!(desired_level(&r, 115.0, false), None, "hold only applies once raised");
+        assert_eq!(
+            desired_level(&r, 115.0, false),
+            None,
+            "hold only applies once raised"
+        );
     }
 
     #[test]
     fn rule_without_limit_or_with_nan_value_asks_for_nothing() {
         assert_eq!(desired_level(&rule(None, None, 0.0), 1.0, false), None);
-        assert_eq!(desired_level(&rule(None, Some(93.0), 0.0), f64::NAN, false), None);
+        assert_eq!(
+            desired_level(&rule(None, Some(93.0), 0.0), f64::NAN, false),
+            None
+        );
     }
 }
