@@ -520,6 +520,52 @@ fn news2_red_score_is_not_cleared_by_the_parameter_going_stale() {
     assert_eq!(e.active_alerts().len(), 1);
 }
 
+#[test]
+fn news2_single_3_with_low_total_raises_only_the_red_alert_not_the_aggregate() {
+    // clinical.md §2.6 case 05: RR 8 alone scores 3, total 3, band Low-medium.
+    let mut e = engine(no_rules());
+    let (ev, score) = feed_set(
+        &mut e,
+        T0,
+        &set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0),
+    );
+    let rules: Vec<&str> = ev.iter().map(|e| e.rule.as_str()).collect();
+    assert_eq!(rules, ["news2:red:respiration_rate"]);
+    assert_eq!(score.map(|s| s.band), Some(RiskBand::LowMedium));
+}
+
+#[test]
+fn news2_device_time_in_the_future_is_clamped_to_now() {
+    let mut e = engine(no_rules());
+    feed_set(&mut e, T0, &normal());
+    let future = num(Metric::Spo2, 97.0).at(at(24 * 3600));
+    e.on_reading(T0, "ox", &future, "f");
+    assert!(
+        matches!(e.news2(at(1801)), News2Status::Partial(_)),
+        "a future stamp must not stay fresh longer"
+    );
+}
+
+#[test]
+fn news2_suspect_device_clock_uses_receipt_time() {
+    let mut e = engine(no_rules());
+    let stale_stamp = num(Metric::RespiratoryRate, 7.0).at(at(-7 * 24 * 3600));
+    assert!(
+        feed(&mut e, T0, stale_stamp.clone()).is_empty(),
+        "a week-old stamp is history"
+    );
+    let ev = feed(
+        &mut e,
+        T0,
+        stale_stamp.with_flags([Flag::DeviceClockSuspect]),
+    );
+    assert_eq!(
+        ev.len(),
+        1,
+        "with a suspect clock the reading counts as received now"
+    );
+}
+
 // ---- threshold rules ---------------------------------------------------------------------------
 
 fn spo2_rule() -> ThresholdRule {
@@ -725,6 +771,28 @@ fn technical_sensor_off_raises_only_when_it_persists() {
     assert!(e.tick(at(219)).is_empty());
     let ev = technical(&e.tick(at(220)), TechnicalCondition::SensorOff);
     assert_eq!((ev.len(), ev[0].priority), (1, Priority::Low));
+}
+
+#[test]
+fn technical_probe_disconnected_raises_when_it_persists() {
+    let mut e = engine(no_rules());
+    let off = Reading::absent(Metric::Spo2, Absent::Nan).with_flags([Flag::ProbeDisconnected]);
+    e.on_reading(T0, "ox", &off, "a");
+    let ev = technical(&e.tick(at(120)), TechnicalCondition::ProbeDisconnected);
+    assert_eq!(
+        (ev.len(), ev[0].rule.as_str()),
+        (1, "technical:probe_disconnected:ox")
+    );
+}
+
+#[test]
+fn technical_unregistering_a_silent_device_clears_its_alarm() {
+    let mut e = engine(no_rules());
+    e.register_device(T0, "ox", Duration::minutes(5));
+    assert_eq!(e.tick(at(301)).len(), 1);
+    let c = e.unregister_device(at(400), "ox");
+    assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
+    assert!(e.tick(at(10_000)).is_empty(), "no longer watched");
 }
 
 #[test]
