@@ -303,6 +303,13 @@ impl Writer {
         loop {
             match self.outbox.append_with_state(records, state, now) {
                 Ok(ids) => return Some(ids),
+                Err(StoreError::Encode(why)) => {
+                    // A record that cannot be encoded will never encode: retrying would
+                    // block every other reading. It is a bug; say so loudly.
+                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %why, rows = records.len(), "BUG: record cannot be encoded; batch not stored");
+                    return None;
+                }
                 Err(e) => {
                     self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
                     let disk_full = matches!(&e, StoreError::Sqlite { source, .. } if is_disk_full(source));

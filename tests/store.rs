@@ -58,6 +58,9 @@ fn outbox_round_trips_every_metric_exactly() {
     for ((_, got), want) in pending.iter().zip(&records) {
         assert_eq!(got, want);
     }
+    // The device's UTC offset survives storage (FHIR effectiveDateTime carries it).
+    let Record::Reading(first) = &pending[0].1 else { panic!() };
+    assert_eq!(first.readings[0].device_time.unwrap().offset(), time::macros::offset!(+01:00));
     // 37.60 keeps its two decimals (an exact decimal, not a float).
     let Record::Reading(r) = &pending.last().unwrap().1 else { panic!() };
     assert_eq!(r.readings[0].value, vitalgate::reading::Value::Number(Decimal::new(3760, -2)));

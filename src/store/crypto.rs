@@ -221,6 +221,9 @@ pub struct Keyring {
     prk: hkdf::Prk,
     keys: HashMap<u32, LessSafeKey>,
     rng: SystemRandom,
+    /// Random bytes fetched from the OS in bulk; each nonce takes 12 fresh bytes that are
+    /// never reused. One `getrandom` call per 4 KiB instead of one per record.
+    nonce_pool: Vec<u8>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -236,6 +239,7 @@ impl Keyring {
             prk,
             keys: HashMap::new(),
             rng: SystemRandom::new(),
+            nonce_pool: Vec::new(),
         }
     }
 
@@ -252,8 +256,15 @@ impl Keyring {
 
     /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
     pub fn seal(&mut self, id: RecordIdentity, mut plaintext: Vec<u8>) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        if self.nonce_pool.len() < NONCE_LEN {
+            let mut fresh = vec![0u8; NONCE_LEN * 341];
+            self.rng.fill(&mut fresh).map_err(|_| KeyError::Random)?;
+            self.nonce_pool = fresh;
+        }
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let at = self.nonce_pool.len() - NONCE_LEN;
+        nonce.copy_from_slice(&self.nonce_pool[at..]);
+        self.nonce_pool.truncate(at);
         let aad = id.aad();
         self.key(id.key_id)?
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut plaintext)

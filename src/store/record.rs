@@ -28,22 +28,127 @@ impl Lane {
 }
 
 /// Readings from one device that become one Observation (one reading, or a BP set).
+///
+/// Stored in a compact form (short keys, integer times, exact decimals as mantissa and
+/// exponent): the outbox holds millions of these on an SD card, and the JSON contract of
+/// `Reading` is for people and the `decode` command, not for storage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadingRecord {
     /// The configured device id.
+    #[serde(rename = "d")]
     pub device_id: String,
     /// The pseudonymous patient id from the config (never the NHS Number).
+    #[serde(rename = "p")]
     pub patient_id: String,
     /// The patient's NHS Number at the time of the reading, if configured. Stored so a later
     /// config change cannot re-attribute an old reading. Encrypted with the rest of the row.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub nhs_number: Option<String>,
     /// Gateway clock when ingest received the reading.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(rename = "t", with = "compact::timestamp")]
     pub received_at: OffsetDateTime,
     /// Whether the gateway clock was known to be synchronised at `received_at`.
+    #[serde(rename = "s")]
     pub clock_synced: bool,
+    #[serde(rename = "r", with = "compact::readings")]
     pub readings: Vec<Reading>,
+}
+
+/// The storage forms of times and readings.
+mod compact {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::reading::{Absent, Acvpu, Decimal, Flag, Metric, Reading, Unit, Value};
+
+    /// A time as (unix seconds, nanoseconds, UTC offset in seconds): always representable,
+    /// keeps the device's offset, and costs a few bytes instead of an RFC 3339 string.
+    #[derive(Serialize, Deserialize)]
+    pub struct Time(i64, u32, i32);
+
+    impl From<::time::OffsetDateTime> for Time {
+        fn from(t: ::time::OffsetDateTime) -> Self {
+            Time(t.unix_timestamp(), t.nanosecond(), t.offset().whole_seconds())
+        }
+    }
+
+    impl TryFrom<Time> for ::time::OffsetDateTime {
+        type Error = String;
+        fn try_from(Time(s, ns, off): Time) -> Result<Self, String> {
+            let utc = ::time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| e.to_string())?;
+            let t = utc.replace_nanosecond(ns).map_err(|e| e.to_string())?;
+            let offset = ::time::UtcOffset::from_whole_seconds(off).map_err(|e| e.to_string())?;
+            Ok(t.to_offset(offset))
+        }
+    }
+
+    pub mod timestamp {
+        use super::*;
+        pub fn serialize<S: Serializer>(t: &::time::OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+            Time::from(*t).serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<::time::OffsetDateTime, D::Error> {
+            Time::deserialize(d)?.try_into().map_err(serde::de::Error::custom)
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum StoredValue {
+        N(i64, i8),
+        C(Acvpu),
+        A(Absent),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct StoredReading {
+        m: Metric,
+        v: StoredValue,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        u: Option<Unit>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t: Option<Time>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        f: Vec<Flag>,
+    }
+
+    pub mod readings {
+        use super::*;
+        pub fn serialize<S: Serializer>(rs: &[Reading], s: S) -> Result<S::Ok, S::Error> {
+            let stored: Vec<StoredReading> = rs
+                .iter()
+                .map(|r| StoredReading {
+                    m: r.metric,
+                    v: match r.value {
+                        Value::Number(d) => StoredValue::N(d.mantissa, d.exponent),
+                        Value::Code(c) => StoredValue::C(c),
+                        Value::Absent(a) => StoredValue::A(a),
+                    },
+                    u: r.unit,
+                    t: r.device_time.map(Time::from),
+                    f: r.flags.clone(),
+                })
+                .collect();
+            stored.serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Reading>, D::Error> {
+            let stored = Vec::<StoredReading>::deserialize(d)?;
+            stored
+                .into_iter()
+                .map(|r| {
+                    Ok(Reading {
+                        metric: r.m,
+                        value: match r.v {
+                            StoredValue::N(m, e) => Value::Number(Decimal::new(m, e)),
+                            StoredValue::C(c) => Value::Code(c),
+                            StoredValue::A(a) => Value::Absent(a),
+                        },
+                        unit: r.u,
+                        device_time: r.t.map(::time::OffsetDateTime::try_from).transpose().map_err(serde::de::Error::custom)?,
+                        flags: r.f,
+                    })
+                })
+                .collect()
+        }
+    }
 }
 
 /// An alert event, as published on the alert topic (its JSON is kept verbatim).
