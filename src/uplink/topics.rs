@@ -110,8 +110,8 @@ mod tests {
 
     #[test]
     fn publish_packet_len_counts_headers_small() {
-        // 1 fixed + 1 varint + (2 + 5 + 2 + 1 + 10) = 23
-        assert_eq!(publish_packet_len(5, 10), 23);
+        // 1 fixed + 1 varint + (2 + 5 + 2 + 1 + 10) = 22
+        assert_eq!(publish_packet_len(5, 10), 22);
     }
 
     #[test]
