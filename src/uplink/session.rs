@@ -98,6 +98,16 @@ pub(crate) fn describe(err: &ConnectionError, cfg: &UplinkConfig) -> String {
         };
         return format!("TLS handshake with {at} failed: {hint} ({r})");
     }
+    // After the handshake the client's certificate is judged by the broker; its alert then
+    // arrives on the first read and rumqttc wraps it where `source()` does not reach.
+    let text = err.to_string();
+    if let Some(pos) = text.find("received fatal alert: ") {
+        let alert = text.get(pos + 22..).unwrap_or("").trim();
+        return format!(
+            "TLS handshake with {at} failed: the broker rejected the client certificate {} with alert {alert} (is it issued by the platform CA and still valid?)",
+            cfg.cert_file.display()
+        );
+    }
     match err {
         ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("cannot connect to {at}: connection refused (broker down or wrong port)")

@@ -53,7 +53,10 @@ impl Ca {
     }
 
     fn issuer(&self) -> Issuer<'static, KeyPair> {
-        Issuer::new(self.params.clone(), KeyPair::from_pem(&self.key_pem).unwrap())
+        Issuer::new(
+            self.params.clone(),
+            KeyPair::from_pem(&self.key_pem).unwrap(),
+        )
     }
 
     /// Server certificate for localhost / 127.0.0.1: (cert pem, key pem).
@@ -98,16 +101,41 @@ impl Ca {
         let crt = dir.join(format!("{cn}-rsa.pem"));
         let ext = dir.join("rsa-ext.cnf");
         std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").unwrap();
-        run("openssl", &["genrsa", "-traditional", "-out", s(&key), "2048"]);
         run(
             "openssl",
-            &["req", "-new", "-key", s(&key), "-subj", &format!("/CN={cn}"), "-out", s(&csr)],
+            &["genrsa", "-traditional", "-out", s(&key), "2048"],
         );
         run(
             "openssl",
             &[
-                "x509", "-req", "-in", s(&csr), "-CA", s(&ca_pem), "-CAkey", s(&ca_key),
-                "-CAcreateserial", "-days", "30", "-extfile", s(&ext), "-out", s(&crt),
+                "req",
+                "-new",
+                "-key",
+                s(&key),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                s(&csr),
+            ],
+        );
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                s(&csr),
+                "-CA",
+                s(&ca_pem),
+                "-CAkey",
+                s(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                s(&ext),
+                "-out",
+                s(&crt),
             ],
         );
         (
@@ -123,11 +151,19 @@ fn s(p: &Path) -> &str {
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A certificate directory plus a Mosquitto process using it.
@@ -212,7 +248,9 @@ impl Broker {
             .expect("mosquitto not installed: apt-get install -y mosquitto");
         self.child = Some(child);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.plain_port)).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -246,8 +284,14 @@ impl Broker {
     /// Writes a client certificate and key for `cn` and returns (cert path, key path).
     pub fn write_client(&self, cn: &str, expired: bool) -> (PathBuf, PathBuf) {
         let (c, k) = self.ca.client(cn, expired);
-        let cp = self.path(&format!("{cn}{}.pem", if expired { "-expired" } else { "" }));
-        let kp = self.path(&format!("{cn}{}.key", if expired { "-expired" } else { "" }));
+        let cp = self.path(&format!(
+            "{cn}{}.pem",
+            if expired { "-expired" } else { "" }
+        ));
+        let kp = self.path(&format!(
+            "{cn}{}.key",
+            if expired { "-expired" } else { "" }
+        ));
         std::fs::write(&cp, c).unwrap();
         std::fs::write(&kp, k).unwrap();
         (cp, kp)
@@ -338,13 +382,19 @@ impl Received {
 
 /// Starts a subscriber (persistent session, QoS 1) to `filter`, reconnecting across broker
 /// restarts; returns once the first SUBACK arrived.
-pub async fn subscribe(b: &Broker, client_id: &str, filter: &str) -> (Received, tokio::task::JoinHandle<()>) {
+pub async fn subscribe(
+    b: &Broker,
+    client_id: &str,
+    filter: &str,
+) -> (Received, tokio::task::JoinHandle<()>) {
     let mut o = MqttOptions::new(client_id, "localhost", b.port);
     o.set_clean_start(false)
         .set_session_expiry_interval(Some(3600))
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(Some(1024 * 1024))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(platform_tls(b))));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            platform_tls(b),
+        )));
     let (client, mut el) = AsyncClient::new(o, 100);
     let rx = Received::default();
     let out = rx.clone();
