@@ -291,7 +291,14 @@ impl<S: OutboxSource> Uplink<S> {
                 _ = tokio::time::sleep(delay) => {}
                 _ = reload.notified() => {
                     match tls::load(&pump.cfg, now_utc()) {
-                        Ok(t) => { tls = Some(t); backoff.reset(); }
+                        Ok(t) => {
+                            pump.status.send_modify(|s| {
+                                s.gateway_id = Some(t.gateway_id.clone());
+                                s.cert_not_after = Some(t.not_after);
+                            });
+                            tls = Some(t);
+                            backoff.reset();
+                        }
                         Err(e) => pump.report(format!("reload refused, keeping the current configuration: {e}")),
                     }
                 }
@@ -594,7 +601,9 @@ impl<S: OutboxSource> Pump<S> {
                 _ = shutdown.cancelled() => Action::Cancel,
                 _ = reload.notified() => Action::Reload,
                 _ = wake.notified() => Action::Wake,
-                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => Action::Tick,
+                // Only while a slot is free: a due timer with a full window would spin.
+                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
+                    if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
                 ev = el.poll() => Action::Poll(ev),
             };
             match action {

@@ -365,3 +365,168 @@ pub fn load(cfg: &UplinkConfig, now: OffsetDateTime) -> Result<LoadedTls, TlsErr
         not_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    use time::macros::datetime;
+
+    struct Files {
+        dir: tempfile::TempDir,
+        cfg: UplinkConfig,
+    }
+
+    /// A self-signed client certificate for `cn` valid in 2026, used as its own CA.
+    fn files(cn: &str) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = datetime!(2026-01-01 00:00 UTC);
+        p.not_after = datetime!(2026-12-31 00:00 UTC);
+        let cert = p.self_signed(&key).unwrap();
+        let w = |name: &str, data: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            path
+        };
+        let cfg = UplinkConfig {
+            broker: "localhost".into(),
+            ca_file: w("ca.pem", &cert.pem()),
+            cert_file: w("client.pem", &cert.pem()),
+            key_file: w("client.key", &key.serialize_pem()),
+            ..UplinkConfig::default()
+        };
+        Files { dir, cfg }
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-06-01 00:00 UTC);
+
+    #[test]
+    fn tls_load_ecdsa_pkcs8_gives_tls13_only_config_and_cn_gateway_id() {
+        let f = files("gw-0001");
+        let t = load(&f.cfg, NOW).unwrap();
+        assert_eq!(t.gateway_id, "gw-0001");
+        assert!(t.config.client_auth_cert_resolver.has_certs());
+        // rust-stack.md §1.1: TLS 1.3 only.
+        let versions: Vec<_> = t
+            .config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| t.config.supports_version(s.version().version))
+            .map(|s| s.version().version)
+            .collect();
+        assert!(versions
+            .iter()
+            .all(|v| *v == rustls::ProtocolVersion::TLSv1_3));
+        assert!(!t.config.supports_version(rustls::ProtocolVersion::TLSv1_2));
+    }
+
+    #[test]
+    fn tls_load_configured_gateway_id_overrides_cn() {
+        let mut f = files("gw-0001");
+        f.cfg.gateway_id = Some("ward-7".into());
+        assert_eq!(load(&f.cfg, NOW).unwrap().gateway_id, "ward-7");
+    }
+
+    #[test]
+    fn tls_load_expired_client_certificate_says_when() {
+        let f = files("gw-0001");
+        let err = load(&f.cfg, datetime!(2027-01-01 00:00 UTC)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TlsError::Expired { .. }));
+        assert!(
+            msg.contains("client certificate expired at 2026-12-31T00:00:00Z"),
+            "{msg}"
+        );
+        assert!(msg.contains("client.pem"), "{msg}");
+    }
+
+    #[test]
+    fn tls_load_not_yet_valid_certificate_points_at_the_clock() {
+        let f = files("gw-0001");
+        let msg = load(&f.cfg, datetime!(2025-01-01 00:00 UTC))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("check the system clock"), "{msg}");
+    }
+
+    #[test]
+    fn tls_load_key_of_another_certificate_is_a_mismatch_naming_both_files() {
+        let f = files("gw-0001");
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(&f.cfg.key_file, other.serialize_pem()).unwrap();
+        let err = load(&f.cfg, NOW).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("client.key") && msg.contains("client.pem"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tls_load_missing_ca_file_names_it() {
+        let mut f = files("gw-0001");
+        f.cfg.ca_file = f.dir.path().join("nope.pem");
+        let msg = load(&f.cfg, NOW).unwrap_err().to_string();
+        assert!(
+            msg.contains("nope.pem") && msg.contains("cannot read CA file"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tls_load_certificate_file_without_certificate_is_refused() {
+        let f = files("gw-0001");
+        std::fs::write(&f.cfg.cert_file, "hello").unwrap();
+        let msg = load(&f.cfg, NOW).unwrap_err().to_string();
+        assert!(
+            msg.contains("no PEM certificate found in client certificate file"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tls_load_key_file_without_key_is_refused() {
+        let f = files("gw-0001");
+        let cert = std::fs::read(&f.cfg.cert_file).unwrap();
+        std::fs::write(&f.cfg.key_file, cert).unwrap();
+        let err = load(&f.cfg, NOW).unwrap_err();
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn tls_load_sec1_ec_key_is_accepted() {
+        let f = files("gw-0001");
+        // rcgen writes PKCS#8; the openssl CLI converts it to SEC1 ("EC PRIVATE KEY").
+        let out = std::process::Command::new("openssl")
+            .args(["ec", "-in"])
+            .arg(&f.cfg.key_file)
+            .output()
+            .expect("openssl CLI (installed with the test tools)");
+        let sec1 = String::from_utf8(out.stdout).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+        std::fs::write(&f.cfg.key_file, sec1).unwrap();
+        assert_eq!(load(&f.cfg, NOW).unwrap().gateway_id, "gw-0001");
+    }
+
+    #[test]
+    fn gateway_id_from_cert_reads_subject_cn() {
+        let f = files("gw-0042");
+        let pem = std::fs::read(&f.cfg.cert_file).unwrap();
+        assert_eq!(gateway_id_from_cert(&pem).unwrap(), "gw-0042");
+    }
+
+    #[test]
+    fn gateway_id_from_cert_with_slash_in_cn_is_refused() {
+        let f = files("gw/evil");
+        let pem = std::fs::read(&f.cfg.cert_file).unwrap();
+        assert!(matches!(
+            gateway_id_from_cert(&pem),
+            Err(TlsError::NoCommonName { .. })
+        ));
+    }
+}
