@@ -132,7 +132,7 @@ enum Action {
     Reload,
     Wake,
     Tick,
-    Poll(Result<Event, rumqttc::v5::ConnectionError>),
+    Poll(Box<Result<Event, rumqttc::v5::ConnectionError>>),
 }
 
 /// State that outlives one connection.
@@ -604,7 +604,7 @@ impl<S: OutboxSource> Pump<S> {
                 // Only while a slot is free: a due timer with a full window would spin.
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
                     if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
-                ev = el.poll() => Action::Poll(ev),
+                ev = el.poll() => Action::Poll(Box::new(ev)),
             };
             match action {
                 Action::Cancel => {
@@ -649,27 +649,29 @@ impl<S: OutboxSource> Pump<S> {
                         self.exhausted = [false; 2];
                     }
                 }
-                Action::Poll(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
-                    connacked = true;
-                    self.on_connack(&ack, &client, &gateway);
-                }
-                Action::Poll(Ok(ev)) => {
-                    acked_any |= self.on_event(ev);
-                }
-                Action::Poll(Err(e)) => {
-                    let msg = session::describe(&e, &self.cfg);
-                    self.flush_acks();
-                    self.window = Window::default();
-                    self.report(msg);
-                    self.status.send_modify(|s| {
-                        s.connected = false;
-                        s.in_flight = 0;
-                    });
-                    return End::Failed {
-                        connacked,
-                        acked: acked_any,
-                    };
-                }
+                Action::Poll(ev) => match *ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                        connacked = true;
+                        self.on_connack(&ack, &client, &gateway);
+                    }
+                    Ok(ev) => {
+                        acked_any |= self.on_event(ev);
+                    }
+                    Err(e) => {
+                        let msg = session::describe(&e, &self.cfg);
+                        self.flush_acks();
+                        self.window = Window::default();
+                        self.report(msg);
+                        self.status.send_modify(|s| {
+                            s.connected = false;
+                            s.in_flight = 0;
+                        });
+                        return End::Failed {
+                            connacked,
+                            acked: acked_any,
+                        };
+                    }
+                },
             }
         }
     }

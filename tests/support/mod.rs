@@ -344,8 +344,11 @@ pub fn platform_tls(b: &Broker) -> Arc<rustls::ClientConfig> {
 }
 
 /// Messages received by the subscriber: (topic, payload) in arrival order.
+/// (topic, payload) pairs.
+pub type Messages = Vec<(String, Vec<u8>)>;
+
 #[derive(Clone, Default)]
-pub struct Received(pub Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+pub struct Received(pub Arc<Mutex<Messages>>);
 
 impl Received {
     pub fn len(&self) -> usize {
