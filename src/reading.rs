@@ -113,7 +113,9 @@ impl Metric {
             Metric::HeartRate | Metric::PulseRate | Metric::RespiratoryRate => &[Unit::PerMinute],
             Metric::Spo2 | Metric::PerfusionIndex => &[Unit::Percent],
             Metric::BodyTemperature => &[Unit::Celsius, Unit::Fahrenheit],
-            Metric::SystolicBp | Metric::DiastolicBp | Metric::MeanBp => &[Unit::MmHg, Unit::KiloPascal],
+            Metric::SystolicBp | Metric::DiastolicBp | Metric::MeanBp => {
+                &[Unit::MmHg, Unit::KiloPascal]
+            }
             Metric::BodyWeight => &[Unit::Kilogram, Unit::Pound],
             Metric::BodyHeight => &[Unit::Centimetre, Unit::Metre, Unit::Inch],
             Metric::Bmi => &[Unit::KgPerM2],
@@ -616,26 +618,36 @@ impl From<Reading> for ReadingJson {
 impl TryFrom<ReadingJson> for Reading {
     type Error = String;
     fn try_from(j: ReadingJson) -> Result<Self, Self::Error> {
-        let value = match (j.value, j.status, j.code) {
-            (None, None, Some(c)) => Value::Code(c),
-            (Some(Some(v)), None, None) => {
-                let d = match &j.exact {
-                    Some(s) => parse_exact(s).filter(|d| (d.to_f64() - v).abs() < 1e-9).ok_or_else(|| {
-                        format!("`exact` {s:?} is not a decimal equal to value {v}")
-                    })?,
-                    None => Decimal::from_f64(v)
-                        .ok_or_else(|| format!("value {v} is not a finite decimal"))?,
-                };
-                Value::Number(d)
-            }
-            (Some(None) | None, Some(a), None) => Value::Absent(a),
-            (Some(None), None, None) => {
-                return Err("value is null but no `status` says why (nan, nres, pos_inf, neg_inf, missing)".into())
-            }
-            (None, None, None) => return Err("a reading needs `value` (or `status`, or `code` for acvpu)".into()),
-            (Some(Some(_)), Some(_), _) => return Err("a reading with a number cannot also have a `status`".into()),
-            (_, _, Some(_)) => return Err("`code` is for acvpu only and excludes `value` and `status`".into()),
-        };
+        let value =
+            match (j.value, j.status, j.code) {
+                (None, None, Some(c)) => Value::Code(c),
+                (Some(Some(v)), None, None) => {
+                    let d = match &j.exact {
+                        Some(s) => parse_exact(s)
+                            .filter(|d| (d.to_f64() - v).abs() < 1e-9)
+                            .ok_or_else(|| {
+                                format!("`exact` {s:?} is not a decimal equal to value {v}")
+                            })?,
+                        None => Decimal::from_f64(v)
+                            .ok_or_else(|| format!("value {v} is not a finite decimal"))?,
+                    };
+                    Value::Number(d)
+                }
+                (Some(None) | None, Some(a), None) => Value::Absent(a),
+                (Some(None), None, None) => return Err(
+                    "value is null but no `status` says why (nan, nres, pos_inf, neg_inf, missing)"
+                        .into(),
+                ),
+                (None, None, None) => {
+                    return Err("a reading needs `value` (or `status`, or `code` for acvpu)".into())
+                }
+                (Some(Some(_)), Some(_), _) => {
+                    return Err("a reading with a number cannot also have a `status`".into())
+                }
+                (_, _, Some(_)) => {
+                    return Err("`code` is for acvpu only and excludes `value` and `status`".into())
+                }
+            };
         let unit = match (j.unit, value) {
             (Some(u), _) => Some(u),
             (None, Value::Absent(_)) => j.metric.canonical_unit(),
@@ -729,7 +741,10 @@ mod tests {
             r#"{"metric":"heart_rate","value":null,"status":"nres","unit":"/min"}"#
         );
         let c = Reading::acvpu(Acvpu::V);
-        assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"metric":"acvpu","code":"V"}"#);
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"metric":"acvpu","code":"V"}"#
+        );
     }
 
     #[test]
@@ -750,30 +765,46 @@ mod tests {
 
     #[test]
     fn reading_json_refuses_unknown_fields() {
-        assert!(serde_json::from_str::<Reading>(r#"{"metric":"spo2","value":97,"unit":"%","vlaue":1}"#).is_err());
+        assert!(serde_json::from_str::<Reading>(
+            r#"{"metric":"spo2","value":97,"unit":"%","vlaue":1}"#
+        )
+        .is_err());
     }
 
     #[test]
     fn validate_rejects_implausible_spo2() {
         let r = Reading::canonical(Metric::Spo2, Decimal::int(101));
-        assert!(matches!(r.validate(), Err(InvalidReading::Implausible { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(InvalidReading::Implausible { .. })
+        ));
     }
 
     #[test]
     fn validate_rejects_wrong_unit_for_metric() {
         let r = Reading::number(Metric::Spo2, Decimal::int(97), Unit::MmHg);
-        assert!(matches!(r.validate(), Err(InvalidReading::WrongUnit { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(InvalidReading::WrongUnit { .. })
+        ));
     }
 
     #[test]
     fn validate_converts_fahrenheit_before_range_check() {
-        let r = Reading::number(Metric::BodyTemperature, Decimal::new(986, -1), Unit::Fahrenheit);
+        let r = Reading::number(
+            Metric::BodyTemperature,
+            Decimal::new(986, -1),
+            Unit::Fahrenheit,
+        );
         assert_eq!(r.validate(), Ok(()));
     }
 
     #[test]
     fn validate_accepts_absent_values_without_range_check() {
-        assert_eq!(Reading::absent(Metric::Spo2, Absent::Missing).validate(), Ok(()));
+        assert_eq!(
+            Reading::absent(Metric::Spo2, Absent::Missing).validate(),
+            Ok(())
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ mod tests {
 
     #[test]
     fn jsonl_skips_malformed_line_and_keeps_going() {
-        let (r, e, _) = run("{not json}\n{\"metric\":\"heart_rate\",\"value\":60,\"unit\":\"/min\"}\n");
+        let (r, e, _) =
+            run("{not json}\n{\"metric\":\"heart_rate\",\"value\":60,\"unit\":\"/min\"}\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].to_string().contains("not a reading"), "{}", e[0]);
         assert_eq!(r.len(), 1);

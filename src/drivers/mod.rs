@@ -47,7 +47,10 @@ pub enum Step {
     NeedMore,
     /// A complete frame: drop `consumed` bytes. A frame may give zero readings (e.g. a
     /// keep-alive) or several (e.g. SpO2 and pulse rate).
-    Frame { consumed: usize, readings: Vec<Reading> },
+    Frame {
+        consumed: usize,
+        readings: Vec<Reading>,
+    },
     /// Bytes that are not a valid frame: drop `consumed` (at least 1) and count `error`.
     Skip { consumed: usize, error: DecodeError },
 }
@@ -102,7 +105,12 @@ pub fn find(name: &str) -> Option<DriverInfo> {
 /// Runs a stream decoder over `buf` until it needs more input, collecting readings and the
 /// errors of skipped bytes. Returns bytes consumed. Used by `vitalgate decode` and tests; the
 /// transport does the same incrementally.
-pub fn drain(decoder: &mut dyn StreamDecoder, buf: &[u8], out: &mut Vec<Reading>, errors: &mut Vec<DecodeError>) -> usize {
+pub fn drain(
+    decoder: &mut dyn StreamDecoder,
+    buf: &[u8],
+    out: &mut Vec<Reading>,
+    errors: &mut Vec<DecodeError>,
+) -> usize {
     let mut pos = 0;
     while pos < buf.len() {
         match decoder.feed(&buf[pos..]) {

@@ -1,1 +1,25 @@
-//! (filled in by its issue)
+//! The uplink: the MQTT 5 session over mutual TLS 1.3 and the at-least-once publisher.
+//!
+//! - [`config`]: the `[uplink]` schema and validation.
+//! - [`tls`]: rustls client configuration from PEM files (TLS 1.3 only, ring provider).
+//! - [`source`]: the [`OutboxSource`] boundary the publisher reads, and [`MemorySource`].
+//! - [`publisher`]: [`Uplink`], the task that drains the outbox to the broker.
+//! - [`session`], [`topics`], [`backoff`]: connection options and error text, topic names and
+//!   status payloads, reconnect delays.
+//!
+//! The outbox is the queue; this module keeps at most the in-flight window in memory and
+//! never marks a row delivered without its own successful PUBACK. It does not yet handle fleet
+//! configuration or commands (`config/desired`, `cmd`): those come with their own issue.
+
+pub mod backoff;
+pub mod config;
+pub mod publisher;
+pub mod session;
+pub mod source;
+pub mod tls;
+pub mod topics;
+
+pub use config::{ConfigError, UplinkConfig};
+pub use publisher::{Uplink, UplinkError, UplinkStatus};
+pub use source::{Lane, MemorySource, OutboxSource, Outgoing, SourceError};
+pub use tls::{gateway_id_from_cert, LoadedTls, TlsError};

@@ -1,0 +1,678 @@
+//! The at-least-once publisher: outbox rows -> MQTT 5 QoS 1 -> PUBACK -> `mark_delivered`.
+//!
+//! One task owns both the rumqttc `AsyncClient` and `EventLoop::poll()` (rust-stack.md §1.3).
+//! Rows are handed to rumqttc in order and a FIFO of row tags is matched to packet ids as
+//! `Outgoing::Publish(pkid)` events come out, so each PUBACK is matched to its own row; a row
+//! is marked delivered only when its PUBACK reason is `Success` or `NoMatchingSubscribers`.
+//!
+//! Deliberately *not* relied upon: rumqttc's session resume and `pending` queue. Every
+//! connection is a fresh client with clean start; after any disconnect the window is dropped
+//! and unacknowledged rows are re-read from the outbox, so duplicates are bounded by the
+//! in-flight window and nothing depends on memory that a crash would lose (§1.2).
+//!
+//! Alerts always go before readings; payloads too large for the negotiated Maximum Packet Size
+//! are refused up front (rumqttc would otherwise fail the connection on them, §1.5); refused
+//! rows are kept, reported and retried with backoff; reconnects back off with jitter up to
+//! `backoff_max_s`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{ConnAck, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
+use rumqttc::Outgoing as MqttOut;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use super::config::{ConfigError, UplinkConfig};
+use super::session;
+use super::source::{Lane, OutboxSource};
+use super::tls::{self, LoadedTls};
+use super::topics::{publish_packet_len, status_payload, State, Topics};
+
+/// What the status page and `vitalgate status` show about the uplink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UplinkStatus {
+    /// A ConnAck was received and the connection has not failed since.
+    pub connected: bool,
+    /// The gateway id in use (configured or the certificate CN).
+    pub gateway_id: Option<String>,
+    /// Successful connections (ConnAcks) since start.
+    pub connects: u64,
+    /// Rows marked delivered since start.
+    pub delivered: u64,
+    /// Rows refused (by the broker, or too large) since start; each refusal counts.
+    pub refused: u64,
+    /// Time of the last successful PUBACK.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_ack: Option<OffsetDateTime>,
+    /// The last error, as a sentence (connection, TLS files, refusal, outbox).
+    pub last_error: Option<String>,
+    /// notAfter of the client certificate in use.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub cert_not_after: Option<OffsetDateTime>,
+    /// Publishes awaiting PUBACK.
+    pub in_flight: usize,
+}
+
+/// Why the uplink cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The configuration is invalid; each entry names a key.
+    #[error("invalid uplink configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Config(Vec<ConfigError>),
+}
+
+/// The MQTT uplink task. Build with [`Uplink::new`], then `run` it until cancelled.
+pub struct Uplink<S: OutboxSource> {
+    cfg: UplinkConfig,
+    source: S,
+    /// Notified by ingest after each commit: new rows may be waiting.
+    wake: Arc<Notify>,
+    /// Notified (e.g. on SIGHUP) to reload certificate, key and CA from disk.
+    reload: Arc<Notify>,
+    status: watch::Sender<UplinkStatus>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    id: i64,
+    lane: Lane,
+    payload: Bytes,
+}
+
+#[derive(Debug)]
+enum Tag {
+    Row(Row),
+    Status,
+}
+
+/// Publishes handed to rumqttc and not yet acknowledged.
+#[derive(Debug, Default)]
+struct Window {
+    /// Handed to `try_publish`, packet id not yet known (FIFO, rumqttc keeps request order).
+    queued: VecDeque<Tag>,
+    /// Written to the network under this packet id.
+    sent: HashMap<u16, Tag>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.queued.len() + self.sent.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+enum Refusal {
+    /// Retry at this instant (attempt count for the backoff).
+    Broker { attempts: u32, due: Instant },
+    /// Too large for this packet size limit: never re-sent while the limit stays.
+    TooLarge { limit: usize },
+}
+
+/// How one connection ended.
+enum End {
+    Shutdown,
+    Failed { connacked: bool, acked: bool },
+    Reload(Box<LoadedTls>),
+}
+
+enum Action {
+    Cancel,
+    Reload,
+    Wake,
+    Tick,
+    Poll(Box<Result<Event, rumqttc::v5::ConnectionError>>),
+}
+
+/// State that outlives one connection.
+struct Pump<S: OutboxSource> {
+    cfg: UplinkConfig,
+    source: S,
+    status: watch::Sender<UplinkStatus>,
+    refusals: HashMap<i64, Refusal>,
+    /// Acknowledged rows not yet recorded by `mark_delivered`.
+    acked: Vec<i64>,
+    // per connection:
+    topics: Topics,
+    after: [i64; 2],
+    queues: [VecDeque<Row>; 2],
+    exhausted: [bool; 2],
+    retry: Vec<(Instant, Row)>,
+    rescan_at: Option<Instant>,
+    window: Window,
+    win_cap: usize,
+    max_packet: usize,
+    delivered_since_flush: u64,
+    last_ack: Option<OffsetDateTime>,
+}
+
+fn lane_ix(l: Lane) -> usize {
+    match l {
+        Lane::Alert => 0,
+        Lane::Reading => 1,
+    }
+}
+
+/// The wire reason code (MQTT 5 §3.4.2.1); `PubAckReason` has no explicit discriminants.
+fn wire_code(r: &PubAckReason) -> u8 {
+    match r {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl<S: OutboxSource> Uplink<S> {
+    /// Validates `cfg` and prepares the task; no IO happens until [`Uplink::run`].
+    /// `wake` is notified by ingest whenever rows are committed.
+    pub fn new(cfg: UplinkConfig, source: S, wake: Arc<Notify>) -> Result<Self, UplinkError> {
+        cfg.validate().map_err(UplinkError::Config)?;
+        let (status, _) = watch::channel(UplinkStatus::default());
+        Ok(Self {
+            cfg,
+            source,
+            wake,
+            reload: Arc::new(Notify::new()),
+            status,
+        })
+    }
+
+    /// A live view of the uplink state.
+    pub fn status(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Notify this to reload certificate, key and CA from disk and reconnect. Invalid new
+    /// files are reported in `last_error` and the working configuration stays in use.
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled: connects, drains the outbox, reconnects with
+    /// backoff. On shutdown it stops sending, waits up to `drain_timeout_ms` for PUBACKs,
+    /// publishes the retained `offline` status and disconnects. Never returns an error:
+    /// every failure is reported in the status and retried.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Uplink {
+            cfg,
+            source,
+            wake,
+            reload,
+            status,
+        } = self;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(cfg.backoff_initial_ms),
+            Duration::from_secs(cfg.backoff_max_s),
+        );
+        let mut pump = Pump {
+            topics: Topics::new(&cfg.topic_prefix, "-"),
+            max_packet: cfg.max_packet_size as usize,
+            win_cap: usize::from(cfg.inflight),
+            cfg,
+            source,
+            status,
+            refusals: HashMap::new(),
+            acked: Vec::new(),
+            after: [0; 2],
+            queues: [VecDeque::new(), VecDeque::new()],
+            exhausted: [false; 2],
+            retry: Vec::new(),
+            rescan_at: None,
+            window: Window::default(),
+            delivered_since_flush: 0,
+            last_ack: None,
+        };
+        let mut tls: Option<LoadedTls> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(t) = &tls {
+                if now_utc() > t.not_after {
+                    tls = None; // expired while running: re-read the files (maybe renewed)
+                }
+            }
+            if tls.is_none() {
+                match tls::load(&pump.cfg, now_utc()) {
+                    Ok(t) => {
+                        info!(gateway = %t.gateway_id, "uplink TLS material loaded");
+                        pump.status.send_modify(|s| {
+                            s.gateway_id = Some(t.gateway_id.clone());
+                            s.cert_not_after = Some(t.not_after);
+                        });
+                        tls = Some(t);
+                    }
+                    Err(e) => pump.report(e.to_string()),
+                }
+            }
+            if let Some(t) = tls.clone() {
+                match pump.session(&t, &wake, &reload, &shutdown).await {
+                    End::Shutdown => break,
+                    End::Reload(new) => {
+                        backoff.reset();
+                        pump.status.send_modify(|s| {
+                            s.gateway_id = Some(new.gateway_id.clone());
+                            s.cert_not_after = Some(new.not_after);
+                        });
+                        tls = Some(*new);
+                        continue;
+                    }
+                    End::Failed { connacked, acked } => {
+                        if acked || connacked {
+                            backoff.reset();
+                        }
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+                _ = reload.notified() => {
+                    match tls::load(&pump.cfg, now_utc()) {
+                        Ok(t) => {
+                            pump.status.send_modify(|s| {
+                                s.gateway_id = Some(t.gateway_id.clone());
+                                s.cert_not_after = Some(t.not_after);
+                            });
+                            tls = Some(t);
+                            backoff.reset();
+                        }
+                        Err(e) => pump.report(format!("reload refused, keeping the current configuration: {e}")),
+                    }
+                }
+            }
+        }
+        pump.flush_acks();
+        pump.status.send_modify(|s| {
+            s.connected = false;
+            s.in_flight = 0;
+        });
+    }
+}
+
+impl<S: OutboxSource> Pump<S> {
+    fn report(&self, msg: String) {
+        warn!(error = %msg, "uplink");
+        self.status.send_modify(|s| s.last_error = Some(msg));
+    }
+
+    fn reset_connection_state(&mut self) {
+        self.after = [0; 2];
+        self.queues = [VecDeque::new(), VecDeque::new()];
+        self.exhausted = [false; 2];
+        self.retry.clear();
+        self.rescan_at = None;
+        self.window = Window::default();
+    }
+
+    /// Records acknowledged rows in the outbox (durable before return) and publishes status.
+    fn flush_acks(&mut self) {
+        if !self.acked.is_empty() {
+            match self.source.mark_delivered(&self.acked) {
+                Ok(()) => self.acked.clear(),
+                Err(e) => {
+                    // Kept for the next flush; if we reconnect first they are re-sent (duplicates).
+                    self.report(format!("outbox mark_delivered failed: {e}"));
+                }
+            }
+        }
+        let delivered = std::mem::take(&mut self.delivered_since_flush);
+        let in_flight = self.window.len();
+        let last_ack = self.last_ack;
+        self.status.send_modify(|s| {
+            s.delivered += delivered;
+            s.in_flight = in_flight;
+            if last_ack.is_some() {
+                s.last_ack = last_ack;
+            }
+        });
+    }
+
+    /// The next row to send: due retries, then alerts, then readings.
+    fn next_row(&mut self, now: Instant) -> Option<Row> {
+        if let Some(i) = self.retry.iter().position(|(due, _)| *due <= now) {
+            return Some(self.retry.swap_remove(i).1);
+        }
+        for lane in [Lane::Alert, Lane::Reading] {
+            let ix = lane_ix(lane);
+            loop {
+                if let Some(row) = self.queues[ix].pop_front() {
+                    match self.refusals.get(&row.id) {
+                        Some(Refusal::TooLarge { limit }) if *limit <= self.max_packet => continue,
+                        Some(Refusal::Broker { due, .. }) if *due > now => {
+                            self.retry.push((*due, row));
+                            continue;
+                        }
+                        _ => return Some(row),
+                    }
+                }
+                if self.exhausted[ix] {
+                    break;
+                }
+                let limit = self.cfg.batch_size;
+                match self.source.next_batch(lane, self.after[ix], limit) {
+                    Ok(rows) => {
+                        if rows.len() < limit {
+                            self.exhausted[ix] = true;
+                        }
+                        if let Some(last) = rows.last() {
+                            self.after[ix] = last.row_id;
+                        }
+                        let got = rows.len();
+                        self.queues[ix].extend(rows.into_iter().map(|o| Row {
+                            id: o.row_id,
+                            lane: o.lane,
+                            payload: Bytes::from(o.payload),
+                        }));
+                        if got == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        self.report(format!("outbox read failed, retrying in 1 s: {e}"));
+                        self.exhausted[ix] = true;
+                        self.rescan_at = Some(now + Duration::from_secs(1));
+                        break;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Hands rows to rumqttc until the window is full or the outbox has nothing more.
+    fn fill(&mut self, client: &AsyncClient) {
+        let now = Instant::now();
+        while self.window.len() < self.win_cap {
+            let Some(row) = self.next_row(now) else { break };
+            let topic = self.topics.for_lane(row.lane);
+            let size = publish_packet_len(topic.len(), row.payload.len());
+            if size > self.max_packet {
+                let msg = format!(
+                    "row {} is {size} bytes as an MQTT packet, above the maximum packet size of {} bytes: it can never be sent; kept in the outbox, not delivered",
+                    row.id, self.max_packet
+                );
+                self.refuse(row.id, msg);
+                self.refusals.insert(
+                    row.id,
+                    Refusal::TooLarge {
+                        limit: self.max_packet,
+                    },
+                );
+                continue;
+            }
+            match client.try_publish(topic, QoS::AtLeastOnce, false, row.payload.clone()) {
+                Ok(()) => self.window.queued.push_back(Tag::Row(row)),
+                Err(e) => {
+                    // The request channel is sized above the window; this is not expected.
+                    let ix = lane_ix(row.lane);
+                    self.queues[ix].push_front(row);
+                    self.report(format!("could not queue publish: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, row_id: i64, msg: String) {
+        warn!(row = row_id, reason = %msg, "uplink row refused");
+        if let Err(e) = self.source.mark_refused(row_id, &msg) {
+            warn!(row = row_id, error = %e, "outbox mark_refused failed");
+        }
+        self.status.send_modify(|s| {
+            s.refused += 1;
+            s.last_error = Some(msg);
+        });
+    }
+
+    fn on_connack(&mut self, ack: &ConnAck, client: &AsyncClient, gateway: &str) {
+        let props = ack.properties.as_ref();
+        let broker_max = props.and_then(|p| p.max_packet_size).unwrap_or(u32::MAX);
+        self.max_packet = self.cfg.max_packet_size.min(broker_max) as usize;
+        let recv_max = props.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
+        self.win_cap = usize::from(self.cfg.inflight.min(recv_max).max(1));
+        let online = status_payload(State::Online, gateway, now_utc());
+        match client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, online) {
+            Ok(()) => self.window.queued.push_back(Tag::Status),
+            Err(e) => self.report(format!("could not queue online status: {e}")),
+        }
+        info!(
+            gateway,
+            window = self.win_cap,
+            max_packet = self.max_packet,
+            "uplink connected"
+        );
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.connects += 1;
+        });
+    }
+
+    /// Handles one event; returns true when a row was acknowledged successfully.
+    fn on_event(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Outgoing(MqttOut::Publish(pkid)) => {
+                if let Some(tag) = self.window.queued.pop_front() {
+                    self.window.sent.insert(pkid, tag);
+                }
+                false
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                let Some(tag) = self.window.sent.remove(&ack.pkid) else {
+                    warn!(pkid = ack.pkid, "PUBACK for a packet id not in flight");
+                    return false;
+                };
+                let ok = matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                );
+                match tag {
+                    Tag::Status if !ok => {
+                        self.report(format!(
+                            "broker refused the status publish: {:?}",
+                            ack.reason
+                        ));
+                        false
+                    }
+                    Tag::Status => false,
+                    Tag::Row(row) if ok => {
+                        self.refusals.remove(&row.id);
+                        self.acked.push(row.id);
+                        self.delivered_since_flush += 1;
+                        self.last_ack = Some(now_utc());
+                        if self.acked.len() >= self.win_cap.min(self.cfg.batch_size)
+                            || self.window.is_empty()
+                        {
+                            self.flush_acks();
+                        }
+                        true
+                    }
+                    Tag::Row(row) => {
+                        let attempts = match self.refusals.get(&row.id) {
+                            Some(Refusal::Broker { attempts, .. }) => attempts.saturating_add(1),
+                            _ => 1,
+                        };
+                        let mut b = Backoff::new(
+                            Duration::from_millis(self.cfg.backoff_initial_ms),
+                            Duration::from_secs(self.cfg.backoff_max_s),
+                        );
+                        for _ in 1..attempts.min(30) {
+                            b.next_with(1.0);
+                        }
+                        let due = Instant::now() + b.next_delay();
+                        let msg = format!(
+                            "broker refused row {} on {}: PUBACK {:?} (0x{:02x}); kept, retrying later",
+                            row.id,
+                            self.topics.for_lane(row.lane),
+                            ack.reason,
+                            wire_code(&ack.reason)
+                        );
+                        self.refuse(row.id, msg);
+                        self.refusals
+                            .insert(row.id, Refusal::Broker { attempts, due });
+                        self.retry.push((due, row));
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Polls until the window is empty or `deadline`, handling acknowledgements.
+    async fn drain(&mut self, el: &mut EventLoop, deadline: Instant) -> bool {
+        while !self.window.is_empty() {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(ev)) => {
+                    self.on_event(ev);
+                }
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    async fn disconnect(&mut self, client: &AsyncClient, el: &mut EventLoop) {
+        if client.try_disconnect().is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(Event::Outgoing(MqttOut::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(ev)) => {
+                    self.on_event(ev);
+                }
+            }
+        }
+    }
+
+    /// One connection, from connect to failure, reload or shutdown.
+    async fn session(
+        &mut self,
+        tls: &LoadedTls,
+        wake: &Notify,
+        reload: &Notify,
+        shutdown: &CancellationToken,
+    ) -> End {
+        self.reset_connection_state();
+        self.topics = Topics::new(&self.cfg.topic_prefix, &tls.gateway_id);
+        let gateway = tls.gateway_id.clone();
+        let will = status_payload(State::Offline, &gateway, now_utc());
+        let opts = session::options(&self.cfg, tls, will, &self.topics.status);
+        let (client, mut el) = AsyncClient::new(opts, usize::from(self.cfg.inflight) + 8);
+        let mut connacked = false;
+        let mut acked_any = false;
+        let drain_for = Duration::from_millis(self.cfg.drain_timeout_ms);
+        loop {
+            if connacked {
+                self.fill(&client);
+            }
+            let next_timer = self
+                .retry
+                .iter()
+                .map(|(d, _)| *d)
+                .chain(self.rescan_at)
+                .min();
+            let action = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Action::Cancel,
+                _ = reload.notified() => Action::Reload,
+                _ = wake.notified() => Action::Wake,
+                // Only while a slot is free: a due timer with a full window would spin.
+                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
+                    if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
+                ev = el.poll() => Action::Poll(Box::new(ev)),
+            };
+            match action {
+                Action::Cancel => {
+                    if connacked {
+                        let deadline = Instant::now() + drain_for;
+                        self.drain(&mut el, deadline).await;
+                        self.flush_acks();
+                        let off = status_payload(State::Offline, &gateway, now_utc());
+                        if client
+                            .try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, off)
+                            .is_ok()
+                        {
+                            self.window.queued.push_back(Tag::Status);
+                            let d = Instant::now() + Duration::from_secs(1);
+                            self.drain(&mut el, d).await;
+                        }
+                        self.disconnect(&client, &mut el).await;
+                    }
+                    self.flush_acks();
+                    return End::Shutdown;
+                }
+                Action::Reload => match tls::load(&self.cfg, now_utc()) {
+                    Ok(new) => {
+                        info!("uplink reloading TLS material and reconnecting");
+                        if connacked {
+                            let deadline = Instant::now() + drain_for;
+                            self.drain(&mut el, deadline).await;
+                            self.disconnect(&client, &mut el).await;
+                        }
+                        self.flush_acks();
+                        self.status.send_modify(|s| s.connected = false);
+                        return End::Reload(Box::new(new));
+                    }
+                    Err(e) => self.report(format!(
+                        "reload refused, keeping the current configuration: {e}"
+                    )),
+                },
+                Action::Wake => self.exhausted = [false; 2],
+                Action::Tick => {
+                    if self.rescan_at.is_some_and(|t| t <= Instant::now()) {
+                        self.rescan_at = None;
+                        self.exhausted = [false; 2];
+                    }
+                }
+                Action::Poll(ev) => match *ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                        connacked = true;
+                        self.on_connack(&ack, &client, &gateway);
+                    }
+                    Ok(ev) => {
+                        acked_any |= self.on_event(ev);
+                    }
+                    Err(e) => {
+                        let msg = session::describe(&e, &self.cfg);
+                        self.flush_acks();
+                        self.window = Window::default();
+                        self.report(msg);
+                        self.status.send_modify(|s| {
+                            s.connected = false;
+                            s.in_flight = 0;
+                        });
+                        return End::Failed {
+                            connacked,
+                            acked: acked_any,
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
