@@ -35,10 +35,26 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// The MQTT uplink; without it readings are kept (encrypted) until one is configured.
+    #[serde(default)]
+    pub uplink: Option<crate::uplink::UplinkConfig>,
     #[serde(default, rename = "patient")]
     pub patients: Vec<PatientConfig>,
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Gateway-wide alerting settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Local annunciator: a command run for every alert event while the uplink is down (or
+    /// when there is none), with the event JSON on its standard input; e.g. a script that
+    /// sounds a buzzer or lights an LED on the hub. Events also go to the journal at a high
+    /// priority in any case.
+    pub annunciator_command: Option<Vec<String>>,
 }
 
 /// Where the gateway runs.
@@ -129,18 +145,11 @@ pub struct PatientConfig {
     /// NHS Number (10 digits, Modulus 11). Goes into FHIR `subject`; redacted everywhere else.
     #[serde(default)]
     pub nhs_number: Option<String>,
-    /// NEWS2 SpO2 scale: 1 (default) or 2. Scale 2 is a clinician's decision for hypercapnic
-    /// respiratory failure, never inferred.
-    #[serde(default = "default_scale")]
-    pub spo2_scale: u8,
-    /// The patient is on supplemental oxygen (NEWS2 "air or oxygen"), unless an
-    /// `inspired_oxygen` reading says otherwise.
+    /// The alert rules for this patient: NEWS2 SpO2 scale (a clinician's decision, never
+    /// inferred), on oxygen, threshold rules, technical alarm timings (`[patient.alerts]`;
+    /// defaults are `alerts::default_home_rules`, see docs/alerts.md).
     #[serde(default)]
-    pub on_oxygen: bool,
-}
-
-fn default_scale() -> u8 {
-    1
+    pub alerts: crate::alerts::PatientAlertConfig,
 }
 
 impl fmt::Debug for PatientConfig {
@@ -148,8 +157,7 @@ impl fmt::Debug for PatientConfig {
         f.debug_struct("PatientConfig")
             .field("id", &self.id)
             .field("nhs_number", &self.nhs_number.as_deref().map(redact_nhs_number))
-            .field("spo2_scale", &self.spo2_scale)
-            .field("on_oxygen", &self.on_oxygen)
+            .field("alerts", &self.alerts)
             .finish()
     }
 }
@@ -288,6 +296,25 @@ impl Config {
             problem("ingest.max_batch".into(), format!("{} is outside 1..=100000", self.ingest.max_batch));
         }
 
+        if self.gateway.id.is_none() && self.uplink.as_ref().is_none_or(|u| u.gateway_id.is_none()) && self.uplink.is_none() {
+            problem(
+                "gateway.id".into(),
+                "not set: set it, or configure [uplink] (the client certificate's CN is the default)".into(),
+            );
+        }
+        if let Some(up) = &self.uplink {
+            if let Err(errors) = up.validate() {
+                for e in errors {
+                    problem(format!("uplink.{}", e.key), format!("{} {}", e.value, e.reason));
+                }
+            }
+            if let (Some(a), Some(b)) = (&self.gateway.id, &up.gateway_id) {
+                if a != b {
+                    problem("uplink.gateway_id".into(), format!("{b:?} differs from gateway.id {a:?}; set one of them"));
+                }
+            }
+        }
+
         let mut patient_ids = HashSet::new();
         for (i, p) in self.patients.iter().enumerate() {
             let key = |k: &str| format!("patient[{i}].{k}");
@@ -302,8 +329,10 @@ impl Config {
                     problem(key("nhs_number"), format!("{} is not a valid NHS Number: {why}", redact_nhs_number(n)));
                 }
             }
-            if !matches!(p.spo2_scale, 1 | 2) {
-                problem(key("spo2_scale"), format!("{} is not a NEWS2 SpO2 scale; use 1 or 2", p.spo2_scale));
+            if let Err(crate::alerts::AlertConfigError::Invalid(list)) = p.alerts.validate() {
+                for e in list {
+                    problem(key(&format!("alerts.{}", e.key)), format!("{} {}", e.value, e.reason));
+                }
             }
         }
 
@@ -364,6 +393,19 @@ impl Config {
         dirs.join(", ")
     }
 
+    /// The gateway id: `gateway.id`, else `uplink.gateway_id`, else the CN of the uplink
+    /// client certificate (read from disk).
+    pub fn gateway_id(&self) -> Result<String, String> {
+        if let Some(id) = self.gateway.id.clone().or_else(|| self.uplink.as_ref().and_then(|u| u.gateway_id.clone())) {
+            return Ok(id);
+        }
+        let Some(up) = &self.uplink else {
+            return Err("gateway.id: not set, and there is no [uplink] client certificate to take it from".into());
+        };
+        let pem = std::fs::read(&up.cert_file).map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))?;
+        crate::uplink::gateway_id_from_cert(&pem).map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))
+    }
+
     /// The outbox path, resolved against `gateway.state_dir`.
     pub fn outbox_path(&self) -> PathBuf {
         self.gateway.state_dir.join(&self.store.path)
@@ -403,6 +445,8 @@ mod tests {
     }
 
     const MINIMAL: &str = r#"
+        [gateway]
+        id = "gw-test"
         [[patient]]
         id = "p1"
         [[device]]
@@ -416,12 +460,12 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.ingest.max_batch_wait_ms, 50);
         assert_eq!(c.store.retention_days, 7);
-        assert_eq!(c.patients[0].spo2_scale, 1);
+        assert_eq!(c.patients[0].alerts.spo2_scale, crate::alerts::news2::Spo2Scale::Scale1);
     }
 
     #[test]
     fn unknown_key_is_refused_with_file_and_key() {
-        let e = parse("[store]\nretention_dayz = 3\n").unwrap_err().to_string();
+        let e = parse("[gateway]\nid = \"g\"\n[store]\nretention_dayz = 3\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml: store"), "{e}");
         assert!(e.contains("unknown field `retention_dayz`"), "{e}");
     }
@@ -448,20 +492,25 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let text = r#"
+            [gateway]
+            id = "gw"
             [store]
             retention_days = 0
             [[patient]]
             id = "p1"
-            spo2_scale = 3
+            [[device]]
+            id = "d1"
+            patient = "p9"
+            driver = "sim"
         "#;
         let e = parse(text).unwrap_err();
         let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, vec!["store.retention_days", "patient[0].spo2_scale"]);
+        assert_eq!(keys, vec!["store.retention_days", "device[0].patient"]);
     }
 
     #[test]
     fn invalid_nhs_number_is_refused_and_redacted_in_the_message() {
-        let e = parse("[[patient]]\nid = \"p1\"\nnhs_number = \"9434765918\"\n").unwrap_err().to_string();
+        let e = parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765918\"\n").unwrap_err().to_string();
         assert!(e.contains("patient[0].nhs_number"), "{e}");
         assert!(!e.contains("9434765918"), "NHS Number printed in clear: {e}");
     }
@@ -474,8 +523,16 @@ mod tests {
     }
 
     #[test]
+    fn invalid_alert_rule_is_refused_with_its_key() {
+        let text = format!("{MINIMAL}\n[patient.alerts]\nnews2_freshness_secs = 0\n");
+        let text = text.replace("[[device]]", "[patient.alerts.technical]\n[[device]]");
+        let e = parse(&text.replace("[patient.alerts.technical]\n", "")).unwrap_err().to_string();
+        assert!(e.contains("patient[0].alerts.news2_freshness_secs"), "{e}");
+    }
+
+    #[test]
     fn redacted_config_hides_nhs_numbers() {
-        let c = parse("[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n").unwrap();
+        let c = parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n").unwrap();
         let shown = c.redacted_toml();
         assert!(shown.contains("***-***-5919") && !shown.contains("9434765919"), "{shown}");
         assert!(!format!("{c:?}").contains("9434765919"));

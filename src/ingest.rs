@@ -93,31 +93,67 @@ impl Default for GroupCommit {
     }
 }
 
+/// What a hook adds to a transaction.
+#[derive(Debug, Default)]
+pub struct HookOutput {
+    /// Extra records (alert events, derived scores).
+    pub records: Vec<Record>,
+    /// Device state to persist (e.g. the alert engine's state).
+    pub state: Vec<DeviceStateUpdate>,
+}
+
+impl HookOutput {
+    pub fn records(records: Vec<Record>) -> Self {
+        HookOutput {
+            records,
+            state: Vec::new(),
+        }
+    }
+
+    pub fn extend(&mut self, other: HookOutput) {
+        self.records.extend(other.records);
+        self.state.extend(other.state);
+    }
+}
+
 /// Extra work done inside each commit's transaction, before it is sealed: the alert engine
 /// plugs in here so alert events commit atomically with the readings that caused them.
 pub trait CommitHook: Send + 'static {
-    /// Called with the accepted readings of a batch (in order); returns extra records to
-    /// append in the same transaction (alert events, derived scores).
-    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> Vec<Record>;
+    /// Called with the accepted readings of a batch (in order); returns what to add to the
+    /// same transaction.
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput;
     /// Called for each rejected reading.
-    fn on_reject(&mut self, _rejection: &Rejection) -> Vec<Record> {
-        Vec::new()
+    fn on_reject(&mut self, _rejection: &Rejection) -> HookOutput {
+        HookOutput::default()
+    }
+    /// Called about once a second (see [`IngestHandle::tick`]), for time-based rules.
+    /// `backlog` is the outbox's undelivered row count.
+    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+        HookOutput::default()
     }
 }
 
 /// No extra work.
 pub struct NoHook;
 impl CommitHook for NoHook {
-    fn on_batch(&mut self, _accepted: &[Record], _now: OffsetDateTime) -> Vec<Record> {
-        Vec::new()
+    fn on_batch(&mut self, _accepted: &[Record], _now: OffsetDateTime) -> HookOutput {
+        HookOutput::default()
     }
+}
+
+/// What the writer receives.
+#[derive(Debug)]
+enum Message {
+    Frame(Frame),
+    /// Run the hooks' time-based rules.
+    Tick,
 }
 
 /// The device tasks' way in. Cheap to clone. When every handle is dropped, the writer
 /// commits what it holds and stops.
 #[derive(Clone)]
 pub struct IngestHandle {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Message>,
     pub counters: Arc<IngestCounters>,
 }
 
@@ -133,14 +169,19 @@ impl IngestHandle {
     /// Queues a frame; returns once queued (waits if the queue is full).
     pub async fn submit(&self, mut frame: Frame) -> Result<(), IngestError> {
         frame.done = None;
-        self.tx.send(frame).await.map_err(|_| IngestError::Closed)
+        self.tx.send(Message::Frame(frame)).await.map_err(|_| IngestError::Closed)
+    }
+
+    /// Asks the writer to run the time-based rules (device silent, alarms that persist).
+    pub async fn tick(&self) -> Result<(), IngestError> {
+        self.tx.send(Message::Tick).await.map_err(|_| IngestError::Closed)
     }
 
     /// Queues a frame and waits until it is committed; returns its row ids.
     pub async fn submit_and_wait(&self, mut frame: Frame) -> Result<Vec<i64>, IngestError> {
         let (tx, rx) = oneshot::channel();
         frame.done = Some(tx);
-        self.tx.send(frame).await.map_err(|_| IngestError::Closed)?;
+        self.tx.send(Message::Frame(frame)).await.map_err(|_| IngestError::Closed)?;
         rx.await.map_err(|_| IngestError::Closed)?.map_err(IngestError::Commit)
     }
 }
@@ -172,7 +213,7 @@ pub fn start(
 
 struct Writer {
     outbox: Outbox,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Message>,
     policy: GroupCommit,
     committed: Arc<Notify>,
     hook: Box<dyn CommitHook>,
@@ -183,21 +224,51 @@ struct Writer {
 impl Writer {
     fn run(mut self) -> Outbox {
         while let Some(first) = self.rx.blocking_recv() {
+            let first = match first {
+                Message::Frame(f) => f,
+                Message::Tick => {
+                    self.tick();
+                    continue;
+                }
+            };
             let started = Instant::now();
             let mut batch = vec![first];
             let mut readings = batch[0].readings.len();
+            let mut tick = false;
             while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
                 match self.rx.try_recv() {
-                    Ok(frame) => {
+                    Ok(Message::Frame(frame)) => {
                         readings += frame.readings.len();
                         batch.push(frame);
                     }
+                    Ok(Message::Tick) => tick = true,
                     Err(_) => break,
                 }
             }
             self.commit(batch);
+            if tick {
+                self.tick();
+            }
         }
         self.outbox
+    }
+
+    fn tick(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        let backlog = match self.outbox.backlog() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the outbox backlog");
+                return;
+            }
+        };
+        let out = self.hook.on_tick(now, backlog);
+        if out.records.is_empty() && out.state.is_empty() {
+            return;
+        }
+        if self.append_with_retry(&out.records, &out.state, now).is_some() && !out.records.is_empty() {
+            self.committed.notify_one();
+        }
     }
 
     fn commit(&mut self, batch: Vec<Frame>) {
@@ -205,7 +276,7 @@ impl Writer {
         self.counters.frames_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut records = Vec::with_capacity(batch.len());
         let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
-        let mut extra = Vec::new();
+        let mut extra = HookOutput::default();
         for (i, frame) in batch.iter().enumerate() {
             let mut accepted = Vec::with_capacity(frame.readings.len());
             for r in &frame.readings {
@@ -226,7 +297,7 @@ impl Writer {
                     }
                 }
             }
-            for group in observation_groups(accepted) {
+            for group in crate::fhir::group_for_fhir(&accepted) {
                 records.push(Record::Reading(ReadingRecord {
                     device_id: frame.device_id.to_string(),
                     patient_id: frame.patient_id.to_string(),
@@ -240,8 +311,8 @@ impl Writer {
         }
         let n_readings = records.len();
         extra.extend(self.hook.on_batch(&records, now));
-        records.extend(extra);
-        if records.is_empty() && batch.iter().all(|f| f.cursor.is_none()) {
+        records.extend(extra.records);
+        if records.is_empty() && extra.state.is_empty() && batch.iter().all(|f| f.cursor.is_none()) {
             for frame in batch {
                 if let Some(done) = frame.done {
                     let _ = done.send(Ok(Vec::new()));
@@ -251,7 +322,7 @@ impl Writer {
         }
 
         // Cursors commit with the readings; the last one per device and key wins.
-        let state: Vec<DeviceStateUpdate> = batch
+        let mut state: Vec<DeviceStateUpdate> = batch
             .iter()
             .filter_map(|f| {
                 f.cursor.as_ref().map(|(key, value)| DeviceStateUpdate {
@@ -261,6 +332,7 @@ impl Writer {
                 })
             })
             .collect();
+        state.extend(extra.state);
         let ids = self.append_with_retry(&records, &state, now);
         let Some(ids) = ids else {
             // Only reached when the outbox is unusable for good (see append_with_retry).
@@ -336,31 +408,6 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
-/// Splits one frame's accepted readings into the groups that become one row (and one FHIR
-/// Observation) each: a blood-pressure set (systolic, diastolic, mean with the same device
-/// time) together, everything else alone.
-pub fn observation_groups(readings: Vec<Reading>) -> Vec<Vec<Reading>> {
-    let is_bp = |m: Metric| matches!(m, Metric::SystolicBp | Metric::DiastolicBp | Metric::MeanBp);
-    let mut groups: Vec<Vec<Reading>> = Vec::new();
-    let mut bp: Vec<Vec<Reading>> = Vec::new();
-    for r in readings {
-        if is_bp(r.metric) {
-            if let Some(g) = bp
-                .iter_mut()
-                .find(|g| g[0].device_time == r.device_time && !g.iter().any(|x| x.metric == r.metric))
-            {
-                g.push(r);
-            } else {
-                bp.push(vec![r]);
-            }
-        } else {
-            groups.push(vec![r]);
-        }
-    }
-    groups.extend(bp);
-    groups
-}
-
 /// Allows one event per period (log rate limiting).
 pub struct RateLimit {
     period: Duration,
@@ -387,35 +434,6 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Decimal;
-
-    #[test]
-    fn blood_pressure_set_becomes_one_group() {
-        let t = time::macros::datetime!(2026-11-23 10:00 UTC);
-        let groups = observation_groups(vec![
-            Reading::canonical(Metric::SystolicBp, Decimal::int(120)).at(t),
-            Reading::canonical(Metric::DiastolicBp, Decimal::int(80)).at(t),
-            Reading::canonical(Metric::PulseRate, Decimal::int(70)).at(t),
-            Reading::canonical(Metric::MeanBp, Decimal::int(93)).at(t),
-        ]);
-        assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0][0].metric, Metric::PulseRate);
-        assert_eq!(groups[1].len(), 3);
-    }
-
-    #[test]
-    fn two_bp_sets_in_one_frame_stay_apart() {
-        let t1 = time::macros::datetime!(2026-11-23 10:00 UTC);
-        let t2 = time::macros::datetime!(2026-11-23 10:05 UTC);
-        let groups = observation_groups(vec![
-            Reading::canonical(Metric::SystolicBp, Decimal::int(120)).at(t1),
-            Reading::canonical(Metric::DiastolicBp, Decimal::int(80)).at(t1),
-            Reading::canonical(Metric::SystolicBp, Decimal::int(130)).at(t2),
-            Reading::canonical(Metric::DiastolicBp, Decimal::int(85)).at(t2),
-        ]);
-        assert_eq!(groups.len(), 2);
-        assert!(groups.iter().all(|g| g.len() == 2));
-    }
 
     #[test]
     fn rate_limit_allows_one_per_period() {

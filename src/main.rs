@@ -5,9 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use vitalgate::config::{self, Config};
@@ -126,8 +128,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone());
-                vitalgate::daemon::run(cfg, master, shutdown, Default::default()).await
+                let reload = Arc::new(Notify::new());
+                spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
+                let opts = vitalgate::daemon::RunOptions {
+                    reload: Some(reload),
+                    ..Default::default()
+                };
+                vitalgate::daemon::run(cfg, master, shutdown, opts).await
             })?;
             Ok(())
         }
@@ -170,17 +177,27 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// SIGTERM and SIGINT cancel `token` (graceful shutdown).
-fn spawn_signal_handler(token: CancellationToken) {
+/// SIGTERM and SIGINT cancel `token` (graceful shutdown); SIGHUP notifies `reload`.
+fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates and keys");
+                    if let Some(r) = &reload {
+                        r.notify_one();
+                    }
+                }
+            }
         }
         token.cancel();
     });
@@ -269,7 +286,7 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> 
     println!("(Ctrl-C to stop; the demo's data is encrypted with a throw-away key)\n");
     let result = runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
+        spawn_signal_handler(shutdown.clone(), None);
         if let Some(s) = seconds {
             let t = shutdown.clone();
             tokio::spawn(async move {
@@ -280,7 +297,7 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> 
         let view = vitalgate::daemon::demo_view::DemoView::start(cfg.clone(), shutdown.clone());
         let opts = vitalgate::daemon::RunOptions {
             hooks: vec![Box::new(view)],
-            ready: None,
+            ..Default::default()
         };
         vitalgate::daemon::run(cfg.clone(), master, shutdown, opts).await
     });

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::ingest::{CommitHook, Rejection};
+use crate::ingest::{CommitHook, HookOutput, Rejection};
 use crate::reading::{Metric, Value};
 use crate::store::Record;
 
@@ -73,7 +73,7 @@ impl DemoView {
 }
 
 impl CommitHook for DemoView {
-    fn on_batch(&mut self, accepted: &[Record], _now: OffsetDateTime) -> Vec<Record> {
+    fn on_batch(&mut self, accepted: &[Record], _now: OffsetDateTime) -> HookOutput {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         for rec in accepted {
             if let Record::Reading(r) = rec {
@@ -89,11 +89,11 @@ impl CommitHook for DemoView {
             }
         }
         self.stored.lock().unwrap_or_else(|p| p.into_inner()).0 += accepted.len() as u64;
-        Vec::new()
+        HookOutput::default()
     }
 
-    fn on_reject(&mut self, _r: &Rejection) -> Vec<Record> {
+    fn on_reject(&mut self, _r: &Rejection) -> HookOutput {
         self.stored.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
-        Vec::new()
+        HookOutput::default()
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::AuditLog;
 use crate::config::{Config, DeviceConfig};
 use crate::drivers::{self, sim::SimPatient, DriverKind, Step};
-use crate::ingest::{self, CommitHook, Frame, GroupCommit, IngestHandle, RateLimit};
+use crate::ingest::{self, CommitHook, Frame, GroupCommit, HookOutput, IngestHandle, RateLimit};
 use crate::status::{self, Registry};
 use crate::store::{MasterKey, Outbox, Record, StoreError};
 use crate::transport::stream::{Event, StreamSource};
@@ -43,6 +43,12 @@ pub enum DaemonError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot start the ingest writer: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    GatewayId(String),
+    #[error("{0}")]
+    Alerts(String),
+    #[error("uplink: {0}")]
+    Uplink(#[from] crate::uplink::UplinkError),
 }
 
 /// Extras for `run`: the demo's live view hooks in here, as do tests.
@@ -52,17 +58,34 @@ pub struct RunOptions {
     pub hooks: Vec<Box<dyn CommitHook>>,
     /// Told when the outbox is open and devices are starting (systemd READY).
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Notified on SIGHUP: certificates and keys are re-read by the uplink.
+    pub reload: Option<Arc<Notify>>,
 }
 
 /// Calls several hooks in order.
 struct Hooks(Vec<Box<dyn CommitHook>>);
 
 impl CommitHook for Hooks {
-    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> Vec<Record> {
-        self.0.iter_mut().flat_map(|h| h.on_batch(accepted, now)).collect()
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
+        let mut out = HookOutput::default();
+        for h in &mut self.0 {
+            out.extend(h.on_batch(accepted, now));
+        }
+        out
     }
-    fn on_reject(&mut self, r: &ingest::Rejection) -> Vec<Record> {
-        self.0.iter_mut().flat_map(|h| h.on_reject(r)).collect()
+    fn on_reject(&mut self, r: &ingest::Rejection) -> HookOutput {
+        let mut out = HookOutput::default();
+        for h in &mut self.0 {
+            out.extend(h.on_reject(r));
+        }
+        out
+    }
+    fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
+        let mut out = HookOutput::default();
+        for h in &mut self.0 {
+            out.extend(h.on_tick(now, backlog));
+        }
+        out
     }
 }
 
@@ -99,6 +122,7 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         audit.note("outbox_created", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
     }
     let started_at = OffsetDateTime::now_utc();
+    let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
 
     // Offsets of followed files, committed with their readings.
     let mut cursors = std::collections::HashMap::new();
@@ -111,11 +135,47 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     }
 
     let committed = Arc::new(Notify::new());
+    // The uplink: its own outbox connection, woken by every commit.
+    let uplink_token = CancellationToken::new();
+    let mut uplink_to_run = None;
+    let mut uplink_status = None;
+    if let Some(up_cfg) = &config.uplink {
+        let mut up_cfg = up_cfg.clone();
+        up_cfg.gateway_id = Some(gateway_id.clone());
+        let source = publish::PublishSource::new(Outbox::open_secondary(&outbox_path, &master)?, gateway_id.clone(), &config);
+        let uplink = crate::uplink::Uplink::new(up_cfg, source, committed.clone())?;
+        uplink_status = Some(uplink.status());
+        if let Some(reload) = opts.reload.clone() {
+            let target = uplink.reload_handle();
+            let audit = audit.clone();
+            let token = uplink_token.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = reload.notified() => {
+                            audit.note("reload_requested", serde_json::json!({"what": "uplink certificates and keys"}));
+                            target.notify_one();
+                        }
+                    }
+                }
+            });
+        }
+        uplink_to_run = Some(uplink);
+    } else {
+        tracing::warn!("no [uplink] configured: readings are kept encrypted in the outbox until one is");
+    }
+
+
     let policy = GroupCommit {
         max_batch: config.ingest.max_batch,
         max_wait: Duration::from_millis(config.ingest.max_batch_wait_ms),
     };
-    let hooks: Vec<Box<dyn CommitHook>> = std::mem::take(&mut opts.hooks);
+    let saved = alerting::load_states(&outbox, &config)?;
+    let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
+        .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
+    let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook)];
+    hooks.extend(std::mem::take(&mut opts.hooks));
     let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
 
     let registry = Registry::default();
@@ -137,6 +197,25 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         let resume = cursors.get(&d.id).copied().flatten();
         tracker.spawn(run_device(ctx, resume));
     }
+    // Time-based alert rules (device silent, persistence, outbox depth) run once a second.
+    {
+        let ingest = ingest.clone();
+        let token = devices_token.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = every.tick() => {
+                        if ingest.tick().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let uplink_task = uplink_to_run.map(|u| tokio::spawn(u.run(uplink_token.clone())));
     let counters = ingest.counters.clone();
     drop(ingest); // device tasks hold the only handles now
     tracing::info!(devices = config.devices.len(), outbox = %outbox_path.display(), "vitalgate running");
@@ -176,7 +255,8 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let snapshot = {
         let registry = registry.clone();
         let counters = counters.clone();
-        let gateway = config.gateway.id.clone();
+        let gateway = gateway_id.clone();
+        let uplink_status = uplink_status.clone();
         let key_source = serde_json::to_value(master.source()).unwrap_or_default();
         move |running: bool| {
             serde_json::json!({
@@ -190,6 +270,7 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
                 "key_source": key_source,
                 "devices": registry.snapshot(OffsetDateTime::now_utc()),
                 "ingest": counters.snapshot(),
+                "uplink": uplink_status.as_ref().map(|s| serde_json::to_value(&*s.borrow()).unwrap_or_default()),
             })
         }
     };
@@ -222,6 +303,14 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     match tokio::task::spawn_blocking(move || writer.join()).await {
         Ok(Ok(_outbox)) => {}
         _ => tracing::error!("ingest writer ended abnormally"),
+    }
+    // Last, the uplink: it stops sending, waits briefly for outstanding PUBACKs, publishes
+    // its retained offline status and disconnects.
+    uplink_token.cancel();
+    if let Some(task) = uplink_task {
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            tracing::warn!("uplink did not stop within {SHUTDOWN_GRACE:?}");
+        }
     }
     let _ = status::write_snapshot(&state_dir, &snapshot(false));
     tracing::info!("stopped");
@@ -415,7 +504,9 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
     }
 }
 
+pub mod alerting;
 pub mod demo_view;
+pub mod publish;
 
 /// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
 /// last snapshot (devices, ingest), marked stale when its process is gone.
@@ -435,7 +526,7 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         && snapshot.as_ref().and_then(|s| s.get("running")).and_then(|r| r.as_bool()).unwrap_or(false);
     let s = stats.unwrap_or_default();
     Ok(serde_json::json!({
-        "gateway": config.gateway.id,
+        "gateway": config.gateway_id().ok(),
         "daemon": {
             "running": running,
             "pid": snapshot.as_ref().and_then(|s| s.get("pid")).cloned(),
@@ -470,5 +561,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
             })).collect())
         }),
         "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
+        "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
     }))
 }

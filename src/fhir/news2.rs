@@ -10,13 +10,8 @@ use uuid::Uuid;
 use super::codes::{self, Category, Code};
 use super::{coding, common, quantity_score, FhirError, ObservationContext, ObservationKey};
 
-/// Which SpO2 scale the patient is scored on (a clinician's per-patient setting, clinical.md §2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Spo2Scale {
-    Scale1,
-    /// Hypercapnic respiratory failure, target 88–92 %.
-    Scale2,
-}
+/// Which SpO2 scale the patient is scored on: the alert engine's own type (one definition).
+pub use crate::alerts::news2::Spo2Scale;
 
 /// Per-parameter sub-scores (RCP NEWS2 Chart 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

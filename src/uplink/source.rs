@@ -12,14 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Which queue a row belongs to. Alerts are always sent before readings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    /// Alert events: published on `.../alert`, always ahead of any reading backlog.
-    Alert,
-    /// Observations: published on `.../obs`, oldest first.
-    Reading,
-}
+/// Which queue a row belongs to: the outbox's own lanes. Alerts (published on `.../alert`)
+/// always go before readings (`.../obs`, oldest first).
+pub use crate::store::Lane;
 
 /// One row ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,323 @@
+//! Alerting in the ingest transaction: runs the rules engine (`crate::alerts`, pure) on every
+//! committed reading and turns its output into outbox records in the SAME transaction, so an
+//! alert can never exist without the reading that caused it, nor a reading be stored while its
+//! alert is lost. Also the local annunciator: every alert event goes to the journal at a
+//! priority matching its own, and while the uplink is down to an optional configured command.
+//!
+//! The engines' state is persisted with the outbox (device state `patient:<id>`), so a
+//! restart neither forgets a raised alert nor raises it a second time.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::alerts::{self, AlertEngine, AlertEvent, EngineState, News2Parameter, Priority};
+use crate::config::Config;
+use crate::fhir::{self, News2SubScores, ObservationContext, RecordingSetting};
+use crate::ingest::{CommitHook, HookOutput, Rejection};
+use crate::nhs_number::NhsNumber;
+use crate::store::outbox::DeviceStateUpdate;
+use crate::store::{AlertRecord, DerivedRecord, Outbox, Record, StoreError};
+use crate::uplink::UplinkStatus;
+
+/// Device-state key under which a patient's engine state is kept.
+pub const STATE_KEY: &str = "alerts_state";
+/// Engine state is written at most this often when nothing was raised (it always is when an
+/// alert changes).
+const PERSIST_EVERY: Duration = Duration::from_secs(10);
+
+/// The device-state id of a patient's engine.
+pub fn state_owner(patient: &str) -> String {
+    format!("patient:{patient}")
+}
+
+/// Reads every patient's saved engine state (before ingest starts).
+pub fn load_states(outbox: &Outbox, config: &Config) -> Result<HashMap<String, EngineState>, StoreError> {
+    let mut out = HashMap::new();
+    for p in &config.patients {
+        if let Some(json) = outbox.device_state(&state_owner(&p.id), STATE_KEY)? {
+            match serde_json::from_str(&json) {
+                Ok(state) => {
+                    out.insert(p.id.clone(), state);
+                }
+                Err(e) => tracing::error!(patient = %p.id, error = %e, "saved alert state unreadable; starting fresh"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub struct AlertHook {
+    gateway: String,
+    setting: RecordingSetting,
+    capacity: u64,
+    engines: HashMap<String, AlertEngine>,
+    nhs: HashMap<String, NhsNumber>,
+    dirty: HashSet<String>,
+    last_persist: Instant,
+    uplink: Option<watch::Receiver<UplinkStatus>>,
+    annunciator: Option<Vec<String>>,
+}
+
+impl AlertHook {
+    pub fn new(
+        config: &Config,
+        gateway: String,
+        mut saved: HashMap<String, EngineState>,
+        uplink: Option<watch::Receiver<UplinkStatus>>,
+        now: OffsetDateTime,
+    ) -> Result<AlertHook, alerts::AlertConfigError> {
+        let mut engines = HashMap::new();
+        let mut nhs = HashMap::new();
+        for p in &config.patients {
+            let state = saved.remove(&p.id).unwrap_or_default();
+            let mut engine = AlertEngine::with_state(p.id.clone(), p.alerts.clone(), state)?;
+            for d in config.devices.iter().filter(|d| d.patient == p.id) {
+                if let Some(interval) = expected_interval(d) {
+                    engine.register_device(now, &d.id, interval);
+                }
+            }
+            engines.insert(p.id.clone(), engine);
+            if let Some(n) = p.nhs_number.as_deref().and_then(|n| NhsNumber::parse(n).ok()) {
+                nhs.insert(p.id.clone(), n);
+            }
+        }
+        Ok(AlertHook {
+            gateway,
+            setting: match config.gateway.setting {
+                crate::config::Setting::Residential => RecordingSetting::Residential,
+                crate::config::Setting::Clinical => RecordingSetting::Clinical,
+            },
+            capacity: config.store.capacity,
+            engines,
+            nhs,
+            dirty: HashSet::new(),
+            last_persist: Instant::now(),
+            uplink,
+            annunciator: config.alerts.annunciator_command.clone(),
+        })
+    }
+
+    fn alert_records(&mut self, patient: &str, events: Vec<AlertEvent>) -> Vec<Record> {
+        if !events.is_empty() {
+            self.dirty.insert(patient.to_string());
+        }
+        events
+            .into_iter()
+            .filter_map(|event| {
+                self.annunciate(&event);
+                match serde_json::to_value(&event) {
+                    Ok(json) => Some(Record::Alert(AlertRecord {
+                        patient_id: patient.to_string(),
+                        event: json,
+                    })),
+                    Err(e) => {
+                        tracing::error!(error = %e, "BUG: alert event cannot be serialized");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The journal always; the configured command while the uplink is not connected.
+    fn annunciate(&self, event: &AlertEvent) {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        match event.priority {
+            Priority::High => tracing::error!(target: "vitalgate::alert", alert = %json, "ALERT (high priority)"),
+            Priority::Medium => tracing::warn!(target: "vitalgate::alert", alert = %json, "alert (medium priority)"),
+            Priority::Low => tracing::info!(target: "vitalgate::alert", alert = %json, "alert (low priority)"),
+        }
+        let connected = self.uplink.as_ref().map(|u| u.borrow().connected).unwrap_or(false);
+        if let (false, Some(cmd)) = (connected, &self.annunciator) {
+            run_annunciator(cmd.clone(), json);
+        }
+    }
+
+    fn news2_record(&self, patient: &str, score: &alerts::News2Score) -> Option<Record> {
+        let mut sub = News2SubScores {
+            respiration_rate: 0,
+            spo2: 0,
+            air_or_oxygen: 0,
+            systolic_bp: 0,
+            pulse: 0,
+            consciousness: 0,
+            temperature: 0,
+        };
+        for s in &score.sub_scores {
+            let slot = match s.parameter {
+                News2Parameter::RespirationRate => &mut sub.respiration_rate,
+                News2Parameter::OxygenSaturation => &mut sub.spo2,
+                News2Parameter::AirOrOxygen => &mut sub.air_or_oxygen,
+                News2Parameter::SystolicBp => &mut sub.systolic_bp,
+                News2Parameter::Pulse => &mut sub.pulse,
+                News2Parameter::Consciousness => &mut sub.consciousness,
+                News2Parameter::Temperature => &mut sub.temperature,
+            };
+            *slot = s.score;
+        }
+        let score = fhir::News2Score {
+            total: score.total,
+            sub_scores: sub,
+            spo2_scale: score.scale,
+            derived_from: score.derived_from.iter().filter_map(|s| uuid::Uuid::parse_str(s).ok()).collect(),
+        };
+        let device = format!("news2-{patient}");
+        let ctx = ObservationContext {
+            gateway_id: &self.gateway,
+            device_id: &device,
+            device_display: None,
+            nhs_number: self.nhs.get(patient),
+            setting: self.setting,
+            effective: OffsetDateTime::now_utc(),
+        };
+        match fhir::news2_observation(&ctx, &score) {
+            Ok(observation) => Some(Record::Derived(DerivedRecord {
+                patient_id: patient.to_string(),
+                observation,
+            })),
+            Err(e) => {
+                tracing::error!(patient, error = %e, "NEWS2 score cannot be rendered; not published");
+                None
+            }
+        }
+    }
+
+    fn persist(&mut self, force: bool) -> Vec<DeviceStateUpdate> {
+        if self.dirty.is_empty() || (!force && self.last_persist.elapsed() < PERSIST_EVERY) {
+            return Vec::new();
+        }
+        self.last_persist = Instant::now();
+        let dirty: Vec<String> = self.dirty.drain().collect();
+        dirty
+            .into_iter()
+            .filter_map(|p| {
+                let engine = self.engines.get(&p)?;
+                let value = serde_json::to_string(engine.state()).ok()?;
+                Some(DeviceStateUpdate {
+                    device_id: state_owner(&p),
+                    key: STATE_KEY.into(),
+                    value,
+                })
+            })
+            .collect()
+    }
+}
+
+impl CommitHook for AlertHook {
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
+        let mut out = HookOutput::default();
+        let mut raised = false;
+        for rec in accepted {
+            let Record::Reading(r) = rec else { continue };
+            let obs_ref = super::publish::observation_id(&self.gateway, r).to_string();
+            let Some(engine) = self.engines.get_mut(&r.patient_id) else { continue };
+            let mut events = Vec::new();
+            let mut scores = Vec::new();
+            for reading in &r.readings {
+                let outcome = engine.on_reading(now, &r.device_id, reading, &obs_ref);
+                events.extend(outcome.events);
+                scores.extend(outcome.news2);
+            }
+            self.dirty.insert(r.patient_id.clone());
+            raised |= !events.is_empty();
+            out.records.extend(self.alert_records(&r.patient_id, events));
+            for s in &scores {
+                out.records.extend(self.news2_record(&r.patient_id, s));
+            }
+        }
+        out.state = self.persist(raised);
+        out
+    }
+
+    fn on_reject(&mut self, r: &Rejection) -> HookOutput {
+        let Some(engine) = self.engines.get_mut(&*r.patient_id) else {
+            return HookOutput::default();
+        };
+        let events = engine.on_rejected(r.at, &r.device_id, r.metric, &r.reason);
+        let raised = !events.is_empty();
+        let records = self.alert_records(&r.patient_id, events);
+        HookOutput {
+            records,
+            state: self.persist(raised),
+        }
+    }
+
+    fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
+        let synced = super::clock_synced();
+        let mut records = Vec::new();
+        let patients: Vec<String> = self.engines.keys().cloned().collect();
+        for p in patients {
+            let Some(engine) = self.engines.get_mut(&p) else { continue };
+            let mut events = engine.tick(now);
+            events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
+            events.extend(engine.on_clock_sync(now, synced));
+            self.dirty.insert(p.clone());
+            records.extend(self.alert_records(&p, events));
+        }
+        let raised = !records.is_empty();
+        HookOutput {
+            records,
+            state: self.persist(raised),
+        }
+    }
+}
+
+/// A device silent for longer than this raises `device_silent`: the configured value, or for
+/// the simulator ten of its intervals (at least 10 s).
+fn expected_interval(d: &crate::config::DeviceConfig) -> Option<time::Duration> {
+    if let Some(s) = d.expected_interval_s {
+        return Some(time::Duration::seconds(s as i64));
+    }
+    if d.driver == "sim" {
+        let ms = d.interval_ms.unwrap_or(1000).saturating_mul(10).max(10_000);
+        return Some(time::Duration::milliseconds(ms as i64));
+    }
+    None
+}
+
+/// Runs the annunciator command with the event on stdin, off the ingest thread, and never
+/// lets it hang around: it is killed after 10 s.
+fn run_annunciator(cmd: Vec<String>, json: String) {
+    let spawned = std::thread::Builder::new().name("annunciator".into()).spawn(move || {
+        let Some((program, args)) = cmd.split_first() else { return };
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(command = %program, error = %e, "annunciator command cannot start");
+                return;
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(json.as_bytes());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if !status.success() => {
+                    tracing::error!(command = %program, %status, "annunciator command failed");
+                    return;
+                }
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    tracing::error!(command = %program, "annunciator command did not finish in 10 s; killed");
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the annunciator thread");
+    }
+}

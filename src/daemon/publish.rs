@@ -1,0 +1,113 @@
+//! The outbox as the publisher sees it: decrypts rows and renders each into the payload the
+//! platform receives (a FHIR Observation for readings, the event JSON for alerts).
+//!
+//! Rendering happens here, at publish time, from the stored reading: the outbox keeps the
+//! compact, exact reading, and FHIR ids are deterministic, so a row rendered twice (after a
+//! reconnect) gives the identical Observation and the platform deduplicates by id.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+
+use crate::config::{Config, Setting};
+use crate::fhir::{self, ObservationContext, ObservationKey, RecordingSetting};
+use crate::nhs_number::NhsNumber;
+use crate::reading::Metric;
+use crate::store::{Lane, Outbox, ReadingRecord, Record};
+use crate::uplink::{OutboxSource, Outgoing, SourceError};
+
+/// When a record's measurement was taken: the device's time when it gave one, else when the
+/// gateway received it.
+pub fn effective_time(r: &ReadingRecord) -> OffsetDateTime {
+    r.readings.iter().find_map(|x| x.device_time).unwrap_or(r.received_at)
+}
+
+/// The FHIR Observation id a reading record will be published under (alerts reference it).
+pub fn observation_id(gateway: &str, r: &ReadingRecord) -> uuid::Uuid {
+    let key = match r.readings.first().map(|x| x.metric) {
+        Some(Metric::SystolicBp) => ObservationKey::BloodPressurePanel,
+        Some(m) => ObservationKey::Metric(m),
+        None => ObservationKey::Metric(Metric::HeartRate),
+    };
+    fhir::observation_id(gateway, &r.device_id, key, effective_time(r))
+}
+
+/// Renders one reading record as FHIR JSON bytes.
+pub fn render_reading(gateway: &str, setting: Setting, displays: &HashMap<String, String>, r: &ReadingRecord) -> Result<Vec<u8>, String> {
+    let nhs = match &r.nhs_number {
+        Some(n) => Some(NhsNumber::parse(n).map_err(|e| format!("stored NHS Number invalid: {e}"))?),
+        None => None,
+    };
+    let ctx = ObservationContext {
+        gateway_id: gateway,
+        device_id: &r.device_id,
+        device_display: displays.get(&r.device_id).map(String::as_str),
+        nhs_number: nhs.as_ref(),
+        setting: match setting {
+            Setting::Residential => RecordingSetting::Residential,
+            Setting::Clinical => RecordingSetting::Clinical,
+        },
+        effective: effective_time(r),
+    };
+    let obs = fhir::observation(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))?;
+    serde_json::to_vec(&obs).map_err(|e| e.to_string())
+}
+
+/// [`OutboxSource`] over the real outbox (the publisher's own connection).
+pub struct PublishSource {
+    outbox: Outbox,
+    gateway: String,
+    setting: Setting,
+    displays: HashMap<String, String>,
+}
+
+impl PublishSource {
+    pub fn new(outbox: Outbox, gateway: String, config: &Config) -> Self {
+        let displays = config
+            .devices
+            .iter()
+            .filter_map(|d| d.display.clone().map(|n| (d.id.clone(), n)))
+            .collect();
+        PublishSource {
+            outbox,
+            gateway,
+            setting: config.gateway.setting,
+            displays,
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Unavailable(e.to_string())
+}
+
+impl OutboxSource for PublishSource {
+    fn next_batch(&mut self, lane: Lane, after: i64, limit: usize) -> Result<Vec<Outgoing>, SourceError> {
+        let rows = self.outbox.pending(lane, after, limit).map_err(unavailable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row_id, record) in rows {
+            let payload = match &record {
+                Record::Reading(r) => render_reading(&self.gateway, self.setting, &self.displays, r),
+                Record::Alert(a) => serde_json::to_vec(&a.event).map_err(|e| e.to_string()),
+                Record::Derived(d) => serde_json::to_vec(&d.observation).map_err(|e| e.to_string()),
+            };
+            match payload {
+                Ok(payload) => out.push(Outgoing { row_id, lane, payload }),
+                Err(why) => {
+                    // Kept, never dropped: it shows as refused in `status` for a person to act on.
+                    tracing::error!(row_id, reason = %why, "outbox row cannot be rendered; kept and reported");
+                    self.outbox.mark_refused(row_id, &why, OffsetDateTime::now_utc()).map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_delivered(&mut self, row_ids: &[i64]) -> Result<(), SourceError> {
+        self.outbox.mark_delivered(row_ids, OffsetDateTime::now_utc()).map_err(unavailable)
+    }
+
+    fn mark_refused(&mut self, row_id: i64, reason: &str) -> Result<(), SourceError> {
+        self.outbox.mark_refused(row_id, reason, OffsetDateTime::now_utc()).map_err(unavailable)
+    }
+}
