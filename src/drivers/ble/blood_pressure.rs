@@ -277,11 +277,7 @@ mod tests {
                     Flag::CuffFitLoose,
                     Flag::BodyMovement,
                     Flag::ImproperPosition
-                ]
-                .into_iter()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
+                ] // (sorted in Flag order by Reading::with_flags)
             );
         }
     }

@@ -26,7 +26,7 @@
 //! - Device time: the Date Time field is the device's local wall clock with no zone. It becomes
 //!   `Reading::device_time` with the wall-clock digits unchanged and the offset set to UTC
 //!   (+00:00) as a placeholder: the offset is unknown, and ingest compares the device time with
-//!   the gateway's receive time and corrects it (flagging `time_corrected`). A Date Time with
+//!   the gateway's receive time and corrects it. A Date Time with
 //!   an unknown (zero) year, month or day, a PLX "device clock not set" flag or a glucose "time
 //!   fault" gives no device time at all, so the gateway's receive time applies.
 //! - Data that is not a patient's measurement never becomes a reading: PLX data for
@@ -235,5 +235,70 @@ mod tests {
         let readings = f(&[0x00, 0x55]).unwrap();
         assert_eq!(readings.len(), 1);
         assert_eq!(readings[0].metric, crate::reading::Metric::HeartRate);
+    }
+
+    /// Every `devices/ble-*.toml` names a BLE driver, parseable metrics and characteristics, and
+    /// lists a characteristic that [`decoder_for_characteristic`] routes to that driver.
+    #[test]
+    fn device_profiles_name_existing_drivers_and_routable_characteristics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("devices");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(file.starts_with("ble-") && file.ends_with(".toml")) {
+                continue;
+            }
+            seen += 1;
+            let doc: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+            let s = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            assert_eq!(s(&doc, "transport").as_deref(), Some("ble"), "{file}");
+            assert!(
+                s(&doc, "name").is_some() && s(&doc, "description").is_some(),
+                "{file}"
+            );
+            let driver = s(&doc, "driver").unwrap();
+            assert!(
+                drivers().iter().any(|d| d.name == driver),
+                "{file}: unknown driver {driver}"
+            );
+            for m in doc["metrics"].as_array().unwrap() {
+                assert!(
+                    m.as_str()
+                        .unwrap()
+                        .parse::<crate::reading::Metric>()
+                        .is_ok(),
+                    "{file}: {m}"
+                );
+            }
+            let ble = doc["ble"].as_table().unwrap();
+            u16::from_str_radix(&s(ble, "service").unwrap(), 16).unwrap();
+            let chars: Vec<u16> = ble["characteristics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| u16::from_str_radix(c.as_str().unwrap(), 16).unwrap())
+                .collect();
+            assert!(
+                chars.iter().any(
+                    |&c| decoder_for_characteristic(c).map(|d| d.name) == Some(driver.as_str())
+                ),
+                "{file}: no characteristic routes to {driver}"
+            );
+            let bonding = s(ble, "bonding").unwrap();
+            assert!(
+                ["required", "optional", "none"].contains(&bonding.as_str()),
+                "{file}"
+            );
+            assert!(ble["current_time_service"].as_bool().is_some(), "{file}");
+            assert!(
+                s(ble, "notes").is_some_and(|n| !n.trim().is_empty()),
+                "{file}"
+            );
+        }
+        assert!(
+            seen >= 7,
+            "expected the standard-service profiles, found {seen}"
+        );
     }
 }

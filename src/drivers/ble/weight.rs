@@ -328,7 +328,9 @@ mod tests {
         fn weight_si_value_is_raw_times_0_005_kg(raw in 0u16..0xFFFF) {
             let [a, b] = raw.to_le_bytes();
             let rs = weight_readings(&[0x00, a, b]).unwrap();
-            prop_assert_eq!(rs[0].value, crate::reading::Value::Number(Decimal::new(i64::from(raw) * 5, -3)));
+            // protocols.md §1.8: resolution 0.005 kg, i.e. raw / 200 kg
+            let kg = rs[0].canonical_value().unwrap();
+            prop_assert!((kg - f64::from(raw) / 200.0).abs() < 1e-9, "{} -> {}", raw, kg);
         }
     }
 }
