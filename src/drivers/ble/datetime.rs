@@ -1,4 +1,5 @@
-//! Date Time (0x2A08), the 7-byte timestamp inside every health measurement (protocols.md §1.3).
+//! Date Time (0x2A08), the 7-byte timestamp inside every health measurement (protocols.md §1.3),
+//! and Current Time (0x2A2B) for the central's clock-trust check and clock setting.
 //!
 //! The fields are the device's local wall clock with no time zone. Year, month and day may be
 //! 0, meaning "not known" (DT2, BP1); such a timestamp is kept (the central may log it) but
@@ -109,6 +110,80 @@ impl DateTime {
     }
 }
 
+/// Encodes a wall-clock time as the 7-byte Date Time, for setting a device clock (A&D devices
+/// take a write to 0x2A08). `None` if the year is outside 1582..=9999.
+pub fn encode_date_time(t: PrimitiveDateTime) -> Option<[u8; 7]> {
+    let year = u16::try_from(t.year())
+        .ok()
+        .filter(|y| (1582..=9999).contains(y))?;
+    let [y0, y1] = year.to_le_bytes();
+    Some([
+        y0,
+        y1,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    ])
+}
+
+/// Current Time (0x2A2B): Date Time, day of week, 1/256 s fractions, adjust reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CurrentTime {
+    pub date_time: DateTime,
+    /// 1 = Monday … 7 = Sunday, 0 = unknown.
+    pub day_of_week: u8,
+    /// Fractions of a second in 1/256 s.
+    pub fractions256: u8,
+    /// Bit 0 manual update, 1 external reference, 2 time-zone change, 3 DST change.
+    pub adjust_reason: u8,
+}
+
+/// Adjust reason "external reference time update", for a gateway setting a device clock.
+pub const ADJUST_EXTERNAL_REFERENCE: u8 = 0x02;
+
+/// Decodes a whole Current Time value (exactly 10 bytes), for the clock-trust check.
+pub fn decode_current_time(buf: &[u8]) -> Result<CurrentTime, DecodeError> {
+    expect_len(buf, 10)?;
+    let mut w = Wire::new(buf);
+    let date_time = w.date_time()?;
+    let day_of_week = w.u8()?;
+    if day_of_week > 7 {
+        return Err(DecodeError::Malformed(format!(
+            "Current Time day of week {day_of_week} is outside 1..=7 (0 = unknown)"
+        )));
+    }
+    let fractions256 = w.u8()?;
+    let adjust_reason = w.u8()?;
+    w.finish()?;
+    Ok(CurrentTime {
+        date_time,
+        day_of_week,
+        fractions256,
+        adjust_reason,
+    })
+}
+
+/// Encodes a Current Time value for writing the device clock. `None` if the year is outside
+/// 1582..=9999.
+pub fn encode_current_time(t: PrimitiveDateTime, adjust_reason: u8) -> Option<[u8; 10]> {
+    let [a, b, c, d, e, f, g] = encode_date_time(t)?;
+    let fractions = (u64::from(t.nanosecond()) * 256 / 1_000_000_000) as u8;
+    Some([
+        a,
+        b,
+        c,
+        d,
+        e,
+        f,
+        g,
+        t.weekday().number_from_monday(),
+        fractions,
+        adjust_reason,
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,10 +267,68 @@ mod tests {
         assert!(DateTime::from_bytes([0x0F, 0x27, 12, 31, 23, 59, 59]).is_ok());
     }
 
+    #[test]
+    fn encode_date_time_inverts_dt1() {
+        // protocols.md §1.3 vector DT1, written back for clock setting
+        let t = datetime!(2018-04-17 15:51:00);
+        assert_eq!(
+            encode_date_time(t),
+            Some([0xE2, 0x07, 0x04, 0x11, 0x0F, 0x33, 0x00])
+        );
+        assert_eq!(encode_date_time(datetime!(1500-01-01 00:00:00)), None);
+    }
+
+    #[test]
+    fn current_time_round_trips_with_weekday_and_fractions() {
+        // protocols.md §1.1 Current Time 0x2A2B; 2018-04-17 was a Tuesday; 0.5 s = 128/256
+        let t = datetime!(2018-04-17 15:51:00.5);
+        let bytes = encode_current_time(t, ADJUST_EXTERNAL_REFERENCE).unwrap();
+        assert_eq!(
+            bytes,
+            [0xE2, 0x07, 0x04, 0x11, 0x0F, 0x33, 0x00, 2, 128, 0x02]
+        );
+        let ct = decode_current_time(&bytes).unwrap();
+        assert_eq!(
+            ct.date_time.to_primitive(),
+            Some(datetime!(2018-04-17 15:51:00))
+        );
+        assert_eq!(
+            (ct.day_of_week, ct.fractions256, ct.adjust_reason),
+            (2, 128, 0x02)
+        );
+    }
+
+    #[test]
+    fn current_time_rejects_bad_weekday_and_length() {
+        let mut bytes = [0xE2, 0x07, 0x04, 0x11, 0x0F, 0x33, 0x00, 8, 0, 0];
+        assert!(matches!(
+            decode_current_time(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
+        bytes[7] = 0;
+        assert!(decode_current_time(&bytes).is_ok());
+        assert_eq!(
+            decode_current_time(&bytes[..9]),
+            Err(DecodeError::TooShort { needed: 10, got: 9 })
+        );
+    }
+
     proptest! {
         #[test]
         fn date_time_any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
             let _ = decode_date_time(&bytes);
+            let _ = decode_current_time(&bytes);
+        }
+
+        #[test]
+        fn date_time_valid_dates_round_trip(days in 0i64..3_000_000, secs in 0i64..86_400) {
+            // 1582-10-15 plus up to ~8200 years stays within 9999
+            let t = time::macros::datetime!(1582-10-15 00:00:00)
+                + time::Duration::days(days)
+                + time::Duration::seconds(secs);
+            if let Some(bytes) = encode_date_time(t) {
+                prop_assert_eq!(DateTime::from_bytes(bytes).unwrap().to_primitive(), Some(t));
+            }
         }
     }
 }

@@ -52,7 +52,10 @@ pub use blood_pressure::{
     decode_blood_pressure, decode_intermediate_cuff_pressure, BloodPressureMeasurement, BpStatus,
     IntermediateCuffPressure, PressureUnit, PulseRateRange,
 };
-pub use datetime::{decode_date_time, DateTime};
+pub use datetime::{
+    decode_current_time, decode_date_time, encode_current_time, encode_date_time, CurrentTime,
+    DateTime,
+};
 pub use glucose::{
     decode_glucose, decode_glucose_context, pair_glucose_context, GlucoseConcentration,
     GlucoseContext, GlucoseMeasurement, GlucoseRecord, GlucoseSensorStatus, GlucoseUnit,
