@@ -29,7 +29,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = ble::pair_glucose_context(
             ble::GlucoseMeasurement {
                 sequence_number: c.sequence_number,
-                base_time: ble::DateTime { year: 0, month: 0, day: 0, hours: 0, minutes: 0, seconds: 0 },
+                base_time: ble::DateTime {
+                    year: 0,
+                    month: 0,
+                    day: 0,
+                    hours: 0,
+                    minutes: 0,
+                    seconds: 0,
+                },
                 time_offset_minutes: None,
                 concentration: None,
                 sensor_status: None,
