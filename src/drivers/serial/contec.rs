@@ -85,10 +85,19 @@ impl StreamDecoder for Cms50dDecoder {
         };
         if b0 & 0x80 != 0 {
             match sync_bit_frame(buf, LEGACY_LEN, "contec legacy") {
-                Err(step) => {
+                Err(Step::Skip { consumed, error }) => {
+                    // Don't skip past a possible V7 type byte: in a V7 stream a stray byte with
+                    // bit 7 set is followed by one.
                     self.legacy.reset();
-                    step
+                    let consumed = buf
+                        .iter()
+                        .take(consumed)
+                        .skip(1)
+                        .position(|&b| b == V7_REALTIME || b == V7_STORED)
+                        .map_or(consumed, |i| i + 1);
+                    Step::Skip { consumed, error }
                 }
+                Err(step) => step,
                 Ok(frame) => match decode_legacy(&frame) {
                     Ok(readings) => Step::Frame {
                         consumed: LEGACY_LEN,
@@ -443,11 +452,15 @@ pub fn encode_v7(sample: &SimSample, faults: &Faults) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::serial::testutil::check_resync;
     use crate::drivers::serial::testutil::{
         assert_truncations_need_more, check_contract, hex, run,
     };
     use crate::reading::Value;
     use proptest::prelude::*;
+
+    /// A buffer this long always makes progress (StreamDecoder contract).
+    const MAX_FRAME: usize = V7_MAX_LEN + 1;
     use time::macros::datetime;
 
     fn make() -> Box<dyn StreamDecoder> {
@@ -672,6 +685,16 @@ mod tests {
     }
 
     #[test]
+    fn contec_v7_after_stray_sync_byte_keeps_the_type_byte() {
+        // Regression (proptest): a stray 0x80 before a V7 packet made the legacy path skip the
+        // V7 type byte as part of a "cut short" legacy packet, losing every following packet.
+        let (readings, errors, _) =
+            run(make().as_mut(), &hex("00 00 80 01 80 80 B2 80 C8 E1 FF FF"));
+        assert!(!errors.is_empty());
+        assert_eq!(value(&readings, Metric::PulseRate), num(72));
+    }
+
+    #[test]
     fn contec_detects_protocol_per_packet() {
         let mut bytes = hex("C5 32 06 48 61");
         bytes.extend(hex("01 80 80 B2 80 C8 E1 FF FF"));
@@ -683,7 +706,15 @@ mod tests {
     proptest! {
         #[test]
         fn contec_never_panics_and_consumes_within_len(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            prop_assert_eq!(check_contract(make().as_mut(), &bytes), Ok(()));
+            prop_assert_eq!(check_contract(make().as_mut(), &bytes, MAX_FRAME), Ok(()));
+        }
+
+        #[test]
+        fn contec_resyncs_after_any_garbage(garbage in proptest::collection::vec(any::<u8>(), 0..64), v7 in any::<bool>()) {
+            let s = SimSample { spo2: Some(93), pulse: Some(150), ..Default::default() };
+            let frame = if v7 { encode_v7(&s, &Faults::default()) } else { encode_legacy(&s, &Faults::default()) };
+            let want = vec![Reading::canonical(Metric::Spo2, Decimal::int(93)), Reading::canonical(Metric::PulseRate, Decimal::int(150))];
+            prop_assert_eq!(check_resync(make().as_mut(), &garbage, &frame, &want), Ok(()));
         }
 
         #[test]

@@ -290,9 +290,14 @@ pub fn encode(sample: &SimSample, faults: &Faults) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::serial::testutil::{assert_truncations_need_more, check_contract, run};
+    use crate::drivers::serial::testutil::{
+        assert_truncations_need_more, check_contract, check_resync, run,
+    };
     use crate::reading::Value;
     use proptest::prelude::*;
+
+    /// A buffer this long always makes progress (StreamDecoder contract).
+    const MAX_FRAME: usize = MAX_LINE + 1;
     use time::macros::datetime;
 
     const M1: &str = "02/22/16 22:47:45 SN=0000056661 SPO2=098% BPM=097 PI=03.60% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- ALARM=0000 EXC=000800";
@@ -464,12 +469,23 @@ mod tests {
     proptest! {
         #[test]
         fn masimo_never_panics_and_consumes_within_len(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
-            prop_assert_eq!(check_contract(make().as_mut(), &bytes), Ok(()));
+            prop_assert_eq!(check_contract(make().as_mut(), &bytes, MAX_FRAME), Ok(()));
         }
 
         #[test]
         fn masimo_never_panics_on_near_lines(s in "[0-9/: A-Z=%+.-]{0,120}\r\n") {
-            prop_assert_eq!(check_contract(make().as_mut(), s.as_bytes()), Ok(()));
+            prop_assert_eq!(check_contract(make().as_mut(), s.as_bytes(), MAX_FRAME), Ok(()));
+        }
+
+        #[test]
+        fn masimo_resyncs_after_any_garbage(garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let s = SimSample { spo2: Some(93), pulse: Some(150), pi: Some(Decimal::new(42, -1)), ..Default::default() };
+            let want = vec![
+                Reading::canonical(Metric::Spo2, Decimal::int(93)),
+                Reading::canonical(Metric::PulseRate, Decimal::int(150)),
+                Reading::canonical(Metric::PerfusionIndex, Decimal::new(42, -1)),
+            ];
+            prop_assert_eq!(check_resync(make().as_mut(), &garbage, &encode(&s, &Faults::default()), &want), Ok(()));
         }
 
         #[test]

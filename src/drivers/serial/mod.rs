@@ -208,12 +208,23 @@ pub(crate) mod testutil {
     }
 
     /// Feeds `bytes` step by step, checking the `StreamDecoder` contract on every step:
-    /// `consumed` within `1..=len`, and `NeedMore` only ever at the end of the input.
-    pub fn check_contract(dec: &mut dyn StreamDecoder, bytes: &[u8]) -> Result<(), String> {
+    /// `consumed` within `1..=len`, and `NeedMore` only with fewer than `max_frame` bytes left
+    /// (the stream makes progress once it holds one maximum-length frame).
+    pub fn check_contract(
+        dec: &mut dyn StreamDecoder,
+        bytes: &[u8],
+        max_frame: usize,
+    ) -> Result<(), String> {
         let mut pos = 0;
         while pos < bytes.len() {
             let rest = &bytes[pos..];
             let consumed = match dec.feed(rest) {
+                Step::NeedMore if rest.len() >= max_frame => {
+                    return Err(format!(
+                        "NeedMore with {} bytes left at offset {pos}",
+                        rest.len()
+                    ))
+                }
                 Step::NeedMore => return Ok(()),
                 Step::Frame { consumed, .. } | Step::Skip { consumed, .. } => consumed,
             };
@@ -226,6 +237,25 @@ pub(crate) mod testutil {
             pos += consumed;
         }
         Ok(())
+    }
+
+    /// Garbage, then the same valid frame twice: whatever the garbage did to the first copy,
+    /// the decoder is back in sync by the second, so the last readings are the frame's.
+    pub fn check_resync(
+        dec: &mut dyn StreamDecoder,
+        garbage: &[u8],
+        frame: &[u8],
+        want: &[Reading],
+    ) -> Result<(), String> {
+        let mut bytes = garbage.to_vec();
+        bytes.extend(frame);
+        bytes.extend(frame);
+        let (got, _, _) = run(dec, &bytes);
+        if got.len() >= want.len() && got[got.len() - want.len()..] == *want {
+            Ok(())
+        } else {
+            Err(format!("after garbage {garbage:02x?}: got {got:?}"))
+        }
     }
 
     /// Every proper prefix of `frame` must be `NeedMore` for a fresh decoder.

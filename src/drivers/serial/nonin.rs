@@ -558,11 +558,15 @@ pub fn encode_fmt8(sample: &SimSample, faults: &Faults) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::serial::testutil::check_resync;
     use crate::drivers::serial::testutil::{
         assert_truncations_need_more, check_contract, hex, run,
     };
     use crate::reading::Value;
     use proptest::prelude::*;
+
+    /// A buffer this long always makes progress (StreamDecoder contract).
+    const MAX_FRAME: usize = 4 + 16; // longest control reply (02 cmd len 16 bytes 03)
 
     fn fmt2() -> Box<dyn StreamDecoder> {
         Box::new(PacketDecoder::fmt2())
@@ -987,7 +991,18 @@ mod tests {
         #[test]
         fn nonin_decoders_never_panic_and_consume_within_len(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             for make in [fmt2, fmt7, fmt8] {
-                prop_assert_eq!(check_contract(make().as_mut(), &bytes), Ok(()));
+                prop_assert_eq!(check_contract(make().as_mut(), &bytes, MAX_FRAME), Ok(()));
+            }
+        }
+
+        #[test]
+        fn nonin_decoders_resync_after_any_garbage(garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let s = sample(Some(95), Some(130), vec![]);
+            let want = vec![Reading::canonical(Metric::Spo2, Decimal::int(95)), Reading::canonical(Metric::PulseRate, Decimal::int(130))];
+            for (make, enc) in [(fmt2 as fn() -> Box<dyn StreamDecoder>, encode_fmt2 as super::super::Encoder),
+                                (fmt7, encode_fmt7), (fmt8, encode_fmt8)] {
+                let frame = enc(&s, &Faults::default());
+                prop_assert_eq!(check_resync(make().as_mut(), &garbage, &frame, &want), Ok(()));
             }
         }
 

@@ -1052,7 +1052,7 @@ flow_control = "none"
         for p in &profiles {
             let mut dec = p.decoder();
             assert_eq!(
-                check_contract(dec.as_mut(), b"\x01\x02garbage\r\n"),
+                check_contract(dec.as_mut(), b"\x01\x02garbage\r\n", MAX_MAX_LINE),
                 Ok(()),
                 "{}",
                 p.name
@@ -1103,7 +1103,7 @@ flow_control = "none"
         #[test]
         fn profile_line_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let p = parse(LINE_PROFILE).unwrap();
-            prop_assert_eq!(check_contract(p.decoder().as_mut(), &bytes), Ok(()));
+            prop_assert_eq!(check_contract(p.decoder().as_mut(), &bytes, DEFAULT_MAX_LINE + 1), Ok(()));
         }
 
         #[test]
