@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
             Step::NeedMore => break,
             Step::Frame { consumed, .. } | Step::Skip { consumed, .. } => consumed,
         };
-        assert!((1..=rest.len()).contains(&consumed), "consumed {consumed} of {}", rest.len());
+        assert!(
+            (1..=rest.len()).contains(&consumed),
+            "consumed {consumed} of {}",
+            rest.len()
+        );
         pos += consumed;
     }
 });
