@@ -76,6 +76,9 @@ pub struct Faults {
 pub type Encoder = fn(&SimSample, &Faults) -> Vec<u8>;
 
 /// The encoder for a serial driver name, for `vitalgate simulate DRIVER --pty`.
+/// `contec-cms50d` simulates the V7 protocol; `contec-cms50d-legacy` (an encoder name only:
+/// the one decoder reads both) simulates the legacy live stream. Line profiles encode with
+/// [`line::LineSpec::encode_line`].
 pub fn encoder(name: &str) -> Option<Encoder> {
     Some(match name {
         "nonin-fmt2" => nonin::encode_fmt2,
