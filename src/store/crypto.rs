@@ -369,7 +369,7 @@ mod tests {
     fn malformed_key_file_is_refused_without_echoing_content() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
-        fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&p).unwrap()
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p).unwrap()
             .write_all(b"secret-not-hex").unwrap();
         let e = MasterKey::load(&p).unwrap_err().to_string();
         assert!(e.contains("64 hex digits") && !e.contains("secret"), "{e}");

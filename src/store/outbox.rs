@@ -122,6 +122,9 @@ pub struct OutboxStats {
     pub schema_version: i64,
 }
 
+/// A row as read from disk: id, kind, key id, nonce, ciphertext.
+type SealedRow = (i64, u8, u32, Vec<u8>, Vec<u8>);
+
 /// A device-state value to set atomically with a batch of records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStateUpdate {
@@ -402,7 +405,7 @@ impl Outbox {
     /// Undelivered records of `lane` with id > `after`, oldest first, at most `limit`.
     /// A row that fails authentication or decoding is moved to quarantine and skipped.
     pub fn pending(&mut self, lane: Lane, after: i64, limit: usize) -> Result<Vec<(i64, Record)>, StoreError> {
-        let rows: Vec<(i64, u8, u32, Vec<u8>, Vec<u8>)> = {
+        let rows: Vec<SealedRow> = {
             let mut st = self
                 .conn
                 .prepare_cached(
