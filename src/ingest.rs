@@ -271,17 +271,17 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: Vec<Frame>) {
+    fn commit(&mut self, mut batch: Vec<Frame>) {
         let now = OffsetDateTime::now_utc();
         self.counters.frames_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut records = Vec::with_capacity(batch.len());
         let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
         let mut extra = HookOutput::default();
-        for (i, frame) in batch.iter().enumerate() {
+        for (i, frame) in batch.iter_mut().enumerate() {
             let mut accepted = Vec::with_capacity(frame.readings.len());
-            for r in &frame.readings {
+            for r in std::mem::take(&mut frame.readings) {
                 match r.validate() {
-                    Ok(()) => accepted.push(r.clone()),
+                    Ok(()) => accepted.push(r),
                     Err(why) => {
                         self.counters.readings_rejected.fetch_add(1, Ordering::Relaxed);
                         if self.rejected_logged.allow() {
@@ -297,7 +297,9 @@ impl Writer {
                     }
                 }
             }
-            for group in crate::fhir::group_for_fhir(&accepted) {
+            // One reading (the common case) is its own group: no regrouping needed.
+            let groups = if accepted.len() == 1 { vec![accepted] } else { crate::fhir::group_for_fhir(&accepted) };
+            for group in groups {
                 records.push(Record::Reading(ReadingRecord {
                     device_id: frame.device_id.to_string(),
                     patient_id: frame.patient_id.to_string(),
