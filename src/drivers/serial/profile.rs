@@ -83,6 +83,9 @@ impl ProfileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
+    /// `serial` (the default here); `ble` profiles have their own schema (drivers::ble).
+    #[serde(default)]
+    transport: Option<String>,
     name: String,
     manufacturer: String,
     model: String,
@@ -300,18 +303,28 @@ pub fn load_profiles(dir: impl AsRef<Path>) -> Result<Vec<Profile>, ProfileError
         source,
     })?;
     let mut paths = Vec::new();
+    // One directory holds every device model; this loader takes the serial ones. A profile
+    // says which schema it follows with `transport` (absent means serial).
     for entry in entries {
         let entry = entry.map_err(|source| ProfileError::Read {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        if path.extension().is_some_and(|e| e == "toml") && profile_transport(&path).as_deref() != Some("ble") {
             paths.push(path);
         }
     }
     paths.sort();
     paths.iter().map(load_profile).collect()
+}
+
+/// The `transport` a profile file declares (`None` when absent or unreadable: the serial
+/// loader then reports whatever is wrong with it).
+pub fn profile_transport(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Table = toml::from_str(&text).ok()?;
+    value.get("transport")?.as_str().map(str::to_string)
 }
 
 /// Parses and validates profile text; `path` is used in messages and for the name check.
@@ -357,6 +370,9 @@ impl Validator {
 
     fn profile(&mut self, f: ProfileFile, path: &Path) -> Option<Profile> {
         let builtins = super::drivers();
+        if let Some(t) = f.transport.as_deref().filter(|t| *t != "serial") {
+            self.bad("transport", format!("{t:?}: this loader reads serial profiles (transport = \"serial\" or absent)"));
+        }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if f.name.is_empty()
             || !f
