@@ -130,11 +130,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 let reload = Arc::new(Notify::new());
                 spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
-                let opts = vitalgate::daemon::RunOptions {
-                    reload: Some(reload),
-                    ..Default::default()
-                };
-                vitalgate::daemon::run(cfg, master, shutdown, opts).await
+                vitalgate::daemon::supervisor::serve(config, cfg, master, shutdown, reload, None).await
             })?;
             Ok(())
         }

@@ -145,13 +145,7 @@ fn run_with_a_world_readable_key_exits_2() {
 /// Runs the daemon until `until` holds for the status JSON, then stops it with SIGTERM and
 /// returns the status after the stop (the daemon's final snapshot).
 fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_daemon(config);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = serde_json::Value::Null;
     while Instant::now() < deadline {
@@ -248,4 +242,109 @@ fn status_reports_backlog_keys_and_devices_as_json() {
     assert_eq!(s["outbox"]["quarantined"], 0);
     let text = stdout(&out);
     assert!(!text.contains("9434765919"), "NHS Number in status output");
+}
+
+/// A daemon child that is killed if the test fails before stopping it.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+fn spawn_daemon(config: &Path) -> Daemon {
+    Daemon(
+        bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    assert!(Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success());
+}
+
+fn status_of(config: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run(&["status", "--config", config.to_str().unwrap()]).stdout).unwrap_or_default()
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n");
+    let key = dir.path().join("master.key");
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    let mut child = spawn_daemon(&path);
+    wait_for("readings", || status_of(&path)["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
+
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("interval_ms = 50", "interval_ms = \"fast\"")).unwrap();
+    signal(&child, "HUP");
+    let audit = dir.path().join("audit.log");
+    wait_for("the refusal in the audit log", || std::fs::read_to_string(&audit).unwrap_or_default().contains("config_reload_refused"));
+    let before = status_of(&path)["backlog"]["readings"].as_u64().unwrap();
+    wait_for("ingest to go on", || status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before);
+    assert!(child.try_wait().unwrap().is_none(), "the daemon stopped on a bad reload");
+
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n");
+    let key = dir.path().join("master.key");
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    let mut child = spawn_daemon(&path);
+    wait_for("readings", || status_of(&path)["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
+
+    let input = dir.path().join("manual.jsonl");
+    std::fs::write(&input, "{\"metric\":\"acvpu\",\"code\":\"V\"}\n").unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n", input.display()));
+    std::fs::write(&path, text).unwrap();
+    let before = status_of(&path)["backlog"]["readings"].as_u64().unwrap();
+    signal(&child, "HUP");
+    wait_for("the second device", || status_of(&path)["devices"].as_array().map(|d| d.len()) == Some(2));
+    wait_for("ingest after the reload", || status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before + 1);
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("config_applied"), "{audit}");
+
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    // Nothing lost across the in-process restart: every row authenticates.
+    let mut outbox = vitalgate::store::Outbox::open(&dir.path().join("outbox.db"), &vitalgate::store::MasterKey::load(&key).unwrap()).unwrap().0;
+    assert_eq!(outbox.verify_all().unwrap().len() as u64, outbox.backlog().unwrap());
 }

@@ -507,6 +507,7 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
 pub mod alerting;
 pub mod demo_view;
 pub mod publish;
+pub mod supervisor;
 
 /// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
 /// last snapshot (devices, ingest), marked stale when its process is gone.

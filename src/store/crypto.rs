@@ -91,6 +91,14 @@ impl MasterKey {
         })
     }
 
+    /// A second handle on the same key (the pipeline is restarted on a config reload).
+    pub fn duplicate(&self) -> MasterKey {
+        MasterKey {
+            bytes: self.bytes,
+            source: self.source.clone(),
+        }
+    }
+
     pub fn source(&self) -> &KeySource {
         &self.source
     }

@@ -1,0 +1,97 @@
+//! Reload without restart: SIGHUP re-reads the config file and the uplink's certificates.
+//!
+//! - The new config is validated whole first. If it has any problem, it is refused (logged
+//!   with every problem, audited) and the running configuration stays.
+//! - If it is valid and unchanged, only certificates and keys are re-read (the uplink
+//!   reconnects with them; nothing beyond its in-flight window is re-sent).
+//! - If it changed, the pipeline is stopped at a safe point (devices stop, ingest commits
+//!   what it holds, the uplink closes cleanly) and started again with the new config; the
+//!   outbox, alert state and file offsets carry over because they live in the outbox.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{run, DaemonError, RunOptions};
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::store::MasterKey;
+
+/// Runs the daemon from the config at `path` until `shutdown`, reloading on `reload`.
+/// `ready` is told once, when the first pipeline is up.
+pub async fn serve(
+    path: PathBuf,
+    mut config: Config,
+    master: MasterKey,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), DaemonError> {
+    loop {
+        let generation = shutdown.child_token();
+        let certs = Arc::new(Notify::new());
+        let next: Arc<Mutex<Option<Config>>> = Arc::default();
+        let watcher = {
+            let (path, reload, certs, next, generation) = (path.clone(), reload.clone(), certs.clone(), next.clone(), generation.clone());
+            let current = config.clone();
+            let audit_dir = config.gateway.state_dir.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = generation.cancelled() => return,
+                        _ = reload.notified() => {}
+                    }
+                    let audit = AuditLog::open(&audit_dir).ok();
+                    match Config::load(&path) {
+                        Err(e) => {
+                            tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
+                            if let Some(a) = &audit {
+                                a.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>()}));
+                            }
+                        }
+                        Ok(new) if new == current => {
+                            tracing::info!("config unchanged; reloading certificates and keys");
+                            certs.notify_one();
+                        }
+                        Ok(new) => {
+                            tracing::info!("config changed; restarting the pipeline at a safe point");
+                            if let Some(a) = &audit {
+                                a.note("config_applied", serde_json::json!({"file": path}));
+                            }
+                            *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
+                            generation.cancel();
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let opts = RunOptions {
+            reload: Some(certs),
+            ready: Some(tx),
+            ..Default::default()
+        };
+        if let Some(ready) = ready.take() {
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    let _ = ready.send(());
+                }
+            });
+        }
+        let result = run(config.clone(), master.duplicate(), generation.clone(), opts).await;
+        generation.cancel();
+        let _ = watcher.await;
+        result?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match new {
+            Some(new) => config = new,
+            None => return Ok(()),
+        }
+    }
+}
