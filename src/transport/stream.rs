@@ -24,6 +24,8 @@ pub enum SourceKind {
     File,
     Fifo,
     CharDevice,
+    /// A serial port opened with its link settings ([`super::serial::SerialSource`]).
+    SerialPort,
 }
 
 /// What [`StreamSource::next`] produced.
@@ -89,7 +91,7 @@ impl StreamSource {
                         // The writer closed its end; reopen and wait for the next one.
                         self.file = None;
                     }
-                    SourceKind::CharDevice => {
+                    SourceKind::CharDevice | SourceKind::SerialPort => {
                         self.file = None;
                         return self.lost("device returned end of file (unplugged?)".into());
                     }
