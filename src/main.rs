@@ -253,7 +253,14 @@ fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
 /// working directory's `devices/`, then the installed ones.
 fn profile_dirs(extra: Option<PathBuf>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = extra.into_iter().collect();
-    dirs.extend(["devices", "/etc/vitalgate/devices", "/usr/share/vitalgate/devices"].map(PathBuf::from));
+    dirs.extend(
+        [
+            "devices",
+            "/etc/vitalgate/devices",
+            "/usr/share/vitalgate/devices",
+        ]
+        .map(PathBuf::from),
+    );
     dirs
 }
 
@@ -372,14 +379,26 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, d
     Ok(())
 }
 
-fn simulate(driver: String, link: Option<PathBuf>, interval_ms: u64, faults: &str, scenario: &str, seed: u64) -> anyhow::Result<()> {
+fn simulate(
+    driver: String,
+    link: Option<PathBuf>,
+    interval_ms: u64,
+    faults: &str,
+    scenario: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
     use vitalgate::transport::simulator::{FaultSet, PtySimulator, SimOptions};
     let faults = FaultSet::parse(faults).map_err(|e| UsageError(e.to_string()))?;
     let scenario = match scenario {
         "stable" => vitalgate::drivers::sim::Scenario::Stable,
         "deteriorating" => vitalgate::drivers::sim::Scenario::Deteriorating,
         "faulty" => vitalgate::drivers::sim::Scenario::Faulty,
-        other => return Err(UsageError(format!("unknown scenario {other:?}; use stable, deteriorating or faulty")).into()),
+        other => {
+            return Err(UsageError(format!(
+                "unknown scenario {other:?}; use stable, deteriorating or faulty"
+            ))
+            .into())
+        }
     };
     let opts = SimOptions {
         driver,

@@ -50,7 +50,10 @@ pub fn spawn_all(
     for d in &config.devices {
         let expected = d.expected_interval_s.map(Duration::from_secs);
         registry.add(&d.id, &d.patient, &d.driver, expected);
-        let nhs = config.patient(&d.patient).and_then(|p| p.nhs_number.clone()).map(Arc::from);
+        let nhs = config
+            .patient(&d.patient)
+            .and_then(|p| p.nhs_number.clone())
+            .map(Arc::from);
         let ctx = DeviceCtx {
             cfg: d.clone(),
             devices_dirs: config.gateway.devices_dirs.clone(),
@@ -90,7 +93,9 @@ impl Decoding {
     /// Whether the bytes come from a serial device (a serial driver, or any profile).
     fn is_serial(&self) -> bool {
         match self {
-            Decoding::Builtin { name, .. } => drivers::serial::drivers().iter().any(|d| d.name == *name),
+            Decoding::Builtin { name, .. } => {
+                drivers::serial::drivers().iter().any(|d| d.name == *name)
+            }
             Decoding::Profile(_) => true,
         }
     }
@@ -120,7 +125,10 @@ pub fn resolve(driver: &str, dirs: &[PathBuf]) -> Result<Decoding, String> {
         Some(Err(e)) => Err(e.to_string()),
         None => Err(format!(
             "driver {driver:?} is neither a built-in driver nor a profile in {}",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -158,7 +166,9 @@ pub enum TransportChoice {
 pub fn choose_transport(path: &Path, decoding: &Decoding, baud: Option<u32>) -> TransportChoice {
     use std::os::unix::fs::FileTypeExt;
     let serial_port = match std::fs::metadata(path) {
-        Ok(meta) => serial::is_tty(path) || (decoding.is_serial() && meta.file_type().is_char_device()),
+        Ok(meta) => {
+            serial::is_tty(path) || (decoding.is_serial() && meta.file_type().is_char_device())
+        }
         Err(_) => decoding.is_serial(),
     };
     if !serial_port {
@@ -183,7 +193,11 @@ struct DeviceCtx {
 }
 
 impl DeviceCtx {
-    fn frame(&self, readings: Vec<crate::reading::Reading>, cursor: Option<(String, String)>) -> Frame {
+    fn frame(
+        &self,
+        readings: Vec<crate::reading::Reading>,
+        cursor: Option<(String, String)>,
+    ) -> Frame {
         Frame {
             device_id: self.device_id.clone(),
             patient_id: self.patient_id.clone(),
@@ -226,7 +240,8 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
     let mut patient = SimPatient::new(cfg.scenario.unwrap_or_default(), cfg.seed.unwrap_or(0));
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.unwrap_or(1000)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ctx.registry.update(&cfg.id, |d| d.state = LinkState::Connected);
+    ctx.registry
+        .update(&cfg.id, |d| d.state = LinkState::Connected);
     loop {
         tokio::select! {
             _ = ctx.token.cancelled() => return Ok(()),
@@ -234,7 +249,10 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
         }
         let now = OffsetDateTime::now_utc();
         let frames = patient.next(now);
-        let (n_frames, n_readings) = (frames.len() as u64, frames.iter().map(Vec::len).sum::<usize>() as u64);
+        let (n_frames, n_readings) = (
+            frames.len() as u64,
+            frames.iter().map(Vec::len).sum::<usize>() as u64,
+        );
         for readings in frames {
             ctx.ingest.submit(ctx.frame(readings, None)).await?;
         }
@@ -250,7 +268,10 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
 /// as garbage (a decoder that never resyncs must not grow memory).
 const MAX_PENDING_BYTES: usize = 256 * 1024;
 
-async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), ingest::IngestError> {
+async fn run_stream(
+    ctx: &DeviceCtx,
+    resume_offset: Option<u64>,
+) -> Result<(), ingest::IngestError> {
     let cfg = &ctx.cfg;
     let Some(path) = cfg.path.clone() else {
         return Ok(()); // config validation guarantees a path
@@ -312,7 +333,10 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
                     _ = tokio::time::sleep(retry_in) => {}
                 }
             }
-            Event::Data { bytes, offset_after } => {
+            Event::Data {
+                bytes,
+                offset_after,
+            } => {
                 buf.extend_from_slice(&bytes);
                 if let Some(after) = offset_after {
                     buf_offset = Some(after.saturating_sub(buf.len() as u64));
@@ -323,11 +347,15 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
                 while pos < buf.len() {
                     match decoder.feed(buf.get(pos..).unwrap_or_default()) {
                         Step::NeedMore => break,
-                        Step::Frame { consumed, readings: rs } => {
+                        Step::Frame {
+                            consumed,
+                            readings: rs,
+                        } => {
                             pos += consumed.clamp(1, buf.len() - pos);
                             frames += 1;
                             readings += rs.len() as u64;
-                            let cursor = buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
+                            let cursor =
+                                buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
                             if !rs.is_empty() || cursor.is_some() {
                                 ctx.ingest.submit(ctx.frame(rs, cursor)).await?;
                             }
@@ -375,7 +403,13 @@ mod tests {
 
     #[test]
     fn builtin_driver_name_resolves_to_its_decoder() {
-        assert!(matches!(resolve("nonin-fmt2", &[]), Ok(Decoding::Builtin { name: "nonin-fmt2", .. })));
+        assert!(matches!(
+            resolve("nonin-fmt2", &[]),
+            Ok(Decoding::Builtin {
+                name: "nonin-fmt2",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -384,7 +418,10 @@ mod tests {
         let Ok(Decoding::Profile(p)) = resolve("contec-cms50d-plus-legacy", &shipped()) else {
             panic!("the shipped legacy Contec profile resolves")
         };
-        assert_eq!((p.serial.baud, p.serial.parity, p.serial.flow_control), (19200, Parity::Odd, FlowControl::Software));
+        assert_eq!(
+            (p.serial.baud, p.serial.parity, p.serial.flow_control),
+            (19200, Parity::Odd, FlowControl::Software)
+        );
     }
 
     #[test]
@@ -395,15 +432,23 @@ mod tests {
 
     #[test]
     fn unknown_driver_is_refused_naming_the_directories() {
-        let e = resolve("no-such-device", &shipped()).err().unwrap_or_default();
+        let e = resolve("no-such-device", &shipped())
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("no-such-device") && e.contains("devices"), "{e}");
     }
 
     #[test]
     fn bad_profile_is_refused_naming_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("broken.toml"), "name = \"broken\"\nbaud = [").unwrap();
-        let e = resolve("broken", &[dir.path().to_path_buf()]).err().unwrap_or_default();
+        std::fs::write(
+            dir.path().join("broken.toml"),
+            "name = \"broken\"\nbaud = [",
+        )
+        .unwrap();
+        let e = resolve("broken", &[dir.path().to_path_buf()])
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("broken.toml"), "{e}");
     }
 
@@ -411,7 +456,10 @@ mod tests {
     fn regular_file_is_read_as_a_stream_even_with_a_serial_driver() {
         let f = tempfile::NamedTempFile::new().unwrap();
         let d = resolve("nonin-fmt2", &[]).unwrap();
-        assert_eq!(choose_transport(f.path(), &d, None), TransportChoice::Stream);
+        assert_eq!(
+            choose_transport(f.path(), &d, None),
+            TransportChoice::Stream
+        );
     }
 
     #[test]
@@ -426,13 +474,20 @@ mod tests {
     #[test]
     fn missing_path_with_jsonl_stays_a_stream() {
         let d = resolve("jsonl", &[]).unwrap();
-        assert_eq!(choose_transport(Path::new("/nonexistent/in.jsonl"), &d, None), TransportChoice::Stream);
+        assert_eq!(
+            choose_transport(Path::new("/nonexistent/in.jsonl"), &d, None),
+            TransportChoice::Stream
+        );
     }
 
     #[test]
     fn config_baud_overrides_the_profile_rate() {
-        let Ok(d) = resolve("contec-cms50d-plus", &shipped()) else { panic!() };
-        let TransportChoice::Serial(s) = choose_transport(Path::new("/nonexistent/ttyUSB0"), &d, Some(57_600)) else {
+        let Ok(d) = resolve("contec-cms50d-plus", &shipped()) else {
+            panic!()
+        };
+        let TransportChoice::Serial(s) =
+            choose_transport(Path::new("/nonexistent/ttyUSB0"), &d, Some(57_600))
+        else {
             panic!("a profile is a serial device")
         };
         assert_eq!(s.baud, 57_600);
@@ -442,7 +497,9 @@ mod tests {
     #[test]
     fn builtin_contec_settings_match_the_shipped_v7_profile() {
         // protocols.md §2.2 B: V7 starts on A1 and needs AF about every 5 s.
-        let Ok(Decoding::Profile(p)) = resolve("contec-cms50d-plus", &shipped()) else { panic!() };
+        let Ok(Decoding::Profile(p)) = resolve("contec-cms50d-plus", &shipped()) else {
+            panic!()
+        };
         assert_eq!(builtin_settings("contec-cms50d"), p.serial);
     }
 
@@ -451,6 +508,8 @@ mod tests {
         let (_master, slave) = tokio_serial::SerialStream::pair().unwrap();
         let path = PathBuf::from(tokio_serial::SerialPort::name(&slave).unwrap());
         let d = resolve("jsonl", &[]).unwrap();
-        assert!(matches!(choose_transport(&path, &d, Some(19_200)), TransportChoice::Serial(s) if s.baud == 19_200));
+        assert!(
+            matches!(choose_transport(&path, &d, Some(19_200)), TransportChoice::Serial(s) if s.baud == 19_200)
+        );
     }
 }

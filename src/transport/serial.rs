@@ -213,7 +213,9 @@ async fn write_with_timeout(port: &mut SerialStream, bytes: &[u8]) -> Result<(),
     {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("not written within {WRITE_TIMEOUT:?} (flow control holding it?)")),
+        Err(_) => Err(format!(
+            "not written within {WRITE_TIMEOUT:?} (flow control holding it?)"
+        )),
     }
 }
 
@@ -298,9 +300,18 @@ fn open_port(path: &Path, s: &SerialSettings) -> Result<(SerialStream, Vec<Strin
         }
     };
     check(format!("baud {}", s.baud), port.set_baud_rate(s.baud));
-    check(format!("data bits {}", s.data_bits), port.set_data_bits(data_bits(s.data_bits)));
-    check(format!("parity {:?}", s.parity), port.set_parity(parity(s.parity)));
-    check(format!("stop bits {}", s.stop_bits), port.set_stop_bits(stop_bits(s.stop_bits)));
+    check(
+        format!("data bits {}", s.data_bits),
+        port.set_data_bits(data_bits(s.data_bits)),
+    );
+    check(
+        format!("parity {:?}", s.parity),
+        port.set_parity(parity(s.parity)),
+    );
+    check(
+        format!("stop bits {}", s.stop_bits),
+        port.set_stop_bits(stop_bits(s.stop_bits)),
+    );
     check(
         format!("flow control {:?}", s.flow_control),
         port.set_flow_control(flow_control(s.flow_control)),
@@ -343,13 +354,22 @@ mod tests {
         let mut s = SerialSource::new(&slave_path, plain_settings(9600));
         assert!(matches!(
             next_within(&mut s).await,
-            Event::Opened { kind: SourceKind::SerialPort, resumed_at: None }
+            Event::Opened {
+                kind: SourceKind::SerialPort,
+                resumed_at: None
+            }
         ));
-        master.write_all(&[0x01, 0x81, 0x01, 0x00, 0x83]).await.unwrap();
+        master
+            .write_all(&[0x01, 0x81, 0x01, 0x00, 0x83])
+            .await
+            .unwrap();
         let mut got = Vec::new();
         while got.len() < 5 {
             match next_within(&mut s).await {
-                Event::Data { bytes, offset_after } => {
+                Event::Data {
+                    bytes,
+                    offset_after,
+                } => {
                     assert_eq!(offset_after, None);
                     got.extend(bytes);
                 }
@@ -415,7 +435,10 @@ mod tests {
         let Event::Lost { retry_in: b, error } = next_within(&mut s).await else {
             panic!("expected Lost while the path is missing")
         };
-        assert!(error.contains("ttyTEST"), "the error names the path: {error}");
+        assert!(
+            error.contains("ttyTEST"),
+            "the error names the path: {error}"
+        );
         assert!(b > a, "backoff grows: {a:?} then {b:?}");
         assert_eq!(a, BACKOFF_MIN);
     }

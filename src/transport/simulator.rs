@@ -41,7 +41,9 @@ const GARBAGE: [u8; 6] = [0x00, 0xFF, 0x7E, 0x2A, 0x0D, 0x55];
 pub enum SimError {
     #[error("no serial encoder for {driver:?}; simulate one of: {known}")]
     UnknownDriver { driver: String, known: String },
-    #[error("unknown fault {0:?}; use a comma-separated list of: garbage, drop, corrupt, sensor-off")]
+    #[error(
+        "unknown fault {0:?}; use a comma-separated list of: garbage, drop, corrupt, sensor-off"
+    )]
     UnknownFault(String),
     #[error("cannot create a pseudo-terminal: {0}")]
     Pty(String),
@@ -118,10 +120,13 @@ pub struct SimOptions {
 /// and the device clock set to `now`.
 pub fn sample_from(readings: &[Reading], now: OffsetDateTime) -> SimSample {
     let number = |m: Metric| {
-        readings.iter().find(|r| r.metric == m).and_then(|r| match &r.value {
-            Value::Number(d) => Some(*d),
-            _ => None,
-        })
+        readings
+            .iter()
+            .find(|r| r.metric == m)
+            .and_then(|r| match &r.value {
+                Value::Number(d) => Some(*d),
+                _ => None,
+            })
     };
     let whole = |m: Metric| {
         readings
@@ -137,8 +142,12 @@ pub fn sample_from(readings: &[Reading], now: OffsetDateTime) -> SimSample {
         }
     }
     SimSample {
-        spo2: whole(Metric::Spo2).filter(|v| (0.0..=100.0).contains(v)).map(|v| v as u8),
-        pulse: whole(Metric::PulseRate).filter(|v| (0.0..=500.0).contains(v)).map(|v| v as u16),
+        spo2: whole(Metric::Spo2)
+            .filter(|v| (0.0..=100.0).contains(v))
+            .map(|v| v as u8),
+        pulse: whole(Metric::PulseRate)
+            .filter(|v| (0.0..=500.0).contains(v))
+            .map(|v| v as u16),
         pi: number(Metric::PerfusionIndex),
         flags,
         time: Some(PrimitiveDateTime::new(now.date(), now.time())),
@@ -265,16 +274,19 @@ fn make_link(link: &Path, target: &Path) -> Result<(), SimError> {
     };
     match std::fs::symlink_metadata(link) {
         Ok(meta) if meta.file_type().is_symlink() => {
-            std::fs::remove_file(link).map_err(|e| err(format!("cannot replace the old link: {e}")))?;
+            std::fs::remove_file(link)
+                .map_err(|e| err(format!("cannot replace the old link: {e}")))?;
         }
         Ok(_) => {
             return Err(err(
-                "exists and is not a symlink; refusing to replace it (choose another --link path)".into(),
+                "exists and is not a symlink; refusing to replace it (choose another --link path)"
+                    .into(),
             ))
         }
         Err(_) => {}
     }
-    std::os::unix::fs::symlink(target, link).map_err(|e| err(format!("cannot create the link: {e}")))
+    std::os::unix::fs::symlink(target, link)
+        .map_err(|e| err(format!("cannot create the link: {e}")))
 }
 
 #[cfg(test)]
@@ -310,7 +322,10 @@ mod tests {
         assert!(frames.iter().any(|(f, _)| f.truncate == Some(5)));
         assert!(frames.iter().any(|(f, _)| f.corrupt));
         assert_eq!(frames.iter().filter(|(_, off)| *off).count(), 5);
-        assert_eq!(FaultSet::default().for_frame(4, 10), (Faults::default(), false));
+        assert_eq!(
+            FaultSet::default().for_frame(4, 10),
+            (Faults::default(), false)
+        );
     }
 
     #[test]
@@ -318,10 +333,14 @@ mod tests {
         let rs = vec![
             Reading::canonical(Metric::Spo2, Decimal::int(96)),
             Reading::canonical(Metric::PulseRate, Decimal::int(73)),
-            Reading::canonical(Metric::PerfusionIndex, Decimal::new(352, -2)).with_flags([Flag::LowBattery]),
+            Reading::canonical(Metric::PerfusionIndex, Decimal::new(352, -2))
+                .with_flags([Flag::LowBattery]),
         ];
         let s = sample_from(&rs, t0());
-        assert_eq!((s.spo2, s.pulse, s.pi), (Some(96), Some(73), Some(Decimal::new(352, -2))));
+        assert_eq!(
+            (s.spo2, s.pulse, s.pi),
+            (Some(96), Some(73), Some(Decimal::new(352, -2)))
+        );
         assert_eq!(s.flags, vec![Flag::LowBattery]);
         assert_eq!(s.time.map(|t| t.hour()), Some(10));
     }
@@ -344,8 +363,14 @@ mod tests {
             seed: 1,
             link: None,
         };
-        let e = PtySimulator::open(opts).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("nonin-fmt2") && e.contains("masimo-ascii"), "{e}");
+        let e = PtySimulator::open(opts)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("nonin-fmt2") && e.contains("masimo-ascii"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -361,7 +386,10 @@ mod tests {
             seed: 1,
             link: Some(link.clone()),
         };
-        assert!(matches!(PtySimulator::open(opts), Err(SimError::Link { .. })));
+        assert!(matches!(
+            PtySimulator::open(opts),
+            Err(SimError::Link { .. })
+        ));
         assert_eq!(std::fs::read(&link).unwrap(), b"keep me");
     }
 
@@ -384,7 +412,9 @@ mod tests {
         let token = CancellationToken::new();
         let running = tokio::spawn(sim.run(token.clone()));
         let mut source = SerialSource::new(&link, plain_settings(9600));
-        let crate::drivers::DriverKind::Stream(make) = crate::drivers::serial::nonin::DRIVER_FMT8.kind else {
+        let crate::drivers::DriverKind::Stream(make) =
+            crate::drivers::serial::nonin::DRIVER_FMT8.kind
+        else {
             panic!("nonin-fmt8 is a stream driver")
         };
         let mut decoder: Box<dyn StreamDecoder> = make();
@@ -404,6 +434,9 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         token.cancel();
         assert!(running.await.unwrap().unwrap() > 0);
-        assert!(std::fs::symlink_metadata(&link).is_err(), "the link is removed on a clean stop");
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "the link is removed on a clean stop"
+        );
     }
 }
