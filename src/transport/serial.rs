@@ -277,7 +277,7 @@ fn open_port(path: &Path, s: &SerialSettings) -> Result<(SerialStream, Vec<Strin
         Ok(port) => return Ok((port, Vec::new())),
         Err(e) if is_access_error(&e) => {
             return Err(format!(
-                "cannot open {}: {e} (is it plugged in, and is the daemon in the `dialout` group?)",
+                "cannot open {}: {e} (is it plugged in, not in use by another program, and is the daemon in the `dialout` group?)",
                 path.display()
             ))
         }
@@ -331,8 +331,8 @@ mod tests {
 
     #[test]
     fn dev_major_minor_splits_like_glibc() {
-        // /dev/pts/5 is 136:5; /dev/ttyUSB0 is 188:0; a large minor (pts/300 = 137:44 old-style
-        // is not used: Linux keeps 136:300 with the minor's high bits above bit 19).
+        // /dev/pts/5 is 136:5, /dev/ttyUSB0 188:0; minors above 255 keep their high bits
+        // from bit 20 up (Linux `new_encode_dev`), e.g. /dev/pts/300.
         assert_eq!(dev_major_minor((136 << 8) | 5), (136, 5));
         assert_eq!(dev_major_minor(188 << 8), (188, 0));
         assert_eq!(dev_major_minor((136 << 8) | 44 | (1 << 20)), (136, 300));
@@ -343,6 +343,19 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         assert!(!is_tty(f.path()));
         assert!(!is_tty(Path::new("/nonexistent/ttyUSB9")));
+    }
+
+    #[tokio::test]
+    async fn char_device_that_is_no_serial_port_is_lost_saying_both_attempts_failed() {
+        // /dev/null accepts no termios at all: neither with the settings nor without them.
+        let mut s = SerialSource::new(Path::new("/dev/null"), plain_settings(9600));
+        let Event::Lost { error, .. } = next_within(&mut s).await else {
+            panic!("/dev/null is not a serial port")
+        };
+        assert!(
+            error.contains("/dev/null") && error.contains("nor without them"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
