@@ -356,6 +356,11 @@ impl Config {
                     key("driver"),
                     format!("{:?} is neither a built-in driver ({}) nor a profile in {}", d.driver, names.join(", "), self.devices_dirs_display()),
                 );
+            } else if !is_sim && crate::drivers::find(&d.driver).is_none() {
+                // A device profile: it must load, or the device could not run.
+                if let Some(Err(e)) = crate::drivers::serial::profile::find_profile(&d.driver, &self.gateway.devices_dirs) {
+                    problem(key("driver"), format!("device profile {:?} is invalid:\n    {}", d.driver, e.to_string().replace('\n', "\n    ")));
+                }
             }
             if is_sim {
                 if d.path.is_some() {

@@ -70,6 +70,37 @@ enum Command {
         /// List the drivers and exit.
         #[arg(long)]
         list: bool,
+        /// Also look for device profiles (NAME.toml) here, before ./devices,
+        /// /etc/vitalgate/devices and /usr/share/vitalgate/devices.
+        #[arg(long, value_name = "DIR")]
+        devices: Option<PathBuf>,
+    },
+    /// Simulate a serial device on a pseudo-terminal: prints the pty's path (first line of
+    /// stdout), then sends the driver's frames with a simulated patient's values until stopped.
+    ///
+    /// Drivers: nonin-fmt2, nonin-fmt7, nonin-fmt8, contec-cms50d, contec-cms50d-legacy,
+    /// masimo-ascii.
+    Simulate {
+        /// Serial driver whose protocol to speak.
+        driver: String,
+        /// Create a pseudo-terminal (the only device kind so far; required).
+        #[arg(long, required = true)]
+        pty: bool,
+        /// Also make a symlink here pointing at the pty (a stable path, like /dev/serial/by-id).
+        #[arg(long, value_name = "PATH")]
+        link: Option<PathBuf>,
+        /// Time between frames.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_ms: u64,
+        /// Faults to inject, comma-separated: garbage, drop, corrupt, sensor-off.
+        #[arg(long, default_value = "")]
+        faults: String,
+        /// The simulated patient's course: stable, deteriorating or faulty.
+        #[arg(long, default_value = "stable")]
+        scenario: String,
+        /// Random seed, for repeatable values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Print what the gateway holds as JSON: backlog, oldest undelivered, last ack, devices, keys.
     Status {
@@ -141,7 +172,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{}", cfg.redacted_toml());
             Ok(())
         }
-        Command::Decode { driver, frames, text, list } => decode(driver, frames, text, list),
+        Command::Decode {
+            driver,
+            frames,
+            text,
+            list,
+            devices,
+        } => decode(driver, frames, text, list, devices),
+        Command::Simulate {
+            driver,
+            pty: _,
+            link,
+            interval_ms,
+            faults,
+            scenario,
+            seed,
+        } => simulate(driver, link, interval_ms, &faults, &scenario, seed),
         Command::Status { config } => {
             let cfg = Config::load(&config)?;
             let status = vitalgate::daemon::status_json(&cfg)?;
@@ -199,23 +245,81 @@ fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
     });
 }
 
-fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -> anyhow::Result<()> {
+/// Where `vitalgate decode` looks for device profiles: `--devices DIR` first, then the
+/// working directory's `devices/`, then the installed ones.
+fn profile_dirs(extra: Option<PathBuf>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = extra.into_iter().collect();
+    dirs.extend(
+        [
+            "devices",
+            "/etc/vitalgate/devices",
+            "/usr/share/vitalgate/devices",
+        ]
+        .map(PathBuf::from),
+    );
+    dirs
+}
+
+/// How `decode` decodes: a built-in driver, or a device profile's stream decoder.
+enum DecodeWith {
+    Value(drivers::ValueDecoder),
+    Stream(Box<dyn Fn() -> Box<dyn drivers::StreamDecoder>>),
+}
+
+fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, devices: Option<PathBuf>) -> anyhow::Result<()> {
+    let dirs = profile_dirs(devices);
     if list {
         for d in drivers::registry() {
             println!("{:<22} {}{}", d.name, d.summary, if d.text { " (--text)" } else { "" });
         }
+        for dir in &dirs {
+            // Line profiles are drivers of their own; other profiles name a built-in driver.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok()?.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect();
+                names.sort();
+                for name in names {
+                    if let Some(Ok(p)) = drivers::serial::profile::find_profile(&name, std::slice::from_ref(dir)) {
+                        println!("{:<22} profile {} ({} {}, driver {}){}", p.name, p.path.display(), p.manufacturer, p.model, p.driver, if p.is_text() { " (--text)" } else { "" });
+                    }
+                }
+            }
+        }
         return Ok(());
     }
     let name = driver.unwrap_or_default();
-    let info = drivers::find(&name).ok_or_else(|| {
-        let names: Vec<&str> = drivers::registry().iter().map(|d| d.name).collect();
-        UsageError(format!("unknown driver {name:?}; known drivers: {}", names.join(", ")))
-    })?;
+    let (with, is_text) = match drivers::find(&name) {
+        Some(info) => (
+            match info.kind {
+                DriverKind::Value(f) => DecodeWith::Value(f),
+                DriverKind::Stream(make) => DecodeWith::Stream(Box::new(make)),
+            },
+            info.text,
+        ),
+        None => match drivers::serial::profile::find_profile(&name, &dirs) {
+            Some(Ok(profile)) => {
+                let text = profile.is_text();
+                (DecodeWith::Stream(Box::new(move || profile.decoder())), text)
+            }
+            Some(Err(e)) => return Err(UsageError(e.to_string()).into()),
+            None => {
+                let names: Vec<&str> = drivers::registry().iter().map(|d| d.name).collect();
+                let where_: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                return Err(UsageError(format!(
+                    "unknown driver {name:?}; known drivers: {}; nor is there a profile {name}.toml in {}",
+                    names.join(", "),
+                    where_.join(", ")
+                ))
+                .into());
+            }
+        },
+    };
     let inputs: Vec<Vec<u8>> = frames
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            if text || info.text {
+            if text || is_text {
                 let mut line = f.clone().into_bytes();
                 if !line.ends_with(b"\n") {
                     line.push(b'\n');
@@ -230,8 +334,8 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -
     let mut failures = 0;
     let mut stdout = std::io::stdout().lock();
     use std::io::Write;
-    match info.kind {
-        DriverKind::Value(decode) => {
+    match with {
+        DecodeWith::Value(decode) => {
             for (i, bytes) in inputs.iter().enumerate() {
                 match decode(bytes) {
                     Ok(readings) => {
@@ -246,7 +350,7 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -
                 }
             }
         }
-        DriverKind::Stream(make) => {
+        DecodeWith::Stream(make) => {
             // Frames are fed in order to one decoder, as the transport would.
             let mut decoder = make();
             let all: Vec<u8> = inputs.concat();
@@ -269,6 +373,55 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -
         anyhow::bail!("{failures} frame(s) could not be decoded");
     }
     Ok(())
+}
+
+fn simulate(
+    driver: String,
+    link: Option<PathBuf>,
+    interval_ms: u64,
+    faults: &str,
+    scenario: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use vitalgate::transport::simulator::{FaultSet, PtySimulator, SimOptions};
+    let faults = FaultSet::parse(faults).map_err(|e| UsageError(e.to_string()))?;
+    let scenario = match scenario {
+        "stable" => vitalgate::drivers::sim::Scenario::Stable,
+        "deteriorating" => vitalgate::drivers::sim::Scenario::Deteriorating,
+        "faulty" => vitalgate::drivers::sim::Scenario::Faulty,
+        other => {
+            return Err(UsageError(format!(
+                "unknown scenario {other:?}; use stable, deteriorating or faulty"
+            ))
+            .into())
+        }
+    };
+    let opts = SimOptions {
+        driver,
+        interval: std::time::Duration::from_millis(interval_ms),
+        faults,
+        scenario,
+        seed,
+        link,
+    };
+    runtime()?.block_on(async {
+        let sim = PtySimulator::open(opts).map_err(|e| match e {
+            vitalgate::transport::simulator::SimError::UnknownDriver { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            other => anyhow::Error::new(other),
+        })?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", sim.slave_path().display())?;
+            out.flush()?;
+        }
+        tracing::info!(pty = %sim.slave_path().display(), "simulating; stop with Ctrl-C or SIGTERM");
+        let token = CancellationToken::new();
+        spawn_signal_handler(token.clone(), None);
+        let frames = sim.run(token).await?;
+        tracing::info!(frames, "simulator stopped");
+        Ok(())
+    })
 }
 
 fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {

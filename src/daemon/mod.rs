@@ -20,13 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
-use crate::config::{Config, DeviceConfig};
-use crate::drivers::{self, sim::SimPatient, DriverKind, Step};
-use crate::ingest::{self, CommitHook, Frame, GroupCommit, HookOutput, IngestHandle, RateLimit};
+use crate::config::Config;
+use crate::ingest::{self, CommitHook, GroupCommit, HookOutput};
 use crate::status::{self, Registry};
 use crate::store::{MasterKey, Outbox, Record, StoreError};
-use crate::transport::stream::{Event, StreamSource};
-use crate::transport::LinkState;
 
 /// How long shutdown waits for tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -95,7 +92,7 @@ pub fn clock_synced() -> bool {
 }
 
 /// The state-file key under which a stream device's committed offset is kept.
-fn offset_key(path: &std::path::Path) -> String {
+pub(crate) fn offset_key(path: &std::path::Path) -> String {
     format!("offset:{}", path.display())
 }
 
@@ -181,22 +178,7 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let registry = Registry::default();
     let devices_token = shutdown.child_token();
     let tracker = TaskTracker::new();
-    for d in &config.devices {
-        let expected = d.expected_interval_s.map(Duration::from_secs);
-        registry.add(&d.id, &d.patient, &d.driver, expected);
-        let nhs = config.patient(&d.patient).and_then(|p| p.nhs_number.clone()).map(Arc::from);
-        let ctx = DeviceCtx {
-            cfg: d.clone(),
-            device_id: Arc::from(d.id.as_str()),
-            patient_id: Arc::from(d.patient.as_str()),
-            nhs_number: nhs,
-            ingest: ingest.clone(),
-            registry: registry.clone(),
-            token: devices_token.clone(),
-        };
-        let resume = cursors.get(&d.id).copied().flatten();
-        tracker.spawn(run_device(ctx, resume));
-    }
+    devices::spawn_all(&config, &ingest, &registry, &cursors, &devices_token, &tracker);
     // Time-based alert rules (device silent, persistence, outbox depth) run once a second.
     {
         let ingest = ingest.clone();
@@ -332,180 +314,9 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
         })
 }
 
-struct DeviceCtx {
-    cfg: DeviceConfig,
-    device_id: Arc<str>,
-    patient_id: Arc<str>,
-    nhs_number: Option<Arc<str>>,
-    ingest: IngestHandle,
-    registry: Registry,
-    token: CancellationToken,
-}
-
-impl DeviceCtx {
-    fn frame(&self, readings: Vec<crate::reading::Reading>, cursor: Option<(String, String)>) -> Frame {
-        Frame {
-            device_id: self.device_id.clone(),
-            patient_id: self.patient_id.clone(),
-            nhs_number: self.nhs_number.clone(),
-            readings,
-            received_at: OffsetDateTime::now_utc(),
-            clock_synced: clock_synced(),
-            cursor,
-            done: None,
-        }
-    }
-}
-
-async fn run_device(ctx: DeviceCtx, resume_offset: Option<u64>) {
-    let id = ctx.device_id.clone();
-    let result = if ctx.cfg.driver == "sim" {
-        run_sim(&ctx).await
-    } else {
-        run_stream(&ctx, resume_offset).await
-    };
-    if let Err(e) = result {
-        tracing::error!(device = %id, error = %e, "device task ended");
-        ctx.registry.update(&id, |d| {
-            d.state = LinkState::Unavailable;
-            d.last_error = Some(e.to_string());
-        });
-    }
-}
-
-async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
-    let cfg = &ctx.cfg;
-    let mut patient = SimPatient::new(cfg.scenario.unwrap_or_default(), cfg.seed.unwrap_or(0));
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.unwrap_or(1000)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ctx.registry.update(&cfg.id, |d| d.state = LinkState::Connected);
-    loop {
-        tokio::select! {
-            _ = ctx.token.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let now = OffsetDateTime::now_utc();
-        let frames = patient.next(now);
-        let (n_frames, n_readings) = (frames.len() as u64, frames.iter().map(Vec::len).sum::<usize>() as u64);
-        for readings in frames {
-            ctx.ingest.submit(ctx.frame(readings, None)).await?;
-        }
-        ctx.registry.update(&cfg.id, |d| {
-            d.last_data_at = Some(now);
-            d.frames += n_frames;
-            d.readings += n_readings;
-        });
-    }
-}
-
-/// Largest amount of undecoded bytes kept for one device; beyond it the oldest are dropped
-/// as garbage (a decoder that never resyncs must not grow memory).
-const MAX_PENDING_BYTES: usize = 256 * 1024;
-
-async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), ingest::IngestError> {
-    let cfg = &ctx.cfg;
-    let Some(path) = cfg.path.clone() else {
-        return Ok(()); // config validation guarantees a path
-    };
-    let make = match drivers::find(&cfg.driver).map(|d| d.kind) {
-        Some(DriverKind::Stream(make)) => make,
-        _ => {
-            ctx.registry.update(&cfg.id, |d| {
-                d.state = LinkState::Unavailable;
-                d.last_error = Some(format!("driver {:?} is not a byte-stream driver", cfg.driver));
-            });
-            return Ok(());
-        }
-    };
-    let mut decoder = make();
-    let mut source = StreamSource::new(&path, resume_offset);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_offset: Option<u64> = None; // file offset of buf[0] (regular files)
-    let mut errors_logged = RateLimit::new(Duration::from_secs(10));
-    let key = offset_key(&path);
-    loop {
-        let event = tokio::select! {
-            _ = ctx.token.cancelled() => return Ok(()),
-            e = source.next() => e,
-        };
-        match event {
-            Event::Opened { kind, resumed_at } => {
-                tracing::info!(device = %cfg.id, path = %path.display(), ?kind, ?resumed_at, "device connected");
-                buf.clear();
-                buf_offset = resumed_at;
-                decoder = make();
-                ctx.registry.update(&cfg.id, |d| {
-                    d.state = LinkState::Connected;
-                    d.last_error = None;
-                });
-            }
-            Event::Lost { error, retry_in } => {
-                ctx.registry.update(&cfg.id, |d| {
-                    if d.state != LinkState::Disconnected {
-                        tracing::warn!(device = %cfg.id, %error, "device disconnected; retrying");
-                    }
-                    d.state = LinkState::Disconnected;
-                    d.last_error = Some(error.clone());
-                });
-                tokio::select! {
-                    _ = ctx.token.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(retry_in) => {}
-                }
-            }
-            Event::Data { bytes, offset_after } => {
-                buf.extend_from_slice(&bytes);
-                if let Some(after) = offset_after {
-                    buf_offset = Some(after - buf.len() as u64);
-                }
-                let now = OffsetDateTime::now_utc();
-                let mut pos = 0;
-                let (mut frames, mut readings, mut errors) = (0u64, 0u64, 0u64);
-                while pos < buf.len() {
-                    match decoder.feed(&buf[pos..]) {
-                        Step::NeedMore => break,
-                        Step::Frame { consumed, readings: rs } => {
-                            pos += consumed.clamp(1, buf.len() - pos);
-                            frames += 1;
-                            readings += rs.len() as u64;
-                            let cursor = buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
-                            if !rs.is_empty() || cursor.is_some() {
-                                ctx.ingest.submit(ctx.frame(rs, cursor)).await?;
-                            }
-                        }
-                        Step::Skip { consumed, error } => {
-                            pos += consumed.clamp(1, buf.len() - pos);
-                            errors += 1;
-                            if errors_logged.allow() {
-                                tracing::warn!(device = %cfg.id, %error, "undecodable input skipped");
-                            }
-                        }
-                    }
-                }
-                buf.drain(..pos);
-                if let Some(o) = buf_offset.as_mut() {
-                    *o += pos as u64;
-                }
-                if buf.len() > MAX_PENDING_BYTES {
-                    let drop_n = buf.len() - MAX_PENDING_BYTES;
-                    buf.drain(..drop_n);
-                    if let Some(o) = buf_offset.as_mut() {
-                        *o += drop_n as u64;
-                    }
-                    errors += 1;
-                }
-                ctx.registry.update(&cfg.id, |d| {
-                    d.last_data_at = Some(now);
-                    d.frames += frames;
-                    d.readings += readings;
-                    d.decode_errors += errors;
-                });
-            }
-        }
-    }
-}
-
 pub mod alerting;
 pub mod demo_view;
+pub mod devices;
 pub mod publish;
 pub mod supervisor;
 

@@ -2,9 +2,40 @@
 //!
 //! [`stream::StreamSource`] reads a path that may be a regular file (followed like `tail -f`,
 //! resuming from a committed offset), a FIFO (reopened when its writer goes away) or a
-//! character device such as a serial port (reopened when it vanishes and comes back).
+//! character device (reopened when it vanishes and comes back). [`serial::SerialSource`] opens
+//! a serial port with a device profile's link settings, writes its init and keepalive bytes,
+//! and reopens it by path after an unplug. [`Source`] is either, so the daemon's device task
+//! is written once. [`simulator`] is the other end: a pseudo-terminal that behaves like a
+//! serial device, for `vitalgate simulate --pty` and tests.
 
+pub mod serial;
+pub mod simulator;
 pub mod stream;
+
+use std::path::Path;
+
+/// A device's byte source: a file, FIFO or plain character device, or a serial port.
+pub enum Source {
+    Stream(stream::StreamSource),
+    Serial(serial::SerialSource),
+}
+
+impl Source {
+    /// Waits for the next event; cancel-safe between events (see each source).
+    pub async fn next(&mut self) -> stream::Event {
+        match self {
+            Source::Stream(s) => s.next().await,
+            Source::Serial(s) => s.next().await,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Stream(s) => s.path(),
+            Source::Serial(s) => s.path(),
+        }
+    }
+}
 
 /// A device's connection state, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -327,6 +327,19 @@ pub fn profile_transport(path: &Path) -> Option<String> {
     value.get("transport")?.as_str().map(str::to_string)
 }
 
+/// The profile `NAME.toml` in the first of `dirs` that has one, loaded and validated; `None`
+/// when no directory has it. Used by the daemon, `check-config` and `vitalgate decode`.
+pub fn find_profile(name: &str, dirs: &[PathBuf]) -> Option<Result<Profile, ProfileError>> {
+    // A name with a path separator or `..` could read outside the directories.
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return None;
+    }
+    dirs.iter()
+        .map(|dir| dir.join(format!("{name}.toml")))
+        .find(|p| p.is_file())
+        .map(load_profile)
+}
+
 /// Parses and validates profile text; `path` is used in messages and for the name check.
 pub fn parse_profile(text: &str, path: &Path) -> Result<Profile, ProfileError> {
     let file: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Parse {
