@@ -308,13 +308,16 @@ fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() 
     let mut child = spawn_daemon(&path);
     wait_for("readings", || status_of(&path)["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
 
+    // `status` needs a valid config: keep a copy of the good one to ask with.
     let good = std::fs::read_to_string(&path).unwrap();
+    let ask = dir.path().join("status.toml");
+    std::fs::write(&ask, &good).unwrap();
     std::fs::write(&path, good.replace("interval_ms = 50", "interval_ms = \"fast\"")).unwrap();
     signal(&child, "HUP");
     let audit = dir.path().join("audit.log");
     wait_for("the refusal in the audit log", || std::fs::read_to_string(&audit).unwrap_or_default().contains("config_reload_refused"));
-    let before = status_of(&path)["backlog"]["readings"].as_u64().unwrap();
-    wait_for("ingest to go on", || status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before);
+    let before = status_of(&ask)["backlog"]["readings"].as_u64().unwrap();
+    wait_for("ingest to go on", || status_of(&ask)["backlog"]["readings"].as_u64().unwrap() > before);
     assert!(child.try_wait().unwrap().is_none(), "the daemon stopped on a bad reload");
 
     signal(&child, "TERM");
