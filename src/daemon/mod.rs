@@ -1,4 +1,5 @@
-//! The daemon: wires the long-lived tasks together for `vitalgate run` and `vitalgate demo`.
+//! The daemon: wires the long-lived tasks together for `vitalgate run` and `vitalgate demo`
+//! (the demo's own parts live in [`crate::demo`]).
 //!
 //! One task per concern, each stopped by a `CancellationToken` at a safe point:
 //! - one task per device (transport + decoder, or the simulator), feeding ingest;
@@ -505,7 +506,6 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
 }
 
 pub mod alerting;
-pub mod demo_view;
 pub mod publish;
 
 /// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
