@@ -19,7 +19,9 @@ fn broker_pid(stdout: &str) -> u32 {
     let line = stdout
         .lines()
         .find(|l| l.contains("broker   mosquitto pid "))
-        .unwrap_or_else(|| panic!("the demo started no broker (is mosquitto installed?):\n{stdout}"));
+        .unwrap_or_else(|| {
+            panic!("the demo started no broker (is mosquitto installed?):\n{stdout}")
+        });
     line.split_whitespace()
         .skip_while(|w| *w != "pid")
         .nth(1)
@@ -59,15 +61,33 @@ fn platform_lines<'a>(stdout: &'a str, metric: &str) -> Vec<&'a str> {
 
 #[test]
 fn demo_with_seconds_delivers_observations_to_the_platform_and_leaves_no_broker() {
-    let Output { status, stdout, stderr } = demo().args(["--seconds", "20"]).output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = demo().args(["--seconds", "20"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&stdout);
     let stderr = String::from_utf8_lossy(&stderr);
-    assert!(status.success(), "exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        status.success(),
+        "exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 
     // demo.md item 4: the platform prints each Observation it receives.
-    assert!(!platform_lines(&stdout, "Oxygen saturation").is_empty(), "no SpO2 at the platform:\n{stdout}");
-    assert!(!platform_lines(&stdout, "Heart rate").is_empty(), "no heart rate at the platform:\n{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("news2 ") && l.contains("band")), "no NEWS2 total:\n{stdout}");
+    assert!(
+        !platform_lines(&stdout, "Oxygen saturation").is_empty(),
+        "no SpO2 at the platform:\n{stdout}"
+    );
+    assert!(
+        !platform_lines(&stdout, "Heart rate").is_empty(),
+        "no heart rate at the platform:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("news2 ") && l.contains("band")),
+        "no NEWS2 total:\n{stdout}"
+    );
     // The retained gateway status: online while running, offline after a clean stop.
     assert!(stdout.contains("GATEWAY demo-gw-0001 online"), "{stdout}");
     assert!(stdout.contains("GATEWAY demo-gw-0001 offline"), "{stdout}");
@@ -75,19 +95,29 @@ fn demo_with_seconds_delivers_observations_to_the_platform_and_leaves_no_broker(
     assert!(stdout.contains("uplink: connected"), "{stdout}");
     // clinical.md §3.3: the NHS Number appears only masked.
     assert!(stdout.contains("***-***-5919"), "{stdout}");
-    assert!(!stdout.contains("9434765919"), "full NHS Number printed:\n{stdout}");
+    assert!(
+        !stdout.contains("9434765919"),
+        "full NHS Number printed:\n{stdout}"
+    );
     // Readable on an 80-column terminal, no colour when stdout is not a terminal.
     assert!(!stdout.contains('\x1b'), "ANSI escapes on a pipe");
     let wide: Vec<&str> = stdout.lines().filter(|l| l.chars().count() > 80).collect();
     assert!(wide.is_empty(), "lines wider than 80 columns: {wide:#?}");
 
     let pid = broker_pid(&stdout);
-    assert!(!mosquitto_running(pid), "broker pid {pid} still running after the demo exited");
+    assert!(
+        !mosquitto_running(pid),
+        "broker pid {pid} still running after the demo exited"
+    );
 }
 
 #[test]
 fn demo_stopped_by_ctrl_c_exits_zero_and_leaves_no_broker() {
-    let mut child = demo().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = demo()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -103,13 +133,22 @@ fn demo_stopped_by_ctrl_c_exits_zero_and_leaves_no_broker() {
     });
     let delivered = rx.recv_timeout(Duration::from_secs(30)).is_ok();
     // Ctrl-C in a terminal sends SIGINT to the foreground process.
-    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(sent.success());
     let status = wait_with_timeout(child, 30);
     let stdout = reader.join().unwrap();
-    assert!(delivered, "no Observation reached the platform within 30 s:\n{stdout}");
+    assert!(
+        delivered,
+        "no Observation reached the platform within 30 s:\n{stdout}"
+    );
     assert!(status.success(), "exit {status} after SIGINT:\n{stdout}");
     assert!(stdout.contains("broker stopped"), "{stdout}");
     let pid = broker_pid(&stdout);
-    assert!(!mosquitto_running(pid), "broker pid {pid} still running after Ctrl-C");
+    assert!(
+        !mosquitto_running(pid),
+        "broker pid {pid} still running after Ctrl-C"
+    );
 }

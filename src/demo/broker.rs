@@ -33,12 +33,7 @@ pub fn find_mosquitto() -> Option<PathBuf> {
             .map(|d| d.join("mosquitto"))
             .find(|p| p.is_file())
     });
-    from_path.or_else(|| {
-        CANDIDATES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    })
+    from_path.or_else(|| CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()))
 }
 
 /// The ACL: the platform reads everything, the gateway reads and writes only its own subtree.

@@ -116,7 +116,11 @@ struct Uplink {
 }
 
 /// Generates the PKI, starts the broker and the platform subscriber.
-async fn start_uplink(mosquitto: &Path, cfg: &Config, gateway_id: &str) -> Result<Uplink, DemoError> {
+async fn start_uplink(
+    mosquitto: &Path,
+    cfg: &Config,
+    gateway_id: &str,
+) -> Result<Uplink, DemoError> {
     let dir = TempDir::new("pki")?;
     let pki = certs::DemoPki::generate(&dir.0, gateway_id, OffsetDateTime::now_utc())?;
     let prefix = UplinkConfig::default().topic_prefix;
@@ -142,7 +146,15 @@ async fn start_uplink(mosquitto: &Path, cfg: &Config, gateway_id: &str) -> Resul
         colour: std::io::stdout().is_terminal(),
     };
     let platform_stop = CancellationToken::new();
-    let (platform, received) = platform::start(&pki, broker.port, &prefix, directory, style, platform_stop.clone()).await?;
+    let (platform, received) = platform::start(
+        &pki,
+        broker.port,
+        &prefix,
+        directory,
+        style,
+        platform_stop.clone(),
+    )
+    .await?;
     let config = UplinkConfig {
         broker: "127.0.0.1".into(),
         port: broker.port,
@@ -177,7 +189,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     let gateway_id = cfg.gateway_id().map_err(DemoError::Config)?;
     let master = MasterKey::ephemeral().map_err(|e| DemoError::Key(e.to_string()))?;
 
-    println!("vitalgate demo: gateway {gateway_id}, {} simulated patients", cfg.patients.len());
+    println!(
+        "vitalgate demo: gateway {gateway_id}, {} simulated patients",
+        cfg.patients.len()
+    );
     println!("  outbox   {}", cfg.outbox_path().display());
     println!("           each record sealed with AES-256-GCM under a throw-away key");
     let mut uplink = match broker::find_mosquitto() {
@@ -188,7 +203,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                     u.broker.pid(),
                     u.broker.port
                 );
-                println!("  platform subscribed to {}/gw/+/# with its own certificate", u.config.topic_prefix);
+                println!(
+                    "  platform subscribed to {}/gw/+/# with its own certificate",
+                    u.config.topic_prefix
+                );
                 Some(u)
             }
             Err(e) => {
@@ -198,7 +216,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             }
         },
         None => {
-            println!("  uplink   NOT running: Mosquitto is not installed (apt-get install mosquitto);");
+            println!(
+                "  uplink   NOT running: Mosquitto is not installed (apt-get install mosquitto);"
+            );
             println!("           readings stay encrypted in the outbox");
             None
         }
@@ -206,10 +226,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     if let Some(u) = &uplink {
         cfg.uplink = Some(u.config.clone());
     }
-    println!("(Ctrl-C to stop{})\n", match opts.seconds {
-        Some(s) => format!("; stops by itself after {s} s"),
-        None => String::new(),
-    });
+    println!(
+        "(Ctrl-C to stop{})\n",
+        match opts.seconds {
+            Some(s) => format!("; stops by itself after {s} s"),
+            None => String::new(),
+        }
+    );
 
     if let Some(s) = opts.seconds {
         let t = shutdown.clone();

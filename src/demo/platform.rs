@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::certs::DemoPki;
 use super::DemoError;
 use crate::alerts::news2::{risk_band, RiskBand};
-use crate::fhir::codes::{DEVICE_SYSTEM, NHS_NUMBER_SYSTEM, NEWS2_TOTAL};
+use crate::fhir::codes::{DEVICE_SYSTEM, NEWS2_TOTAL, NHS_NUMBER_SYSTEM};
 use crate::uplink::UplinkConfig;
 
 /// Widest line printed (an 80-column terminal).
@@ -118,7 +118,10 @@ fn quantity(q: &Json) -> (String, String) {
         "{ScoreOf}" => "",
         u => u,
     };
-    (q.get("value").map(number).unwrap_or_default(), unit.to_owned())
+    (
+        q.get("value").map(number).unwrap_or_default(),
+        unit.to_owned(),
+    )
 }
 
 fn who(obs: &Json, dir: &Directory) -> String {
@@ -144,9 +147,10 @@ fn who(obs: &Json, dir: &Directory) -> String {
 }
 
 fn is_news2_total(obs: &Json) -> bool {
-    obs["code"]["coding"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["code"].as_str() == Some(NEWS2_TOTAL.code)))
+    obs["code"]["coding"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["code"].as_str() == Some(NEWS2_TOTAL.code))
+    })
 }
 
 fn band_name(b: RiskBand) -> &'static str {
@@ -182,11 +186,8 @@ fn value_text(obs: &Json) -> String {
         }
         return format!("{} {unit}", values.join("/")).trim_end().to_owned();
     }
-    if let Some(r) = obs.get("dataAbsentReason") {
-        return format!(
-            "absent ({})",
-            r["coding"][0]["code"].as_str().unwrap_or("unknown")
-        );
+    if obs.get("dataAbsentReason").is_some() {
+        return "absent".to_owned();
     }
     // A finding such as "Breathing room air": the code is the statement, there is no value.
     String::new()
@@ -220,7 +221,24 @@ fn observation_lines(obs: &Json, dir: &Directory, style: Style) -> Vec<String> {
         "obs   {time}  {patient:<13}  {:<20} {value:>13}  obs {id}",
         fit(metric, 20)
     );
-    vec![fit(&line, WIDTH)]
+    let mut lines = vec![fit(&line, WIDTH)];
+    // Why a value is missing, and what the device flagged, on an indented second line.
+    let mut why = Vec::new();
+    if let Some(code) = obs["dataAbsentReason"]["coding"][0]["code"].as_str() {
+        why.push(format!("data absent: {code}"));
+    }
+    if let Some(notes) = obs["note"].as_array() {
+        why.extend(
+            notes
+                .iter()
+                .filter_map(|n| n["text"].as_str())
+                .map(|t| t.strip_prefix("vitalgate ").unwrap_or(t).to_owned()),
+        );
+    }
+    if !why.is_empty() {
+        lines.push(fit(&format!("      {}", why.join("; ")), WIDTH));
+    }
+    lines
 }
 
 /// Splits `text` into lines of at most `width` characters at spaces.
@@ -262,10 +280,15 @@ fn alert_lines(ev: &Json, style: Style) -> Vec<String> {
     );
     let mut out = vec![style.paint(colour, &fit(&head, WIDTH))];
     let mut text = ev["text"].as_str().unwrap_or("").to_owned();
-    if let (Some(total), Some(band)) = (ev["news2"]["total"].as_u64(), ev["news2"]["band"].as_str()) {
+    if let (Some(total), Some(band)) = (ev["news2"]["total"].as_u64(), ev["news2"]["band"].as_str())
+    {
         text = format!("[NEWS2 {total}, {band}] {text}");
     }
-    out.extend(wrap(&text, WIDTH - 6).into_iter().map(|l| format!("      {l}")));
+    out.extend(
+        wrap(&text, WIDTH - 6)
+            .into_iter()
+            .map(|l| format!("      {l}")),
+    );
     out
 }
 
@@ -307,7 +330,10 @@ pub fn describe(
         "obs" => observation_lines(&json, dir, style),
         "alert" => alert_lines(&json, style),
         "status" => status_lines(topic, &json, retained),
-        _ => vec![fit(&format!("?     {topic}: {} bytes", payload.len()), WIDTH)],
+        _ => vec![fit(
+            &format!("?     {topic}: {} bytes", payload.len()),
+            WIDTH,
+        )],
     }
 }
 
@@ -448,11 +474,12 @@ mod tests {
     // demo.md item 4: time, masked NHS Number, metric, value + unit, id prefix.
     #[test]
     fn describe_spo2_observation_is_one_line_with_masked_patient_value_and_id() {
-        let line = one("rpm/v1/gw/hub-0001/obs", &golden("spo2_flags_ward_no_nhs_number"));
+        let line = one("rpm/v1/gw/hub-0001/obs", &golden("spo2"));
         assert!(line.starts_with("obs   "), "{line}");
         assert!(line.contains("Oxygen saturation"), "{line}");
         assert!(line.contains("97 %"), "{line}");
-        assert!(line.contains("obs 98403726"), "{line}");
+        assert!(line.contains("obs 4b816503"), "{line}");
+        assert!(line.contains("***-***-5919"), "{line}");
         assert!(line.chars().count() <= WIDTH, "{line}");
     }
 
@@ -461,7 +488,10 @@ mod tests {
         let line = one("rpm/v1/gw/hub-0001/obs", &golden("heart_rate"));
         assert!(line.contains("***-***-5919"), "{line}");
         assert!(!line.contains("9434765919"), "{line}");
-        assert!(line.contains("Heart rate") && line.contains("72 /min"), "{line}");
+        assert!(
+            line.contains("Heart rate") && line.contains("72 /min"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -469,7 +499,10 @@ mod tests {
         let mut obs: Json = serde_json::from_slice(&golden("heart_rate")).unwrap();
         obs["subject"] = json!({"identifier": {"system": "urn:vitalgate:gateway-patient", "value": "demo-gw-0001"}});
         obs["device"]["identifier"]["value"] = json!("demo-gw-0001/sim-faulty");
-        let line = one("rpm/v1/gw/demo-gw-0001/obs", &serde_json::to_vec(&obs).unwrap());
+        let line = one(
+            "rpm/v1/gw/demo-gw-0001/obs",
+            &serde_json::to_vec(&obs).unwrap(),
+        );
         assert!(line.contains("faulty-probe"), "{line}");
     }
 
@@ -481,13 +514,22 @@ mod tests {
             gateway_patient: Some("demo-patient-faulty-probe".into()),
             ..dir()
         };
-        let lines = describe("rpm/v1/gw/demo-gw-0001/obs", &serde_json::to_vec(&obs).unwrap(), false, &d, PLAIN);
+        let lines = describe(
+            "rpm/v1/gw/demo-gw-0001/obs",
+            &serde_json::to_vec(&obs).unwrap(),
+            false,
+            &d,
+            PLAIN,
+        );
         assert!(lines[0].contains("faulty-probe"), "{lines:?}");
     }
 
     #[test]
     fn describe_room_air_finding_shows_the_code_without_a_value() {
-        let line = one("rpm/v1/gw/hub-0001/obs", &golden("inspired_oxygen_room_air"));
+        let line = one(
+            "rpm/v1/gw/hub-0001/obs",
+            &golden("inspired_oxygen_room_air"),
+        );
         assert!(line.contains("Breathing room air"), "{line}");
         assert!(!line.contains('?'), "{line}");
     }
@@ -499,9 +541,22 @@ mod tests {
     }
 
     #[test]
-    fn describe_absent_value_says_absent_with_the_reason_code() {
-        let line = one("rpm/v1/gw/hub-0001/obs", &golden("absent_spo2_missing"));
-        assert!(line.contains("absent (unknown)"), "{line}");
+    fn describe_absent_value_says_absent_then_the_reason_and_device_flags() {
+        let lines = describe(
+            "rpm/v1/gw/hub-0001/obs",
+            &golden("absent_spo2_missing"),
+            false,
+            &dir(),
+            PLAIN,
+        );
+        assert!(
+            lines[0].contains("Oxygen saturation") && lines[0].contains("absent"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            "      data absent: unknown; device flags: sensor_off"
+        );
     }
 
     #[test]
@@ -515,7 +570,10 @@ mod tests {
     fn describe_news2_total_shows_total_and_chart2_band() {
         let line = one("rpm/v1/gw/hub-0001/obs", &golden("news2"));
         assert!(line.starts_with("news2 "), "{line}");
-        assert!(line.contains("NEWS2 total 6") && line.contains("band medium"), "{line}");
+        assert!(
+            line.contains("NEWS2 total 6") && line.contains("band medium"),
+            "{line}"
+        );
     }
 
     // clinical.md §2.3: any single parameter scoring 3 with total <= 4 is low-medium.
@@ -523,7 +581,12 @@ mod tests {
     fn describe_news2_total_with_a_single_three_is_low_medium() {
         let mut obs: Json = serde_json::from_slice(&golden("news2")).unwrap();
         obs["valueQuantity"]["value"] = json!(3);
-        for (i, c) in obs["component"].as_array_mut().unwrap().iter_mut().enumerate() {
+        for (i, c) in obs["component"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
             c["valueQuantity"]["value"] = json!(if i == 0 { 3 } else { 0 });
         }
         let line = one("rpm/v1/gw/hub-0001/obs", &serde_json::to_vec(&obs).unwrap());
@@ -539,12 +602,27 @@ mod tests {
             "news2": {"total": 7, "band": "high"},
             "text": "NEWS2 aggregate 7 (high): urgent or emergency response; the clinical team must assess now. ".repeat(2),
         });
-        let lines = describe("rpm/v1/gw/g/alert", &serde_json::to_vec(&ev).unwrap(), false, &dir(), PLAIN);
-        assert!(lines[0].starts_with("ALERT 10:00:05  deteriorating"), "{lines:?}");
-        assert!(lines[0].contains("HIGH") && lines[0].contains("news2:aggregate"), "{lines:?}");
+        let lines = describe(
+            "rpm/v1/gw/g/alert",
+            &serde_json::to_vec(&ev).unwrap(),
+            false,
+            &dir(),
+            PLAIN,
+        );
+        assert!(
+            lines[0].starts_with("ALERT 10:00:05  deteriorating"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[0].contains("HIGH") && lines[0].contains("news2:aggregate"),
+            "{lines:?}"
+        );
         assert!(lines[1].contains("[NEWS2 7, high]"), "{lines:?}");
         assert!(lines.len() > 2, "long text wraps: {lines:?}");
-        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{lines:?}");
+        assert!(
+            lines.iter().all(|l| l.chars().count() <= WIDTH),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -574,7 +652,12 @@ mod tests {
 
     #[test]
     fn describe_observation_of_unexpected_shape_does_not_panic() {
-        for p in [&b"{}"[..], b"[]", b"null", b"{\"valueQuantity\":{\"value\":[1]}}"] {
+        for p in [
+            &b"{}"[..],
+            b"[]",
+            b"null",
+            b"{\"valueQuantity\":{\"value\":[1]}}",
+        ] {
             let lines = describe("rpm/v1/gw/g/obs", p, false, &dir(), PLAIN);
             assert_eq!(lines.len(), 1);
         }

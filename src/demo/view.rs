@@ -47,7 +47,9 @@ impl DemoView {
                 }
                 let uplink_line = if uplink {
                     let (dir, ob) = (state_dir.clone(), outbox.clone());
-                    tokio::task::spawn_blocking(move || uplink_state(&dir, &ob)).await.ok()
+                    tokio::task::spawn_blocking(move || uplink_state(&dir, &ob))
+                        .await
+                        .ok()
                 } else {
                     None
                 };
@@ -58,7 +60,11 @@ impl DemoView {
     }
 
     fn print(&self, patients: &[String], uplink: Option<&str>) {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (rows, rejected) = *self.stored.lock().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
         use std::io::Write;
@@ -84,7 +90,10 @@ impl DemoView {
             let cells: Vec<String> = shown
                 .iter()
                 .map(|(m, label)| {
-                    let v = values.and_then(|v| v.get(m)).map(String::as_str).unwrap_or("-");
+                    let v = values
+                        .and_then(|v| v.get(m))
+                        .map(String::as_str)
+                        .unwrap_or("-");
                     match *label {
                         "/" => format!("/{v:<4}"),
                         "BP" => format!("BP {v:>3}"),
@@ -104,18 +113,28 @@ impl DemoView {
 /// One line on the uplink: from the daemon's status snapshot and the outbox counts.
 fn uplink_state(state_dir: &std::path::Path, outbox: &std::path::Path) -> String {
     let snapshot = crate::status::read_snapshot(state_dir);
-    let up = snapshot.as_ref().and_then(|s| s.get("uplink")).filter(|u| !u.is_null());
+    let up = snapshot
+        .as_ref()
+        .and_then(|s| s.get("uplink"))
+        .filter(|u| !u.is_null());
     let backlog = crate::store::outbox::stats_readonly(outbox)
         .map(|s| (s.backlog_readings + s.backlog_alerts).to_string())
         .unwrap_or_else(|_| "?".to_owned());
     match up {
         None => format!("uplink: starting; backlog {backlog}"),
         Some(u) => {
-            let connected = u.get("connected").and_then(|c| c.as_bool()).unwrap_or(false);
+            let connected = u
+                .get("connected")
+                .and_then(|c| c.as_bool())
+                .unwrap_or(false);
             let n = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
             let mut line = format!(
                 "uplink: {}, {} delivered, {} in flight, backlog {backlog}",
-                if connected { "connected" } else { "NOT connected" },
+                if connected {
+                    "connected"
+                } else {
+                    "NOT connected"
+                },
                 n("delivered"),
                 n("in_flight"),
             );
