@@ -274,9 +274,8 @@ fn alert_lines(ev: &Json, style: Style) -> Vec<String> {
         _ => "1;36",
     };
     let head = format!(
-        "ALERT {time}  {patient:<13}  {:<6} {:<12} {rule}",
-        priority.to_uppercase(),
-        transition
+        "ALERT {time} {patient:<13} {} {transition} {rule}",
+        priority.to_uppercase()
     );
     let mut out = vec![style.paint(colour, &fit(&head, WIDTH))];
     let mut text = ev["text"].as_str().unwrap_or("").to_owned();
@@ -610,7 +609,7 @@ mod tests {
             PLAIN,
         );
         assert!(
-            lines[0].starts_with("ALERT 10:00:05  deteriorating"),
+            lines[0].starts_with("ALERT 10:00:05 deteriorating"),
             "{lines:?}"
         );
         assert!(
@@ -622,6 +621,25 @@ mod tests {
         assert!(
             lines.iter().all(|l| l.chars().count() <= WIDTH),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn describe_alert_header_keeps_a_long_technical_rule_whole() {
+        let ev = json!({
+            "priority": "low", "transition": "de_escalated", "rule": "technical:low_battery:sim-faulty",
+            "patient": "demo-patient-faulty-probe", "time": "2026-11-23T10:00:05Z", "text": "t",
+        });
+        let lines = describe(
+            "rpm/v1/gw/g/alert",
+            &serde_json::to_vec(&ev).unwrap(),
+            false,
+            &dir(),
+            PLAIN,
+        );
+        assert_eq!(
+            lines[0],
+            "ALERT 10:00:05 faulty-probe  LOW de_escalated technical:low_battery:sim-faulty"
         );
     }
 
