@@ -81,7 +81,7 @@ fn short_patient(p: &str) -> &str {
 }
 
 /// Cuts `s` to at most `n` characters, marking the cut with `~`.
-fn fit(s: &str, n: usize) -> String {
+pub(crate) fn fit(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
     } else {
@@ -216,10 +216,10 @@ fn observation_lines(obs: &Json, dir: &Directory, style: Style) -> Vec<String> {
         .as_str()
         .or(obs["code"]["coding"][0]["display"].as_str())
         .unwrap_or("?");
-    let value = fit(&value_text(obs), 13);
+    let value = fit(&value_text(obs), 14);
     let line = format!(
-        "obs   {time}  {patient:<13}  {:<20} {value:>13}  obs {id}",
-        fit(metric, 20)
+        "obs   {time}  {patient:<13}  {:<19} {value:>14}  obs {id}",
+        fit(metric, 19)
     );
     let mut lines = vec![fit(&line, WIDTH)];
     // Why a value is missing, and what the device flagged, on an indented second line.
@@ -531,6 +531,15 @@ mod tests {
         );
         assert!(line.contains("Breathing room air"), "{line}");
         assert!(!line.contains('?'), "{line}");
+    }
+
+    #[test]
+    fn describe_acvpu_shows_the_whole_finding_text() {
+        let line = one("rpm/v1/gw/hub-0001/obs", &golden("acvpu"));
+        assert!(
+            line.contains("ACVPU") && line.contains("Mentally alert"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -102,10 +102,14 @@ impl DemoView {
                 })
                 .collect();
             let name = p.strip_prefix("demo-patient-").unwrap_or(p);
-            let _ = writeln!(out, "  {name:<13} {}", cells.join(" "));
+            let _ = writeln!(out, "  {name:<13} {}", cells.join(" ").trim_end());
         }
         if let Some(line) = uplink {
-            let _ = writeln!(out, "  {line}");
+            let _ = writeln!(
+                out,
+                "{}",
+                super::platform::fit(&format!("  {line}"), super::platform::WIDTH)
+            );
         }
     }
 }
