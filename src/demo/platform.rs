@@ -291,7 +291,7 @@ fn alert_lines(ev: &Json, style: Style) -> Vec<String> {
     out
 }
 
-fn status_lines(topic: &str, st: &Json, retained: bool) -> Vec<String> {
+fn status_lines(topic: &str, st: &Json, retained: bool, style: Style) -> Vec<String> {
     let gateway = st["gateway"]
         .as_str()
         .or_else(|| topic.split('/').rev().nth(1))
@@ -300,10 +300,12 @@ fn status_lines(topic: &str, st: &Json, retained: bool) -> Vec<String> {
     let version = st["version"].as_str().unwrap_or("?");
     let since = clock(st["since"].as_str());
     let retained = if retained { " (retained)" } else { "" };
-    vec![fit(
+    let line = fit(
         &format!("GATEWAY {gateway} {state} since {since} UTC, vitalgate {version}{retained}"),
         WIDTH,
-    )]
+    );
+    let colour = if state == "online" { "32" } else { "1;33" };
+    vec![style.paint(colour, &line)]
 }
 
 /// The lines to print for one message on `topic`. Unparseable payloads give one line saying
@@ -328,7 +330,7 @@ pub fn describe(
     match kind {
         "obs" => observation_lines(&json, dir, style),
         "alert" => alert_lines(&json, style),
-        "status" => status_lines(topic, &json, retained),
+        "status" => status_lines(topic, &json, retained, style),
         _ => vec![fit(
             &format!("?     {topic}: {} bytes", payload.len()),
             WIDTH,
