@@ -16,11 +16,13 @@
 //! - [`fhir`]: Reading -> UK Core Observation JSON.
 //! - [`uplink`]: MQTT session and publisher.
 //! - [`daemon`]: wires the tasks together for `vitalgate run` and `vitalgate demo`.
+//! - [`demo`]: `vitalgate demo`: certificates, its own broker, a platform subscriber, the view.
 
 pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod drivers;
 pub mod fhir;
 pub mod ingest;

@@ -425,41 +425,10 @@ fn simulate(
 }
 
 fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let (dir, temporary) = match state_dir {
-        Some(d) => (d, false),
-        None => (std::env::temp_dir().join(format!("vitalgate-demo-{}", std::process::id())), true),
-    };
-    let cfg = Config::demo(&dir)?;
-    let master = MasterKey::ephemeral().context("cannot make a demo key")?;
-    println!("vitalgate demo: {} simulated patients, outbox in {}", cfg.patients.len(), dir.display());
-    println!("(Ctrl-C to stop; the demo's data is encrypted with a throw-away key)\n");
-    let result = runtime()?.block_on(async {
+    runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone(), None);
-        if let Some(s) = seconds {
-            let t = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_secs(s)).await;
-                t.cancel();
-            });
-        }
-        let view = vitalgate::daemon::demo_view::DemoView::start(cfg.clone(), shutdown.clone());
-        let opts = vitalgate::daemon::RunOptions {
-            hooks: vec![Box::new(view)],
-            ..Default::default()
-        };
-        vitalgate::daemon::run(cfg.clone(), master, shutdown, opts).await
-    });
-    let summary = vitalgate::store::outbox::stats_readonly(&cfg.outbox_path()).ok();
-    if let Some(s) = summary {
-        println!(
-            "\ndemo stopped: outbox holds {} undelivered readings and {} alerts (quarantined: {})",
-            s.backlog_readings, s.backlog_alerts, s.quarantined
-        );
-    }
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result?;
+        vitalgate::demo::run(vitalgate::demo::DemoOptions { seconds, state_dir }, shutdown).await
+    })?;
     Ok(())
 }

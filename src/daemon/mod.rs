@@ -1,4 +1,5 @@
-//! The daemon: wires the long-lived tasks together for `vitalgate run` and `vitalgate demo`.
+//! The daemon: wires the long-lived tasks together for `vitalgate run` and `vitalgate demo`
+//! (the demo's own parts live in [`crate::demo`]).
 //!
 //! One task per concern, each stopped by a `CancellationToken` at a safe point:
 //! - one task per device (transport + decoder, or the simulator), feeding ingest;
@@ -315,7 +316,6 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 }
 
 pub mod alerting;
-pub mod demo_view;
 pub mod devices;
 pub mod publish;
 pub mod supervisor;

@@ -1,0 +1,282 @@
+//! `vitalgate demo`: the whole path with one command and no set-up.
+//!
+//! ```text
+//! simulated patients -> ingest -> encrypted outbox -> uplink (MQTT 5, mTLS 1.3) -> broker -> platform view
+//! ```
+//!
+//! At start it generates a throw-away PKI ([`certs`]), starts a Mosquitto it owns on a free
+//! loopback port ([`broker`]), subscribes a "platform" client with its own certificate
+//! ([`platform`]) and runs the real daemon ([`crate::daemon::run`]) with an `[uplink]` pointing
+//! at that broker. The screen shows what the platform receives, line by line, and every
+//! [`view::EVERY`] a table of what is sealed in the outbox with the uplink's state.
+//!
+//! Everything it starts stops at `--seconds` or on Ctrl-C: the daemon first (so the gateway
+//! publishes its offline status), then the platform, then the broker is killed and reaped,
+//! then its temporary directories are removed. Without Mosquitto it still runs the outbox part
+//! and says how to get the rest; it does not embed a Rust broker (see [`broker`] for why).
+
+pub mod broker;
+pub mod certs;
+pub mod platform;
+pub mod view;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::MasterKey;
+use crate::uplink::UplinkConfig;
+
+/// Why the demo could not run. Each message names the file or part and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The embedded demo configuration did not load (a build problem).
+    #[error("embedded demo configuration: {0}")]
+    Config(String),
+    /// The throw-away master key could not be made.
+    #[error("cannot make the demo's throw-away key: {0}")]
+    Key(String),
+    /// A file or directory could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// rcgen refused to build a certificate.
+    #[error("cannot generate the demo {what}: {reason}")]
+    Certificate {
+        /// Which certificate or key.
+        what: &'static str,
+        /// rcgen's reason.
+        reason: String,
+    },
+    /// The broker did not start.
+    #[error("demo broker: {0}")]
+    Broker(String),
+    /// The platform subscriber could not connect or subscribe.
+    #[error("demo platform subscriber: {0}")]
+    Platform(String),
+    /// The daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+}
+
+/// `vitalgate demo`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Stop after this many seconds (else run until `shutdown`).
+    pub seconds: Option<u64>,
+    /// Keep the outbox here instead of a temporary directory (removed at the end).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A private (0700) temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Result<TempDir, DemoError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000;
+        let path = std::env::temp_dir().join(format!(
+            "vitalgate-demo-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| DemoError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The demo's uplink: its broker, platform subscriber and the files they use.
+struct Uplink {
+    config: UplinkConfig,
+    broker: broker::Broker,
+    platform: tokio::task::JoinHandle<()>,
+    platform_stop: CancellationToken,
+    received: std::sync::Arc<platform::Received>,
+    _dir: TempDir,
+}
+
+/// Generates the PKI, starts the broker and the platform subscriber.
+async fn start_uplink(
+    mosquitto: &Path,
+    cfg: &Config,
+    gateway_id: &str,
+) -> Result<Uplink, DemoError> {
+    let dir = TempDir::new("pki")?;
+    let pki = certs::DemoPki::generate(&dir.0, gateway_id, OffsetDateTime::now_utc())?;
+    let prefix = UplinkConfig::default().topic_prefix;
+    let broker = broker::Broker::start(mosquitto, &dir.0, &pki, gateway_id, &prefix)?;
+    let without_nhs: Vec<String> = cfg
+        .patients
+        .iter()
+        .filter(|p| p.nhs_number.is_none())
+        .map(|p| p.id.clone())
+        .collect();
+    let directory = platform::Directory {
+        device_patient: cfg
+            .devices
+            .iter()
+            .map(|d| (format!("{gateway_id}/{}", d.id), d.patient.clone()))
+            .collect(),
+        gateway_patient: match without_nhs.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        },
+    };
+    let style = platform::Style {
+        colour: std::io::stdout().is_terminal(),
+    };
+    let platform_stop = CancellationToken::new();
+    let (platform, received) = platform::start(
+        &pki,
+        broker.port,
+        &prefix,
+        directory,
+        style,
+        platform_stop.clone(),
+    )
+    .await?;
+    let config = UplinkConfig {
+        broker: "127.0.0.1".into(),
+        port: broker.port,
+        server_name: Some("localhost".into()),
+        ca_file: pki.ca.clone(),
+        cert_file: pki.gateway_cert.clone(),
+        key_file: pki.gateway_key.clone(),
+        backoff_initial_ms: 200,
+        backoff_max_s: 2,
+        ..UplinkConfig::default()
+    };
+    Ok(Uplink {
+        config,
+        broker,
+        platform,
+        platform_stop,
+        received,
+        _dir: dir,
+    })
+}
+
+/// Runs the demo until `shutdown` is cancelled or `opts.seconds` have passed.
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
+    let (state_dir, _temp_state) = match opts.state_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = TempDir::new("state")?;
+            (t.0.clone(), Some(t))
+        }
+    };
+    let mut cfg = Config::demo(&state_dir).map_err(|e| DemoError::Config(e.to_string()))?;
+    let gateway_id = cfg.gateway_id().map_err(DemoError::Config)?;
+    let master = MasterKey::ephemeral().map_err(|e| DemoError::Key(e.to_string()))?;
+
+    println!(
+        "vitalgate demo: gateway {gateway_id}, {} simulated patients",
+        cfg.patients.len()
+    );
+    println!("  outbox   {}", cfg.outbox_path().display());
+    println!("           each record sealed with AES-256-GCM under a throw-away key");
+    let mut uplink = match broker::find_mosquitto() {
+        Some(m) => match start_uplink(&m, &cfg, &gateway_id).await {
+            Ok(u) => {
+                println!(
+                    "  broker   mosquitto pid {} on 127.0.0.1:{}, mTLS 1.3, per-gateway ACL",
+                    u.broker.pid(),
+                    u.broker.port
+                );
+                println!(
+                    "  platform subscribed to {}/gw/+/# with its own certificate",
+                    u.config.topic_prefix
+                );
+                Some(u)
+            }
+            Err(e) => {
+                println!("  uplink   NOT running: {e}");
+                println!("           readings stay encrypted in the outbox");
+                None
+            }
+        },
+        None => {
+            println!(
+                "  uplink   NOT running: Mosquitto is not installed (apt-get install mosquitto);"
+            );
+            println!("           readings stay encrypted in the outbox");
+            None
+        }
+    };
+    if let Some(u) = &uplink {
+        cfg.uplink = Some(u.config.clone());
+    }
+    println!(
+        "(Ctrl-C to stop{})\n",
+        match opts.seconds {
+            Some(s) => format!("; stops by itself after {s} s"),
+            None => String::new(),
+        }
+    );
+
+    if let Some(s) = opts.seconds {
+        let t = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = t.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(s)) => t.cancel(),
+            }
+        });
+    }
+    let view = view::DemoView::start(cfg.clone(), uplink.is_some(), shutdown.clone());
+    let run_opts = crate::daemon::RunOptions {
+        hooks: vec![Box::new(view)],
+        ..Default::default()
+    };
+    let result = crate::daemon::run(cfg.clone(), master, shutdown, run_opts).await;
+
+    // The daemon has stopped and published its offline status: let the platform print it.
+    let mut received = None;
+    if let Some(u) = uplink.take() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        u.platform_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), u.platform).await;
+        received = Some((
+            u.received.observations.load(Ordering::Relaxed),
+            u.received.alerts.load(Ordering::Relaxed),
+        ));
+        let pid = u.broker.pid();
+        drop(u.broker);
+        println!("\nbroker stopped (mosquitto pid {pid})");
+    }
+    if let Some((obs, alerts)) = received {
+        println!("platform received {obs} observations and {alerts} alert events");
+    }
+    if let Ok(s) = crate::store::outbox::stats_readonly(&cfg.outbox_path()) {
+        println!(
+            "demo stopped: outbox holds {} undelivered readings and {} alerts",
+            s.backlog_readings, s.backlog_alerts
+        );
+        println!(
+            "              ({} delivered and held, {} quarantined)",
+            s.delivered_held, s.quarantined
+        );
+    }
+    result?;
+    Ok(())
+}
