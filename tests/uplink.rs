@@ -443,3 +443,28 @@ async fn uplink_status_is_online_while_connected_and_offline_after_shutdown() {
         .collect();
     assert!(states.contains("\"offline\""), "{states:?}");
 }
+
+/// Regression: `EventLoop::poll` was raced in `select!` against outbox wake-ups; a wake-up
+/// during the TLS/CONNECT exchange dropped the connection, and one during a write left a
+/// half-written packet (Mosquitto: "protocol error"). Found by the demo, where every commit
+/// wakes the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_constant_wakeups_never_break_the_connection() {
+    let b = Broker::start(Acl::gateways(&["gw-wakes"]));
+    let (rx, _sub) = subscribe(&b, "sub-wakes", "rpm/v1/gw/gw-wakes/obs").await;
+    let src = MemorySource::new();
+    push_n(&src, Lane::Reading, 3_000, 700, 0);
+    let mut up = start(b.uplink_config("gw-wakes"), &src);
+    let wake = up.wake.clone();
+    let hammer = tokio::spawn(async move {
+        loop {
+            wake.notify_one();
+            tokio::task::yield_now().await;
+        }
+    });
+    rx.wait_for("/obs", 3_000, 120).await;
+    let s = up.until(30, "all delivered", |s| s.delivered == 3_000).await;
+    hammer.abort();
+    assert_eq!(s.connects, 1, "the connection was dropped and re-made: {s:?}");
+    up.stop().await;
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming};
 use rumqttc::Outgoing as MqttOut;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -541,28 +541,28 @@ impl<S: OutboxSource> Pump<S> {
         }
     }
 
-    /// Polls until the window is empty or `deadline`, handling acknowledgements.
-    async fn drain(&mut self, el: &mut EventLoop, deadline: Instant) -> bool {
+    /// Handles events until the window is empty or `deadline`.
+    async fn drain(&mut self, events: &mut Events, deadline: Instant) -> bool {
         while !self.window.is_empty() {
-            match tokio::time::timeout_at(deadline, el.poll()).await {
-                Ok(Ok(ev)) => {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Ok(ev))) => {
                     self.on_event(ev);
                 }
-                Ok(Err(_)) | Err(_) => return false,
+                Ok(Some(Err(_)) | None) | Err(_) => return false,
             }
         }
         true
     }
 
-    async fn disconnect(&mut self, client: &AsyncClient, el: &mut EventLoop) {
+    async fn disconnect(&mut self, client: &AsyncClient, events: &mut Events) {
         if client.try_disconnect().is_err() {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            match tokio::time::timeout_at(deadline, el.poll()).await {
-                Ok(Ok(Event::Outgoing(MqttOut::Disconnect))) | Ok(Err(_)) | Err(_) => return,
-                Ok(Ok(ev)) => {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Ok(Event::Outgoing(MqttOut::Disconnect)))) | Ok(Some(Err(_)) | None) | Err(_) => return,
+                Ok(Some(Ok(ev))) => {
                     self.on_event(ev);
                 }
             }
@@ -582,7 +582,13 @@ impl<S: OutboxSource> Pump<S> {
         let gateway = tls.gateway_id.clone();
         let will = status_payload(State::Offline, &gateway, now_utc());
         let opts = session::options(&self.cfg, tls, will, &self.topics.status);
-        let (client, mut el) = AsyncClient::new(opts, usize::from(self.cfg.inflight) + 8);
+        let (client, el) = AsyncClient::new(opts, usize::from(self.cfg.inflight) + 8);
+        // `EventLoop::poll` is not cancel-safe: dropping it mid-connect drops the connection,
+        // and mid-write leaves a half-written packet that the next poll writes again (the
+        // broker then closes with "protocol error"). So it never takes part in a `select!`:
+        // one task polls, and events reach this loop through a channel.
+        let (mut events, poller) = spawn_poller(el);
+        let _abort_poller = AbortOnDrop(poller);
         let mut connacked = false;
         let mut acked_any = false;
         let drain_for = Duration::from_millis(self.cfg.drain_timeout_ms);
@@ -604,13 +610,13 @@ impl<S: OutboxSource> Pump<S> {
                 // Only while a slot is free: a due timer with a full window would spin.
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
                     if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
-                ev = el.poll() => Action::Poll(Box::new(ev)),
+                ev = events.recv() => Action::Poll(Box::new(ev.unwrap_or(Err(ConnectionError::RequestsDone)))),
             };
             match action {
                 Action::Cancel => {
                     if connacked {
                         let deadline = Instant::now() + drain_for;
-                        self.drain(&mut el, deadline).await;
+                        self.drain(&mut events, deadline).await;
                         self.flush_acks();
                         let off = status_payload(State::Offline, &gateway, now_utc());
                         if client
@@ -619,9 +625,9 @@ impl<S: OutboxSource> Pump<S> {
                         {
                             self.window.queued.push_back(Tag::Status);
                             let d = Instant::now() + Duration::from_secs(1);
-                            self.drain(&mut el, d).await;
+                            self.drain(&mut events, d).await;
                         }
-                        self.disconnect(&client, &mut el).await;
+                        self.disconnect(&client, &mut events).await;
                     }
                     self.flush_acks();
                     return End::Shutdown;
@@ -631,8 +637,8 @@ impl<S: OutboxSource> Pump<S> {
                         info!("uplink reloading TLS material and reconnecting");
                         if connacked {
                             let deadline = Instant::now() + drain_for;
-                            self.drain(&mut el, deadline).await;
-                            self.disconnect(&client, &mut el).await;
+                            self.drain(&mut events, deadline).await;
+                            self.disconnect(&client, &mut events).await;
                         }
                         self.flush_acks();
                         self.status.send_modify(|s| s.connected = false);
@@ -674,5 +680,31 @@ impl<S: OutboxSource> Pump<S> {
                 },
             }
         }
+    }
+}
+
+type Events = tokio::sync::mpsc::Receiver<Result<Event, ConnectionError>>;
+
+/// Polls `el` in its own task until it fails or the receiver is gone.
+fn spawn_poller(mut el: EventLoop) -> (Events, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.poll().await;
+            let failed = ev.is_err();
+            if tx.send(ev).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Stops the poller when its session ends (reload, shutdown, failure).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
