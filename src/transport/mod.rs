@@ -3,7 +3,9 @@
 //! [`stream::StreamSource`] reads a path that may be a regular file (followed like `tail -f`,
 //! resuming from a committed offset), a FIFO (reopened when its writer goes away) or a
 //! character device such as a serial port (reopened when it vanishes and comes back).
+//! [`ble::BleCentral`] is the Bluetooth LE central (btleplug on BlueZ).
 
+pub mod ble;
 pub mod stream;
 
 /// A device's connection state, as `status` shows it.
