@@ -220,6 +220,11 @@ fn bp_value(sys: u8, dia: u8, map: u8) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ble_central_against_mocked_bluez() {
+    // `RUST_LOG=vitalgate=debug cargo test --test ble_mock -- --nocapture` shows the central's log.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());
     let bus = start_bus(&mut procs);

@@ -73,25 +73,34 @@ READ_VALUE = "ret = self.Get('org.bluez.GattCharacteristic1', 'Value')"
 
 # RACP WriteValue: runs inside the dbusmock process (mockobject's globals: dbus, objects).
 RACP_WRITE = """
-req = bytes(int(b) for b in args[0])
-records = [bytes(int(b) for b in r) for r in self.props['org.vitalgate.MockRacp']['Records']]
+# No comprehensions: exec() with separate locals hides them from comprehension scopes.
+req = bytes(args[0])
+records = []
+for r in self.props['org.vitalgate.MockRacp']['Records']:
+    records.append(bytes(r))
 gm = objects[self.path.rsplit('/', 1)[0] + '/char0011']
+chosen = None
 if req[:3] == bytes([1, 3, 1]) and len(req) == 5:
     first = req[3] | (req[4] << 8)
-    chosen = [r for r in records if (r[1] | (r[2] << 8)) >= first]
+    chosen = []
+    for r in records:
+        if (r[1] | (r[2] << 8)) >= first:
+            chosen.append(r)
 elif req == bytes([1, 1]):
     chosen = records
-else:
-    chosen = None
 if chosen is None:
-    resp = [6, 0, req[0] if req else 0, 2]
+    resp = bytes([6, 0, req[0] if req else 0, 2])
 else:
     for r in chosen:
-        gm.UpdateProperties('org.bluez.GattCharacteristic1',
-                            {'Value': dbus.Array([dbus.Byte(b) for b in r], signature='y')})
-    resp = [6, 0, 1, 1 if chosen else 6]
-self.UpdateProperties('org.bluez.GattCharacteristic1',
-                      {'Value': dbus.Array([dbus.Byte(b) for b in resp], signature='y')})
+        value = dbus.Array([], signature='y')
+        for b in r:
+            value.append(dbus.Byte(b))
+        gm.UpdateProperties('org.bluez.GattCharacteristic1', {'Value': value})
+    resp = bytes([6, 0, 1, 1 if chosen else 6])
+value = dbus.Array([], signature='y')
+for b in resp:
+    value.append(dbus.Byte(b))
+self.UpdateProperties('org.bluez.GattCharacteristic1', {'Value': value})
 """
 
 NOOP = [("Noop", "", "", "")]  # rust-stack §2.1 step 1: an interface needs at least one method
@@ -136,6 +145,56 @@ def add_char(root, svc, name, uuid, flags, value=b"", start_notify=START_NOTIFY,
     return path
 
 
+def add_device(root, path, addr, name):
+    """The template's AddDevice, but with a Connect/Disconnect that really change Connected and
+    ServicesResolved from the first moment the device is visible (replacing the methods after
+    AddDevice races with a central that connects on InterfacesAdded)."""
+    props = {
+        "Address": dbus.String(addr),
+        "AddressType": dbus.String("public"),
+        "Name": dbus.String(name),
+        "Alias": dbus.String(name),
+        "Icon": dbus.String("health"),
+        "Class": dbus.UInt32(0),
+        "Appearance": dbus.UInt16(0),
+        "UUIDs": dbus.Array([], signature="s"),
+        "Paired": dbus.Boolean(False),
+        "Connected": dbus.Boolean(False),
+        "Trusted": dbus.Boolean(False),
+        "Blocked": dbus.Boolean(False),
+        "WakeAllowed": dbus.Boolean(False),
+        "Adapter": dbus.ObjectPath("/org/bluez/hci0"),
+        "LegacyPairing": dbus.Boolean(False),
+        "RSSI": dbus.Int16(-70),
+        "TxPower": dbus.Int16(0),
+        "ManufacturerData": dbus.Dictionary({}, signature="qv"),
+        "ServiceData": dbus.Dictionary({}, signature="sv"),
+        "ServicesResolved": dbus.Boolean(False),
+        "AdvertisingFlags": dbus.Array([], signature="y"),
+        "AdvertisingData": dbus.Dictionary({}, signature="yv"),
+    }
+    root.AddObject(
+        path,
+        DEVICE,
+        props,
+        [
+            ("Connect", "", "", CONNECT),
+            ("Disconnect", "", "", DISCONNECT),
+            ("Pair", "", "", ""),
+            ("CancelPairing", "", "", ""),
+        ],
+    )
+    root.EmitSignal(
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesAdded",
+        "oa{sa{sv}}",
+        dbus.Array(
+            [dbus.ObjectPath(path), dbus.Dictionary({DEVICE: dbus.Dictionary(props, signature="sv")}, signature="sa{sv}")],
+            signature="v",
+        ),
+    )
+
+
 def main(argv):
     bus = dbus.SystemBus()
     root = obj(bus, "/", MOCK)
@@ -146,10 +205,9 @@ def main(argv):
     elif cmd == "device":
         addr, name, profile = argv[2], argv[3], argv[4]
         arg = argv[5] if len(argv) > 5 else ""
-        dev = bluez_mock.AddDevice("hci0", addr, name)
-        dev_mock = obj(bus, dev, MOCK)
-        dev_mock.AddMethod(DEVICE, "Connect", "", "", CONNECT)
-        dev_mock.AddMethod(DEVICE, "Disconnect", "", "", DISCONNECT)
+        # GATT objects first: the device must be complete when it appears (InterfacesAdded),
+        # as a real one is by the time BlueZ sets ServicesResolved.
+        dev = dev_path(addr)
         if profile in ("bp", "bp-cts", "bp-bonded"):
             svc = add_service(root, dev, "service0010", "1810")
             add_char(
@@ -176,6 +234,7 @@ def main(argv):
             )
         else:
             raise SystemExit("unknown profile " + profile)
+        add_device(root, dev, addr, name)
     elif cmd == "indicate":
         addr, char, value = argv[2], argv[3], argv[4]
         path = dev_path(addr) + "/service0010/" + char

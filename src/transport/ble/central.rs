@@ -227,10 +227,13 @@ impl BleCentral {
         let mut not_before: HashMap<usize, Instant> = HashMap::new();
         let mut known: HashMap<PeripheralId, usize> = HashMap::new();
         let mut ignored: HashSet<PeripheralId> = HashSet::new();
+        // Allow-listed devices that advertised and have no session yet.
+        let mut pending: HashMap<usize, PeripheralId> = HashMap::new();
         let mut last_event = Instant::now();
         let tick_every = opts
             .link_check
             .min(opts.scan_watchdog)
+            .min(Duration::from_secs(1))
             .max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,22 +279,14 @@ impl BleCentral {
                                     }
                                 },
                             };
-                            reap(&mut sessions, &mut not_before);
-                            if sessions.contains_key(&index)
-                                || not_before.get(&index).is_some_and(|t| Instant::now() < *t)
-                            {
-                                continue;
-                            }
-                            let Ok(peripheral) = call("looking up the peripheral", opts.op_timeout, adapter.peripheral(&id)).await else {
-                                continue;
-                            };
-                            not_before.insert(index, Instant::now() + opts.reconnect_backoff);
-                            sessions.insert(index, self.spawn_session(index, peripheral, sink, token));
+                            // Seen while busy or backing off: connect once the tick allows.
+                            pending.insert(index, id);
+                            self.start_pending(adapter, &mut pending, &mut sessions, &mut not_before, sink, token).await;
                         }
                     }
                 }
                 _ = tick.tick() => {
-                    reap(&mut sessions, &mut not_before);
+                    self.start_pending(adapter, &mut pending, &mut sessions, &mut not_before, sink, token).await;
                     if last_event.elapsed() >= opts.scan_watchdog {
                         self.counters.scan_restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(quiet_for = ?last_event.elapsed(), "no Bluetooth events for longer than the watchdog allows; restarting discovery");
@@ -312,6 +307,42 @@ impl BleCentral {
             let _ = timeout(opts.op_timeout, s.handle).await;
         }
         result
+    }
+
+    /// Starts a session for every pending device whose previous session has ended and whose
+    /// backoff has passed.
+    async fn start_pending<S: BleSink>(
+        &self,
+        adapter: &Adapter,
+        pending: &mut HashMap<usize, PeripheralId>,
+        sessions: &mut HashMap<usize, Session>,
+        not_before: &mut HashMap<usize, Instant>,
+        sink: &Arc<S>,
+        token: &CancellationToken,
+    ) {
+        reap(sessions, not_before);
+        let now = Instant::now();
+        let ready: Vec<usize> = pending
+            .keys()
+            .copied()
+            .filter(|i| !sessions.contains_key(i) && not_before.get(i).is_none_or(|t| now >= *t))
+            .collect();
+        for index in ready {
+            let Some(id) = pending.remove(&index) else {
+                continue;
+            };
+            let Ok(peripheral) = call(
+                "looking up the peripheral",
+                self.options.op_timeout,
+                adapter.peripheral(&id),
+            )
+            .await
+            else {
+                continue;
+            };
+            not_before.insert(index, Instant::now() + self.options.reconnect_backoff);
+            sessions.insert(index, self.spawn_session(index, peripheral, sink, token));
+        }
     }
 
     /// The allow-list index of a peripheral, or `None` (logged at debug) when it is not listed.
@@ -460,6 +491,7 @@ impl<S: BleSink> SessionCtx<S> {
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
 
         let chars = p.characteristics();
+        tracing::debug!(device = %dev.id, characteristics = ?chars.iter().map(|c| c.uuid.to_string()).collect::<Vec<_>>(), "services discovered");
         let find = |uuid16: u16| chars.iter().find(|c| c.uuid == full_uuid(uuid16));
         let mut conn = Conn {
             clock_offset: None,
