@@ -119,10 +119,13 @@ fn start_mock_bluez(procs: &mut Procs, bus: &str, log: &Path) {
     procs.0.push(child);
 }
 
+/// A device cursor as committed with readings (key, value).
+type Cursor = Option<(String, String)>;
+
 /// What the test sink saw.
 #[derive(Default)]
 struct Seen {
-    commits: Vec<(String, Vec<Reading>, Option<(String, String)>)>,
+    commits: Vec<(String, Vec<Reading>, Cursor)>,
     states: Vec<(String, LinkState, Option<String>)>,
     last_seq: HashMap<String, u16>,
 }
@@ -135,7 +138,7 @@ impl RecordingSink {
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.0.lock().unwrap()
     }
-    fn commits_of(&self, device: &str) -> Vec<(Vec<Reading>, Option<(String, String)>)> {
+    fn commits_of(&self, device: &str) -> Vec<(Vec<Reading>, Cursor)> {
         self.seen()
             .commits
             .iter()

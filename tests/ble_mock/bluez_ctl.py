@@ -17,8 +17,9 @@ org.freedesktop.DBus.Mock API (no template fork):
                    (or `06 00 01 06` when none match) on the RACP; `01 01` reports all.
   add-record ADDR HEX              store one more Glucose Measurement in the glucose meter
   indicate ADDR CHAR HEX           PropertiesChanged {Value: HEX} on the device's CHAR (e.g. char0011):
-                                   how BlueZ delivers notifications and indications.
-  disconnect ADDR                  Connected = ServicesResolved = False (the link dropped)
+                                   how BlueZ delivers notifications and indications. Fails unless
+                                   the central subscribed (Notifying) on this connection.
+  disconnect ADDR                  Connected = ServicesResolved = Notifying = False (link dropped)
   advertise ADDR                   an RSSI update, as BlueZ reports a new advertisement
   calls ADDR [SUFFIX]              print the mock's call log (method names; WriteValue with its
                                    value in hex) for the device (ADDR - : the adapter) or e.g.
@@ -238,6 +239,10 @@ def main(argv):
     elif cmd == "indicate":
         addr, char, value = argv[2], argv[3], argv[4]
         path = dev_path(addr) + "/service0010/" + char
+        props = dbus.Interface(bus.get_object(BLUEZ, path), dbus.PROPERTIES_IFACE)
+        if not props.Get(CHAR, "Notifying"):
+            # A device indicates only once the central has written the CCCD (StartNotify).
+            raise SystemExit("not subscribed: %s is not notifying, so the device sends nothing" % char)
         obj(bus, path, MOCK).UpdateProperties(CHAR, {"Value": byte_array(bytes.fromhex(value))})
     elif cmd == "add-record":
         racp = obj(bus, dev_path(argv[2]) + "/service0010/char0015", MOCK)
@@ -248,6 +253,13 @@ def main(argv):
         obj(bus, dev_path(argv[2]), MOCK).UpdateProperties(
             DEVICE, {"Connected": dbus.Boolean(False), "ServicesResolved": dbus.Boolean(False)}
         )
+        # An unbonded peer forgets its CCCDs with the link (protocols.md §1.1).
+        for char in ("char0011", "char0013", "char0015"):
+            path = dev_path(argv[2]) + "/service0010/" + char
+            try:
+                obj(bus, path, MOCK).UpdateProperties(CHAR, {"Notifying": dbus.Boolean(False)})
+            except dbus.exceptions.DBusException:
+                pass  # this profile has no such characteristic
     elif cmd == "advertise":
         obj(bus, dev_path(argv[2]), MOCK).UpdateProperties(DEVICE, {"RSSI": dbus.Int16(-60)})
     elif cmd == "calls":
