@@ -118,3 +118,114 @@ impl BleSink for IngestBleSink {
         self.seqs().get(device_id).copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{GroupCommit, NoHook};
+    use crate::reading::{Decimal, Metric};
+    use crate::store::crypto::MasterKey;
+    use crate::store::outbox::Outbox;
+
+    fn glucose() -> Reading {
+        Reading::canonical(Metric::BloodGlucose, Decimal::new(52, -1))
+    }
+
+    fn sink_over(
+        outbox: Outbox,
+        registry: &Registry,
+    ) -> (IngestBleSink, std::thread::JoinHandle<Outbox>) {
+        let (ingest, writer) = crate::ingest::start(
+            outbox,
+            GroupCommit::default(),
+            Arc::new(tokio::sync::Notify::new()),
+            Box::new(NoHook),
+        )
+        .unwrap();
+        let patients = HashMap::from([(
+            "meter".to_string(),
+            PatientOf {
+                patient_id: Arc::from("p1"),
+                nhs_number: None,
+            },
+        )]);
+        let last = HashMap::from([("meter".to_string(), 1u16)]);
+        (
+            IngestBleSink::new(ingest, registry.clone(), patients, last, || true),
+            writer,
+        )
+    }
+
+    #[tokio::test]
+    async fn readings_commit_the_racp_cursor_with_the_reading_and_advance_last_seq() {
+        // DESIGN: Frame.cursor commits device state atomically with the readings
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let registry = Registry::default();
+        registry.add("meter", "p1", "ble-glucose", None);
+        let (sink, writer) = sink_over(outbox, &registry);
+        assert_eq!(sink.last_seq("meter"), Some(1));
+
+        sink.readings(
+            "meter",
+            vec![glucose()],
+            Some((RACP_CURSOR_KEY.into(), "2".into())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.last_seq("meter"), Some(2));
+        let status = registry.snapshot(OffsetDateTime::now_utc());
+        assert_eq!((status[0].frames, status[0].readings), (1, 1));
+
+        drop(sink);
+        let outbox = writer.join().unwrap();
+        assert_eq!(
+            outbox
+                .device_state("meter", RACP_CURSOR_KEY)
+                .unwrap()
+                .as_deref(),
+            Some("2")
+        );
+    }
+
+    #[tokio::test]
+    async fn readings_from_a_device_without_a_patient_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let (sink, _writer) = sink_over(outbox, &Registry::default());
+        let err = sink
+            .readings("stranger", vec![glucose()], None)
+            .await
+            .unwrap_err();
+        assert!(err.0.contains("no patient configured"), "{err}");
+    }
+
+    #[test]
+    fn state_connected_clears_the_last_error_and_other_states_keep_it() {
+        let registry = Registry::default();
+        registry.add("cuff", "p1", "ble-blood-pressure", None);
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let (sink, _writer) = sink_over(outbox, &registry);
+        let now = OffsetDateTime::now_utc;
+        sink.state(
+            "cuff",
+            LinkState::Disconnected,
+            Some("needs bonding".into()),
+        );
+        sink.state("cuff", LinkState::Disconnected, None);
+        assert_eq!(
+            registry.snapshot(now())[0].last_error.as_deref(),
+            Some("needs bonding")
+        );
+        sink.state("cuff", LinkState::Connected, None);
+        let s = &registry.snapshot(now())[0];
+        assert_eq!(
+            (s.state, s.last_error.as_deref()),
+            (LinkState::Connected, None)
+        );
+    }
+}
