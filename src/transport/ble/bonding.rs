@@ -5,8 +5,9 @@
 //! or StartNotify on an unencrypted link as `org.bluez.Error.NotPermitted` /
 //! `org.bluez.Error.NotAuthorized`, or as `org.bluez.Error.Failed` with "ATT error: 0x05"
 //! (insufficient authentication), 0x08 (insufficient authorization), 0x0c (insufficient
-//! encryption key size) or 0x0f (insufficient encryption). This module only classifies text;
-//! it does no IO.
+//! encryption key size) or 0x0f (insufficient encryption). It also reads the ATT code out of
+//! such a text (for the RACP's own codes, protocols.md §1.10). This module only classifies
+//! text; it does no IO.
 
 /// Whether an error (its Display and Debug text, which for D-Bus errors includes the error
 /// name) means the device refuses access until it is bonded.
@@ -27,6 +28,19 @@ pub fn needs_bonding(error_text: &str) -> bool {
         "att error: 0x0f",
     ];
     MARKERS.iter().any(|m| t.contains(m))
+}
+
+/// The ATT error code in a BlueZ error text (`"Operation failed with ATT error: 0xfe"`), if any.
+pub fn att_error_code(error_text: &str) -> Option<u8> {
+    let t = error_text.to_ascii_lowercase();
+    let at = t.find("att error: 0x")? + "att error: 0x".len();
+    let hex: String = t
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .take(2)
+        .collect();
+    u8::from_str_radix(&hex, 16).ok()
 }
 
 /// The operator's message for a device that needs bonding, with the `bluetoothctl` steps
@@ -68,6 +82,23 @@ mod tests {
         ] {
             assert!(!needs_bonding(text), "{text}");
         }
+    }
+
+    #[test]
+    fn att_error_code_reads_the_code_from_bluez_text() {
+        // protocols.md §1.10: 0xFE procedure already in progress, 0x80 on older meters
+        assert_eq!(
+            att_error_code("Operation failed with ATT error: 0xfe"),
+            Some(0xFE)
+        );
+        assert_eq!(
+            att_error_code(
+                "x [D-Bus error: Operation failed with ATT error: 0x80 (org.bluez.Error.Failed)]"
+            ),
+            Some(0x80)
+        );
+        assert_eq!(att_error_code("Operation failed with ATT error: 0x"), None);
+        assert_eq!(att_error_code("Not connected"), None);
     }
 
     #[test]

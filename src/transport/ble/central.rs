@@ -19,12 +19,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::bonding::{bonding_hint, needs_bonding};
+use super::bonding::{att_error_code, bonding_hint, needs_bonding};
 use super::clock::{apply_policy, measure_offset};
 use super::{BleDeviceConfig, BleSink, CentralOptions, RACP_CURSOR_KEY};
 use crate::drivers::ble::racp::{
-    decode_racp_response, report_all_records, report_records_from, RacpResponse, RacpResponseValue,
-    OP_REPORT_STORED_RECORDS,
+    decode_racp_response, report_all_records, report_records_from, RacpAttError, RacpResponse,
+    RacpResponseValue, OP_REPORT_STORED_RECORDS,
 };
 use crate::drivers::ble::uuids::{
     full_uuid, short_uuid, CURRENT_TIME, GLUCOSE_MEASUREMENT, GLUCOSE_MEASUREMENT_CONTEXT,
@@ -653,7 +653,7 @@ impl<S: BleSink> SessionCtx<S> {
         .map_err(|e| self.classify(e));
         if let Err(e) = written {
             conn.downloading = false;
-            return Err(e);
+            return Err(self.racp_write_error(e));
         }
         let outcome = loop {
             let next = tokio::select! {
@@ -700,6 +700,22 @@ impl<S: BleSink> SessionCtx<S> {
             None => {}
         }
         Ok(())
+    }
+
+    /// Names the RACP's own ATT errors (protocols.md §1.10) so status says what happened.
+    fn racp_write_error(&self, e: BleError) -> BleError {
+        let BleError::Bluetooth { detail, .. } = &e else {
+            return e;
+        };
+        let what = match att_error_code(detail).and_then(RacpAttError::from_att_code) {
+            Some(RacpAttError::ProcedureAlreadyInProgress) => "the meter is busy with another record transfer (ATT 0xFE/0x80, procedure already in progress); retried on the next connection",
+            Some(RacpAttError::CccdImproperlyConfigured) => "the meter says RACP indications are not enabled (ATT 0xFD/0x81, CCCD improperly configured); retried on the next connection, re-pair the meter if it persists",
+            None => return e,
+        };
+        BleError::Bluetooth {
+            what: "writing the RACP request",
+            detail: what.to_string(),
+        }
     }
 
     /// Decodes one value and commits its readings; returns an RACP response when the value was
