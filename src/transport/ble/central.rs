@@ -279,7 +279,15 @@ impl BleCentral {
                                     }
                                 },
                             };
-                            // Seen while busy or backing off: connect once the tick allows.
+                            // A live session already has the device; anything else (no
+                            // session, one ending after a lost link, a backoff) connects as soon
+                            // as the session is gone and the backoff allows.
+                            let live = sessions
+                                .get(&index)
+                                .is_some_and(|s| !s.link_lost.is_cancelled() && !s.handle.is_finished());
+                            if live {
+                                continue;
+                            }
                             pending.insert(index, id);
                             self.start_pending(adapter, &mut pending, &mut sessions, &mut not_before, sink, token).await;
                         }

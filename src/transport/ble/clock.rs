@@ -21,7 +21,7 @@ use crate::reading::{Flag, Reading};
 pub fn measure_offset(device_now: &CurrentTime, gateway_now: OffsetDateTime) -> Option<Duration> {
     let device = device_now.date_time.device_time()?;
     let fraction = Duration::milliseconds(i64::from(device_now.fractions256) * 1000 / 256);
-    Some(device + fraction - gateway_now)
+    Some(device.checked_add(fraction)? - gateway_now)
 }
 
 /// Applies the policy to readings from a device whose clock is `offset` ahead of the gateway
