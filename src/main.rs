@@ -99,16 +99,11 @@ impl std::error::Error for UsageError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is the live view: only warnings and errors in between.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<config::ConfigError>().is_some();
+            let usage = e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<config::ConfigError>().is_some();
             eprintln!("error: {e:#}");
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -130,8 +125,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
-            let master =
-                MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let reload = Arc::new(Notify::new());
@@ -151,12 +145,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{}", cfg.redacted_toml());
             Ok(())
         }
-        Command::Decode {
-            driver,
-            frames,
-            text,
-            list,
-        } => decode(driver, frames, text, list),
+        Command::Decode { driver, frames, text, list } => decode(driver, frames, text, list),
         Command::Status { config } => {
             let cfg = Config::load(&config)?;
             let status = vitalgate::daemon::status_json(&cfg)?;
@@ -192,11 +181,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -216,30 +203,17 @@ fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
     });
 }
 
-fn decode(
-    driver: Option<String>,
-    frames: Vec<String>,
-    text: bool,
-    list: bool,
-) -> anyhow::Result<()> {
+fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool) -> anyhow::Result<()> {
     if list {
         for d in drivers::registry() {
-            println!(
-                "{:<22} {}{}",
-                d.name,
-                d.summary,
-                if d.text { " (--text)" } else { "" }
-            );
+            println!("{:<22} {}{}", d.name, d.summary, if d.text { " (--text)" } else { "" });
         }
         return Ok(());
     }
     let name = driver.unwrap_or_default();
     let info = drivers::find(&name).ok_or_else(|| {
         let names: Vec<&str> = drivers::registry().iter().map(|d| d.name).collect();
-        UsageError(format!(
-            "unknown driver {name:?}; known drivers: {}",
-            names.join(", ")
-        ))
+        UsageError(format!("unknown driver {name:?}; known drivers: {}", names.join(", ")))
     })?;
     let inputs: Vec<Vec<u8>> = frames
         .iter()
@@ -252,12 +226,8 @@ fn decode(
                 }
                 Ok(line)
             } else {
-                let clean: String = f
-                    .chars()
-                    .filter(|c| !matches!(c, ' ' | ':' | '-' | '_'))
-                    .collect();
-                hex::decode(&clean)
-                    .map_err(|e| UsageError(format!("frame {}: {f:?} is not hex: {e}", i + 1)))
+                let clean: String = f.chars().filter(|c| !matches!(c, ' ' | ':' | '-' | '_')).collect();
+                hex::decode(&clean).map_err(|e| UsageError(format!("frame {}: {f:?} is not hex: {e}", i + 1)))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -294,10 +264,7 @@ fn decode(
             }
             failures += errors.len();
             if used < all.len() {
-                eprintln!(
-                    "{} trailing byte(s) do not complete a frame",
-                    all.len() - used
-                );
+                eprintln!("{} trailing byte(s) do not complete a frame", all.len() - used);
                 failures += 1;
             }
         }
@@ -311,18 +278,11 @@ fn decode(
 fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (dir, temporary) = match state_dir {
         Some(d) => (d, false),
-        None => (
-            std::env::temp_dir().join(format!("vitalgate-demo-{}", std::process::id())),
-            true,
-        ),
+        None => (std::env::temp_dir().join(format!("vitalgate-demo-{}", std::process::id())), true),
     };
     let cfg = Config::demo(&dir)?;
     let master = MasterKey::ephemeral().context("cannot make a demo key")?;
-    println!(
-        "vitalgate demo: {} simulated patients, outbox in {}",
-        cfg.patients.len(),
-        dir.display()
-    );
+    println!("vitalgate demo: {} simulated patients, outbox in {}", cfg.patients.len(), dir.display());
     println!("(Ctrl-C to stop; the demo's data is encrypted with a throw-away key)\n");
     let result = runtime()?.block_on(async {
         let shutdown = CancellationToken::new();

@@ -61,15 +61,9 @@ fn check_config_prints_effective_config_with_nhs_number_redacted() {
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(
-        text.contains("retention_days = 7"),
-        "defaults shown:\n{text}"
-    );
+    assert!(text.contains("retention_days = 7"), "defaults shown:\n{text}");
     assert!(text.contains("***-***-5919"), "{text}");
-    assert!(
-        !text.contains("9434765919") && !text.contains("943 476 5919"),
-        "NHS Number in clear:\n{text}"
-    );
+    assert!(!text.contains("9434765919") && !text.contains("943 476 5919"), "NHS Number in clear:\n{text}");
 }
 
 #[test]
@@ -79,39 +73,20 @@ fn check_config_exits_2_naming_file_key_and_reason() {
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(
-        err.contains("vitalgate.toml")
-            && err.contains("ingest.max_batch_wait_ms")
-            && err.contains("invalid type"),
-        "{err}"
-    );
+    assert!(err.contains("vitalgate.toml") && err.contains("ingest.max_batch_wait_ms") && err.contains("invalid type"), "{err}");
 }
 
 #[test]
 fn check_config_on_missing_file_exits_2() {
     let out = run(&["check-config", "--config", "/nonexistent/vitalgate.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("/nonexistent/vitalgate.toml"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("/nonexistent/vitalgate.toml"), "{}", stderr(&out));
 }
 
 #[test]
 fn decode_jsonl_prints_one_reading_per_line_and_flags_bad_lines() {
-    let out = run(&[
-        "decode",
-        "jsonl",
-        "--text",
-        r#"{"metric":"spo2","value":97,"unit":"%"}"#,
-        "not json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a bad frame makes the exit code non-zero"
-    );
+    let out = run(&["decode", "jsonl", "--text", r#"{"metric":"spo2","value":97,"unit":"%"}"#, "not json"]);
+    assert_eq!(out.status.code(), Some(1), "a bad frame makes the exit code non-zero");
     assert_eq!(stdout(&out).lines().count(), 1);
     assert!(stdout(&out).contains(r#""metric":"spo2""#));
     assert!(stderr(&out).contains("not a reading"), "{}", stderr(&out));
@@ -127,12 +102,7 @@ fn decode_unknown_driver_exits_2_listing_drivers() {
 #[test]
 fn decode_list_names_the_design_drivers() {
     let text = stdout(&run(&["decode", "--list"]));
-    for name in [
-        "jsonl",
-        "ble-heart-rate",
-        "ble-blood-pressure",
-        "ble-glucose",
-    ] {
+    for name in ["jsonl", "ble-heart-rate", "ble-blood-pressure", "ble-glucose"] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
@@ -141,17 +111,11 @@ fn decode_list_names_the_design_drivers() {
 fn keygen_creates_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
     let first = std::fs::read(&key).unwrap();
     let again = run(&["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(
-        stderr(&again).contains("refusing to overwrite"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
     assert_eq!(std::fs::read(&key).unwrap(), first, "the key was changed");
 }
 
@@ -161,15 +125,8 @@ fn run_without_a_key_exits_2_saying_how_to_create_one() {
     let path = config(dir.path(), "");
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("vitalgate keygen"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        !dir.path().join("outbox.db").exists(),
-        "no outbox may be created without a key"
-    );
+    assert!(stderr(&out).contains("vitalgate keygen"), "{}", stderr(&out));
+    assert!(!dir.path().join("outbox.db").exists(), "no outbox may be created without a key");
 }
 
 #[test]
@@ -178,9 +135,7 @@ fn run_with_a_world_readable_key_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -209,10 +164,7 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
             }
         }
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exit {status:?}");
     assert!(until(&last), "condition never held; last status:\n{last:#}");
@@ -223,23 +175,14 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
 #[test]
 fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n",
-    );
+    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n");
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
-    run_until(&path, |s| {
-        s["backlog"]["readings"].as_u64().unwrap_or(0) > 0
-    });
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    run_until(&path, |s| s["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
     let before = std::fs::read(dir.path().join("outbox.db")).unwrap();
 
     std::fs::remove_file(&key).unwrap();
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
@@ -263,24 +206,16 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
         ),
     )
     .unwrap();
-    let devices = format!(
-        "[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n",
-        input.display()
-    );
+    let devices = format!("[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n", input.display());
     let path = config(dir.path(), &devices);
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
 
     let status = run_until(&path, |s| s["backlog"]["readings"].as_u64() == Some(3));
     let device = &status["devices"][0];
     assert_eq!(device["state"], "connected", "{status:#}");
     assert_eq!(device["decode_errors"], 1, "{status:#}");
-    assert_eq!(
-        status["ingest"]["readings_rejected"], 1,
-        "implausible SpO2 140 rejected: {status:#}"
-    );
+    assert_eq!(status["ingest"]["readings_rejected"], 1, "implausible SpO2 140 rejected: {status:#}");
 
     // Restart: the committed offset is resumed, nothing is stored twice; an appended line flows.
     use std::io::Write;
@@ -291,34 +226,21 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
         .write_all(b"{\"metric\":\"heart_rate\",\"value\":64,\"unit\":\"/min\"}\n")
         .unwrap();
     let status = run_until(&path, |s| s["backlog"]["readings"].as_u64() >= Some(4));
-    assert_eq!(
-        status["backlog"]["readings"], 4,
-        "re-read after restart: {status:#}"
-    );
+    assert_eq!(status["backlog"]["readings"], 4, "re-read after restart: {status:#}");
 }
 
 #[test]
 fn status_reports_backlog_keys_and_devices_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n",
-    );
+    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n");
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
-    run_until(&path, |s| {
-        s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10
-    });
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    run_until(&path, |s| s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10);
 
     let out = run(&["status", "--config", path.to_str().unwrap()]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["daemon"]["running"], false, "{s:#}");
-    assert!(
-        s["oldest_undelivered"].as_str().unwrap().contains('T'),
-        "{s:#}"
-    );
+    assert!(s["oldest_undelivered"].as_str().unwrap().contains('T'), "{s:#}");
     assert_eq!(s["last_ack"], serde_json::Value::Null);
     assert_eq!(s["keys"]["current_key_id"], 1);
     assert_eq!(s["keys"]["source"]["kind"], "file", "{s:#}");

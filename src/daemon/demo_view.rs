@@ -43,11 +43,7 @@ impl DemoView {
     }
 
     fn print(&self, patients: &[String]) {
-        let latest = self
-            .latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (rows, rejected) = *self.stored.lock().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
         println!(
@@ -69,15 +65,7 @@ impl DemoView {
             let values = latest.get(p);
             let cells: Vec<String> = shown
                 .iter()
-                .map(|(m, label)| {
-                    format!(
-                        "{label} {}",
-                        values
-                            .and_then(|v| v.get(m))
-                            .map(String::as_str)
-                            .unwrap_or("-")
-                    )
-                })
+                .map(|(m, label)| format!("{label} {}", values.and_then(|v| v.get(m)).map(String::as_str).unwrap_or("-")))
                 .collect();
             println!("  {p:<28} {}", cells.join("  "));
         }

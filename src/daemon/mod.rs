@@ -40,10 +40,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("{path}: cannot create the state directory: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    StateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot start the ingest writer: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]
@@ -103,12 +100,7 @@ fn offset_key(path: &std::path::Path) -> String {
 }
 
 /// Runs the gateway until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    master: MasterKey,
-    shutdown: CancellationToken,
-    mut opts: RunOptions,
-) -> Result<(), DaemonError> {
+pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken, mut opts: RunOptions) -> Result<(), DaemonError> {
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
     let audit = Arc::new(AuditLog::open(&state_dir)?);
@@ -118,25 +110,16 @@ pub async fn run(
         Ok(x) => x,
         Err(e) => {
             if matches!(e, StoreError::WrongKey { .. }) {
-                audit.note(
-                    "wrong_key_refused",
-                    serde_json::json!({"outbox": outbox_path, "key_source": master.source()}),
-                );
+                audit.note("wrong_key_refused", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
             }
             return Err(e.into());
         }
     };
     if let Some(aside) = &report.corrupt_moved_to {
-        audit.note(
-            "outbox_corrupt_set_aside",
-            serde_json::json!({"outbox": outbox_path, "moved_to": aside}),
-        );
+        audit.note("outbox_corrupt_set_aside", serde_json::json!({"outbox": outbox_path, "moved_to": aside}));
     }
     if report.created {
-        audit.note(
-            "outbox_created",
-            serde_json::json!({"outbox": outbox_path, "key_source": master.source()}),
-        );
+        audit.note("outbox_created", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
     }
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
@@ -159,11 +142,7 @@ pub async fn run(
     if let Some(up_cfg) = &config.uplink {
         let mut up_cfg = up_cfg.clone();
         up_cfg.gateway_id = Some(gateway_id.clone());
-        let source = publish::PublishSource::new(
-            Outbox::open_secondary(&outbox_path, &master)?,
-            gateway_id.clone(),
-            &config,
-        );
+        let source = publish::PublishSource::new(Outbox::open_secondary(&outbox_path, &master)?, gateway_id.clone(), &config);
         let uplink = crate::uplink::Uplink::new(up_cfg, source, committed.clone())?;
         uplink_status = Some(uplink.status());
         if let Some(reload) = opts.reload.clone() {
@@ -184,28 +163,20 @@ pub async fn run(
         }
         uplink_to_run = Some(uplink);
     } else {
-        tracing::warn!(
-            "no [uplink] configured: readings are kept encrypted in the outbox until one is"
-        );
+        tracing::warn!("no [uplink] configured: readings are kept encrypted in the outbox until one is");
     }
+
 
     let policy = GroupCommit {
         max_batch: config.ingest.max_batch,
         max_wait: Duration::from_millis(config.ingest.max_batch_wait_ms),
     };
     let saved = alerting::load_states(&outbox, &config)?;
-    let alert_hook = alerting::AlertHook::new(
-        &config,
-        gateway_id.clone(),
-        saved,
-        uplink_status.clone(),
-        OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
+    let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
+        .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
     let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook)];
     hooks.extend(std::mem::take(&mut opts.hooks));
-    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks)))
-        .map_err(DaemonError::Thread)?;
+    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
 
     let registry = Registry::default();
     let devices_token = shutdown.child_token();
@@ -213,10 +184,7 @@ pub async fn run(
     for d in &config.devices {
         let expected = d.expected_interval_s.map(Duration::from_secs);
         registry.add(&d.id, &d.patient, &d.driver, expected);
-        let nhs = config
-            .patient(&d.patient)
-            .and_then(|p| p.nhs_number.clone())
-            .map(Arc::from);
+        let nhs = config.patient(&d.patient).and_then(|p| p.nhs_number.clone()).map(Arc::from);
         let ctx = DeviceCtx {
             cfg: d.clone(),
             device_id: Arc::from(d.id.as_str()),
@@ -328,10 +296,7 @@ pub async fn run(
     devices_token.cancel();
     retention_token.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     // Every ingest handle is gone once the device tasks ended: the writer drains and stops.
@@ -378,11 +343,7 @@ struct DeviceCtx {
 }
 
 impl DeviceCtx {
-    fn frame(
-        &self,
-        readings: Vec<crate::reading::Reading>,
-        cursor: Option<(String, String)>,
-    ) -> Frame {
+    fn frame(&self, readings: Vec<crate::reading::Reading>, cursor: Option<(String, String)>) -> Frame {
         Frame {
             device_id: self.device_id.clone(),
             patient_id: self.patient_id.clone(),
@@ -417,8 +378,7 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
     let mut patient = SimPatient::new(cfg.scenario.unwrap_or_default(), cfg.seed.unwrap_or(0));
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms.unwrap_or(1000)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ctx.registry
-        .update(&cfg.id, |d| d.state = LinkState::Connected);
+    ctx.registry.update(&cfg.id, |d| d.state = LinkState::Connected);
     loop {
         tokio::select! {
             _ = ctx.token.cancelled() => return Ok(()),
@@ -426,10 +386,7 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
         }
         let now = OffsetDateTime::now_utc();
         let frames = patient.next(now);
-        let (n_frames, n_readings) = (
-            frames.len() as u64,
-            frames.iter().map(Vec::len).sum::<usize>() as u64,
-        );
+        let (n_frames, n_readings) = (frames.len() as u64, frames.iter().map(Vec::len).sum::<usize>() as u64);
         for readings in frames {
             ctx.ingest.submit(ctx.frame(readings, None)).await?;
         }
@@ -445,10 +402,7 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
 /// as garbage (a decoder that never resyncs must not grow memory).
 const MAX_PENDING_BYTES: usize = 256 * 1024;
 
-async fn run_stream(
-    ctx: &DeviceCtx,
-    resume_offset: Option<u64>,
-) -> Result<(), ingest::IngestError> {
+async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), ingest::IngestError> {
     let cfg = &ctx.cfg;
     let Some(path) = cfg.path.clone() else {
         return Ok(()); // config validation guarantees a path
@@ -458,10 +412,7 @@ async fn run_stream(
         _ => {
             ctx.registry.update(&cfg.id, |d| {
                 d.state = LinkState::Unavailable;
-                d.last_error = Some(format!(
-                    "driver {:?} is not a byte-stream driver",
-                    cfg.driver
-                ));
+                d.last_error = Some(format!("driver {:?} is not a byte-stream driver", cfg.driver));
             });
             return Ok(());
         }
@@ -501,10 +452,7 @@ async fn run_stream(
                     _ = tokio::time::sleep(retry_in) => {}
                 }
             }
-            Event::Data {
-                bytes,
-                offset_after,
-            } => {
+            Event::Data { bytes, offset_after } => {
                 buf.extend_from_slice(&bytes);
                 if let Some(after) = offset_after {
                     buf_offset = Some(after - buf.len() as u64);
@@ -515,15 +463,11 @@ async fn run_stream(
                 while pos < buf.len() {
                     match decoder.feed(&buf[pos..]) {
                         Step::NeedMore => break,
-                        Step::Frame {
-                            consumed,
-                            readings: rs,
-                        } => {
+                        Step::Frame { consumed, readings: rs } => {
                             pos += consumed.clamp(1, buf.len() - pos);
                             frames += 1;
                             readings += rs.len() as u64;
-                            let cursor =
-                                buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
+                            let cursor = buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
                             if !rs.is_empty() || cursor.is_some() {
                                 ctx.ingest.submit(ctx.frame(rs, cursor)).await?;
                             }
@@ -579,11 +523,7 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         .and_then(|s| s.get("pid").and_then(|p| p.as_u64()))
         .map(status::pid_alive)
         .unwrap_or(false)
-        && snapshot
-            .as_ref()
-            .and_then(|s| s.get("running"))
-            .and_then(|r| r.as_bool())
-            .unwrap_or(false);
+        && snapshot.as_ref().and_then(|s| s.get("running")).and_then(|r| r.as_bool()).unwrap_or(false);
     let s = stats.unwrap_or_default();
     Ok(serde_json::json!({
         "gateway": config.gateway_id().ok(),

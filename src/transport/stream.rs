@@ -30,15 +30,9 @@ pub enum SourceKind {
 #[derive(Debug)]
 pub enum Event {
     /// Bytes read. `offset_after` is the file offset after them (regular files only).
-    Data {
-        bytes: Vec<u8>,
-        offset_after: Option<u64>,
-    },
+    Data { bytes: Vec<u8>, offset_after: Option<u64> },
     /// The source was (re)opened.
-    Opened {
-        kind: SourceKind,
-        resumed_at: Option<u64>,
-    },
+    Opened { kind: SourceKind, resumed_at: Option<u64> },
     /// The source went away or failed to open; the next call retries after `retry_in`.
     Lost { error: String, retry_in: Duration },
 }
@@ -172,33 +166,16 @@ mod tests {
         let p = dir.path().join("in.jsonl");
         std::fs::write(&p, b"0123456789").unwrap();
         let mut s = StreamSource::new(&p, Some(4));
-        assert!(matches!(
-            s.next().await,
-            Event::Opened {
-                kind: SourceKind::File,
-                resumed_at: Some(4)
-            }
-        ));
+        assert!(matches!(s.next().await, Event::Opened { kind: SourceKind::File, resumed_at: Some(4) }));
         match s.next().await {
-            Event::Data {
-                bytes,
-                offset_after,
-            } => {
+            Event::Data { bytes, offset_after } => {
                 assert_eq!(bytes, b"456789");
                 assert_eq!(offset_after, Some(10));
             }
             e => panic!("{e:?}"),
         }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .unwrap()
-            .write_all(b"ab")
-            .unwrap();
-        match tokio::time::timeout(Duration::from_secs(5), s.next())
-            .await
-            .unwrap()
-        {
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"ab").unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap() {
             Event::Data { bytes, .. } => assert_eq!(bytes, b"ab"),
             e => panic!("{e:?}"),
         }
@@ -207,13 +184,9 @@ mod tests {
     #[tokio::test]
     async fn missing_path_is_lost_with_growing_backoff() {
         let mut s = StreamSource::new(Path::new("/nonexistent/dev/ttyX"), None);
-        let Event::Lost { retry_in: a, error } = s.next().await else {
-            panic!()
-        };
+        let Event::Lost { retry_in: a, error } = s.next().await else { panic!() };
         assert!(error.contains("/nonexistent/dev/ttyX"), "{error}");
-        let Event::Lost { retry_in: b, .. } = s.next().await else {
-            panic!()
-        };
+        let Event::Lost { retry_in: b, .. } = s.next().await else { panic!() };
         assert!(b > a);
     }
 }
