@@ -40,7 +40,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use central::{BleCentral, BleCounters};
-pub use sink::{IngestBleSink, PatientOf};
+pub use sink::{load_last_seqs, IngestBleSink, PatientOf};
 
 use crate::reading::Reading;
 use crate::transport::LinkState;

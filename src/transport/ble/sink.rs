@@ -58,6 +58,30 @@ impl IngestBleSink {
     }
 }
 
+/// The committed `racp_last_seq` of every RACP device, read from the outbox at startup (before
+/// the outbox moves into the ingest writer), for [`IngestBleSink::new`]. A missing or unreadable
+/// value means "no record yet": the first download then asks for all records, and ingest keeps
+/// the sequence numbers it commits, so nothing is lost (at worst records are fetched again).
+pub fn load_last_seqs(
+    outbox: &crate::store::Outbox,
+    devices: &[super::BleDeviceConfig],
+) -> HashMap<String, u16> {
+    devices
+        .iter()
+        .filter(|d| d.has_racp)
+        .filter_map(|d| {
+            let value = outbox.device_state(&d.id, RACP_CURSOR_KEY).ok()??;
+            match value.parse::<u16>() {
+                Ok(seq) => Some((d.id.clone(), seq)),
+                Err(_) => {
+                    tracing::warn!(device = %d.id, %value, "stored racp_last_seq is not a number; the next download asks for all records");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 impl BleSink for IngestBleSink {
     fn readings(
         &self,
@@ -187,6 +211,43 @@ mod tests {
                 .as_deref(),
             Some("2")
         );
+    }
+
+    #[test]
+    fn load_last_seqs_reads_racp_devices_and_skips_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        outbox
+            .set_device_state("meter", RACP_CURSOR_KEY, "41")
+            .unwrap();
+        outbox
+            .set_device_state("meter2", RACP_CURSOR_KEY, "x")
+            .unwrap();
+        outbox
+            .set_device_state("cuff", RACP_CURSOR_KEY, "7")
+            .unwrap();
+        let dev = |id: &str, racp| {
+            super::super::BleDeviceConfig::new(
+                id,
+                "AA:00:00:00:00:01",
+                "ble-glucose",
+                &["2a18"],
+                Default::default(),
+                racp,
+            )
+            .unwrap()
+        };
+        let seqs = load_last_seqs(
+            &outbox,
+            &[
+                dev("meter", true),
+                dev("meter2", true),
+                dev("cuff", false),
+                dev("new", true),
+            ],
+        );
+        assert_eq!(seqs, HashMap::from([("meter".to_string(), 41)]));
     }
 
     #[tokio::test]
