@@ -6,8 +6,10 @@
 //! a serial port with a device profile's link settings, writes its init and keepalive bytes,
 //! and reopens it by path after an unplug. [`Source`] is either, so the daemon's device task
 //! is written once. [`simulator`] is the other end: a pseudo-terminal that behaves like a
-//! serial device, for `vitalgate simulate --pty` and tests.
+//! serial device, for `vitalgate simulate --pty` and tests. [`ble::BleCentral`] is the
+//! Bluetooth LE central (btleplug on BlueZ).
 
+pub mod ble;
 pub mod serial;
 pub mod simulator;
 pub mod stream;
