@@ -44,6 +44,30 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub ble: BleSection,
+}
+
+/// The Bluetooth LE central (gateway-wide).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BleSection {
+    /// No adapter event for this long restarts discovery (BlueZ can stop scanning silently).
+    pub scan_watchdog_s: u64,
+    /// How often to look again for an adapter or bluetoothd that is missing.
+    pub adapter_retry_s: u64,
+    /// A device clock within this of the gateway clock is trusted as is.
+    pub clock_tolerance_s: u64,
+}
+
+impl Default for BleSection {
+    fn default() -> Self {
+        BleSection {
+            scan_watchdog_s: 600,
+            adapter_retry_s: 30,
+            clock_tolerance_s: 120,
+        }
+    }
 }
 
 /// Gateway-wide alerting settings.
@@ -193,6 +217,57 @@ pub struct DeviceConfig {
     /// `sim` only: random seed, for repeatable runs.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// BLE (`ble-*` drivers) only: the device's Bluetooth address, `AA:BB:CC:DD:EE:FF`. Only
+    /// configured addresses are ever connected (the allow-list).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// BLE only: 16-bit characteristic UUIDs to subscribe to (default: the driver's
+    /// measurement characteristic, e.g. `2a35` for `ble-blood-pressure`).
+    #[serde(default)]
+    pub characteristics: Option<Vec<String>>,
+    /// BLE only: `correct` device timestamps by the measured clock offset (default), or
+    /// `keep_and_flag` them.
+    #[serde(default)]
+    pub time_policy: Option<crate::transport::ble::TimePolicy>,
+    /// BLE only: download stored records through the Record Access Control Point on every
+    /// connection (default: on for `ble-glucose`).
+    #[serde(default)]
+    pub racp: Option<bool>,
+}
+
+impl DeviceConfig {
+    /// A Bluetooth LE device (read by the BLE central, not a byte stream).
+    pub fn is_ble(&self) -> bool {
+        self.driver.starts_with("ble-")
+    }
+
+    /// The central's view of this device, with defaults from the driver.
+    pub fn ble(&self) -> Result<crate::transport::ble::BleDeviceConfig, String> {
+        let default_chars: &[&str] = match self.driver.as_str() {
+            "ble-heart-rate" => &["2a37"],
+            "ble-temperature" => &["2a1c"],
+            "ble-blood-pressure" => &["2a35"],
+            "ble-plx-spot" => &["2a5e"],
+            "ble-plx-continuous" => &["2a5f"],
+            "ble-weight" => &["2a9d"],
+            "ble-glucose" => &["2a18", "2a34"],
+            _ => &[],
+        };
+        let chars: Vec<&str> = match &self.characteristics {
+            Some(c) => c.iter().map(String::as_str).collect(),
+            None => default_chars.to_vec(),
+        };
+        let address = self.address.as_deref().ok_or("a BLE device needs `address` (from `bluetoothctl devices`)")?;
+        crate::transport::ble::BleDeviceConfig::new(
+            &self.id,
+            address,
+            &self.driver,
+            &chars,
+            self.time_policy.unwrap_or_default(),
+            self.racp.unwrap_or(self.driver == "ble-glucose"),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// One problem found in a config file.
@@ -349,6 +424,27 @@ impl Config {
                 problem(key("patient"), format!("{:?}: no [[patient]] has this id", d.patient));
             }
             let is_sim = d.driver == "sim";
+            let ble_only = [
+                (d.address.is_some(), "address"),
+                (d.characteristics.is_some(), "characteristics"),
+                (d.time_policy.is_some(), "time_policy"),
+                (d.racp.is_some(), "racp"),
+            ];
+            if d.is_ble() {
+                if let Err(why) = d.ble() {
+                    let k = if d.address.as_deref().is_some_and(|a| crate::transport::ble::normalise_address(a).is_ok()) { "characteristics" } else { "address" };
+                    problem(key(k), why);
+                }
+                if d.path.is_some() {
+                    problem(key("path"), "a BLE device is found by `address`, not a path; remove `path`".into());
+                }
+            } else {
+                for (set, name) in ble_only {
+                    if set {
+                        problem(key(name), format!("only BLE (`ble-*`) drivers take `{name}`"));
+                    }
+                }
+            }
             if !is_sim && crate::drivers::find(&d.driver).is_none() && !self.profile_exists(&d.driver) {
                 let mut names: Vec<&str> = crate::drivers::registry().iter().map(|x| x.name).collect();
                 names.insert(0, "sim");
@@ -375,7 +471,7 @@ impl Config {
                         problem(key(name), format!("only the sim driver takes `{name}`"));
                     }
                 }
-                if d.path.is_none() {
+                if d.path.is_none() && !d.is_ble() {
                     problem(key("path"), format!("driver {:?} needs `path` (a serial device, file or FIFO)", d.driver));
                 }
             }
@@ -533,6 +629,30 @@ mod tests {
         let text = text.replace("[[device]]", "[patient.alerts.technical]\n[[device]]");
         let e = parse(&text.replace("[patient.alerts.technical]\n", "")).unwrap_err().to_string();
         assert!(e.contains("patient[0].alerts.news2_freshness_secs"), "{e}");
+    }
+
+    #[test]
+    fn ble_device_gets_driver_default_characteristics() {
+        let text = MINIMAL.replace("driver = \"sim\"", "driver = \"ble-glucose\"\naddress = \"a4:c1:38:12:34:56\"");
+        let c = parse(&text).unwrap();
+        let b = c.devices[0].ble().unwrap();
+        assert_eq!(b.address, "A4:C1:38:12:34:56");
+        assert_eq!(b.characteristics, vec![0x2a18, 0x2a34]);
+        assert!(b.has_racp, "glucose meters download stored records by default");
+    }
+
+    #[test]
+    fn ble_device_without_a_valid_address_is_refused() {
+        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"ble-blood-pressure\"\naddress = \"cuff\"")).unwrap_err().to_string();
+        assert!(e.contains("device[0].address") && e.contains("bluetoothctl"), "{e}");
+        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"ble-blood-pressure\"")).unwrap_err().to_string();
+        assert!(e.contains("device[0].address"), "{e}");
+    }
+
+    #[test]
+    fn ble_only_keys_are_refused_for_other_drivers() {
+        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"sim\"\naddress = \"A4:C1:38:12:34:56\"")).unwrap_err().to_string();
+        assert!(e.contains("device[0].address: only BLE"), "{e}");
     }
 
     #[test]

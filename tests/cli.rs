@@ -351,3 +351,36 @@ fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
     let mut outbox = vitalgate::store::Outbox::open(&dir.path().join("outbox.db"), &vitalgate::store::MasterKey::load(&key).unwrap()).unwrap().0;
     assert_eq!(outbox.verify_all().unwrap().len() as u64, outbox.backlog().unwrap());
 }
+
+/// Issue #5 acceptance 9: on a host with no Bluetooth (no adapter, no bluetoothd, as here) the
+/// daemon starts, BLE devices show as unavailable, and every other device works.
+#[test]
+fn ble_device_without_bluetooth_is_unavailable_and_the_rest_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n\
+                   [[device]]\nid = \"cuff\"\npatient = \"p1\"\ndriver = \"ble-blood-pressure\"\naddress = \"A4:C1:38:12:34:56\"\n";
+    let path = config(dir.path(), devices);
+    let key = dir.path().join("master.key");
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/no-such-bus", dir.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let device = |s: &serde_json::Value, id: &str| s["devices"].as_array().and_then(|d| d.iter().find(|x| x["id"] == id).cloned()).unwrap_or_default();
+    let ok = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(300));
+        let s = status_of(&path);
+        device(&s, "cuff")["state"] == "unavailable" && s["backlog"]["readings"].as_u64().unwrap_or(0) > 10
+    });
+    let s = status_of(&path);
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let exit = child.wait().unwrap();
+    assert!(ok, "cuff not unavailable or sim not ingesting: {s:#}");
+    assert!(device(&s, "cuff")["last_error"].as_str().unwrap_or("").len() > 5, "{s:#}");
+    assert!(exit.success());
+}

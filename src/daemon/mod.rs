@@ -170,6 +170,8 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         max_wait: Duration::from_millis(config.ingest.max_batch_wait_ms),
     };
     let saved = alerting::load_states(&outbox, &config)?;
+    let ble_devices = devices::ble_devices(&config);
+    let ble_seqs = crate::transport::ble::load_last_seqs(&outbox, &ble_devices);
     let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
         .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
     let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook)];
@@ -180,6 +182,7 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let devices_token = shutdown.child_token();
     let tracker = TaskTracker::new();
     devices::spawn_all(&config, &ingest, &registry, &cursors, &devices_token, &tracker);
+    devices::spawn_ble(&config, ble_devices, ble_seqs, &ingest, &registry, &devices_token, &tracker);
     // Time-based alert rules (device silent, persistence, outbox depth) run once a second.
     {
         let ingest = ingest.clone();

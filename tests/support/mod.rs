@@ -417,7 +417,15 @@ pub async fn subscribe(
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    out.0.lock().unwrap().push((topic, p.payload.to_vec()));
+                    let msg = (topic, p.payload.to_vec());
+                    let mut got = out.0.lock().unwrap();
+                    // A DUP message we already hold is the broker re-sending to US after its
+                    // restart (our PUBACK was lost with it), not the gateway publishing twice:
+                    // the gateway's own re-sends reach us as new messages (DUP clear). Counting
+                    // it would blame the publisher for the broker-to-subscriber window.
+                    if !(p.dup && got.contains(&msg)) {
+                        got.push(msg);
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
