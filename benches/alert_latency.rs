@@ -11,9 +11,9 @@
 //! Baseline, same run: the same measurement once the backlog is drained (an idle uplink).
 //! Asserts nothing.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +33,10 @@ const BACKLOG: usize = 100_000;
 
 /// `VITALGATE_BENCH_N` overrides the backlog (for a quick smoke run of the bench itself).
 fn backlog() -> usize {
-    std::env::var("VITALGATE_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(BACKLOG)
+    std::env::var("VITALGATE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BACKLOG)
 }
 const MAX_SAMPLES: usize = 2_000;
 const IDLE_SAMPLES: usize = 200;
@@ -54,7 +57,11 @@ rules = [{ id = "hr_high", metric = "heart_rate", above = 120, hysteresis = 10, 
 
 fn main() {
     let n = backlog();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let b = Broker::start(Acl::gateways(&["gw-lat"]));
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(&b, "gw-lat", dir.path(), PATIENTS, 64);
@@ -123,12 +130,31 @@ fn delivered(s: &tokio::sync::watch::Receiver<UplinkStatus>) -> u64 {
 
 /// Submits one reading that raises (even `i`) or clears (odd `i`) the alert and returns the
 /// milliseconds until that event reaches the subscriber.
-async fn sample(ingest: &IngestHandle, alerts: &mut mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, i: usize) -> f64 {
-    let (value, transition) = if i % 2 == 0 { (125, "raised") } else { (100, "cleared") };
+async fn sample(
+    ingest: &IngestHandle,
+    alerts: &mut mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    i: usize,
+) -> f64 {
+    let (value, transition) = if i % 2 == 0 {
+        (125, "raised")
+    } else {
+        (100, "cleared")
+    };
     let t0 = Instant::now();
-    ingest.submit(common::frame("hr-alert", "p-alert", value, OffsetDateTime::now_utc())).await.unwrap();
+    ingest
+        .submit(common::frame(
+            "hr-alert",
+            "p-alert",
+            value,
+            OffsetDateTime::now_utc(),
+        ))
+        .await
+        .unwrap();
     loop {
-        let (at, payload) = tokio::time::timeout(Duration::from_secs(30), alerts.recv()).await.expect("alert within 30 s").unwrap();
+        let (at, payload) = tokio::time::timeout(Duration::from_secs(30), alerts.recv())
+            .await
+            .expect("alert within 30 s")
+            .unwrap();
         let event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         if event["rule"] == "threshold:hr_high" && event["transition"] == transition {
             return at.duration_since(t0).as_secs_f64() * 1000.0;

@@ -8,9 +8,9 @@
 //! pre-serialized in memory, with the same in-flight window. Prints both and the ratio
 //! (target >= 0.8). Asserts nothing.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
-mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,13 +29,20 @@ const N: usize = 100_000;
 
 /// `VITALGATE_BENCH_N` overrides N (for a quick smoke run of the bench itself).
 fn n() -> usize {
-    std::env::var("VITALGATE_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N)
+    std::env::var("VITALGATE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(N)
 }
 const RUNS: usize = 3;
 
 fn main() {
     let n = n();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let b = Broker::start(Acl::gateways(&["gw-drain", "gw-base"]));
     let dir = tempfile::tempdir().unwrap();
     let window = UplinkConfig::default().inflight;
@@ -48,7 +55,11 @@ fn main() {
     let outbox = common::prefill(&rt, outbox, n, Box::new(NoHook));
 
     // The baseline's payloads: the FHIR the publisher will send, rendered once, held in memory.
-    let mut src = PublishSource::new(Outbox::open_secondary(&path, &master).unwrap(), "gw-drain".into(), &config);
+    let mut src = PublishSource::new(
+        Outbox::open_secondary(&path, &master).unwrap(),
+        "gw-drain".into(),
+        &config,
+    );
     let mut payloads: Vec<Bytes> = Vec::with_capacity(n);
     let mut after = 0;
     loop {
@@ -68,11 +79,17 @@ fn main() {
         bases.push(rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window)));
         if run > 0 {
             // Same rows again: forget their delivery (as a fresh backlog).
-            outbox.connection().execute("UPDATE outbox SET delivered_at = NULL", []).unwrap();
+            outbox
+                .connection()
+                .execute("UPDATE outbox SET delivered_at = NULL", [])
+                .unwrap();
         }
         pubs.push(rt.block_on(drain(&config, &master, n)));
     }
-    let (p, base) = (common::median(&mut pubs.clone()), common::median(&mut bases.clone()));
+    let (p, base) = (
+        common::median(&mut pubs.clone()),
+        common::median(&mut bases.clone()),
+    );
     println!("  runs uplink + outbox: {pubs:.0?} readings/s");
     println!("  runs raw rumqttc:     {bases:.0?} msg/s");
     println!("  uplink + outbox (median): {p:.0} readings/s");
@@ -81,7 +98,11 @@ fn main() {
 }
 
 async fn drain(config: &vitalgate::config::Config, master: &MasterKey, n: usize) -> f64 {
-    let source = PublishSource::new(Outbox::open_secondary(&config.outbox_path(), master).unwrap(), "gw-drain".into(), config);
+    let source = PublishSource::new(
+        Outbox::open_secondary(&config.outbox_path(), master).unwrap(),
+        "gw-drain".into(),
+        config,
+    );
     let mut cfg = config.uplink.clone().unwrap();
     cfg.gateway_id = Some("gw-drain".into());
     cfg.backoff_initial_ms = 100;

@@ -38,8 +38,16 @@ impl Gateway {
     fn new(b: &Broker, cn: &str, gateway_id: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
-        let out = Command::new(BIN).args(["keygen", "--out"]).arg(&key).output().unwrap();
-        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (cert, ckey) = b.write_client(cn, false);
         let uplink = format!(
             "[uplink]\nbroker = \"127.0.0.1\"\nport = {}\nserver_name = \"localhost\"\n\
@@ -81,8 +89,16 @@ impl Gateway {
 
     /// `vitalgate status --config ...` as JSON.
     fn status(&self) -> Value {
-        let out = Command::new(BIN).args(["status", "--config"]).arg(&self.config).output().unwrap();
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -94,7 +110,10 @@ impl Gateway {
             if pred(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}; last status: {s:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what}; last status: {s:#}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -136,7 +155,11 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -{sig}");
     }
 
@@ -146,7 +169,10 @@ impl Daemon {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit within {secs} s");
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {secs} s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -155,7 +181,11 @@ impl Daemon {
     async fn stop(mut self) -> Vec<String> {
         self.signal("TERM");
         let st = self.wait_exit(20).await;
-        assert!(st.success(), "daemon exit status {st}; log tail: {:?}", tail(&self.lines()));
+        assert!(
+            st.success(),
+            "daemon exit status {st}; log tail: {:?}",
+            tail(&self.lines())
+        );
         self.lines()
     }
 
@@ -185,12 +215,16 @@ fn sim_device(id: &str, scenario: &str, interval_ms: u64, seed: u64) -> String {
 }
 
 fn json(p: &[u8]) -> Value {
-    serde_json::from_slice(p).unwrap_or_else(|e| panic!("payload is not JSON ({e}): {}", String::from_utf8_lossy(p)))
+    serde_json::from_slice(p)
+        .unwrap_or_else(|e| panic!("payload is not JSON ({e}): {}", String::from_utf8_lossy(p)))
 }
 
 /// The FHIR `id` of a received Observation payload.
 fn obs_id(p: &[u8]) -> String {
-    json(p)["id"].as_str().unwrap_or_else(|| panic!("Observation without id: {}", String::from_utf8_lossy(p))).to_owned()
+    json(p)["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Observation without id: {}", String::from_utf8_lossy(p)))
+        .to_owned()
 }
 
 /// Structural FHIR R4 checks on a received Observation (the full UK Core validation is
@@ -200,18 +234,45 @@ fn assert_fhir_observation(p: &[u8]) {
     let text = String::from_utf8_lossy(p);
     assert_eq!(o["resourceType"], "Observation", "{text}");
     let id = o["id"].as_str().unwrap();
-    let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("id {id:?} is not a UUID ({e})"));
-    assert_eq!(uuid.get_version_num(), 5, "deterministic (name-based) id expected: {id}");
-    assert!(matches!(o["status"].as_str(), Some("final" | "preliminary" | "amended")), "{text}");
+    let uuid =
+        uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("id {id:?} is not a UUID ({e})"));
+    assert_eq!(
+        uuid.get_version_num(),
+        5,
+        "deterministic (name-based) id expected: {id}"
+    );
+    assert!(
+        matches!(
+            o["status"].as_str(),
+            Some("final" | "preliminary" | "amended")
+        ),
+        "{text}"
+    );
     let coding = o["code"]["coding"].as_array().unwrap();
-    assert!(!coding.is_empty() && coding.iter().all(|c| c["system"].is_string() && c["code"].is_string()), "{text}");
+    assert!(
+        !coding.is_empty()
+            && coding
+                .iter()
+                .all(|c| c["system"].is_string() && c["code"].is_string()),
+        "{text}"
+    );
     let t = o["effectiveDateTime"].as_str().unwrap();
     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
-    assert!(o["subject"].is_object(), "subject (the patient) missing: {text}");
-    let has_value = o.as_object().unwrap().keys().any(|k| k.starts_with("value") || k == "component" || k == "dataAbsentReason");
+    assert!(
+        o["subject"].is_object(),
+        "subject (the patient) missing: {text}"
+    );
+    let has_value = o
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("value") || k == "component" || k == "dataAbsentReason");
     // "Breathing room air" (SNOMED 722742002) is coded, with no value (UK Core InspiredOxygen).
     let room_air = coding.iter().any(|c| c["code"] == "722742002");
-    assert!(has_value || room_air, "no value[x], component or dataAbsentReason: {text}");
+    assert!(
+        has_value || room_air,
+        "no value[x], component or dataAbsentReason: {text}"
+    );
 }
 
 /// The platform subscriber's view of one topic suffix, in arrival order.
@@ -235,7 +296,8 @@ async fn wait_until(secs: u64, what: &str, mut pred: impl FnMut() -> bool) {
 /// Issue "Uplink" item 6; ARCHITECTURE.md invariant "a reading is never deleted before its
 /// acknowledgement"; rust-stack.md §1.2 (nothing may depend on rumqttc's memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_with_duplicates_within_window() {
+async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_with_duplicates_within_window(
+) {
     let mut b = Broker::start(Acl::gateways(&["gw-kill"]));
     let (rx, _sub) = subscribe(&b, "sub-kill", "rpm/v1/gw/gw-kill/obs").await;
     b.stop("TERM"); // the subscriber's session is saved; the gateway is offline
@@ -244,29 +306,53 @@ async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_wit
     // A backlog built by a fast sim while the broker is down.
     g.write_config(&sim_device("fast-ox", "stable", 1, 11), "");
     let d = g.start();
-    g.status_until(60, "a backlog of 8,000 readings", |s| backlog(s, "readings") >= 8_000).await;
+    g.status_until(60, "a backlog of 8,000 readings", |s| {
+        backlog(s, "readings") >= 8_000
+    })
+    .await;
     let lines = d.stop().await;
     let before = g.status();
     let expected = backlog(&before, "readings");
     assert!(expected >= 5_000, "{before:#}");
-    assert_eq!(before["outbox"]["delivered_held"], 0, "nothing can be delivered with the broker down");
-    assert!(lines.iter().any(|l| l.contains("uplink")), "the uplink reported the broker down: {:?}", tail(&lines));
+    assert_eq!(
+        before["outbox"]["delivered_held"], 0,
+        "nothing can be delivered with the broker down"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("uplink")),
+        "the uplink reported the broker down: {:?}",
+        tail(&lines)
+    );
 
     // Drain with no device producing, so the set to deliver is exactly the backlog.
     g.write_config("", "");
     b.restart();
     let d = g.start();
     let quarter = (expected / 4) as usize;
-    wait_until(60, "a quarter of the backlog at the subscriber", || rx.len() >= quarter).await;
+    wait_until(60, "a quarter of the backlog at the subscriber", || {
+        rx.len() >= quarter
+    })
+    .await;
     d.kill().await;
     let mid = g.status();
-    assert!(backlog(&mid, "total") > 0, "the kill was meant to land mid-drain: {mid:#}");
-    assert!(mid["outbox"]["delivered_held"].as_u64().unwrap() > 0, "{mid:#}");
+    assert!(
+        backlog(&mid, "total") > 0,
+        "the kill was meant to land mid-drain: {mid:#}"
+    );
+    assert!(
+        mid["outbox"]["delivered_held"].as_u64().unwrap() > 0,
+        "{mid:#}"
+    );
     assert_eq!(mid["daemon"]["running"], false, "{mid:#}");
 
     let d = g.start();
-    wait_until(90, "every observation at the subscriber", || rx.counts("/obs").len() as u64 >= expected).await;
-    let after = g.status_until(30, "zero backlog", |s| backlog(s, "total") == 0).await;
+    wait_until(90, "every observation at the subscriber", || {
+        rx.counts("/obs").len() as u64 >= expected
+    })
+    .await;
+    let after = g
+        .status_until(30, "zero backlog", |s| backlog(s, "total") == 0)
+        .await;
     d.stop().await;
 
     assert_eq!(after["outbox"]["refused"], 0, "{after:#}");
@@ -278,7 +364,10 @@ async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_wit
         match first.get(&obs_id(p)) {
             Some(prev) => {
                 duplicates += 1;
-                assert_eq!(prev, p, "a redelivered row must be the identical Observation");
+                assert_eq!(
+                    prev, p,
+                    "a redelivered row must be the identical Observation"
+                );
             }
             None => {
                 first.insert(obs_id(p), p.clone());
@@ -286,10 +375,17 @@ async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_wit
         }
     }
     // One row per Observation id: as many distinct ids as rows in the backlog.
-    assert_eq!(first.len() as u64, expected, "distinct Observation ids vs rows in the backlog");
+    assert_eq!(
+        first.len() as u64,
+        expected,
+        "distinct Observation ids vs rows in the backlog"
+    );
     // One SIGKILL can re-send at most the in-flight window plus the acknowledged rows whose
     // delivery mark was not yet flushed (flushed every `inflight` acknowledgements).
-    assert!(duplicates <= 2 * INFLIGHT, "{duplicates} duplicates after one SIGKILL, window {INFLIGHT}");
+    assert!(
+        duplicates <= 2 * INFLIGHT,
+        "{duplicates} duplicates after one SIGKILL, window {INFLIGHT}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,24 +407,33 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
     d.stop().await;
     g.write_config("", "");
     let d = g.start(); // drains whatever the stop left behind
-    let s = g.status_until(30, "zero backlog", |s| backlog(s, "total") == 0).await;
+    let s = g
+        .status_until(30, "zero backlog", |s| backlog(s, "total") == 0)
+        .await;
     d.stop().await;
     let rows = s["outbox"]["delivered_held"].as_u64().unwrap();
     let first: Vec<Vec<u8>> = payloads(&rx, "/obs");
     for p in &first {
         assert_fhir_observation(p);
     }
-    let first_ids: HashMap<String, Vec<u8>> = first.iter().map(|p| (obs_id(p), p.clone())).collect();
+    let first_ids: HashMap<String, Vec<u8>> =
+        first.iter().map(|p| (obs_id(p), p.clone())).collect();
 
     // Lose every delivery mark, as if the daemon had died before recording the PUBACKs.
     let key = vitalgate::store::MasterKey::load(&g.dir.path().join("master.key")).unwrap();
-    let (outbox, _) = vitalgate::store::Outbox::open(&g.dir.path().join("outbox.db"), &key).unwrap();
-    let reset = outbox.connection().execute("UPDATE outbox SET delivered_at = NULL", []).unwrap();
+    let (outbox, _) =
+        vitalgate::store::Outbox::open(&g.dir.path().join("outbox.db"), &key).unwrap();
+    let reset = outbox
+        .connection()
+        .execute("UPDATE outbox SET delivered_at = NULL", [])
+        .unwrap();
     assert_eq!(reset as u64, rows);
     drop(outbox);
     let n_before = rx.len();
     let d = g.start();
-    let s = g.status_until(30, "zero backlog again", |s| backlog(s, "total") == 0).await;
+    let s = g
+        .status_until(30, "zero backlog again", |s| backlog(s, "total") == 0)
+        .await;
     d.stop().await;
     assert_eq!(s["outbox"]["delivered_held"].as_u64().unwrap(), rows);
 
@@ -336,9 +441,17 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
     assert_eq!(rx.len() - n_before, again.len());
     assert!(!again.is_empty());
     let again_ids: HashSet<String> = again.iter().map(|p| obs_id(p)).collect();
-    assert_eq!(again_ids, first_ids.keys().cloned().collect::<HashSet<_>>(), "the same rows, the same ids");
+    assert_eq!(
+        again_ids,
+        first_ids.keys().cloned().collect::<HashSet<_>>(),
+        "the same rows, the same ids"
+    );
     for p in &again {
-        assert_eq!(&first_ids[&obs_id(p)], p, "a redelivered Observation is byte-identical");
+        assert_eq!(
+            &first_ids[&obs_id(p)],
+            p,
+            "a redelivered Observation is byte-identical"
+        );
     }
 }
 
@@ -355,7 +468,13 @@ fn annunciator(dir: &Path) -> (PathBuf, String) {
     std::fs::write(&script, format!("#!/bin/sh\nf=$(mktemp {}/alert.XXXXXX)\ncat > \"$f.tmp\" && mv \"$f.tmp\" \"$f.json\"\n", out.display())).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (out, format!("[alerts]\nannunciator_command = [\"{}\"]\n", script.display()))
+    (
+        out,
+        format!(
+            "[alerts]\nannunciator_command = [\"{}\"]\n",
+            script.display()
+        ),
+    )
 }
 
 fn annunciated(dir: &Path) -> Vec<Value> {
@@ -382,10 +501,16 @@ async fn daemon_alerts_with_broker_down_are_logged_annunciated_and_delivered_bef
     let d = g.start();
     // New confusion appears near the end of the course (sim.rs): wait for its alert.
     wait_until(60, "the new-confusion alert at the annunciator", || {
-        annunciated(&ann_dir).iter().any(|e| e["rule"] == "news2:red:consciousness")
+        annunciated(&ann_dir)
+            .iter()
+            .any(|e| e["rule"] == "news2:red:consciousness")
     })
     .await;
-    let down = g.status_until(60, "a backlog of 5,000 readings", |s| backlog(s, "readings") >= 5_000).await;
+    let down = g
+        .status_until(60, "a backlog of 5,000 readings", |s| {
+            backlog(s, "readings") >= 5_000
+        })
+        .await;
     let readings_backlog = backlog(&down, "readings") as usize;
     assert!(backlog(&down, "alerts") >= 3, "{down:#}");
 
@@ -401,21 +526,34 @@ async fn daemon_alerts_with_broker_down_are_logged_annunciated_and_delivered_bef
             _ => "INFO",
         };
         assert!(
-            lines.iter().any(|l| l.contains(id) && l.contains("vitalgate::alert") && l.contains(level)),
+            lines
+                .iter()
+                .any(|l| l.contains(id) && l.contains("vitalgate::alert") && l.contains(level)),
             "event {id} ({}) not logged at {level} with target vitalgate::alert",
             e["rule"]
         );
     }
-    assert!(ann.iter().any(|e| e["priority"] == "high" || e["priority"] == "medium"));
+    assert!(ann
+        .iter()
+        .any(|e| e["priority"] == "high" || e["priority"] == "medium"));
 
     // The broker comes back: every alert raised while it was down arrives before the bulk of
     // the reading backlog.
     b.restart();
-    let wanted: HashSet<String> = ann.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+    let wanted: HashSet<String> = ann
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
     let received_alert_ids = || -> HashSet<String> {
-        payloads(&rx, "/alert").iter().map(|p| json(p)["event_id"].as_str().unwrap().to_owned()).collect()
+        payloads(&rx, "/alert")
+            .iter()
+            .map(|p| json(p)["event_id"].as_str().unwrap().to_owned())
+            .collect()
     };
-    wait_until(60, "every annunciated alert at the subscriber", || wanted.is_subset(&received_alert_ids())).await;
+    wait_until(60, "every annunciated alert at the subscriber", || {
+        wanted.is_subset(&received_alert_ids())
+    })
+    .await;
     d.stop().await;
     let arrivals = rx.all();
     let mut obs_before = 0;
@@ -462,17 +600,29 @@ async fn daemon_deteriorating_patient_raises_expected_alerts_in_order_each_once(
     g.write_config(&sim_device("course-1", "deteriorating", 4, 9), "");
     let d = g.start();
     let events = || -> Vec<Value> { payloads(&rx, "/alert").iter().map(|p| json(p)).collect() };
-    wait_until(60, "NEWS2 aggregate at high priority and the new-confusion alert", || {
-        let ev = events();
-        ev.iter().any(|e| e["rule"] == "news2:red:consciousness")
-            && ev.iter().any(|e| e["rule"] == "news2:aggregate" && e["priority"] == "high")
-    })
+    wait_until(
+        60,
+        "NEWS2 aggregate at high priority and the new-confusion alert",
+        || {
+            let ev = events();
+            ev.iter().any(|e| e["rule"] == "news2:red:consciousness")
+                && ev
+                    .iter()
+                    .any(|e| e["rule"] == "news2:aggregate" && e["priority"] == "high")
+        },
+    )
     .await;
     let ev = events();
     // Every observation an alert refers to reaches the platform under that id.
     let refs: HashSet<String> = ev
         .iter()
-        .flat_map(|e| e["obs_refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()))
+        .flat_map(|e| {
+            e["obs_refs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+        })
         .collect();
     assert!(!refs.is_empty());
     wait_until(60, "the observations the alerts refer to", || {
@@ -484,16 +634,30 @@ async fn daemon_deteriorating_patient_raises_expected_alerts_in_order_each_once(
 
     let seq: Vec<(String, String, String)> = ev
         .iter()
-        .map(|e| (e["rule"].as_str().unwrap().into(), e["transition"].as_str().unwrap().into(), e["priority"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["rule"].as_str().unwrap().into(),
+                e["transition"].as_str().unwrap().into(),
+                e["priority"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     eprintln!("alert sequence: {seq:?}");
 
     let event_ids: HashSet<&str> = ev.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
-    assert_eq!(event_ids.len(), ev.len(), "an event delivered twice without any reconnect: {seq:?}");
+    assert_eq!(
+        event_ids.len(),
+        ev.len(),
+        "an event delivered twice without any reconnect: {seq:?}"
+    );
     let mut by_alert: HashMap<&str, (String, u8)> = HashMap::new(); // alert id -> (rule, priority)
     let mut open_rules = HashSet::new();
     for e in &ev {
-        let (alert, rule, tr) = (e["alert_id"].as_str().unwrap(), e["rule"].as_str().unwrap(), e["transition"].as_str().unwrap());
+        let (alert, rule, tr) = (
+            e["alert_id"].as_str().unwrap(),
+            e["rule"].as_str().unwrap(),
+            e["transition"].as_str().unwrap(),
+        );
         assert_eq!(e["patient"], "p1");
         match tr {
             "raised" => {
@@ -510,16 +674,29 @@ async fn daemon_deteriorating_patient_raises_expected_alerts_in_order_each_once(
             other => panic!("{rule}: {other} within seconds of a worsening course (settling takes 30 min): {seq:?}"),
         }
     }
-    let first = |rule: &str| seq.iter().position(|(r, ..)| r == rule).unwrap_or_else(|| panic!("{rule} never raised: {seq:?}"));
+    let first = |rule: &str| {
+        seq.iter()
+            .position(|(r, ..)| r == rule)
+            .unwrap_or_else(|| panic!("{rule} never raised: {seq:?}"))
+    };
     // Fever (threshold, medium) comes before new confusion (NEWS2 red, medium).
     assert_eq!(seq[first("threshold:temperature_high")].2, "medium");
     assert_eq!(seq[first("news2:red:consciousness")].2, "medium");
-    assert!(first("threshold:temperature_high") < first("news2:red:consciousness"), "{seq:?}");
+    assert!(
+        first("threshold:temperature_high") < first("news2:red:consciousness"),
+        "{seq:?}"
+    );
     // The aggregate climbs: medium (total 5-6) before high (>= 7), or straight to high.
-    let agg: Vec<&(String, String, String)> = seq.iter().filter(|(r, ..)| r == "news2:aggregate").collect();
+    let agg: Vec<&(String, String, String)> = seq
+        .iter()
+        .filter(|(r, ..)| r == "news2:aggregate")
+        .collect();
     assert_eq!(agg[0].1, "raised");
     assert_eq!(agg.last().unwrap().2, "high");
-    assert!(agg.len() <= 2, "medium -> high is at most one escalation: {agg:?}");
+    assert!(
+        agg.len() <= 2,
+        "medium -> high is at most one escalation: {agg:?}"
+    );
     // Only clinical rules fire: no technical alarm for a healthy data path.
     assert!(ev.iter().all(|e| e["kind"] != "technical"), "{seq:?}");
 }
@@ -539,18 +716,36 @@ async fn daemon_publish_refused_by_acl_is_kept_undelivered_and_shown_as_refused_
     let d = g.start();
     let s = g
         .status_until(30, "refusals in status", |s| {
-            s["outbox"]["refused"].as_u64().unwrap() >= 3 && s["uplink"]["refused"].as_u64().unwrap_or(0) >= 3
+            s["outbox"]["refused"].as_u64().unwrap() >= 3
+                && s["uplink"]["refused"].as_u64().unwrap_or(0) >= 3
         })
         .await;
     d.stop().await;
     let end = g.status();
-    assert_eq!(s["uplink"]["connected"], true, "the connection itself is authorised: {s:#}");
+    assert_eq!(
+        s["uplink"]["connected"], true,
+        "the connection itself is authorised: {s:#}"
+    );
     let err = s["uplink"]["last_error"].as_str().unwrap();
-    assert!(err.contains("NotAuthorized") && err.contains("0x87"), "{err}");
+    assert!(
+        err.contains("NotAuthorized") && err.contains("0x87"),
+        "{err}"
+    );
     assert_eq!(end["outbox"]["delivered_held"], 0, "{end:#}");
     assert!(end["last_ack"].is_null(), "{end:#}");
-    assert!(backlog(&end, "total") >= end["outbox"]["refused"].as_u64().unwrap(), "{end:#}");
+    assert!(
+        backlog(&end, "total") >= end["outbox"]["refused"].as_u64().unwrap(),
+        "{end:#}"
+    );
     assert!(end["outbox"]["refused"].as_u64().unwrap() >= 3, "{end:#}");
-    let data: Vec<String> = rx.all().into_iter().map(|(t, _)| t).filter(|t| !t.ends_with("/status")).collect();
-    assert!(data.is_empty(), "refused publishes reached the platform: {data:?}");
+    let data: Vec<String> = rx
+        .all()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !t.ends_with("/status"))
+        .collect();
+    assert!(
+        data.is_empty(),
+        "refused publishes reached the platform: {data:?}"
+    );
 }

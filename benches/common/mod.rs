@@ -56,19 +56,36 @@ pub fn frame(device: &str, patient: &str, value: i64, at: OffsetDateTime) -> Fra
 
 /// Commits `n` single-reading frames through the real ingest writer (validation, grouping,
 /// sealing, group commit) with `hook`, and returns the outbox.
-pub fn prefill(rt: &tokio::runtime::Runtime, outbox: Outbox, n: usize, hook: Box<dyn CommitHook>) -> Outbox {
-    let (handle, writer) = ingest::start(outbox, GroupCommit::default(), Arc::new(Notify::new()), hook).unwrap();
+pub fn prefill(
+    rt: &tokio::runtime::Runtime,
+    outbox: Outbox,
+    n: usize,
+    hook: Box<dyn CommitHook>,
+) -> Outbox {
+    let (handle, writer) = ingest::start(
+        outbox,
+        GroupCommit::default(),
+        Arc::new(Notify::new()),
+        hook,
+    )
+    .unwrap();
     let t0 = OffsetDateTime::now_utc() - time::Duration::hours(1);
     let started = Instant::now();
     rt.block_on(async move {
         for i in 0..n {
             let at = t0 + time::Duration::milliseconds(i as i64);
-            handle.submit(frame("bulk-hr", "p-bulk", 60 + (i % 40) as i64, at)).await.unwrap();
+            handle
+                .submit(frame("bulk-hr", "p-bulk", 60 + (i % 40) as i64, at))
+                .await
+                .unwrap();
         }
     });
     let outbox = writer.join().unwrap();
     let secs = started.elapsed().as_secs_f64();
-    println!("  pre-filled {n} readings through ingest in {secs:.1} s ({:.0} readings/s)", n as f64 / secs);
+    println!(
+        "  pre-filled {n} readings through ingest in {secs:.1} s ({:.0} readings/s)",
+        n as f64 / secs
+    );
     outbox
 }
 
@@ -82,7 +99,9 @@ pub async fn raw_rumqttc(b: &Broker, gw: &str, payloads: &[Bytes], window: u16) 
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(Some(256 * 1024))
         .set_outgoing_inflight_upper_limit(window)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.config)));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.config,
+        )));
     let (client, mut el) = AsyncClient::new(o, usize::from(window));
     loop {
         if let Ok(Event::Incoming(Incoming::ConnAck(_))) = el.poll().await {
@@ -95,7 +114,10 @@ pub async fn raw_rumqttc(b: &Broker, gw: &str, payloads: &[Bytes], window: u16) 
     let t0 = Instant::now();
     let producer = tokio::spawn(async move {
         for p in payloads {
-            client.publish_bytes(topic.clone(), QoS::AtLeastOnce, false, p).await.unwrap();
+            client
+                .publish_bytes(topic.clone(), QoS::AtLeastOnce, false, p)
+                .await
+                .unwrap();
         }
         client
     });
@@ -113,12 +135,18 @@ pub async fn raw_rumqttc(b: &Broker, gw: &str, payloads: &[Bytes], window: u16) 
 
 /// A platform subscriber to `filter` that sends each message with its arrival instant.
 /// Returns once subscribed.
-pub async fn timed_subscriber(b: &Broker, client_id: &str, filter: &str) -> mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
+pub async fn timed_subscriber(
+    b: &Broker,
+    client_id: &str,
+    filter: &str,
+) -> mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
     let mut o = MqttOptions::new(client_id, "localhost", b.port);
     o.set_clean_start(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(Some(1024 * 1024))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(platform_tls(b))));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            platform_tls(b),
+        )));
     let (client, mut el) = AsyncClient::new(o, 100);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -145,7 +173,10 @@ pub async fn timed_subscriber(b: &Broker, client_id: &str, filter: &str) -> mpsc
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
     rx
 }
 
