@@ -374,6 +374,10 @@ async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_wit
             }
         }
     }
+    eprintln!(
+        "backlog {expected} readings, {} received, {duplicates} duplicates",
+        got.len()
+    );
     // One row per Observation id: as many distinct ids as rows in the backlog.
     assert_eq!(
         first.len() as u64,
@@ -568,6 +572,10 @@ async fn daemon_alerts_with_broker_down_are_logged_annunciated_and_delivered_bef
             }
         }
     }
+    eprintln!(
+        "{} alerts raised offline; {obs_before} of {readings_backlog} backlog readings arrived before the last of them",
+        wanted.len()
+    );
     assert!(
         obs_before <= readings_backlog / 10,
         "{obs_before} of a {readings_backlog}-reading backlog arrived before the last of {} alerts",
