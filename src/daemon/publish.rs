@@ -63,6 +63,13 @@ pub struct PublishSource {
 
 impl PublishSource {
     pub fn new(outbox: Outbox, gateway: String, config: &Config) -> Self {
+        // Delivery marks need not survive a power cut: a lost mark only re-sends rows, under the
+        // same deterministic FHIR ids, which the platform deduplicates (at-least-once). Without
+        // an fsync per mark the publisher does not stall on the disk between PUBACKs. Readings
+        // themselves stay FULL: they are written by ingest's own connection.
+        if let Err(e) = outbox.connection().pragma_update(None, "synchronous", "NORMAL") {
+            tracing::warn!(error = %e, "publisher: cannot relax synchronous for delivery marks; keeping FULL");
+        }
         let displays = config
             .devices
             .iter()

@@ -624,6 +624,12 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
     };
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    // A daemon that has just created the file may not have created the schema yet: that is an
+    // empty outbox, not an error (`status` right after `run` used to fail with "no such table").
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    if version == 0 {
+        return Ok(OutboxStats::default());
+    }
     let current: u32 = conn
         .query_row("SELECT COALESCE(MAX(key_id), 0) FROM keys", [], |r| r.get(0))
         .map_err(err)?;

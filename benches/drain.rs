@@ -1,0 +1,126 @@
+//! Outbox drain throughput (issue "Uplink" item 6): 100,000 readings committed to the REAL
+//! outbox through ingest (sealed with AES-256-GCM in SQLite), drained to a local Mosquitto over
+//! mutual TLS 1.3 by the uplink reading through `daemon::publish::PublishSource` (decrypt,
+//! render FHIR, publish QoS 1, match each PUBACK, mark delivered). Measured from the ConnAck
+//! (the first send follows it at once) to the last row marked delivered.
+//!
+//! Baseline, same run, same broker: raw rumqttc v5 publishing the very same FHIR payloads,
+//! pre-serialized in memory, with the same in-flight window. Prints both and the ratio
+//! (target >= 0.8). Asserts nothing.
+
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use vitalgate::daemon::publish::PublishSource;
+use vitalgate::ingest::NoHook;
+use vitalgate::store::{Lane, MasterKey, Outbox};
+use vitalgate::uplink::{OutboxSource, Uplink, UplinkConfig};
+
+use support::{Acl, Broker};
+
+const N: usize = 100_000;
+
+/// `VITALGATE_BENCH_N` overrides N (for a quick smoke run of the bench itself).
+fn n() -> usize {
+    std::env::var("VITALGATE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(N)
+}
+const RUNS: usize = 3;
+
+fn main() {
+    let n = n();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = Broker::start(Acl::gateways(&["gw-drain", "gw-base"]));
+    let dir = tempfile::tempdir().unwrap();
+    let window = UplinkConfig::default().inflight;
+    let patients = "[[patient]]\nid = \"p-bulk\"\nnhs_number = \"9434765919\"\n";
+    let config = common::config(&b, "gw-drain", dir.path(), patients, window);
+    let master = MasterKey::ephemeral().unwrap();
+    let path = config.outbox_path();
+    println!("drain bench: {n} readings from the SQLite outbox (AES-GCM), QoS 1, window {window}, mTLS 1.3 to local Mosquitto");
+    let (outbox, _) = Outbox::open(&path, &master).unwrap();
+    let outbox = common::prefill(&rt, outbox, n, Box::new(NoHook));
+
+    // The baseline's payloads: the FHIR the publisher will send, rendered once, held in memory.
+    let mut src = PublishSource::new(
+        Outbox::open_secondary(&path, &master).unwrap(),
+        "gw-drain".into(),
+        &config,
+    );
+    let mut payloads: Vec<Bytes> = Vec::with_capacity(n);
+    let mut after = 0;
+    loop {
+        let batch = src.next_batch(Lane::Reading, after, 10_000).unwrap();
+        let Some(last) = batch.last() else { break };
+        after = last.row_id;
+        payloads.extend(batch.into_iter().map(|o| Bytes::from(o.payload)));
+    }
+    drop(src);
+    assert_eq!(payloads.len(), n);
+    let avg = payloads.iter().map(Bytes::len).sum::<usize>() / n;
+    println!("  payload: FHIR Observation JSON, {avg} B on average");
+
+    let mut pubs = Vec::new();
+    let mut bases = Vec::new();
+    for run in 0..RUNS {
+        bases.push(rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window)));
+        if run > 0 {
+            // Same rows again: forget their delivery (as a fresh backlog).
+            outbox
+                .connection()
+                .execute("UPDATE outbox SET delivered_at = NULL", [])
+                .unwrap();
+        }
+        pubs.push(rt.block_on(drain(&config, &master, n)));
+    }
+    let (p, base) = (
+        common::median(&mut pubs.clone()),
+        common::median(&mut bases.clone()),
+    );
+    println!("  runs uplink + outbox: {pubs:.0?} readings/s");
+    println!("  runs raw rumqttc:     {bases:.0?} msg/s");
+    println!("  uplink + outbox (median): {p:.0} readings/s");
+    println!("  raw rumqttc, same payloads (median): {base:.0} msg/s");
+    println!("  ratio: {:.2} (target >= 0.80)", p / base);
+}
+
+async fn drain(config: &vitalgate::config::Config, master: &MasterKey, n: usize) -> f64 {
+    let source = PublishSource::new(
+        Outbox::open_secondary(&config.outbox_path(), master).unwrap(),
+        "gw-drain".into(),
+        config,
+    );
+    let mut cfg = config.uplink.clone().unwrap();
+    cfg.gateway_id = Some("gw-drain".into());
+    cfg.backoff_initial_ms = 100;
+    cfg.backoff_max_s = 1;
+    let wake = Arc::new(Notify::new());
+    let up = Uplink::new(cfg, source, wake.clone()).unwrap();
+    let mut status = up.status();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(up.run(cancel.clone()));
+    while !status.borrow_and_update().connected {
+        status.changed().await.unwrap();
+    }
+    let t0 = Instant::now();
+    while status.borrow_and_update().delivered < n as u64 {
+        status.changed().await.unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = task.await;
+    n as f64 / secs
+}
