@@ -110,9 +110,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Under systemd (stderr is the journal, `$JOURNAL_STREAM`), events go to journald with their
+/// structured fields (`DEVICE=`, `PATIENT=`, ...); otherwise formatted lines go to stderr.
 fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    if vitalgate::daemon::systemd::stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_syslog_identifier("vitalgate".to_string());
+            tracing_subscriber::registry().with(filter).with(journald).init();
+            return;
+        }
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -132,6 +143,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
                 let opts = vitalgate::daemon::RunOptions {
                     reload: Some(reload),
+                    notifier: Some(Arc::new(vitalgate::daemon::systemd::SdNotify)),
                     ..Default::default()
                 };
                 vitalgate::daemon::run(cfg, master, shutdown, opts).await

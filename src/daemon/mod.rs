@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// Notified on SIGHUP: certificates and keys are re-read by the uplink.
     pub reload: Option<Arc<Notify>>,
+    /// systemd notifications (READY, STATUS, WATCHDOG, STOPPING); see `systemd.rs`.
+    pub notifier: Option<Arc<dyn systemd::Notifier>>,
 }
 
 /// Calls several hooks in order.
@@ -174,7 +176,8 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let saved = alerting::load_states(&outbox, &config)?;
     let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
         .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
-    let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook)];
+    let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
+    let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
     hooks.extend(std::mem::take(&mut opts.hooks));
     let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
 
@@ -291,7 +294,18 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         });
     }
 
+    // systemd (systemd.rs): READY=1, then STATUS= and WATCHDOG=1 while the writer ticks.
+    if let Some(n) = opts.notifier.clone() {
+        systemd::notify_ready(n.as_ref(), "outbox open, devices starting");
+        let watchdog = sd_notify::watchdog_enabled();
+        let (registry, uplink_status) = (registry.clone(), uplink_status.clone());
+        tracker.spawn(systemd::supervise(n, watchdog, heartbeat, registry, uplink_status, retention_token.clone()));
+    }
+
     shutdown.cancelled().await;
+    if let Some(n) = &opts.notifier {
+        systemd::notify_stopping(n.as_ref());
+    }
     tracing::info!("stopping: devices first, then committing what ingest holds");
     devices_token.cancel();
     retention_token.cancel();
@@ -507,6 +521,7 @@ async fn run_stream(ctx: &DeviceCtx, resume_offset: Option<u64>) -> Result<(), i
 pub mod alerting;
 pub mod demo_view;
 pub mod publish;
+pub mod systemd;
 
 /// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
 /// last snapshot (devices, ingest), marked stale when its process is gone.
