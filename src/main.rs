@@ -111,7 +111,7 @@ fn main() -> ExitCode {
 }
 
 /// Under systemd (stderr is the journal, `$JOURNAL_STREAM`), events go to journald with their
-/// structured fields (`DEVICE=`, `PATIENT=`, ...); otherwise formatted lines go to stderr.
+/// structured fields (`VG_DEVICE=`, `VG_PATIENT=`, ...); otherwise formatted lines go to stderr.
 fn init_logging(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -119,7 +119,10 @@ fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     if vitalgate::daemon::systemd::stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_syslog_identifier("vitalgate".to_string());
+            // Fields become VG_DEVICE=, VG_PATIENT=, ...: `journalctl -u vitalgate VG_DEVICE=pulse-ox`.
+            let journald = journald
+                .with_field_prefix(Some("VG".into()))
+                .with_syslog_identifier("vitalgate".into());
             tracing_subscriber::registry().with(filter).with(journald).init();
             return;
         }

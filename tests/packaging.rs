@@ -26,14 +26,17 @@ fn unit_values(unit: &str, key: &str) -> Vec<String> {
 
 /// Parses "Overall exposure level for vitalgate.service: 1.5 OK".
 fn exposure(output: &str) -> Option<f64> {
-    let line = output.lines().find(|l| l.contains("Overall exposure level"))?;
+    let line = output
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?;
     let after = line.rsplit_once(": ")?.1;
     after.split_whitespace().next()?.parse().ok()
 }
 
 #[test]
 fn exposure_parses_the_overall_line() {
-    let out = "✗ PrivateNetwork= ... 0.5\n\n→ Overall exposure level for vitalgate.service: 1.5 OK 🙂\n";
+    let out =
+        "✗ PrivateNetwork= ... 0.5\n\n→ Overall exposure level for vitalgate.service: 1.5 OK 🙂\n";
     assert_eq!(exposure(out), Some(1.5));
 }
 
@@ -49,17 +52,28 @@ fn unit_security_exposure_is_at_most_1_9() {
         .unwrap_or_else(|e| {
             panic!("cannot run systemd-analyze ({e}): install the Debian package `systemd` (scripts/test does)")
         });
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let score = exposure(&text).unwrap_or_else(|| panic!("no overall exposure in systemd-analyze output:\n{text}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let score = exposure(&text)
+        .unwrap_or_else(|| panic!("no overall exposure in systemd-analyze output:\n{text}"));
     eprintln!("systemd-analyze security --offline=true packaging/vitalgate.service: {score}");
-    assert!(score <= 1.9, "exposure {score} > 1.9; what is still exposed:\n{text}");
+    assert!(
+        score <= 1.9,
+        "exposure {score} > 1.9; what is still exposed:\n{text}"
+    );
 }
 
 #[test]
 fn unit_credential_is_the_name_the_key_loader_reads() {
     let unit = read("packaging/vitalgate.service");
     let creds = unit_values(&unit, "LoadCredential");
-    let want = format!("{}:/etc/vitalgate/master.key", vitalgate::store::crypto::CREDENTIAL_NAME);
+    let want = format!(
+        "{}:/etc/vitalgate/master.key",
+        vitalgate::store::crypto::CREDENTIAL_NAME
+    );
     assert_eq!(creds, [want]);
 }
 
@@ -74,14 +88,22 @@ fn unit_user_is_created_by_sysusers_and_owns_the_state_dir() {
         .filter_map(|l| l.strip_prefix('u'))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(created, [user[0].as_str()], "sysusers.d creates the unit's User=");
+    assert_eq!(
+        created,
+        [user[0].as_str()],
+        "sysusers.d creates the unit's User="
+    );
     let tmpfiles = read("packaging/tmpfiles.d/vitalgate.conf");
     let state = tmpfiles
         .lines()
         .find(|l| l.starts_with('d') && l.contains("/var/lib/vitalgate"))
         .expect("tmpfiles.d creates /var/lib/vitalgate");
     let fields: Vec<&str> = state.split_whitespace().collect();
-    assert_eq!(&fields[2..5], ["0700", user[0].as_str(), user[0].as_str()], "{state}");
+    assert_eq!(
+        &fields[2..5],
+        ["0700", user[0].as_str(), user[0].as_str()],
+        "{state}"
+    );
     assert_eq!(unit_values(&unit, "StateDirectory"), ["vitalgate"]);
 }
 
@@ -89,10 +111,19 @@ fn unit_user_is_created_by_sysusers_and_owns_the_state_dir() {
 fn unit_runs_the_packaged_binary_with_the_packaged_config() {
     let unit = read("packaging/vitalgate.service");
     let exec = unit_values(&unit, "ExecStart");
-    assert_eq!(exec, ["/usr/bin/vitalgate run --config /etc/vitalgate/vitalgate.toml"]);
+    assert_eq!(
+        exec,
+        ["/usr/bin/vitalgate run --config /etc/vitalgate/vitalgate.toml"]
+    );
     let cargo = read("Cargo.toml");
-    assert!(cargo.contains(r#"["target/release/vitalgate", "usr/bin/", "755"]"#), "binary asset");
-    assert!(cargo.contains(r#"["config/vitalgate.toml", "etc/vitalgate/vitalgate.toml", "640"]"#), "config asset");
+    assert!(
+        cargo.contains(r#"["target/release/vitalgate", "usr/bin/", "755"]"#),
+        "binary asset"
+    );
+    assert!(
+        cargo.contains(r#"["config/vitalgate.toml", "etc/vitalgate/vitalgate.toml", "640"]"#),
+        "config asset"
+    );
 }
 
 #[test]
@@ -103,7 +134,11 @@ fn packaged_default_config_passes_check_config() {
         .arg(root().join("config/vitalgate.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "check-config: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "check-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -112,7 +147,10 @@ fn maintainer_scripts_are_valid_sh_and_keep_the_debhelper_token() {
     for name in ["postinst", "postrm"] {
         let path = root().join("packaging/debian").join(name);
         let text = read(&format!("packaging/debian/{name}"));
-        assert!(text.lines().any(|l| l.trim() == "#DEBHELPER#"), "{name}: no #DEBHELPER# line");
+        assert!(
+            text.lines().any(|l| l.trim() == "#DEBHELPER#"),
+            "{name}: no #DEBHELPER# line"
+        );
         let st = Command::new("sh").arg("-n").arg(&path).status().unwrap();
         assert!(st.success(), "{name}: sh -n failed");
     }

@@ -14,7 +14,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("master.key");
-    let st = Command::new(BIN).args(["keygen", "--out"]).arg(&key).status().unwrap();
+    let st = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .status()
+        .unwrap();
     assert!(st.success(), "vitalgate keygen failed: {st}");
     let cfg = format!(
         r#"
@@ -65,13 +69,17 @@ fn spawn(config: &Path, notify_socket: Option<&Path>) -> Child {
     if let Some(sock) = notify_socket {
         // WATCHDOG_PID is left unset (the child's pid is not known yet): sd-notify then
         // accepts WATCHDOG_USEC for itself. 1 s: pings every 250 ms while the writer ticks.
-        cmd.env("NOTIFY_SOCKET", sock).env("WATCHDOG_USEC", "1000000");
+        cmd.env("NOTIFY_SOCKET", sock)
+            .env("WATCHDOG_USEC", "1000000");
     }
     cmd.spawn().unwrap()
 }
 
 fn sigterm(child: &Child) {
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success(), "kill -TERM failed: {st}");
 }
 
@@ -107,13 +115,20 @@ fn wait_running(state_dir: &Path, child: &mut Child) {
         if committed > 0 {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no reading committed within 60 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no reading committed within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// Datagrams received on the fake NOTIFY_SOCKET, one string each.
-fn recv_all(sock: &UnixDatagram, until: impl Fn(&[String]) -> bool, limit: Duration) -> Vec<String> {
+fn recv_all(
+    sock: &UnixDatagram,
+    until: impl Fn(&[String]) -> bool,
+    limit: Duration,
+) -> Vec<String> {
     let mut got = Vec::new();
     let t0 = Instant::now();
     let mut buf = [0u8; 4096];
@@ -144,11 +159,22 @@ fn run_sigterm_exits_0_within_5s_with_final_status_not_running() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     let snap = snapshot(&state).expect("status.json after shutdown");
-    assert_eq!(snap["running"], serde_json::json!(false), "final snapshot: {snap}");
-    assert_eq!(snap["ingest"]["commit_failures"], serde_json::json!(0), "final snapshot: {snap}");
+    assert_eq!(
+        snap["running"],
+        serde_json::json!(false),
+        "final snapshot: {snap}"
+    );
+    assert_eq!(
+        snap["ingest"]["commit_failures"],
+        serde_json::json!(0),
+        "final snapshot: {snap}"
+    );
     // The outbox was closed cleanly and holds the readings (nothing to deliver them to).
     let stats = vitalgate::store::outbox::stats_readonly(&state.join("outbox.db")).unwrap();
-    assert!(stats.backlog_readings > 0, "outbox after shutdown: {stats:?}");
+    assert!(
+        stats.backlog_readings > 0,
+        "outbox after shutdown: {stats:?}"
+    );
 }
 
 #[test]
@@ -156,7 +182,8 @@ fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
     let (dir, config) = setup();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
 
     let started = Instant::now();
     let mut child = spawn(&config, Some(&sock_path));
@@ -165,21 +192,39 @@ fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
         |m| has_line(m, "READY=1") && has_line(m, "WATCHDOG=1"),
         Duration::from_secs(60),
     );
-    eprintln!("messages before SIGTERM: {before_term:?} ({:?} after spawn)", started.elapsed());
-    let ready_at = before_term.iter().position(|m| has_line(std::slice::from_ref(m), "READY=1"));
-    let first_watchdog = before_term.iter().position(|m| has_line(std::slice::from_ref(m), "WATCHDOG=1"));
+    eprintln!(
+        "messages before SIGTERM: {before_term:?} ({:?} after spawn)",
+        started.elapsed()
+    );
+    let ready_at = before_term
+        .iter()
+        .position(|m| has_line(std::slice::from_ref(m), "READY=1"));
+    let first_watchdog = before_term
+        .iter()
+        .position(|m| has_line(std::slice::from_ref(m), "WATCHDOG=1"));
     assert!(ready_at.is_some(), "no READY=1: {before_term:?}");
-    assert!(first_watchdog.is_some(), "no WATCHDOG=1 while the writer ticks: {before_term:?}");
-    assert!(ready_at < first_watchdog, "WATCHDOG=1 before READY=1: {before_term:?}");
     assert!(
-        before_term.iter().any(|m| m.contains("STATUS=outbox=") && m.contains("uplink=none devices=2/2")),
+        first_watchdog.is_some(),
+        "no WATCHDOG=1 while the writer ticks: {before_term:?}"
+    );
+    assert!(
+        ready_at < first_watchdog,
+        "WATCHDOG=1 before READY=1: {before_term:?}"
+    );
+    assert!(
+        before_term
+            .iter()
+            .any(|m| m.contains("STATUS=outbox=") && m.contains("uplink=none devices=2/2")),
         "no STATUS line with outbox depth and uplink state: {before_term:?}"
     );
 
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(5));
     let after_term = recv_all(&sock, |m| has_line(m, "STOPPING=1"), Duration::from_secs(1));
-    assert!(has_line(&after_term, "STOPPING=1"), "no STOPPING=1 after SIGTERM: {after_term:?}");
+    assert!(
+        has_line(&after_term, "STOPPING=1"),
+        "no STOPPING=1 after SIGTERM: {after_term:?}"
+    );
     let status = status.unwrap_or_else(|| panic!("vitalgate run still running 5 s after SIGTERM"));
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }

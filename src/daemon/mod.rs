@@ -177,7 +177,8 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
         .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
-    let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
+    let mut hooks: Vec<Box<dyn CommitHook>> =
+        vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
     hooks.extend(std::mem::take(&mut opts.hooks));
     let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
 
@@ -299,7 +300,15 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         systemd::notify_ready(n.as_ref(), "outbox open, devices starting");
         let watchdog = sd_notify::watchdog_enabled();
         let (registry, uplink_status) = (registry.clone(), uplink_status.clone());
-        tracker.spawn(systemd::supervise(n, watchdog, heartbeat, registry, uplink_status, retention_token.clone()));
+        let token = retention_token.clone();
+        tracker.spawn(systemd::supervise(
+            n,
+            watchdog,
+            heartbeat,
+            registry,
+            uplink_status,
+            token,
+        ));
     }
 
     shutdown.cancelled().await;

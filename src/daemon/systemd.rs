@@ -111,7 +111,9 @@ impl Heartbeat {
     pub fn beat(&self, backlog: u64) {
         let ms = u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.inner.backlog.store(backlog, Ordering::Relaxed);
-        self.inner.last_tick.store(ms.saturating_add(1), Ordering::Release);
+        self.inner
+            .last_tick
+            .store(ms.saturating_add(1), Ordering::Release);
     }
 
     /// How long ago the writer last ticked; `None` if it never has.
@@ -228,9 +230,18 @@ pub async fn supervise(
         // Before the first tick the writer is starting, not stalled.
         let fresh = age.is_none() || should_feed(age, limit);
         let devices = registry.snapshot(OffsetDateTime::now_utc());
-        let connected = devices.iter().filter(|d| d.state == LinkState::Connected).count();
+        let connected = devices
+            .iter()
+            .filter(|d| d.state == LinkState::Connected)
+            .count();
         let up = uplink.as_ref().map(|u| u.borrow().clone());
-        let line = status_line(heartbeat.backlog(), up.as_ref(), connected, devices.len(), !fresh);
+        let line = status_line(
+            heartbeat.backlog(),
+            up.as_ref(),
+            connected,
+            devices.len(),
+            !fresh,
+        );
         if !fresh && !stalled_logged {
             tracing::error!(
                 writer_silent_s = age.map(|a| a.as_secs()).unwrap_or_default(),
@@ -254,7 +265,10 @@ pub async fn supervise(
 /// (systemd.exec(5), "JOURNAL_STREAM").
 pub fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Some(expected) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| parse_journal_stream(&v)) else {
+    let Some(expected) = std::env::var("JOURNAL_STREAM")
+        .ok()
+        .and_then(|v| parse_journal_stream(&v))
+    else {
         return false;
     };
     match std::fs::metadata("/proc/self/fd/2") {
@@ -340,12 +354,18 @@ mod tests {
 
     #[test]
     fn should_feed_recent_tick_is_true() {
-        assert!(should_feed(Some(Duration::from_secs(1)), Duration::from_secs(15)));
+        assert!(should_feed(
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(15)
+        ));
     }
 
     #[test]
     fn should_feed_stale_tick_is_false() {
-        assert!(!should_feed(Some(Duration::from_secs(16)), Duration::from_secs(15)));
+        assert!(!should_feed(
+            Some(Duration::from_secs(16)),
+            Duration::from_secs(15)
+        ));
     }
 
     #[test]
@@ -373,12 +393,16 @@ mod tests {
 
     #[test]
     fn status_line_no_uplink_configured_says_none() {
-        assert_eq!(status_line(Some(0), None, 0, 0, false), "outbox=0 uplink=none devices=0/0");
+        assert_eq!(
+            status_line(Some(0), None, 0, 0, false),
+            "outbox=0 uplink=none devices=0/0"
+        );
     }
 
     #[test]
     fn status_line_before_first_tick_shows_unknown_depth() {
-        assert!(status_line(None, Some(&uplink(false, 0)), 1, 1, false).starts_with("outbox=? uplink=down"));
+        assert!(status_line(None, Some(&uplink(false, 0)), 1, 1, false)
+            .starts_with("outbox=? uplink=down"));
     }
 
     #[test]
@@ -423,8 +447,15 @@ mod tests {
         token.cancel();
         task.await.unwrap();
         let sent = rec.0.lock().unwrap().clone();
-        assert!(!sent[0].contains("WATCHDOG=1"), "first message before any tick: {sent:?}");
-        assert!(sent.iter().any(|m| m.starts_with("WATCHDOG=1\nSTATUS=outbox=9")), "{sent:?}");
+        assert!(
+            !sent[0].contains("WATCHDOG=1"),
+            "first message before any tick: {sent:?}"
+        );
+        assert!(
+            sent.iter()
+                .any(|m| m.starts_with("WATCHDOG=1\nSTATUS=outbox=9")),
+            "{sent:?}"
+        );
     }
 
     #[tokio::test]
@@ -433,7 +464,14 @@ mod tests {
         let hb = Heartbeat::new();
         hb.beat(1);
         let token = CancellationToken::new();
-        let task = tokio::spawn(supervise(rec.clone(), None, hb, Registry::default(), None, token.clone()));
+        let task = tokio::spawn(supervise(
+            rec.clone(),
+            None,
+            hb,
+            Registry::default(),
+            None,
+            token.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         token.cancel();
         task.await.unwrap();
