@@ -123,7 +123,10 @@ fn init_logging(default: &str) {
             let journald = journald
                 .with_field_prefix(Some("VG".into()))
                 .with_syslog_identifier("vitalgate".into());
-            tracing_subscriber::registry().with(filter).with(journald).init();
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald)
+                .init();
             return;
         }
     }
