@@ -143,13 +143,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
             let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let notifier = vitalgate::daemon::systemd::SdNotify::start()
+                .context("cannot start the systemd notification thread")?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let reload = Arc::new(Notify::new());
                 spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
                 let opts = vitalgate::daemon::RunOptions {
                     reload: Some(reload),
-                    notifier: Some(Arc::new(vitalgate::daemon::systemd::SdNotify)),
+                    notifier: Some(Arc::new(notifier)),
                     ..Default::default()
                 };
                 vitalgate::daemon::run(cfg, master, shutdown, opts).await

@@ -228,3 +228,37 @@ fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
     let status = status.unwrap_or_else(|| panic!("vitalgate run still running 5 s after SIGTERM"));
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn run_with_unread_notify_socket_keeps_ingesting_and_stops_in_time() {
+    // A service manager that does not read NOTIFY_SOCKET fills the datagram queue
+    // (net.unix.max_dgram_qlen, often 10); a blocking send on the async runtime then stalled
+    // every task. Found by scripts/footprint. Status and watchdog messages must be dropped
+    // instead, and ingest must go on.
+    let (dir, config) = setup();
+    let state = dir.path().join("state");
+    let sock_path = dir.path().join("notify.sock");
+    let _sock = UnixDatagram::bind(&sock_path).unwrap(); // never read
+    let mut child = spawn(&config, Some(&sock_path));
+    wait_running(&state, &mut child);
+    let committed = |s: &Path| {
+        snapshot(s)
+            .and_then(|v| v["ingest"]["readings_committed"].as_u64())
+            .unwrap_or(0)
+    };
+    // 4 messages/s (WATCHDOG_USEC=1 s): after 4 s the queue is full whatever its size up to 16;
+    // from then on, status.json (written every 2 s by a task on the runtime) must still move.
+    std::thread::sleep(Duration::from_secs(4));
+    let before = committed(&state);
+    std::thread::sleep(Duration::from_secs(6));
+    let after = committed(&state);
+    assert!(
+        after > before,
+        "ingest stalled with an unread NOTIFY_SOCKET: {before} -> {after} readings committed"
+    );
+
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let status = status.unwrap_or_else(|| panic!("vitalgate run still running 5 s after SIGTERM"));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

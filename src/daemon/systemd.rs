@@ -43,15 +43,65 @@ pub trait Notifier: Send + Sync + 'static {
     fn notify(&self, states: &[NotifyState<'_>]);
 }
 
-/// `sd_notify(3)` through the `sd-notify` crate: a no-op when `NOTIFY_SOCKET` is unset.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SdNotify;
+/// `sd_notify(3)` through the `sd-notify` crate, sent from a dedicated thread.
+///
+/// The crate's `notify` is a blocking datagram send: if the service manager does not read
+/// its socket (the queue holds only `net.unix.max_dgram_qlen`, often 10, messages), the send
+/// blocks. Called on the async runtime, that would stall a worker and with it device tasks
+/// and the ingest ticker. So messages go through a small queue to a `sd-notify` thread, in
+/// order; when that queue is full the message is dropped (and counted): STATUS and WATCHDOG
+/// are periodic, and a manager that reads nothing will not miss them.
+/// A no-op (no thread) when `NOTIFY_SOCKET` is unset.
+#[derive(Debug)]
+pub struct SdNotify {
+    tx: Option<std::sync::mpsc::SyncSender<String>>,
+    dropped: AtomicU64,
+}
+
+/// Messages waiting for the `sd-notify` thread before new ones are dropped.
+const NOTIFY_QUEUE: usize = 16;
+
+impl SdNotify {
+    /// Starts the sender thread when `NOTIFY_SOCKET` is set.
+    pub fn start() -> std::io::Result<Self> {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Ok(SdNotify {
+                tx: None,
+                dropped: AtomicU64::new(0),
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(NOTIFY_QUEUE);
+        std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                for msg in rx {
+                    if let Err(e) = sd_notify::notify(&[NotifyState::Custom(&msg)]) {
+                        // Not fatal: the service manager may be gone while we stop.
+                        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+                    }
+                }
+            })?;
+        Ok(SdNotify {
+            tx: Some(tx),
+            dropped: AtomicU64::new(0),
+        })
+    }
+}
 
 impl Notifier for SdNotify {
     fn notify(&self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
-            // Not fatal: the service manager may be gone while we stop; say so once per call.
-            tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let msg: Vec<String> = states.iter().map(ToString::to_string).collect();
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(msg.join("\n")) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 100 == 0 {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "systemd is not reading NOTIFY_SOCKET: status message dropped"
+                );
+            }
         }
     }
 }
