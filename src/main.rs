@@ -141,9 +141,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Under systemd (stderr is the journal, `$JOURNAL_STREAM`), events go to journald with their
+/// structured fields (`VG_DEVICE=`, `VG_PATIENT=`, ...); otherwise formatted lines go to stderr.
 fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    if vitalgate::daemon::systemd::stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            // Fields become VG_DEVICE=, VG_PATIENT=, ...: `journalctl -u vitalgate VG_DEVICE=pulse-ox`.
+            let journald = journald
+                .with_field_prefix(Some("VG".into()))
+                .with_syslog_identifier("vitalgate".into());
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald)
+                .init();
+            return;
+        }
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -157,11 +174,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
             let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let notifier = vitalgate::daemon::systemd::SdNotify::start()
+                .context("cannot start the systemd notification thread")?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let reload = Arc::new(Notify::new());
                 spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
-                vitalgate::daemon::supervisor::serve(config, cfg, master, shutdown, reload, None).await
+vitalgate::daemon::supervisor::serve(
+                    config,
+                    cfg,
+                    master,
+                    shutdown,
+                    reload,
+                    None,
+                    Some(Arc::new(notifier)),
+                )
+                .await
             })?;
             Ok(())
         }

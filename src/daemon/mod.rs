@@ -58,6 +58,11 @@ pub struct RunOptions {
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// Notified on SIGHUP: certificates and keys are re-read by the uplink.
     pub reload: Option<Arc<Notify>>,
+    /// systemd notifications (READY, STATUS, WATCHDOG, STOPPING); see `systemd.rs`.
+    pub notifier: Option<Arc<dyn systemd::Notifier>>,
+    /// The process's own shutdown, when `run` is one generation of a reloading supervisor:
+    /// a generation that ends for a reload does not tell systemd it is stopping.
+    pub process_shutdown: Option<CancellationToken>,
 }
 
 /// Calls several hooks in order.
@@ -174,7 +179,9 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let ble_seqs = crate::transport::ble::load_last_seqs(&outbox, &ble_devices);
     let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
         .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
-    let mut hooks: Vec<Box<dyn CommitHook>> = vec![Box::new(alert_hook)];
+    let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
+    let mut hooks: Vec<Box<dyn CommitHook>> =
+        vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
     hooks.extend(std::mem::take(&mut opts.hooks));
     let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
 
@@ -277,7 +284,27 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         });
     }
 
+    // systemd (systemd.rs): READY=1, then STATUS= and WATCHDOG=1 while the writer ticks.
+    if let Some(n) = opts.notifier.clone() {
+        systemd::notify_ready(n.as_ref(), "outbox open, devices starting");
+        let watchdog = sd_notify::watchdog_enabled();
+        let (registry, uplink_status) = (registry.clone(), uplink_status.clone());
+        let token = retention_token.clone();
+        tracker.spawn(systemd::supervise(
+            n,
+            watchdog,
+            heartbeat,
+            registry,
+            uplink_status,
+            token,
+        ));
+    }
+
     shutdown.cancelled().await;
+    let stopping = opts.process_shutdown.as_ref().is_none_or(|t| t.is_cancelled());
+    if let (Some(n), true) = (&opts.notifier, stopping) {
+        systemd::notify_stopping(n.as_ref());
+    }
     tracing::info!("stopping: devices first, then committing what ingest holds");
     devices_token.cancel();
     retention_token.cancel();
@@ -320,6 +347,7 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 
 pub mod alerting;
 pub mod devices;
+pub mod systemd;
 pub mod publish;
 pub mod supervisor;
 

@@ -28,6 +28,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     reload: Arc<Notify>,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+    notifier: Option<Arc<dyn super::systemd::Notifier>>,
 ) -> Result<(), DaemonError> {
     loop {
         let generation = shutdown.child_token();
@@ -72,6 +73,8 @@ pub async fn serve(
         let opts = RunOptions {
             reload: Some(certs),
             ready: Some(tx),
+            notifier: notifier.clone(),
+            process_shutdown: Some(shutdown.clone()),
             ..Default::default()
         };
         if let Some(ready) = ready.take() {
