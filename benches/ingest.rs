@@ -17,7 +17,10 @@ use vitalgate::ingest::{self, Frame, GroupCommit, NoHook};
 use vitalgate::store::{MasterKey, Outbox};
 
 fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let now = OffsetDateTime::now_utc();
 
@@ -38,8 +41,18 @@ fn main() {
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().expect("key");
     let (outbox, _) = Outbox::open(&path, &key).expect("outbox");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let (handle, writer) = ingest::start(outbox, GroupCommit::default(), Arc::new(Notify::new()), Box::new(NoHook)).expect("writer");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (handle, writer) = ingest::start(
+        outbox,
+        GroupCommit::default(),
+        Arc::new(Notify::new()),
+        Box::new(NoHook),
+    )
+    .expect("writer");
     let device: Arc<str> = Arc::from("bench-oximeter");
     let patient: Arc<str> = Arc::from("bench-patient");
     let counters = handle.counters.clone();
@@ -67,12 +80,21 @@ fn main() {
     let ours = started.elapsed();
     drop(handle);
     let outbox = writer.join().expect("writer thread");
-    let txns = counters.transactions.load(std::sync::atomic::Ordering::Relaxed).max(1);
-    let committed = counters.readings_committed.load(std::sync::atomic::Ordering::Relaxed);
+    let txns = counters
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    let committed = counters
+        .readings_committed
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(committed as usize, n, "every reading committed");
     let avg_blob: f64 = outbox
         .connection()
-        .query_row("SELECT AVG(LENGTH(nonce) + LENGTH(ciphertext)) FROM outbox", [], |r| r.get(0))
+        .query_row(
+            "SELECT AVG(LENGTH(nonce) + LENGTH(ciphertext)) FROM outbox",
+            [],
+            |r| r.get(0),
+        )
         .expect("avg");
     let batch = (n as u64 / txns).max(1) as usize;
     drop(outbox);
@@ -80,8 +102,10 @@ fn main() {
     // --- baseline: plain rusqlite, same blob size, same batching, same pragmas ---
     let base_path = dir.path().join("baseline.db");
     let conn = Connection::open(&base_path).expect("baseline db");
-    conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    conn.pragma_update(None, "synchronous", "FULL").expect("full");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("full");
     conn.execute_batch(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, lane INTEGER, kind INTEGER, created_at INTEGER, key_id INTEGER, blob BLOB NOT NULL, delivered_at INTEGER);
          CREATE INDEX t_undelivered ON t(lane, id) WHERE delivered_at IS NULL;",
@@ -95,7 +119,10 @@ fn main() {
     println!("ingest benchmark: {n} readings, {txns} transactions (avg {batch} per group commit), {avg_blob:.0}-byte sealed rows");
     println!("  vitalgate ingest (validate + CBOR + AES-256-GCM + WAL/FULL commit): {ours_rate:>10.0} readings/s  ({:.2} s)", ours.as_secs_f64());
     println!("  raw rusqlite baseline (same blob size, batching, pragmas):          {base_rate:>10.0} rows/s      ({:.2} s)", base.as_secs_f64());
-    println!("  ratio: {:.2} of baseline (target >= 0.50; absolute target >= 100000/s)", ours_rate / base_rate);
+    println!(
+        "  ratio: {:.2} of baseline (target >= 0.50; absolute target >= 100000/s)",
+        ours_rate / base_rate
+    );
 }
 
 fn baseline(mut conn: Connection, n: usize, batch: usize, blob: &[u8]) -> Duration {

@@ -31,7 +31,13 @@ pub struct Entry {
     pub hash: String,
 }
 
-fn entry_hash(seq: u64, time: &OffsetDateTime, event: &str, details: &serde_json::Value, prev: &str) -> String {
+fn entry_hash(
+    seq: u64,
+    time: &OffsetDateTime,
+    event: &str,
+    details: &serde_json::Value,
+    prev: &str,
+) -> String {
     let time = time.unix_timestamp_nanos();
     let body = serde_json::json!([seq, time.to_string(), event, details, prev]).to_string();
     hex::encode(digest(&SHA256, body.as_bytes()))
@@ -40,9 +46,16 @@ fn entry_hash(seq: u64, time: &OffsetDateTime, event: &str, details: &serde_json
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("{path}: cannot write the audit log: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: line {line}: {why}")]
-    Broken { path: PathBuf, line: usize, why: String },
+    Broken {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
 }
 
 /// An open audit log. Appends are serialized by a mutex and synced to disk.
@@ -107,7 +120,9 @@ impl AuditLog {
             .mode(0o600)
             .open(&self.path)
             .map_err(io)?;
-        file.write_all(line.as_bytes()).and_then(|_| file.sync_data()).map_err(io)?;
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.sync_data())
+            .map_err(io)?;
         *state = (seq, hash);
         tracing::info!(audit_seq = seq, event, "audit");
         Ok(())
@@ -138,9 +153,12 @@ pub fn verify(path: &Path) -> Result<u64, AuditError> {
             line: i + 1,
             why,
         };
-        let e: Entry = serde_json::from_str(&line).map_err(|e| broken(format!("not an audit entry: {e}")))?;
+        let e: Entry =
+            serde_json::from_str(&line).map_err(|e| broken(format!("not an audit entry: {e}")))?;
         if e.prev != prev {
-            return Err(broken("chain broken: an entry before this one was removed or changed".into()));
+            return Err(broken(
+                "chain broken: an entry before this one was removed or changed".into(),
+            ));
         }
         if entry_hash(e.seq, &e.time, &e.event, &e.details, &e.prev) != e.hash {
             return Err(broken("entry was modified after it was written".into()));
@@ -158,9 +176,13 @@ mod tests {
     #[test]
     fn audit_chain_verifies_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        AuditLog::open(dir.path()).unwrap().record("keygen", serde_json::json!({"path": "/x"})).unwrap();
+        AuditLog::open(dir.path())
+            .unwrap()
+            .record("keygen", serde_json::json!({"path": "/x"}))
+            .unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
-        log.record("config_applied", serde_json::json!({"version": 2})).unwrap();
+        log.record("config_applied", serde_json::json!({"version": 2}))
+            .unwrap();
         assert_eq!(verify(log.path()).unwrap(), 2);
     }
 
@@ -168,9 +190,13 @@ mod tests {
     fn audit_detects_an_edited_entry() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
-        log.record("purge", serde_json::json!({"rows": 10})).unwrap();
-        log.record("purge", serde_json::json!({"rows": 20})).unwrap();
-        let text = std::fs::read_to_string(log.path()).unwrap().replace("\"rows\":10", "\"rows\":99");
+        log.record("purge", serde_json::json!({"rows": 10}))
+            .unwrap();
+        log.record("purge", serde_json::json!({"rows": 20}))
+            .unwrap();
+        let text = std::fs::read_to_string(log.path())
+            .unwrap()
+            .replace("\"rows\":10", "\"rows\":99");
         std::fs::write(log.path(), text).unwrap();
         let e = verify(log.path()).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("modified"), "{e}");
@@ -181,12 +207,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
         for i in 0..3 {
-            log.record("purge", serde_json::json!({ "rows": i })).unwrap();
+            log.record("purge", serde_json::json!({ "rows": i }))
+                .unwrap();
         }
         let text = std::fs::read_to_string(log.path()).unwrap();
-        let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l).collect();
+        let kept: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| l)
+            .collect();
         std::fs::write(log.path(), kept.join("\n") + "\n").unwrap();
-        assert!(verify(log.path()).unwrap_err().to_string().contains("chain broken"));
+        assert!(verify(log.path())
+            .unwrap_err()
+            .to_string()
+            .contains("chain broken"));
     }
 
     #[test]
@@ -195,6 +230,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
         log.record("x", serde_json::json!({})).unwrap();
-        assert_eq!(std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(log.path()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

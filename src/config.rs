@@ -180,7 +180,10 @@ impl fmt::Debug for PatientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PatientConfig")
             .field("id", &self.id)
-            .field("nhs_number", &self.nhs_number.as_deref().map(redact_nhs_number))
+            .field(
+                "nhs_number",
+                &self.nhs_number.as_deref().map(redact_nhs_number),
+            )
             .field("alerts", &self.alerts)
             .finish()
     }
@@ -257,7 +260,10 @@ impl DeviceConfig {
             Some(c) => c.iter().map(String::as_str).collect(),
             None => default_chars.to_vec(),
         };
-        let address = self.address.as_deref().ok_or("a BLE device needs `address` (from `bluetoothctl devices`)")?;
+        let address = self
+            .address
+            .as_deref()
+            .ok_or("a BLE device needs `address` (from `bluetoothctl devices`)")?;
         crate::transport::ble::BleDeviceConfig::new(
             &self.id,
             address,
@@ -355,23 +361,46 @@ impl Config {
 
         if let Some(id) = &self.gateway.id {
             if !valid_id(id) {
-                problem("gateway.id".into(), format!("{id:?}: use 1-64 of A-Z a-z 0-9 - _ . (it becomes an MQTT topic level)"));
+                problem(
+                    "gateway.id".into(),
+                    format!(
+                        "{id:?}: use 1-64 of A-Z a-z 0-9 - _ . (it becomes an MQTT topic level)"
+                    ),
+                );
             }
         }
         if self.store.retention_days == 0 {
-            problem("store.retention_days".into(), "must be at least 1 (delivered readings are kept this long)".into());
+            problem(
+                "store.retention_days".into(),
+                "must be at least 1 (delivered readings are kept this long)".into(),
+            );
         }
         if self.store.capacity < 1000 {
-            problem("store.capacity".into(), format!("{} is too small; at least 1000 undelivered readings", self.store.capacity));
+            problem(
+                "store.capacity".into(),
+                format!(
+                    "{} is too small; at least 1000 undelivered readings",
+                    self.store.capacity
+                ),
+            );
         }
         if !(1..=10_000).contains(&self.ingest.max_batch_wait_ms) {
-            problem("ingest.max_batch_wait_ms".into(), format!("{} is outside 1..=10000 ms", self.ingest.max_batch_wait_ms));
+            problem(
+                "ingest.max_batch_wait_ms".into(),
+                format!("{} is outside 1..=10000 ms", self.ingest.max_batch_wait_ms),
+            );
         }
         if !(1..=100_000).contains(&self.ingest.max_batch) {
-            problem("ingest.max_batch".into(), format!("{} is outside 1..=100000", self.ingest.max_batch));
+            problem(
+                "ingest.max_batch".into(),
+                format!("{} is outside 1..=100000", self.ingest.max_batch),
+            );
         }
 
-        if self.gateway.id.is_none() && self.uplink.as_ref().is_none_or(|u| u.gateway_id.is_none()) && self.uplink.is_none() {
+        if self.gateway.id.is_none()
+            && self.uplink.as_ref().is_none_or(|u| u.gateway_id.is_none())
+            && self.uplink.is_none()
+        {
             problem(
                 "gateway.id".into(),
                 "not set: set it, or configure [uplink] (the client certificate's CN is the default)".into(),
@@ -380,12 +409,18 @@ impl Config {
         if let Some(up) = &self.uplink {
             if let Err(errors) = up.validate() {
                 for e in errors {
-                    problem(format!("uplink.{}", e.key), format!("{} {}", e.value, e.reason));
+                    problem(
+                        format!("uplink.{}", e.key),
+                        format!("{} {}", e.value, e.reason),
+                    );
                 }
             }
             if let (Some(a), Some(b)) = (&self.gateway.id, &up.gateway_id) {
                 if a != b {
-                    problem("uplink.gateway_id".into(), format!("{b:?} differs from gateway.id {a:?}; set one of them"));
+                    problem(
+                        "uplink.gateway_id".into(),
+                        format!("{b:?} differs from gateway.id {a:?}; set one of them"),
+                    );
                 }
             }
         }
@@ -394,19 +429,28 @@ impl Config {
         for (i, p) in self.patients.iter().enumerate() {
             let key = |k: &str| format!("patient[{i}].{k}");
             if !valid_id(&p.id) {
-                problem(key("id"), format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", p.id));
+                problem(
+                    key("id"),
+                    format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", p.id),
+                );
             }
             if !patient_ids.insert(p.id.as_str()) {
                 problem(key("id"), format!("{:?} is used by another patient", p.id));
             }
             if let Some(n) = &p.nhs_number {
                 if let Err(why) = crate::nhs_number::NhsNumber::parse(n) {
-                    problem(key("nhs_number"), format!("{} is not a valid NHS Number: {why}", redact_nhs_number(n)));
+                    problem(
+                        key("nhs_number"),
+                        format!("{} is not a valid NHS Number: {why}", redact_nhs_number(n)),
+                    );
                 }
             }
             if let Err(crate::alerts::AlertConfigError::Invalid(list)) = p.alerts.validate() {
                 for e in list {
-                    problem(key(&format!("alerts.{}", e.key)), format!("{} {}", e.value, e.reason));
+                    problem(
+                        key(&format!("alerts.{}", e.key)),
+                        format!("{} {}", e.value, e.reason),
+                    );
                 }
             }
         }
@@ -415,13 +459,19 @@ impl Config {
         for (i, d) in self.devices.iter().enumerate() {
             let key = |k: &str| format!("device[{i}].{k}");
             if !valid_id(&d.id) {
-                problem(key("id"), format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", d.id));
+                problem(
+                    key("id"),
+                    format!("{:?}: use 1-64 of A-Z a-z 0-9 - _ .", d.id),
+                );
             }
             if !device_ids.insert(d.id.as_str()) {
                 problem(key("id"), format!("{:?} is used by another device", d.id));
             }
             if !patient_ids.contains(d.patient.as_str()) {
-                problem(key("patient"), format!("{:?}: no [[patient]] has this id", d.patient));
+                problem(
+                    key("patient"),
+                    format!("{:?}: no [[patient]] has this id", d.patient),
+                );
             }
             let is_sim = d.driver == "sim";
             let ble_only = [
@@ -432,51 +482,100 @@ impl Config {
             ];
             if d.is_ble() {
                 if let Err(why) = d.ble() {
-                    let k = if d.address.as_deref().is_some_and(|a| crate::transport::ble::normalise_address(a).is_ok()) { "characteristics" } else { "address" };
+                    let k = if d
+                        .address
+                        .as_deref()
+                        .is_some_and(|a| crate::transport::ble::normalise_address(a).is_ok())
+                    {
+                        "characteristics"
+                    } else {
+                        "address"
+                    };
                     problem(key(k), why);
                 }
                 if d.path.is_some() {
-                    problem(key("path"), "a BLE device is found by `address`, not a path; remove `path`".into());
+                    problem(
+                        key("path"),
+                        "a BLE device is found by `address`, not a path; remove `path`".into(),
+                    );
                 }
             } else {
                 for (set, name) in ble_only {
                     if set {
-                        problem(key(name), format!("only BLE (`ble-*`) drivers take `{name}`"));
+                        problem(
+                            key(name),
+                            format!("only BLE (`ble-*`) drivers take `{name}`"),
+                        );
                     }
                 }
             }
-            if !is_sim && crate::drivers::find(&d.driver).is_none() && !self.profile_exists(&d.driver) {
-                let mut names: Vec<&str> = crate::drivers::registry().iter().map(|x| x.name).collect();
+            if !is_sim
+                && crate::drivers::find(&d.driver).is_none()
+                && !self.profile_exists(&d.driver)
+            {
+                let mut names: Vec<&str> =
+                    crate::drivers::registry().iter().map(|x| x.name).collect();
                 names.insert(0, "sim");
                 problem(
                     key("driver"),
-                    format!("{:?} is neither a built-in driver ({}) nor a profile in {}", d.driver, names.join(", "), self.devices_dirs_display()),
+                    format!(
+                        "{:?} is neither a built-in driver ({}) nor a profile in {}",
+                        d.driver,
+                        names.join(", "),
+                        self.devices_dirs_display()
+                    ),
                 );
             } else if !is_sim && crate::drivers::find(&d.driver).is_none() {
                 // A device profile: it must load, or the device could not run.
-                if let Some(Err(e)) = crate::drivers::serial::profile::find_profile(&d.driver, &self.gateway.devices_dirs) {
-                    problem(key("driver"), format!("device profile {:?} is invalid:\n    {}", d.driver, e.to_string().replace('\n', "\n    ")));
+                if let Some(Err(e)) = crate::drivers::serial::profile::find_profile(
+                    &d.driver,
+                    &self.gateway.devices_dirs,
+                ) {
+                    problem(
+                        key("driver"),
+                        format!(
+                            "device profile {:?} is invalid:\n    {}",
+                            d.driver,
+                            e.to_string().replace('\n', "\n    ")
+                        ),
+                    );
                 }
             }
             if is_sim {
                 if d.path.is_some() {
-                    problem(key("path"), "the sim driver reads no file; remove `path`".into());
+                    problem(
+                        key("path"),
+                        "the sim driver reads no file; remove `path`".into(),
+                    );
                 }
                 if d.interval_ms == Some(0) {
                     problem(key("interval_ms"), "must be at least 1".into());
                 }
             } else {
-                for (set, name) in [(d.scenario.is_some(), "scenario"), (d.interval_ms.is_some(), "interval_ms"), (d.seed.is_some(), "seed")] {
+                for (set, name) in [
+                    (d.scenario.is_some(), "scenario"),
+                    (d.interval_ms.is_some(), "interval_ms"),
+                    (d.seed.is_some(), "seed"),
+                ] {
                     if set {
                         problem(key(name), format!("only the sim driver takes `{name}`"));
                     }
                 }
                 if d.path.is_none() && !d.is_ble() {
-                    problem(key("path"), format!("driver {:?} needs `path` (a serial device, file or FIFO)", d.driver));
+                    problem(
+                        key("path"),
+                        format!(
+                            "driver {:?} needs `path` (a serial device, file or FIFO)",
+                            d.driver
+                        ),
+                    );
                 }
             }
             if d.expected_interval_s == Some(0) {
-                problem(key("expected_interval_s"), "must be at least 1 second".into());
+                problem(
+                    key("expected_interval_s"),
+                    "must be at least 1 second".into(),
+                );
             }
         }
         out
@@ -490,21 +589,36 @@ impl Config {
     }
 
     fn devices_dirs_display(&self) -> String {
-        let dirs: Vec<String> = self.gateway.devices_dirs.iter().map(|d| d.display().to_string()).collect();
+        let dirs: Vec<String> = self
+            .gateway
+            .devices_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         dirs.join(", ")
     }
 
     /// The gateway id: `gateway.id`, else `uplink.gateway_id`, else the CN of the uplink
     /// client certificate (read from disk).
     pub fn gateway_id(&self) -> Result<String, String> {
-        if let Some(id) = self.gateway.id.clone().or_else(|| self.uplink.as_ref().and_then(|u| u.gateway_id.clone())) {
+        if let Some(id) = self
+            .gateway
+            .id
+            .clone()
+            .or_else(|| self.uplink.as_ref().and_then(|u| u.gateway_id.clone()))
+        {
             return Ok(id);
         }
         let Some(up) = &self.uplink else {
-            return Err("gateway.id: not set, and there is no [uplink] client certificate to take it from".into());
+            return Err(
+                "gateway.id: not set, and there is no [uplink] client certificate to take it from"
+                    .into(),
+            );
         };
-        let pem = std::fs::read(&up.cert_file).map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))?;
-        crate::uplink::gateway_id_from_cert(&pem).map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))
+        let pem = std::fs::read(&up.cert_file)
+            .map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))?;
+        crate::uplink::gateway_id_from_cert(&pem)
+            .map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))
     }
 
     /// The outbox path, resolved against `gateway.state_dir`.
@@ -527,7 +641,9 @@ impl Config {
 }
 
 fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Shows only the last four digits of an NHS Number, for logs and printed config.
@@ -561,32 +677,49 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.ingest.max_batch_wait_ms, 50);
         assert_eq!(c.store.retention_days, 7);
-        assert_eq!(c.patients[0].alerts.spo2_scale, crate::alerts::news2::Spo2Scale::Scale1);
+        assert_eq!(
+            c.patients[0].alerts.spo2_scale,
+            crate::alerts::news2::Spo2Scale::Scale1
+        );
     }
 
     #[test]
     fn unknown_key_is_refused_with_file_and_key() {
-        let e = parse("[gateway]\nid = \"g\"\n[store]\nretention_dayz = 3\n").unwrap_err().to_string();
+        let e = parse("[gateway]\nid = \"g\"\n[store]\nretention_dayz = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("test.toml: store"), "{e}");
         assert!(e.contains("unknown field `retention_dayz`"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_refused_with_key_path() {
-        let e = parse(&format!("{MINIMAL}\nbaud = \"fast\"\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MINIMAL}\nbaud = \"fast\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("device[0].baud"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
     }
 
     #[test]
     fn device_pointing_at_unknown_patient_is_refused() {
-        let e = parse(&MINIMAL.replace("patient = \"p1\"", "patient = \"p9\"")).unwrap_err().to_string();
-        assert_eq!(e, "test.toml: device[0].patient: \"p9\": no [[patient]] has this id");
+        let e = parse(&MINIMAL.replace("patient = \"p1\"", "patient = \"p9\""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "test.toml: device[0].patient: \"p9\": no [[patient]] has this id"
+        );
     }
 
     #[test]
     fn unknown_driver_lists_the_known_ones() {
-        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"nonin-fmt99\"\npath = \"/dev/null\"")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace(
+            "driver = \"sim\"",
+            "driver = \"nonin-fmt99\"\npath = \"/dev/null\"",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("device[0].driver") && e.contains("jsonl"), "{e}");
     }
 
@@ -611,14 +744,23 @@ mod tests {
 
     #[test]
     fn invalid_nhs_number_is_refused_and_redacted_in_the_message() {
-        let e = parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765918\"\n").unwrap_err().to_string();
+        let e =
+            parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765918\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("patient[0].nhs_number"), "{e}");
-        assert!(!e.contains("9434765918"), "NHS Number printed in clear: {e}");
+        assert!(
+            !e.contains("9434765918"),
+            "NHS Number printed in clear: {e}"
+        );
     }
 
     #[test]
     fn sim_only_keys_are_refused_for_other_drivers() {
-        let text = MINIMAL.replace("driver = \"sim\"", "driver = \"jsonl\"\npath = \"/tmp/x\"\nscenario = \"stable\"");
+        let text = MINIMAL.replace(
+            "driver = \"sim\"",
+            "driver = \"jsonl\"\npath = \"/tmp/x\"\nscenario = \"stable\"",
+        );
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("device[0].scenario: only the sim driver"), "{e}");
     }
@@ -627,39 +769,67 @@ mod tests {
     fn invalid_alert_rule_is_refused_with_its_key() {
         let text = format!("{MINIMAL}\n[patient.alerts]\nnews2_freshness_secs = 0\n");
         let text = text.replace("[[device]]", "[patient.alerts.technical]\n[[device]]");
-        let e = parse(&text.replace("[patient.alerts.technical]\n", "")).unwrap_err().to_string();
+        let e = parse(&text.replace("[patient.alerts.technical]\n", ""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("patient[0].alerts.news2_freshness_secs"), "{e}");
     }
 
     #[test]
     fn ble_device_gets_driver_default_characteristics() {
-        let text = MINIMAL.replace("driver = \"sim\"", "driver = \"ble-glucose\"\naddress = \"a4:c1:38:12:34:56\"");
+        let text = MINIMAL.replace(
+            "driver = \"sim\"",
+            "driver = \"ble-glucose\"\naddress = \"a4:c1:38:12:34:56\"",
+        );
         let c = parse(&text).unwrap();
         let b = c.devices[0].ble().unwrap();
         assert_eq!(b.address, "A4:C1:38:12:34:56");
         assert_eq!(b.characteristics, vec![0x2a18, 0x2a34]);
-        assert!(b.has_racp, "glucose meters download stored records by default");
+        assert!(
+            b.has_racp,
+            "glucose meters download stored records by default"
+        );
     }
 
     #[test]
     fn ble_device_without_a_valid_address_is_refused() {
-        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"ble-blood-pressure\"\naddress = \"cuff\"")).unwrap_err().to_string();
-        assert!(e.contains("device[0].address") && e.contains("bluetoothctl"), "{e}");
-        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"ble-blood-pressure\"")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace(
+            "driver = \"sim\"",
+            "driver = \"ble-blood-pressure\"\naddress = \"cuff\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("device[0].address") && e.contains("bluetoothctl"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"ble-blood-pressure\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("device[0].address"), "{e}");
     }
 
     #[test]
     fn ble_only_keys_are_refused_for_other_drivers() {
-        let e = parse(&MINIMAL.replace("driver = \"sim\"", "driver = \"sim\"\naddress = \"A4:C1:38:12:34:56\"")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace(
+            "driver = \"sim\"",
+            "driver = \"sim\"\naddress = \"A4:C1:38:12:34:56\"",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("device[0].address: only BLE"), "{e}");
     }
 
     #[test]
     fn redacted_config_hides_nhs_numbers() {
-        let c = parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n").unwrap();
+        let c =
+            parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n")
+                .unwrap();
         let shown = c.redacted_toml();
-        assert!(shown.contains("***-***-5919") && !shown.contains("9434765919"), "{shown}");
+        assert!(
+            shown.contains("***-***-5919") && !shown.contains("9434765919"),
+            "{shown}"
+        );
         assert!(!format!("{c:?}").contains("9434765919"));
     }
 

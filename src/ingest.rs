@@ -169,20 +169,31 @@ impl IngestHandle {
     /// Queues a frame; returns once queued (waits if the queue is full).
     pub async fn submit(&self, mut frame: Frame) -> Result<(), IngestError> {
         frame.done = None;
-        self.tx.send(Message::Frame(frame)).await.map_err(|_| IngestError::Closed)
+        self.tx
+            .send(Message::Frame(frame))
+            .await
+            .map_err(|_| IngestError::Closed)
     }
 
     /// Asks the writer to run the time-based rules (device silent, alarms that persist).
     pub async fn tick(&self) -> Result<(), IngestError> {
-        self.tx.send(Message::Tick).await.map_err(|_| IngestError::Closed)
+        self.tx
+            .send(Message::Tick)
+            .await
+            .map_err(|_| IngestError::Closed)
     }
 
     /// Queues a frame and waits until it is committed; returns its row ids.
     pub async fn submit_and_wait(&self, mut frame: Frame) -> Result<Vec<i64>, IngestError> {
         let (tx, rx) = oneshot::channel();
         frame.done = Some(tx);
-        self.tx.send(Message::Frame(frame)).await.map_err(|_| IngestError::Closed)?;
-        rx.await.map_err(|_| IngestError::Closed)?.map_err(IngestError::Commit)
+        self.tx
+            .send(Message::Frame(frame))
+            .await
+            .map_err(|_| IngestError::Closed)?;
+        rx.await
+            .map_err(|_| IngestError::Closed)?
+            .map_err(IngestError::Commit)
     }
 }
 
@@ -266,14 +277,20 @@ impl Writer {
         if out.records.is_empty() && out.state.is_empty() {
             return;
         }
-        if self.append_with_retry(&out.records, &out.state, now).is_some() && !out.records.is_empty() {
+        if self
+            .append_with_retry(&out.records, &out.state, now)
+            .is_some()
+            && !out.records.is_empty()
+        {
             self.committed.notify_one();
         }
     }
 
     fn commit(&mut self, mut batch: Vec<Frame>) {
         let now = OffsetDateTime::now_utc();
-        self.counters.frames_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters
+            .frames_received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut records = Vec::with_capacity(batch.len());
         let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
         let mut extra = HookOutput::default();
@@ -283,7 +300,9 @@ impl Writer {
                 match r.validate() {
                     Ok(()) => accepted.push(r),
                     Err(why) => {
-                        self.counters.readings_rejected.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .readings_rejected
+                            .fetch_add(1, Ordering::Relaxed);
                         if self.rejected_logged.allow() {
                             tracing::warn!(device = %frame.device_id, metric = %r.metric, reason = %why, "reading rejected");
                         }
@@ -298,7 +317,11 @@ impl Writer {
                 }
             }
             // One reading (the common case) is its own group: no regrouping needed.
-            let groups = if accepted.len() == 1 { vec![accepted] } else { crate::fhir::group_for_fhir(&accepted) };
+            let groups = if accepted.len() == 1 {
+                vec![accepted]
+            } else {
+                crate::fhir::group_for_fhir(&accepted)
+            };
             for group in groups {
                 records.push(Record::Reading(ReadingRecord {
                     device_id: frame.device_id.to_string(),
@@ -314,7 +337,8 @@ impl Writer {
         let n_readings = records.len();
         extra.extend(self.hook.on_batch(&records, now));
         records.extend(extra.records);
-        if records.is_empty() && extra.state.is_empty() && batch.iter().all(|f| f.cursor.is_none()) {
+        if records.is_empty() && extra.state.is_empty() && batch.iter().all(|f| f.cursor.is_none())
+        {
             for frame in batch {
                 if let Some(done) = frame.done {
                     let _ = done.send(Ok(Vec::new()));
@@ -353,9 +377,16 @@ impl Writer {
                 _ => 0,
             })
             .sum();
-        self.counters.readings_committed.fetch_add(committed_readings as u64, Ordering::Relaxed);
+        self.counters
+            .readings_committed
+            .fetch_add(committed_readings as u64, Ordering::Relaxed);
         if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
-            tracing::debug!(first_id = first, last_id = last, rows = ids.len(), "committed");
+            tracing::debug!(
+                first_id = first,
+                last_id = last,
+                rows = ids.len(),
+                "committed"
+            );
             self.committed.notify_one();
         }
 
@@ -372,7 +403,12 @@ impl Writer {
 
     /// Appends, retrying with backoff on failure. Gives up (returning `None`) only after the
     /// channel has closed (shutdown) and a last attempt failed, logging what was lost.
-    fn append_with_retry(&mut self, records: &[Record], state: &[DeviceStateUpdate], now: OffsetDateTime) -> Option<Vec<i64>> {
+    fn append_with_retry(
+        &mut self,
+        records: &[Record],
+        state: &[DeviceStateUpdate],
+        now: OffsetDateTime,
+    ) -> Option<Vec<i64>> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.outbox.append_with_state(records, state, now) {
@@ -380,13 +416,18 @@ impl Writer {
                 Err(StoreError::Encode(why)) => {
                     // A record that cannot be encoded will never encode: retrying would
                     // block every other reading. It is a bug; say so loudly.
-                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .commit_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %why, rows = records.len(), "BUG: record cannot be encoded; batch not stored");
                     return None;
                 }
                 Err(e) => {
-                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    let disk_full = matches!(&e, StoreError::Sqlite { source, .. } if is_disk_full(source));
+                    self.counters
+                        .commit_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let disk_full =
+                        matches!(&e, StoreError::Sqlite { source, .. } if is_disk_full(source));
                     tracing::error!(
                         error = %e,
                         rows = records.len(),

@@ -130,11 +130,16 @@ impl std::error::Error for UsageError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is the live view: only warnings and errors in between.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
+    init_logging(if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<config::ConfigError>().is_some();
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<config::ConfigError>().is_some();
             eprintln!("error: {e:#}");
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -173,14 +178,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
-            let master = MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let master =
+                MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let reload = Arc::new(Notify::new());
                 spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
-vitalgate::daemon::supervisor::serve(
+                vitalgate::daemon::supervisor::serve(
                     config,
                     cfg,
                     master,
@@ -251,9 +257,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -294,22 +302,48 @@ enum DecodeWith {
     Stream(Box<dyn Fn() -> Box<dyn drivers::StreamDecoder>>),
 }
 
-fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, devices: Option<PathBuf>) -> anyhow::Result<()> {
+fn decode(
+    driver: Option<String>,
+    frames: Vec<String>,
+    text: bool,
+    list: bool,
+    devices: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let dirs = profile_dirs(devices);
     if list {
         for d in drivers::registry() {
-            println!("{:<22} {}{}", d.name, d.summary, if d.text { " (--text)" } else { "" });
+            println!(
+                "{:<22} {}{}",
+                d.name,
+                d.summary,
+                if d.text { " (--text)" } else { "" }
+            );
         }
         for dir in &dirs {
             // Line profiles are drivers of their own; other profiles name a built-in driver.
             if let Ok(entries) = std::fs::read_dir(dir) {
                 let mut names: Vec<String> = entries
-                    .filter_map(|e| e.ok()?.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .filter_map(|e| {
+                        e.ok()?
+                            .path()
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                    })
                     .collect();
                 names.sort();
                 for name in names {
-                    if let Some(Ok(p)) = drivers::serial::profile::find_profile(&name, std::slice::from_ref(dir)) {
-                        println!("{:<22} profile {} ({} {}, driver {}){}", p.name, p.path.display(), p.manufacturer, p.model, p.driver, if p.is_text() { " (--text)" } else { "" });
+                    if let Some(Ok(p)) =
+                        drivers::serial::profile::find_profile(&name, std::slice::from_ref(dir))
+                    {
+                        println!(
+                            "{:<22} profile {} ({} {}, driver {}){}",
+                            p.name,
+                            p.path.display(),
+                            p.manufacturer,
+                            p.model,
+                            p.driver,
+                            if p.is_text() { " (--text)" } else { "" }
+                        );
                     }
                 }
             }
@@ -328,7 +362,10 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, d
         None => match drivers::serial::profile::find_profile(&name, &dirs) {
             Some(Ok(profile)) => {
                 let text = profile.is_text();
-                (DecodeWith::Stream(Box::new(move || profile.decoder())), text)
+                (
+                    DecodeWith::Stream(Box::new(move || profile.decoder())),
+                    text,
+                )
             }
             Some(Err(e)) => return Err(UsageError(e.to_string()).into()),
             None => {
@@ -354,8 +391,12 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, d
                 }
                 Ok(line)
             } else {
-                let clean: String = f.chars().filter(|c| !matches!(c, ' ' | ':' | '-' | '_')).collect();
-                hex::decode(&clean).map_err(|e| UsageError(format!("frame {}: {f:?} is not hex: {e}", i + 1)))
+                let clean: String = f
+                    .chars()
+                    .filter(|c| !matches!(c, ' ' | ':' | '-' | '_'))
+                    .collect();
+                hex::decode(&clean)
+                    .map_err(|e| UsageError(format!("frame {}: {f:?} is not hex: {e}", i + 1)))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -392,7 +433,10 @@ fn decode(driver: Option<String>, frames: Vec<String>, text: bool, list: bool, d
             }
             failures += errors.len();
             if used < all.len() {
-                eprintln!("{} trailing byte(s) do not complete a frame", all.len() - used);
+                eprintln!(
+                    "{} trailing byte(s) do not complete a frame",
+                    all.len() - used
+                );
                 failures += 1;
             }
         }
@@ -456,7 +500,11 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> 
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone(), None);
-        vitalgate::demo::run(vitalgate::demo::DemoOptions { seconds, state_dir }, shutdown).await
+        vitalgate::demo::run(
+            vitalgate::demo::DemoOptions { seconds, state_dir },
+            shutdown,
+        )
+        .await
     })?;
     Ok(())
 }

@@ -271,13 +271,17 @@ impl Decimal {
         // Fast path (Clinger): a mantissa below 2^53 and a power of ten up to 10^22 are both
         // exact doubles, so one IEEE multiplication or division rounds correctly.
         const POW10: [f64; 23] = [
-            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-            1e19, 1e20, 1e21, 1e22,
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
         ];
         let e = self.exponent.unsigned_abs() as usize;
         if self.mantissa.unsigned_abs() < (1u64 << 53) && e < POW10.len() {
             let m = self.mantissa as f64;
-            return if self.exponent >= 0 { m * POW10[e] } else { m / POW10[e] };
+            return if self.exponent >= 0 {
+                m * POW10[e]
+            } else {
+                m / POW10[e]
+            };
         }
         format!("{}e{}", self.mantissa, self.exponent)
             .parse()

@@ -92,7 +92,8 @@ impl Registry {
 
 /// RFC 3339 text for a timestamp (status and logs).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Writes `value` to `dir/status.json` atomically (temp file + rename), mode 0600.
@@ -106,7 +107,11 @@ pub fn write_snapshot(dir: &Path, value: &serde_json::Value) -> std::io::Result<
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(value).unwrap_or_default().as_bytes())?;
+    f.write_all(
+        serde_json::to_string_pretty(value)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
 }
 

@@ -61,9 +61,15 @@ fn check_config_prints_effective_config_with_nhs_number_redacted() {
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("retention_days = 7"), "defaults shown:\n{text}");
+    assert!(
+        text.contains("retention_days = 7"),
+        "defaults shown:\n{text}"
+    );
     assert!(text.contains("***-***-5919"), "{text}");
-    assert!(!text.contains("9434765919") && !text.contains("943 476 5919"), "NHS Number in clear:\n{text}");
+    assert!(
+        !text.contains("9434765919") && !text.contains("943 476 5919"),
+        "NHS Number in clear:\n{text}"
+    );
 }
 
 #[test]
@@ -73,20 +79,39 @@ fn check_config_exits_2_naming_file_key_and_reason() {
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("vitalgate.toml") && err.contains("ingest.max_batch_wait_ms") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("vitalgate.toml")
+            && err.contains("ingest.max_batch_wait_ms")
+            && err.contains("invalid type"),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_config_on_missing_file_exits_2() {
     let out = run(&["check-config", "--config", "/nonexistent/vitalgate.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/nonexistent/vitalgate.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/vitalgate.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn decode_jsonl_prints_one_reading_per_line_and_flags_bad_lines() {
-    let out = run(&["decode", "jsonl", "--text", r#"{"metric":"spo2","value":97,"unit":"%"}"#, "not json"]);
-    assert_eq!(out.status.code(), Some(1), "a bad frame makes the exit code non-zero");
+    let out = run(&[
+        "decode",
+        "jsonl",
+        "--text",
+        r#"{"metric":"spo2","value":97,"unit":"%"}"#,
+        "not json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad frame makes the exit code non-zero"
+    );
     assert_eq!(stdout(&out).lines().count(), 1);
     assert!(stdout(&out).contains(r#""metric":"spo2""#));
     assert!(stderr(&out).contains("not a reading"), "{}", stderr(&out));
@@ -102,7 +127,12 @@ fn decode_unknown_driver_exits_2_listing_drivers() {
 #[test]
 fn decode_list_names_the_design_drivers() {
     let text = stdout(&run(&["decode", "--list"]));
-    for name in ["jsonl", "ble-heart-rate", "ble-blood-pressure", "ble-glucose"] {
+    for name in [
+        "jsonl",
+        "ble-heart-rate",
+        "ble-blood-pressure",
+        "ble-glucose",
+    ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
@@ -111,11 +141,17 @@ fn decode_list_names_the_design_drivers() {
 fn keygen_creates_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let first = std::fs::read(&key).unwrap();
     let again = run(&["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(std::fs::read(&key).unwrap(), first, "the key was changed");
 }
 
@@ -125,8 +161,15 @@ fn run_without_a_key_exits_2_saying_how_to_create_one() {
     let path = config(dir.path(), "");
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("vitalgate keygen"), "{}", stderr(&out));
-    assert!(!dir.path().join("outbox.db").exists(), "no outbox may be created without a key");
+    assert!(
+        stderr(&out).contains("vitalgate keygen"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("outbox.db").exists(),
+        "no outbox may be created without a key"
+    );
 }
 
 #[test]
@@ -135,7 +178,9 @@ fn run_with_a_world_readable_key_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -158,7 +203,10 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
             }
         }
     }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exit {status:?}");
     assert!(until(&last), "condition never held; last status:\n{last:#}");
@@ -169,14 +217,23 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
 #[test]
 fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n");
+    let path = config(
+        dir.path(),
+        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n",
+    );
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
-    run_until(&path, |s| s["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    run_until(&path, |s| {
+        s["backlog"]["readings"].as_u64().unwrap_or(0) > 0
+    });
     let before = std::fs::read(dir.path().join("outbox.db")).unwrap();
 
     std::fs::remove_file(&key).unwrap();
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
@@ -200,16 +257,24 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
         ),
     )
     .unwrap();
-    let devices = format!("[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n", input.display());
+    let devices = format!(
+        "[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n",
+        input.display()
+    );
     let path = config(dir.path(), &devices);
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
 
     let status = run_until(&path, |s| s["backlog"]["readings"].as_u64() == Some(3));
     let device = &status["devices"][0];
     assert_eq!(device["state"], "connected", "{status:#}");
     assert_eq!(device["decode_errors"], 1, "{status:#}");
-    assert_eq!(status["ingest"]["readings_rejected"], 1, "implausible SpO2 140 rejected: {status:#}");
+    assert_eq!(
+        status["ingest"]["readings_rejected"], 1,
+        "implausible SpO2 140 rejected: {status:#}"
+    );
 
     // Restart: the committed offset is resumed, nothing is stored twice; an appended line flows.
     use std::io::Write;
@@ -220,21 +285,34 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
         .write_all(b"{\"metric\":\"heart_rate\",\"value\":64,\"unit\":\"/min\"}\n")
         .unwrap();
     let status = run_until(&path, |s| s["backlog"]["readings"].as_u64() >= Some(4));
-    assert_eq!(status["backlog"]["readings"], 4, "re-read after restart: {status:#}");
+    assert_eq!(
+        status["backlog"]["readings"], 4,
+        "re-read after restart: {status:#}"
+    );
 }
 
 #[test]
 fn status_reports_backlog_keys_and_devices_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n");
+    let path = config(
+        dir.path(),
+        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n",
+    );
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
-    run_until(&path, |s| s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10);
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    run_until(&path, |s| {
+        s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10
+    });
 
     let out = run(&["status", "--config", path.to_str().unwrap()]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["daemon"]["running"], false, "{s:#}");
-    assert!(s["oldest_undelivered"].as_str().unwrap().contains('T'), "{s:#}");
+    assert!(
+        s["oldest_undelivered"].as_str().unwrap().contains('T'),
+        "{s:#}"
+    );
     assert_eq!(s["last_ack"], serde_json::Value::Null);
     assert_eq!(s["keys"]["current_key_id"], 1);
     assert_eq!(s["keys"]["source"]["kind"], "file", "{s:#}");
@@ -292,33 +370,62 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
-    assert!(Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success());
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
 }
 
 fn status_of(config: &Path) -> serde_json::Value {
-    serde_json::from_slice(&run(&["status", "--config", config.to_str().unwrap()]).stdout).unwrap_or_default()
+    serde_json::from_slice(&run(&["status", "--config", config.to_str().unwrap()]).stdout)
+        .unwrap_or_default()
 }
 
 #[test]
 fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n");
+    let path = config(
+        dir.path(),
+        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
+    );
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let mut child = spawn_daemon(&path);
-    wait_for("readings", || status_of(&path)["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
+    wait_for("readings", || {
+        status_of(&path)["backlog"]["readings"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
 
     // `status` needs a valid config: keep a copy of the good one to ask with.
     let good = std::fs::read_to_string(&path).unwrap();
     let ask = dir.path().join("status.toml");
     std::fs::write(&ask, &good).unwrap();
-    std::fs::write(&path, good.replace("interval_ms = 50", "interval_ms = \"fast\"")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("interval_ms = 50", "interval_ms = \"fast\""),
+    )
+    .unwrap();
     signal(&child, "HUP");
     let audit = dir.path().join("audit.log");
-    wait_for("the refusal in the audit log", || std::fs::read_to_string(&audit).unwrap_or_default().contains("config_reload_refused"));
+    wait_for("the refusal in the audit log", || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("config_reload_refused")
+    });
     let before = status_of(&ask)["backlog"]["readings"].as_u64().unwrap();
-    wait_for("ingest to go on", || status_of(&ask)["backlog"]["readings"].as_u64().unwrap() > before);
-    assert!(child.try_wait().unwrap().is_none(), "the daemon stopped on a bad reload");
+    wait_for("ingest to go on", || {
+        status_of(&ask)["backlog"]["readings"].as_u64().unwrap() > before
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon stopped on a bad reload"
+    );
 
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
@@ -327,29 +434,54 @@ fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() 
 #[test]
 fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n");
+    let path = config(
+        dir.path(),
+        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
+    );
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let mut child = spawn_daemon(&path);
-    wait_for("readings", || status_of(&path)["backlog"]["readings"].as_u64().unwrap_or(0) > 0);
+    wait_for("readings", || {
+        status_of(&path)["backlog"]["readings"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
 
     let input = dir.path().join("manual.jsonl");
     std::fs::write(&input, "{\"metric\":\"acvpu\",\"code\":\"V\"}\n").unwrap();
     let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n", input.display()));
+    text.push_str(&format!(
+        "[[device]]\nid = \"manual\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n",
+        input.display()
+    ));
     std::fs::write(&path, text).unwrap();
     let before = status_of(&path)["backlog"]["readings"].as_u64().unwrap();
     signal(&child, "HUP");
-    wait_for("the second device", || status_of(&path)["devices"].as_array().map(|d| d.len()) == Some(2));
-    wait_for("ingest after the reload", || status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before + 1);
+    wait_for("the second device", || {
+        status_of(&path)["devices"].as_array().map(|d| d.len()) == Some(2)
+    });
+    wait_for("ingest after the reload", || {
+        status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before + 1
+    });
     let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("config_applied"), "{audit}");
 
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     // Nothing lost across the in-process restart: every row authenticates.
-    let mut outbox = vitalgate::store::Outbox::open(&dir.path().join("outbox.db"), &vitalgate::store::MasterKey::load(&key).unwrap()).unwrap().0;
-    assert_eq!(outbox.verify_all().unwrap().len() as u64, outbox.backlog().unwrap());
+    let mut outbox = vitalgate::store::Outbox::open(
+        &dir.path().join("outbox.db"),
+        &vitalgate::store::MasterKey::load(&key).unwrap(),
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        outbox.verify_all().unwrap().len() as u64,
+        outbox.backlog().unwrap()
+    );
 }
 
 /// Issue #5 acceptance 9: on a host with no Bluetooth (no adapter, no bluetoothd, as here) the
@@ -361,26 +493,47 @@ fn ble_device_without_bluetooth_is_unavailable_and_the_rest_works() {
                    [[device]]\nid = \"cuff\"\npatient = \"p1\"\ndriver = \"ble-blood-pressure\"\naddress = \"A4:C1:38:12:34:56\"\n";
     let path = config(dir.path(), devices);
     let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}/no-such-bus", dir.path().display()))
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}/no-such-bus", dir.path().display()),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let device = |s: &serde_json::Value, id: &str| s["devices"].as_array().and_then(|d| d.iter().find(|x| x["id"] == id).cloned()).unwrap_or_default();
+    let device = |s: &serde_json::Value, id: &str| {
+        s["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["id"] == id).cloned())
+            .unwrap_or_default()
+    };
     let ok = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(300));
         let s = status_of(&path);
-        device(&s, "cuff")["state"] == "unavailable" && s["backlog"]["readings"].as_u64().unwrap_or(0) > 10
+        device(&s, "cuff")["state"] == "unavailable"
+            && s["backlog"]["readings"].as_u64().unwrap_or(0) > 10
     });
     let s = status_of(&path);
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let exit = child.wait().unwrap();
     assert!(ok, "cuff not unavailable or sim not ingesting: {s:#}");
-    assert!(device(&s, "cuff")["last_error"].as_str().unwrap_or("").len() > 5, "{s:#}");
+    assert!(
+        device(&s, "cuff")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .len()
+            > 5,
+        "{s:#}"
+    );
     assert!(exit.success());
 }

@@ -57,7 +57,11 @@ fn committed_range(line: &str) -> Option<(i64, i64)> {
     }
     let num = |key: &str| -> Option<i64> {
         let rest = &line[line.find(key)? + key.len()..];
-        rest.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+        rest.chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .ok()
     };
     Some((num("first_id=")?, num("last_id=")?))
 }
@@ -93,7 +97,11 @@ fn outbox_keeps_every_committed_reading_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let key_path = dir.path().join("master.key");
-    let status = Command::new(bin).args(["keygen", "--out"]).arg(&key_path).status().unwrap();
+    let status = Command::new(bin)
+        .args(["keygen", "--out"])
+        .arg(&key_path)
+        .status()
+        .unwrap();
     assert!(status.success());
     let key = MasterKey::load(&key_path).unwrap();
 
@@ -106,11 +114,16 @@ fn outbox_keeps_every_committed_reading_across_sigkill() {
     for kill in 0..KILLS {
         let (mut child, commits) = start(bin, &config);
         // Wait for ingest to be committing, then kill at a random moment.
-        let first = commits.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("kill {kill}: the daemon reported no commit within 30 s")
-        });
-        assert!(first.0 > max_before, "kill {kill}: ingest did not resume after the previous max id {max_before}: {first:?}");
+        let first = commits
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("kill {kill}: the daemon reported no commit within 30 s")
+            });
+        assert!(
+            first.0 > max_before,
+            "kill {kill}: ingest did not resume after the previous max id {max_before}: {first:?}"
+        );
         let mut ranges = vec![first];
         let deadline = Instant::now() + Duration::from_millis(rng.gen_range(1..400));
         while Instant::now() < deadline {
@@ -128,11 +141,17 @@ fn outbox_keeps_every_committed_reading_across_sigkill() {
         max_before = *reported.last().unwrap();
 
         let (mut outbox, report) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
-        assert!(report.corrupt_moved_to.is_none(), "kill {kill}: outbox set aside as corrupt");
+        assert!(
+            report.corrupt_moved_to.is_none(),
+            "kill {kill}: outbox set aside as corrupt"
+        );
         assert_eq!(outbox.quick_check().unwrap(), "ok", "kill {kill}");
         let present: BTreeSet<i64> = outbox.verify_all().unwrap().into_iter().collect();
         let missing: Vec<_> = reported.difference(&present).take(10).collect();
-        assert!(missing.is_empty(), "kill {kill}: reported committed but missing or unreadable: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "kill {kill}: reported committed but missing or unreadable: {missing:?}"
+        );
         assert_eq!(outbox.stats().unwrap().quarantined, 0, "kill {kill}");
     }
     eprintln!("{KILLS} kills, {} committed rows checked", reported.len());

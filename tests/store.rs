@@ -46,9 +46,19 @@ fn outbox_round_trips_every_metric_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().unwrap();
-    let mut records: Vec<Record> = one_of_every_metric().into_iter().map(|r| record(vec![r])).collect();
-    records.push(record(vec![Reading::absent(Metric::HeartRate, Absent::Nres)]));
-    records.push(record(vec![Reading::number(Metric::BodyTemperature, Decimal::new(3760, -2), Unit::Celsius)]));
+    let mut records: Vec<Record> = one_of_every_metric()
+        .into_iter()
+        .map(|r| record(vec![r]))
+        .collect();
+    records.push(record(vec![Reading::absent(
+        Metric::HeartRate,
+        Absent::Nres,
+    )]));
+    records.push(record(vec![Reading::number(
+        Metric::BodyTemperature,
+        Decimal::new(3760, -2),
+        Unit::Celsius,
+    )]));
     let ids = open(&path, &key).append(&records, now()).unwrap();
 
     // A fresh connection (as after a restart) reads back exactly what was stored.
@@ -59,12 +69,24 @@ fn outbox_round_trips_every_metric_exactly() {
         assert_eq!(got, want);
     }
     // The device's UTC offset survives storage (FHIR effectiveDateTime carries it).
-    let Record::Reading(first) = &pending[0].1 else { panic!() };
-    assert_eq!(first.readings[0].device_time.unwrap().offset(), time::macros::offset!(+01:00));
+    let Record::Reading(first) = &pending[0].1 else {
+        panic!()
+    };
+    assert_eq!(
+        first.readings[0].device_time.unwrap().offset(),
+        time::macros::offset!(+01:00)
+    );
     // 37.60 keeps its two decimals (an exact decimal, not a float).
-    let Record::Reading(r) = &pending.last().unwrap().1 else { panic!() };
-    assert_eq!(r.readings[0].value, vitalgate::reading::Value::Number(Decimal::new(3760, -2)));
-    assert!(matches!(r.readings[0].value, vitalgate::reading::Value::Number(d) if d.exponent == -2));
+    let Record::Reading(r) = &pending.last().unwrap().1 else {
+        panic!()
+    };
+    assert_eq!(
+        r.readings[0].value,
+        vitalgate::reading::Value::Number(Decimal::new(3760, -2))
+    );
+    assert!(
+        matches!(r.readings[0].value, vitalgate::reading::Value::Number(d) if d.exponent == -2)
+    );
 }
 
 #[test]
@@ -73,13 +95,27 @@ fn outbox_stores_ciphertext_not_plaintext() {
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().unwrap();
     let mut outbox = open(&path, &key);
-    outbox.append(&[record(vec![Reading::canonical(Metric::Spo2, Decimal::int(97))])], now()).unwrap();
+    outbox
+        .append(
+            &[record(vec![Reading::canonical(
+                Metric::Spo2,
+                Decimal::int(97),
+            )])],
+            now(),
+        )
+        .unwrap();
     drop(outbox);
     let raw = std::fs::read(&path).unwrap();
     let wal = std::fs::read(dir.path().join("outbox.db-wal")).unwrap_or_default();
     for haystack in [&raw, &wal] {
-        assert!(!haystack.windows(10).any(|w| w == b"9434765919"), "NHS Number in clear on disk");
-        assert!(!haystack.windows(4).any(|w| w == b"spo2"), "metric name in clear on disk");
+        assert!(
+            !haystack.windows(10).any(|w| w == b"9434765919"),
+            "NHS Number in clear on disk"
+        );
+        assert!(
+            !haystack.windows(4).any(|w| w == b"spo2"),
+            "metric name in clear on disk"
+        );
     }
 }
 
@@ -97,14 +133,21 @@ fn tamper(path: &Path, key: &MasterKey, column: &str, id: i64) {
     let outbox = open(path, key);
     let blob: Vec<u8> = outbox
         .connection()
-        .query_row(&format!("SELECT {column} FROM outbox WHERE id = ?1"), [id], |r| r.get(0))
+        .query_row(
+            &format!("SELECT {column} FROM outbox WHERE id = ?1"),
+            [id],
+            |r| r.get(0),
+        )
         .unwrap();
     let mut blob = blob;
     let mid = blob.len() / 2;
     blob[mid] ^= 0x01;
     outbox
         .connection()
-        .execute(&format!("UPDATE outbox SET {column} = ?1 WHERE id = ?2"), rusqlite::params![blob, id])
+        .execute(
+            &format!("UPDATE outbox SET {column} = ?1 WHERE id = ?2"),
+            rusqlite::params![blob, id],
+        )
         .unwrap();
 }
 
@@ -125,7 +168,12 @@ fn tampered_ciphertext_byte_is_quarantined_and_the_rest_still_flows() {
     tamper(&path, &key, "ciphertext", ids[1]);
 
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox.pending(Lane::Reading, 0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
+    let pending: Vec<i64> = outbox
+        .pending(Lane::Reading, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(pending, vec![ids[0], ids[2]]);
     let stats = outbox.stats().unwrap();
     assert_eq!(stats.quarantined, 1);
@@ -142,7 +190,12 @@ fn tampered_nonce_byte_is_quarantined() {
     tamper(&path, &key, "nonce", ids[0]);
 
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox.pending(Lane::Reading, 0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
+    let pending: Vec<i64> = outbox
+        .pending(Lane::Reading, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(pending, vec![ids[1], ids[2]]);
     assert_eq!(outbox.stats().unwrap().quarantined, 1);
 }
@@ -164,7 +217,12 @@ fn ciphertext_moved_to_another_row_fails_authentication() {
         .unwrap();
     drop(outbox);
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox.pending(Lane::Reading, 0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
+    let pending: Vec<i64> = outbox
+        .pending(Lane::Reading, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(pending, vec![ids[0], ids[2]]);
 }
 
@@ -175,7 +233,10 @@ fn wrong_master_key_is_refused_at_open() {
     three_readings(&path, &MasterKey::ephemeral().unwrap());
     let err = Outbox::open(&path, &MasterKey::ephemeral().unwrap()).unwrap_err();
     assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
-    assert!(err.to_string().contains("restore the original key"), "{err}");
+    assert!(
+        err.to_string().contains("restore the original key"),
+        "{err}"
+    );
     // Nothing was destroyed: the file is still there with its rows.
     assert!(path.exists());
 }
@@ -184,15 +245,30 @@ fn wrong_master_key_is_refused_at_open() {
 fn corrupt_database_is_set_aside_not_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
-    std::fs::write(&path, b"this is not an SQLite database, it is garbage from a bad SD card").unwrap();
+    std::fs::write(
+        &path,
+        b"this is not an SQLite database, it is garbage from a bad SD card",
+    )
+    .unwrap();
     let key = MasterKey::ephemeral().unwrap();
     let (mut outbox, report) = Outbox::open(&path, &key).unwrap();
     let aside = report.corrupt_moved_to.expect("corrupt file set aside");
-    assert_eq!(std::fs::read(&aside).unwrap(), b"this is not an SQLite database, it is garbage from a bad SD card");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        b"this is not an SQLite database, it is garbage from a bad SD card"
+    );
     assert_eq!(outbox.stats().unwrap().corrupt_files_set_aside, 1);
     assert_eq!(outbox.quick_check().unwrap(), "ok");
     // And the new outbox works.
-    outbox.append(&[record(vec![Reading::canonical(Metric::Spo2, Decimal::int(97))])], now()).unwrap();
+    outbox
+        .append(
+            &[record(vec![Reading::canonical(
+                Metric::Spo2,
+                Decimal::int(97),
+            )])],
+            now(),
+        )
+        .unwrap();
 }
 
 #[test]
@@ -202,10 +278,19 @@ fn database_with_corrupted_pages_is_set_aside() {
     let key = MasterKey::ephemeral().unwrap();
     {
         let mut outbox = open(&path, &key);
-        let records: Vec<Record> =
-            (0..2000).map(|i| record(vec![Reading::canonical(Metric::HeartRate, Decimal::int(40 + i % 100))])).collect();
+        let records: Vec<Record> = (0..2000)
+            .map(|i| {
+                record(vec![Reading::canonical(
+                    Metric::HeartRate,
+                    Decimal::int(40 + i % 100),
+                )])
+            })
+            .collect();
         outbox.append(&records, now()).unwrap();
-        outbox.connection().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        outbox
+            .connection()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
     }
     // Scribble over the middle of the file (inside b-tree pages, past the header).
     let mut bytes = std::fs::read(&path).unwrap();
@@ -228,8 +313,19 @@ fn alerts_live_in_their_own_lane() {
         patient_id: "p1".into(),
         event: serde_json::json!({"alert_id": "a1"}),
     });
-    let ids = outbox.append(&[record(vec![Reading::canonical(Metric::Spo2, Decimal::int(88))]), alert.clone()], now()).unwrap();
-    assert_eq!(outbox.pending(Lane::Alert, 0, 10).unwrap(), vec![(ids[1], alert)]);
+    let ids = outbox
+        .append(
+            &[
+                record(vec![Reading::canonical(Metric::Spo2, Decimal::int(88))]),
+                alert.clone(),
+            ],
+            now(),
+        )
+        .unwrap();
+    assert_eq!(
+        outbox.pending(Lane::Alert, 0, 10).unwrap(),
+        vec![(ids[1], alert)]
+    );
     assert_eq!(outbox.pending(Lane::Reading, 0, 10).unwrap().len(), 1);
 }
 
@@ -244,7 +340,9 @@ fn delivered_rows_leave_the_backlog_and_only_they_are_purged() {
     outbox.mark_delivered(&ids[..2], t0).unwrap();
     assert_eq!(outbox.backlog().unwrap(), 1);
     // Retention: only rows delivered before the cutoff go; the undelivered row stays.
-    let purged = outbox.purge_delivered_before(t0 + time::Duration::seconds(1)).unwrap();
+    let purged = outbox
+        .purge_delivered_before(t0 + time::Duration::seconds(1))
+        .unwrap();
     assert_eq!(purged, 2);
     assert_eq!(outbox.pending(Lane::Reading, 0, 10).unwrap().len(), 1);
     assert_eq!(outbox.backlog().unwrap(), 1);
@@ -258,7 +356,9 @@ fn row_ids_are_never_reused_after_purge() {
     let ids = three_readings(&path, &key);
     let mut outbox = open(&path, &key);
     outbox.mark_delivered(&ids, now()).unwrap();
-    outbox.purge_delivered_before(now() + time::Duration::seconds(1)).unwrap();
+    outbox
+        .purge_delivered_before(now() + time::Duration::seconds(1))
+        .unwrap();
     drop(outbox);
     let new_ids = three_readings(&path, &key);
     assert!(new_ids[0] > ids[2], "{new_ids:?} after {ids:?}");
@@ -270,9 +370,25 @@ fn key_rotation_keeps_old_records_readable() {
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().unwrap();
     let mut outbox = open(&path, &key);
-    outbox.append(&[record(vec![Reading::canonical(Metric::Spo2, Decimal::int(97))])], now()).unwrap();
+    outbox
+        .append(
+            &[record(vec![Reading::canonical(
+                Metric::Spo2,
+                Decimal::int(97),
+            )])],
+            now(),
+        )
+        .unwrap();
     assert_eq!(outbox.rotate_key().unwrap(), 2);
-    outbox.append(&[record(vec![Reading::canonical(Metric::Spo2, Decimal::int(96))])], now()).unwrap();
+    outbox
+        .append(
+            &[record(vec![Reading::canonical(
+                Metric::Spo2,
+                Decimal::int(96),
+            )])],
+            now(),
+        )
+        .unwrap();
     drop(outbox);
     let mut outbox = open(&path, &key);
     assert_eq!(outbox.current_key_id(), 2);
@@ -285,7 +401,10 @@ fn schema_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().unwrap();
-    open(&path, &key).connection().pragma_update(None, "user_version", 99).unwrap();
+    open(&path, &key)
+        .connection()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
     let err = Outbox::open(&path, &key).unwrap_err();
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
 }
@@ -296,7 +415,10 @@ fn new_database_is_migrated_to_the_current_schema() {
     let path = dir.path().join("outbox.db");
     let (outbox, report) = Outbox::open(&path, &MasterKey::ephemeral().unwrap()).unwrap();
     assert_eq!(report.migrated_from, 0);
-    let v: i64 = outbox.connection().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = outbox
+        .connection()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, vitalgate::store::outbox::SCHEMA_VERSION);
 }
 
@@ -305,6 +427,14 @@ fn device_state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
     let key = MasterKey::ephemeral().unwrap();
-    open(&path, &key).set_device_state("glucose1", "racp_last_seq", "41").unwrap();
-    assert_eq!(open(&path, &key).device_state("glucose1", "racp_last_seq").unwrap().as_deref(), Some("41"));
+    open(&path, &key)
+        .set_device_state("glucose1", "racp_last_seq", "41")
+        .unwrap();
+    assert_eq!(
+        open(&path, &key)
+            .device_state("glucose1", "racp_last_seq")
+            .unwrap()
+            .as_deref(),
+        Some("41")
+    );
 }

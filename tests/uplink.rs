@@ -463,8 +463,13 @@ async fn uplink_constant_wakeups_never_break_the_connection() {
         }
     });
     rx.wait_for("/obs", 3_000, 120).await;
-    let s = up.until(30, "all delivered", |s| s.delivered == 3_000).await;
+    let s = up
+        .until(30, "all delivered", |s| s.delivered == 3_000)
+        .await;
     hammer.abort();
-    assert_eq!(s.connects, 1, "the connection was dropped and re-made: {s:?}");
+    assert_eq!(
+        s.connects, 1,
+        "the connection was dropped and re-made: {s:?}"
+    );
     up.stop().await;
 }

@@ -35,7 +35,10 @@ pub fn state_owner(patient: &str) -> String {
 }
 
 /// Reads every patient's saved engine state (before ingest starts).
-pub fn load_states(outbox: &Outbox, config: &Config) -> Result<HashMap<String, EngineState>, StoreError> {
+pub fn load_states(
+    outbox: &Outbox,
+    config: &Config,
+) -> Result<HashMap<String, EngineState>, StoreError> {
     let mut out = HashMap::new();
     for p in &config.patients {
         if let Some(json) = outbox.device_state(&state_owner(&p.id), STATE_KEY)? {
@@ -43,7 +46,9 @@ pub fn load_states(outbox: &Outbox, config: &Config) -> Result<HashMap<String, E
                 Ok(state) => {
                     out.insert(p.id.clone(), state);
                 }
-                Err(e) => tracing::error!(patient = %p.id, error = %e, "saved alert state unreadable; starting fresh"),
+                Err(e) => {
+                    tracing::error!(patient = %p.id, error = %e, "saved alert state unreadable; starting fresh")
+                }
             }
         }
     }
@@ -81,7 +86,11 @@ impl AlertHook {
                 }
             }
             engines.insert(p.id.clone(), engine);
-            if let Some(n) = p.nhs_number.as_deref().and_then(|n| NhsNumber::parse(n).ok()) {
+            if let Some(n) = p
+                .nhs_number
+                .as_deref()
+                .and_then(|n| NhsNumber::parse(n).ok())
+            {
                 nhs.insert(p.id.clone(), n);
             }
         }
@@ -127,11 +136,21 @@ impl AlertHook {
     fn annunciate(&self, event: &AlertEvent) {
         let json = serde_json::to_string(event).unwrap_or_default();
         match event.priority {
-            Priority::High => tracing::error!(target: "vitalgate::alert", alert = %json, "ALERT (high priority)"),
-            Priority::Medium => tracing::warn!(target: "vitalgate::alert", alert = %json, "alert (medium priority)"),
-            Priority::Low => tracing::info!(target: "vitalgate::alert", alert = %json, "alert (low priority)"),
+            Priority::High => {
+                tracing::error!(target: "vitalgate::alert", alert = %json, "ALERT (high priority)")
+            }
+            Priority::Medium => {
+                tracing::warn!(target: "vitalgate::alert", alert = %json, "alert (medium priority)")
+            }
+            Priority::Low => {
+                tracing::info!(target: "vitalgate::alert", alert = %json, "alert (low priority)")
+            }
         }
-        let connected = self.uplink.as_ref().map(|u| u.borrow().connected).unwrap_or(false);
+        let connected = self
+            .uplink
+            .as_ref()
+            .map(|u| u.borrow().connected)
+            .unwrap_or(false);
         if let (false, Some(cmd)) = (connected, &self.annunciator) {
             run_annunciator(cmd.clone(), json);
         }
@@ -163,7 +182,11 @@ impl AlertHook {
             total: score.total,
             sub_scores: sub,
             spo2_scale: score.scale,
-            derived_from: score.derived_from.iter().filter_map(|s| uuid::Uuid::parse_str(s).ok()).collect(),
+            derived_from: score
+                .derived_from
+                .iter()
+                .filter_map(|s| uuid::Uuid::parse_str(s).ok())
+                .collect(),
         };
         let device = format!("news2-{patient}");
         let ctx = ObservationContext {
@@ -214,7 +237,9 @@ impl CommitHook for AlertHook {
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
             let obs_ref = super::publish::observation_id(&self.gateway, r).to_string();
-            let Some(engine) = self.engines.get_mut(&r.patient_id) else { continue };
+            let Some(engine) = self.engines.get_mut(&r.patient_id) else {
+                continue;
+            };
             let mut events = Vec::new();
             let mut scores = Vec::new();
             for reading in &r.readings {
@@ -224,7 +249,8 @@ impl CommitHook for AlertHook {
             }
             self.dirty.insert(r.patient_id.clone());
             raised |= !events.is_empty();
-            out.records.extend(self.alert_records(&r.patient_id, events));
+            out.records
+                .extend(self.alert_records(&r.patient_id, events));
             for s in &scores {
                 out.records.extend(self.news2_record(&r.patient_id, s));
             }
@@ -251,7 +277,9 @@ impl CommitHook for AlertHook {
         let mut records = Vec::new();
         let patients: Vec<String> = self.engines.keys().cloned().collect();
         for p in patients {
-            let Some(engine) = self.engines.get_mut(&p) else { continue };
+            let Some(engine) = self.engines.get_mut(&p) else {
+                continue;
+            };
             let mut events = engine.tick(now);
             events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
             events.extend(engine.on_clock_sync(now, synced));

@@ -555,7 +555,10 @@ pub fn spawn_ble(
         .iter()
         .filter(|d| d.is_ble())
         .map(|d| {
-            let nhs = config.patient(&d.patient).and_then(|p| p.nhs_number.clone()).map(Arc::from);
+            let nhs = config
+                .patient(&d.patient)
+                .and_then(|p| p.nhs_number.clone())
+                .map(Arc::from);
             (
                 d.id.clone(),
                 PatientOf {
@@ -565,7 +568,13 @@ pub fn spawn_ble(
             )
         })
         .collect();
-    let sink = IngestBleSink::new(ingest.clone(), registry.clone(), patients, last_seqs, super::clock_synced);
+    let sink = IngestBleSink::new(
+        ingest.clone(),
+        registry.clone(),
+        patients,
+        last_seqs,
+        super::clock_synced,
+    );
     let options = CentralOptions {
         scan_watchdog: Duration::from_secs(config.ble.scan_watchdog_s),
         adapter_retry: Duration::from_secs(config.ble.adapter_retry_s),

@@ -38,7 +38,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("{path}: cannot create the state directory: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the ingest writer: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]
@@ -103,7 +106,12 @@ pub(crate) fn offset_key(path: &std::path::Path) -> String {
 }
 
 /// Runs the gateway until `shutdown` is cancelled.
-pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken, mut opts: RunOptions) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    master: MasterKey,
+    shutdown: CancellationToken,
+    mut opts: RunOptions,
+) -> Result<(), DaemonError> {
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
     let audit = Arc::new(AuditLog::open(&state_dir)?);
@@ -113,16 +121,25 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         Ok(x) => x,
         Err(e) => {
             if matches!(e, StoreError::WrongKey { .. }) {
-                audit.note("wrong_key_refused", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
+                audit.note(
+                    "wrong_key_refused",
+                    serde_json::json!({"outbox": outbox_path, "key_source": master.source()}),
+                );
             }
             return Err(e.into());
         }
     };
     if let Some(aside) = &report.corrupt_moved_to {
-        audit.note("outbox_corrupt_set_aside", serde_json::json!({"outbox": outbox_path, "moved_to": aside}));
+        audit.note(
+            "outbox_corrupt_set_aside",
+            serde_json::json!({"outbox": outbox_path, "moved_to": aside}),
+        );
     }
     if report.created {
-        audit.note("outbox_created", serde_json::json!({"outbox": outbox_path, "key_source": master.source()}));
+        audit.note(
+            "outbox_created",
+            serde_json::json!({"outbox": outbox_path, "key_source": master.source()}),
+        );
     }
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
@@ -145,7 +162,11 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     if let Some(up_cfg) = &config.uplink {
         let mut up_cfg = up_cfg.clone();
         up_cfg.gateway_id = Some(gateway_id.clone());
-        let source = publish::PublishSource::new(Outbox::open_secondary(&outbox_path, &master)?, gateway_id.clone(), &config);
+        let source = publish::PublishSource::new(
+            Outbox::open_secondary(&outbox_path, &master)?,
+            gateway_id.clone(),
+            &config,
+        );
         let uplink = crate::uplink::Uplink::new(up_cfg, source, committed.clone())?;
         uplink_status = Some(uplink.status());
         if let Some(reload) = opts.reload.clone() {
@@ -166,9 +187,10 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
         }
         uplink_to_run = Some(uplink);
     } else {
-        tracing::warn!("no [uplink] configured: readings are kept encrypted in the outbox until one is");
+        tracing::warn!(
+            "no [uplink] configured: readings are kept encrypted in the outbox until one is"
+        );
     }
-
 
     let policy = GroupCommit {
         max_batch: config.ingest.max_batch,
@@ -177,19 +199,41 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     let saved = alerting::load_states(&outbox, &config)?;
     let ble_devices = devices::ble_devices(&config);
     let ble_seqs = crate::transport::ble::load_last_seqs(&outbox, &ble_devices);
-    let alert_hook = alerting::AlertHook::new(&config, gateway_id.clone(), saved, uplink_status.clone(), OffsetDateTime::now_utc())
-        .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
+    let alert_hook = alerting::AlertHook::new(
+        &config,
+        gateway_id.clone(),
+        saved,
+        uplink_status.clone(),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
     let mut hooks: Vec<Box<dyn CommitHook>> =
         vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
     hooks.extend(std::mem::take(&mut opts.hooks));
-    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks))).map_err(DaemonError::Thread)?;
+    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks)))
+        .map_err(DaemonError::Thread)?;
 
     let registry = Registry::default();
     let devices_token = shutdown.child_token();
     let tracker = TaskTracker::new();
-    devices::spawn_all(&config, &ingest, &registry, &cursors, &devices_token, &tracker);
-    devices::spawn_ble(&config, ble_devices, ble_seqs, &ingest, &registry, &devices_token, &tracker);
+    devices::spawn_all(
+        &config,
+        &ingest,
+        &registry,
+        &cursors,
+        &devices_token,
+        &tracker,
+    );
+    devices::spawn_ble(
+        &config,
+        ble_devices,
+        ble_seqs,
+        &ingest,
+        &registry,
+        &devices_token,
+        &tracker,
+    );
     // Time-based alert rules (device silent, persistence, outbox depth) run once a second.
     {
         let ingest = ingest.clone();
@@ -301,7 +345,10 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     }
 
     shutdown.cancelled().await;
-    let stopping = opts.process_shutdown.as_ref().is_none_or(|t| t.is_cancelled());
+    let stopping = opts
+        .process_shutdown
+        .as_ref()
+        .is_none_or(|t| t.is_cancelled());
     if let (Some(n), true) = (&opts.notifier, stopping) {
         systemd::notify_stopping(n.as_ref());
     }
@@ -309,7 +356,10 @@ pub async fn run(config: Config, master: MasterKey, shutdown: CancellationToken,
     devices_token.cancel();
     retention_token.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     // Every ingest handle is gone once the device tasks ended: the writer drains and stops.
@@ -347,9 +397,9 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 
 pub mod alerting;
 pub mod devices;
-pub mod systemd;
 pub mod publish;
 pub mod supervisor;
+pub mod systemd;
 
 /// The `vitalgate status` document: outbox counts (read without the key) and the daemon's
 /// last snapshot (devices, ingest), marked stale when its process is gone.
@@ -366,7 +416,11 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         .and_then(|s| s.get("pid").and_then(|p| p.as_u64()))
         .map(status::pid_alive)
         .unwrap_or(false)
-        && snapshot.as_ref().and_then(|s| s.get("running")).and_then(|r| r.as_bool()).unwrap_or(false);
+        && snapshot
+            .as_ref()
+            .and_then(|s| s.get("running"))
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false);
     let s = stats.unwrap_or_default();
     Ok(serde_json::json!({
         "gateway": config.gateway_id().ok(),

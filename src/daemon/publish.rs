@@ -19,7 +19,10 @@ use crate::uplink::{OutboxSource, Outgoing, SourceError};
 /// When a record's measurement was taken: the device's time when it gave one, else when the
 /// gateway received it.
 pub fn effective_time(r: &ReadingRecord) -> OffsetDateTime {
-    r.readings.iter().find_map(|x| x.device_time).unwrap_or(r.received_at)
+    r.readings
+        .iter()
+        .find_map(|x| x.device_time)
+        .unwrap_or(r.received_at)
 }
 
 /// The FHIR Observation id a reading record will be published under (alerts reference it).
@@ -33,9 +36,16 @@ pub fn observation_id(gateway: &str, r: &ReadingRecord) -> uuid::Uuid {
 }
 
 /// Renders one reading record as FHIR JSON bytes.
-pub fn render_reading(gateway: &str, setting: Setting, displays: &HashMap<String, String>, r: &ReadingRecord) -> Result<Vec<u8>, String> {
+pub fn render_reading(
+    gateway: &str,
+    setting: Setting,
+    displays: &HashMap<String, String>,
+    r: &ReadingRecord,
+) -> Result<Vec<u8>, String> {
     let nhs = match &r.nhs_number {
-        Some(n) => Some(NhsNumber::parse(n).map_err(|e| format!("stored NHS Number invalid: {e}"))?),
+        Some(n) => {
+            Some(NhsNumber::parse(n).map_err(|e| format!("stored NHS Number invalid: {e}"))?)
+        }
         None => None,
     };
     let ctx = ObservationContext {
@@ -49,7 +59,8 @@ pub fn render_reading(gateway: &str, setting: Setting, displays: &HashMap<String
         },
         effective: effective_time(r),
     };
-    let obs = fhir::observation(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))?;
+    let obs =
+        fhir::observation(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))?;
     serde_json::to_vec(&obs).map_err(|e| e.to_string())
 }
 
@@ -67,7 +78,10 @@ impl PublishSource {
         // same deterministic FHIR ids, which the platform deduplicates (at-least-once). Without
         // an fsync per mark the publisher does not stall on the disk between PUBACKs. Readings
         // themselves stay FULL: they are written by ingest's own connection.
-        if let Err(e) = outbox.connection().pragma_update(None, "synchronous", "NORMAL") {
+        if let Err(e) = outbox
+            .connection()
+            .pragma_update(None, "synchronous", "NORMAL")
+        {
             tracing::warn!(error = %e, "publisher: cannot relax synchronous for delivery marks; keeping FULL");
         }
         let displays = config
@@ -89,21 +103,37 @@ fn unavailable(e: impl std::fmt::Display) -> SourceError {
 }
 
 impl OutboxSource for PublishSource {
-    fn next_batch(&mut self, lane: Lane, after: i64, limit: usize) -> Result<Vec<Outgoing>, SourceError> {
-        let rows = self.outbox.pending(lane, after, limit).map_err(unavailable)?;
+    fn next_batch(
+        &mut self,
+        lane: Lane,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Outgoing>, SourceError> {
+        let rows = self
+            .outbox
+            .pending(lane, after, limit)
+            .map_err(unavailable)?;
         let mut out = Vec::with_capacity(rows.len());
         for (row_id, record) in rows {
             let payload = match &record {
-                Record::Reading(r) => render_reading(&self.gateway, self.setting, &self.displays, r),
+                Record::Reading(r) => {
+                    render_reading(&self.gateway, self.setting, &self.displays, r)
+                }
                 Record::Alert(a) => serde_json::to_vec(&a.event).map_err(|e| e.to_string()),
                 Record::Derived(d) => serde_json::to_vec(&d.observation).map_err(|e| e.to_string()),
             };
             match payload {
-                Ok(payload) => out.push(Outgoing { row_id, lane, payload }),
+                Ok(payload) => out.push(Outgoing {
+                    row_id,
+                    lane,
+                    payload,
+                }),
                 Err(why) => {
                     // Kept, never dropped: it shows as refused in `status` for a person to act on.
                     tracing::error!(row_id, reason = %why, "outbox row cannot be rendered; kept and reported");
-                    self.outbox.mark_refused(row_id, &why, OffsetDateTime::now_utc()).map_err(unavailable)?;
+                    self.outbox
+                        .mark_refused(row_id, &why, OffsetDateTime::now_utc())
+                        .map_err(unavailable)?;
                 }
             }
         }
@@ -111,10 +141,14 @@ impl OutboxSource for PublishSource {
     }
 
     fn mark_delivered(&mut self, row_ids: &[i64]) -> Result<(), SourceError> {
-        self.outbox.mark_delivered(row_ids, OffsetDateTime::now_utc()).map_err(unavailable)
+        self.outbox
+            .mark_delivered(row_ids, OffsetDateTime::now_utc())
+            .map_err(unavailable)
     }
 
     fn mark_refused(&mut self, row_id: i64, reason: &str) -> Result<(), SourceError> {
-        self.outbox.mark_refused(row_id, reason, OffsetDateTime::now_utc()).map_err(unavailable)
+        self.outbox
+            .mark_refused(row_id, reason, OffsetDateTime::now_utc())
+            .map_err(unavailable)
     }
 }

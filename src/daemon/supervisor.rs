@@ -35,7 +35,13 @@ pub async fn serve(
         let certs = Arc::new(Notify::new());
         let next: Arc<Mutex<Option<Config>>> = Arc::default();
         let watcher = {
-            let (path, reload, certs, next, generation) = (path.clone(), reload.clone(), certs.clone(), next.clone(), generation.clone());
+            let (path, reload, certs, next, generation) = (
+                path.clone(),
+                reload.clone(),
+                certs.clone(),
+                next.clone(),
+                generation.clone(),
+            );
             let current = config.clone();
             let audit_dir = config.gateway.state_dir.clone();
             tokio::spawn(async move {
@@ -57,7 +63,9 @@ pub async fn serve(
                             certs.notify_one();
                         }
                         Ok(new) => {
-                            tracing::info!("config changed; restarting the pipeline at a safe point");
+                            tracing::info!(
+                                "config changed; restarting the pipeline at a safe point"
+                            );
                             if let Some(a) = &audit {
                                 a.note("config_applied", serde_json::json!({"file": path}));
                             }

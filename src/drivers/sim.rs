@@ -140,11 +140,17 @@ impl SimPatient {
             vec![
                 at(Reading::canonical(Metric::Spo2, int(self.spo2))),
                 at(Reading::canonical(Metric::PulseRate, int(self.hr + 1.0))),
-                at(Reading::canonical(Metric::PerfusionIndex, hundredth(self.pi))),
+                at(Reading::canonical(
+                    Metric::PerfusionIndex,
+                    hundredth(self.pi),
+                )),
             ]
         };
         if battery_low {
-            ox = ox.into_iter().map(|r| r.with_flags([Flag::LowBattery])).collect();
+            ox = ox
+                .into_iter()
+                .map(|r| r.with_flags([Flag::LowBattery]))
+                .collect();
         }
         frames.push(ox);
 
@@ -155,28 +161,50 @@ impl SimPatient {
             int(self.hr)
         };
         frames.push(vec![at(Reading::canonical(Metric::HeartRate, hr))]);
-        frames.push(vec![at(Reading::canonical(Metric::RespiratoryRate, int(self.rr)))]);
+        frames.push(vec![at(Reading::canonical(
+            Metric::RespiratoryRate,
+            int(self.rr),
+        ))]);
 
         // Spot checks every 10 ticks: temperature, a blood-pressure set, consciousness.
         if n % 10 == 0 {
-            frames.push(vec![at(Reading::canonical(Metric::BodyTemperature, tenth(self.temp)))]);
+            frames.push(vec![at(Reading::canonical(
+                Metric::BodyTemperature,
+                tenth(self.temp),
+            ))]);
             let map = (self.sbp + 2.0 * self.dbp) / 3.0;
             frames.push(vec![
                 at(Reading::canonical(Metric::SystolicBp, int(self.sbp))),
                 at(Reading::canonical(Metric::DiastolicBp, int(self.dbp))),
                 at(Reading::canonical(Metric::MeanBp, int(map))),
             ]);
-            let acvpu = if self.progress() > 0.8 { Acvpu::C } else { Acvpu::A };
+            let acvpu = if self.progress() > 0.8 {
+                Acvpu::C
+            } else {
+                Acvpu::A
+            };
             frames.push(vec![at(Reading::acvpu(acvpu))]);
         }
         // Daily-style measurements every 100 ticks.
         if n % 100 == 0 {
-            frames.push(vec![at(Reading::canonical(Metric::BloodGlucose, tenth(self.glucose)))]);
-            frames.push(vec![at(Reading::canonical(Metric::BodyWeight, tenth(WEIGHT_KG)))]);
-            frames.push(vec![at(Reading::canonical(Metric::BodyHeight, int(HEIGHT_CM)))]);
+            frames.push(vec![at(Reading::canonical(
+                Metric::BloodGlucose,
+                tenth(self.glucose),
+            ))]);
+            frames.push(vec![at(Reading::canonical(
+                Metric::BodyWeight,
+                tenth(WEIGHT_KG),
+            ))]);
+            frames.push(vec![at(Reading::canonical(
+                Metric::BodyHeight,
+                int(HEIGHT_CM),
+            ))]);
             let bmi = WEIGHT_KG / (HEIGHT_CM / 100.0).powi(2);
             frames.push(vec![at(Reading::canonical(Metric::Bmi, tenth(bmi)))]);
-            frames.push(vec![at(Reading::canonical(Metric::InspiredOxygen, Decimal::int(0)))]);
+            frames.push(vec![at(Reading::canonical(
+                Metric::InspiredOxygen,
+                Decimal::int(0),
+            ))]);
         }
         frames
     }
@@ -197,7 +225,11 @@ mod tests {
     }
 
     fn value(frames: &[Vec<Reading>], m: Metric) -> Option<f64> {
-        frames.iter().flatten().find(|r| r.metric == m).and_then(|r| r.canonical_value())
+        frames
+            .iter()
+            .flatten()
+            .find(|r| r.metric == m)
+            .and_then(|r| r.canonical_value())
     }
 
     #[test]
@@ -235,7 +267,10 @@ mod tests {
         assert!(value(last, Metric::HeartRate).unwrap() > 115.0);
         assert!(value(last, Metric::Spo2).unwrap() < 92.0);
         assert!(value(last, Metric::SystolicBp).unwrap() < 100.0);
-        assert!(last.iter().flatten().any(|r| r.value == crate::reading::Value::Code(Acvpu::C)));
+        assert!(last
+            .iter()
+            .flatten()
+            .any(|r| r.value == crate::reading::Value::Code(Acvpu::C)));
     }
 
     #[test]
@@ -247,8 +282,13 @@ mod tests {
 
     #[test]
     fn sim_faulty_device_sends_probe_off_low_battery_and_implausible_values() {
-        let all: Vec<Reading> = run(Scenario::Faulty, 60).into_iter().flatten().flatten().collect();
-        assert!(all.iter().any(|r| r.flags.contains(&Flag::SensorOff) && matches!(r.value, crate::reading::Value::Absent(Absent::Missing))));
+        let all: Vec<Reading> = run(Scenario::Faulty, 60)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        assert!(all.iter().any(|r| r.flags.contains(&Flag::SensorOff)
+            && matches!(r.value, crate::reading::Value::Absent(Absent::Missing))));
         assert!(all.iter().any(|r| r.flags.contains(&Flag::LowBattery)));
         assert!(all.iter().any(|r| r.validate().is_err()));
     }

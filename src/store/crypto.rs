@@ -36,7 +36,10 @@ pub enum KeyError {
     #[error("no master key: neither the systemd credential {CREDENTIAL_NAME} (in $CREDENTIALS_DIRECTORY) nor the key file {path} exists; create one with `vitalgate keygen --out {path}` (first install only: never over existing data)")]
     Missing { path: PathBuf },
     #[error("{path}: cannot read the master key: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: master key must be 32 raw bytes or 64 hex digits, found {found}")]
     BadFormat { path: PathBuf, found: String },
     #[error("{path}: master key file is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
@@ -44,7 +47,10 @@ pub enum KeyError {
     #[error("{path} already exists; refusing to overwrite a master key (data sealed with it would be lost)")]
     Exists { path: PathBuf },
     #[error("{path}: cannot write the master key: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the system random number generator failed")]
     Random,
     #[error("data key derivation failed")]
@@ -84,7 +90,9 @@ impl MasterKey {
     /// A random key held only in memory (demo and tests).
     pub fn ephemeral() -> Result<Self, KeyError> {
         let mut bytes = [0u8; 32];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| KeyError::Random)?;
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| KeyError::Random)?;
         Ok(MasterKey {
             bytes,
             source: KeySource::Ephemeral,
@@ -147,7 +155,9 @@ impl MasterKey {
     /// Creates a new key file (hex, mode 0600). Refuses to overwrite an existing file.
     pub fn generate_file(path: &Path) -> Result<(), KeyError> {
         let mut bytes = [0u8; 32];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| KeyError::Random)?;
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| KeyError::Random)?;
         let text = format!("{}\n", hex::encode(bytes));
         bytes.iter_mut().for_each(|b| *b = 0);
         let mut file = fs::OpenOptions::new()
@@ -256,14 +266,22 @@ impl Keyring {
             let id = key_id.to_be_bytes();
             let info: [&[u8]; 2] = [b"outbox data key", &id];
             // `expand` fails only for output lengths HKDF cannot produce; 32 bytes is fine.
-            let okm = self.prk.expand(&info, &aead::AES_256_GCM).map_err(|_| KeyError::Derive)?;
-            self.keys.insert(key_id, LessSafeKey::new(UnboundKey::from(okm)));
+            let okm = self
+                .prk
+                .expand(&info, &aead::AES_256_GCM)
+                .map_err(|_| KeyError::Derive)?;
+            self.keys
+                .insert(key_id, LessSafeKey::new(UnboundKey::from(okm)));
         }
         self.keys.get(&key_id).ok_or(KeyError::Derive)
     }
 
     /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
-    pub fn seal(&mut self, id: RecordIdentity, mut plaintext: Vec<u8>) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+    pub fn seal(
+        &mut self,
+        id: RecordIdentity,
+        mut plaintext: Vec<u8>,
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
         if self.nonce_pool.len() < NONCE_LEN {
             let mut fresh = vec![0u8; NONCE_LEN * 341];
             self.rng.fill(&mut fresh).map_err(|_| KeyError::Random)?;
@@ -275,19 +293,32 @@ impl Keyring {
         self.nonce_pool.truncate(at);
         let aad = id.aad();
         self.key(id.key_id)?
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut plaintext)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut plaintext,
+            )
             .map_err(|_| KeyError::Random)?;
         Ok((nonce, plaintext))
     }
 
     /// Opens a sealed record, checking it belongs to row `id`.
-    pub fn open(&mut self, id: RecordIdentity, nonce: &[u8], mut ciphertext: Vec<u8>) -> Result<Vec<u8>, Unauthentic> {
+    pub fn open(
+        &mut self,
+        id: RecordIdentity,
+        nonce: &[u8],
+        mut ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>, Unauthentic> {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Unauthentic)?;
         let aad = id.aad();
         let len = self
             .key(id.key_id)
             .map_err(|_| Unauthentic)?
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut ciphertext)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut ciphertext,
+            )
             .map_err(|_| Unauthentic)?
             .len();
         ciphertext.truncate(len);
@@ -304,7 +335,11 @@ mod tests {
     }
 
     fn id(row_id: i64) -> RecordIdentity {
-        RecordIdentity { row_id, kind: 1, key_id: 1 }
+        RecordIdentity {
+            row_id,
+            kind: 1,
+            key_id: 1,
+        }
     }
 
     #[test]
@@ -352,7 +387,10 @@ mod tests {
         MasterKey::generate_file(&p).unwrap();
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(MasterKey::generate_file(&p), Err(KeyError::Exists { .. })));
+        assert!(matches!(
+            MasterKey::generate_file(&p),
+            Err(KeyError::Exists { .. })
+        ));
         assert!(MasterKey::load(&p).is_ok());
     }
 
@@ -377,8 +415,15 @@ mod tests {
     fn malformed_key_file_is_refused_without_echoing_content() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
-        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p).unwrap()
-            .write_all(b"secret-not-hex").unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)
+            .unwrap()
+            .write_all(b"secret-not-hex")
+            .unwrap();
         let e = MasterKey::load(&p).unwrap_err().to_string();
         assert!(e.contains("64 hex digits") && !e.contains("secret"), "{e}");
     }

@@ -155,7 +155,9 @@ pub struct Outbox {
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Outbox")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +192,9 @@ impl Outbox {
             path: path.to_path_buf(),
             source,
         };
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         report.migrated_from = version;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
@@ -201,7 +205,8 @@ impl Outbox {
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", from as i64 + 1).map_err(err)?;
+            tx.pragma_update(None, "user_version", from as i64 + 1)
+                .map_err(err)?;
             tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
@@ -228,7 +233,11 @@ impl Outbox {
         Outbox::finish_open(conn, path, master)
     }
 
-    fn finish_open(conn: Connection, path: &Path, master: &MasterKey) -> Result<Outbox, StoreError> {
+    fn finish_open(
+        conn: Connection,
+        path: &Path,
+        master: &MasterKey,
+    ) -> Result<Outbox, StoreError> {
         let mut outbox = Outbox {
             conn,
             keyring: Keyring::new(master),
@@ -333,7 +342,11 @@ impl Outbox {
     /// Seals and appends `records` in ONE transaction (group commit). Returns their row ids
     /// once the transaction is durable (WAL, `synchronous=FULL`): only then is a reading
     /// "received".
-    pub fn append(&mut self, records: &[Record], now: OffsetDateTime) -> Result<Vec<i64>, StoreError> {
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        now: OffsetDateTime,
+    ) -> Result<Vec<i64>, StoreError> {
         self.append_with_state(records, &[], now)
     }
 
@@ -377,7 +390,15 @@ impl Outbox {
                     .seal(identity, plaintext)
                     .map_err(|e| StoreError::Key(e, path.clone()))?;
                 insert
-                    .execute(params![id, record.lane() as i64, record.kind(), created, key_id, &nonce[..], ct])
+                    .execute(params![
+                        id,
+                        record.lane() as i64,
+                        record.kind(),
+                        created,
+                        key_id,
+                        &nonce[..],
+                        ct
+                    ])
                     .map_err(err)?;
                 ids.push(id);
                 id += 1;
@@ -404,7 +425,12 @@ impl Outbox {
 
     /// Undelivered records of `lane` with id > `after`, oldest first, at most `limit`.
     /// A row that fails authentication or decoding is moved to quarantine and skipped.
-    pub fn pending(&mut self, lane: Lane, after: i64, limit: usize) -> Result<Vec<(i64, Record)>, StoreError> {
+    pub fn pending(
+        &mut self,
+        lane: Lane,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Record)>, StoreError> {
         let rows: Vec<SealedRow> = {
             let mut st = self
                 .conn
@@ -430,7 +456,14 @@ impl Outbox {
         Ok(out)
     }
 
-    fn unseal(&mut self, id: i64, kind: u8, key_id: u32, nonce: &[u8], ct: Vec<u8>) -> Result<Record, String> {
+    fn unseal(
+        &mut self,
+        id: i64,
+        kind: u8,
+        key_id: u32,
+        nonce: &[u8],
+        ct: Vec<u8>,
+    ) -> Result<Record, String> {
         let identity = RecordIdentity {
             row_id: id,
             kind,
@@ -440,9 +473,13 @@ impl Outbox {
             .keyring
             .open(identity, nonce, ct)
             .map_err(|Unauthentic| Unauthentic.to_string())?;
-        let record = Record::decode(&plain).map_err(|e| format!("authentic but undecodable record: {e}"))?;
+        let record =
+            Record::decode(&plain).map_err(|e| format!("authentic but undecodable record: {e}"))?;
         if record.kind() != kind {
-            return Err(format!("record kind {} does not match row kind {kind}", record.kind()));
+            return Err(format!(
+                "record kind {} does not match row kind {kind}",
+                record.kind()
+            ));
         }
         Ok(record)
     }
@@ -485,14 +522,19 @@ impl Outbox {
             params![id, reason, now],
         )
         .map_err(err)?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id]).map_err(err)?;
+        tx.execute("DELETE FROM outbox WHERE id = ?1", [id])
+            .map_err(err)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('quarantined_total', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
             [],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        tracing::error!(row_id = id, reason, "outbox record failed authentication; moved to quarantine");
+        tracing::error!(
+            row_id = id,
+            reason,
+            "outbox record failed authentication; moved to quarantine"
+        );
         self.quarantined_now.push(Quarantined {
             id,
             reason: reason.to_string(),
@@ -511,7 +553,9 @@ impl Outbox {
         let tx = self.conn.transaction().map_err(err)?;
         {
             let mut st = tx
-                .prepare_cached("UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL")
+                .prepare_cached(
+                    "UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+                )
                 .map_err(err)?;
             for id in ids {
                 st.execute(params![id, at]).map_err(err)?;
@@ -522,7 +566,12 @@ impl Outbox {
 
     /// Records that the broker refused a row (or it can never be sent). The row stays
     /// undelivered and is retried; the reason shows in `status`.
-    pub fn mark_refused(&mut self, id: i64, reason: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+    pub fn mark_refused(
+        &mut self,
+        id: i64,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE outbox SET refused_at = ?2, refused_reason = ?3 WHERE id = ?1",
@@ -547,7 +596,11 @@ impl Outbox {
     /// Number of undelivered rows (both lanes).
     pub fn backlog(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(self.sql_err())
     }
@@ -567,7 +620,10 @@ impl Outbox {
     /// authenticated. Used by tests and `status --verify`.
     pub fn verify_all(&mut self) -> Result<Vec<i64>, StoreError> {
         let ids: Vec<i64> = {
-            let mut st = self.conn.prepare("SELECT id FROM outbox ORDER BY id").map_err(self.sql_err())?;
+            let mut st = self
+                .conn
+                .prepare("SELECT id FROM outbox ORDER BY id")
+                .map_err(self.sql_err())?;
             let it = st.query_map([], |r| r.get(0)).map_err(self.sql_err())?;
             it.collect::<Result<_, _>>().map_err(self.sql_err())?
         };
@@ -593,7 +649,12 @@ impl Outbox {
             .map_err(self.sql_err())
     }
 
-    pub fn set_device_state(&self, device_id: &str, key: &str, value: &str) -> Result<(), StoreError> {
+    pub fn set_device_state(
+        &self,
+        device_id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO device_state (device_id, key, value) VALUES (?1, ?2, ?3)
@@ -622,16 +683,25 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
     // A daemon that has just created the file may not have created the schema yet: that is an
     // empty outbox, not an error (`status` right after `run` used to fail with "no such table").
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
     if version == 0 {
         return Ok(OutboxStats::default());
     }
     let current: u32 = conn
-        .query_row("SELECT COALESCE(MAX(key_id), 0) FROM keys", [], |r| r.get(0))
+        .query_row("SELECT COALESCE(MAX(key_id), 0) FROM keys", [], |r| {
+            r.get(0)
+        })
         .map_err(err)?;
     stats_of(&conn, path, current)
 }
@@ -641,23 +711,37 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
         path: path.to_path_buf(),
         source,
     };
-    let count = |sql: &str| -> Result<u64, StoreError> { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(e) };
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(e)
+    };
     let opt_time = |sql: &str| -> Result<Option<OffsetDateTime>, StoreError> {
         let v: Option<i64> = conn.query_row(sql, [], |r| r.get(0)).map_err(e)?;
         Ok(v.and_then(from_ms))
     };
     let key_ids: Vec<u32> = {
-        let mut st = conn.prepare("SELECT key_id FROM keys ORDER BY key_id").map_err(e)?;
+        let mut st = conn
+            .prepare("SELECT key_id FROM keys ORDER BY key_id")
+            .map_err(e)?;
         let it = st.query_map([], |r| r.get(0)).map_err(e)?;
         it.collect::<Result<_, _>>().map_err(e)?
     };
     Ok(OutboxStats {
-        backlog_alerts: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0")?,
-        backlog_readings: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1")?,
-        oldest_undelivered: opt_time("SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL")?,
+        backlog_alerts: count(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0",
+        )?,
+        backlog_readings: count(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1",
+        )?,
+        oldest_undelivered: opt_time(
+            "SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+        )?,
         last_ack: opt_time("SELECT MAX(delivered_at) FROM outbox WHERE delivered_at IS NOT NULL")?,
         delivered_held: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")?,
-        refused: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL")?,
+        refused: count(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL",
+        )?,
         quarantined: count("SELECT COUNT(*) FROM quarantine")?,
         corrupt_files_set_aside: count_set_aside(path),
         current_key_id: current_key,
@@ -682,14 +766,20 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     };
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
     // WAL + FULL: a committed transaction survives a power cut (rust-stack.md §4).
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -704,7 +794,11 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
         }
     }
     std::fs::OpenOptions::new()
@@ -720,7 +814,10 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 /// Runs `PRAGMA quick_check` on a fresh connection; any error (not a database, I/O) counts
 /// as a failure.
 fn passes_quick_check(path: &Path) -> bool {
-    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) else {
+    let Ok(conn) = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
         return false;
     };
     matches!(conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)), Ok(s) if s == "ok")
@@ -729,7 +826,10 @@ fn passes_quick_check(path: &Path) -> bool {
 /// Renames a corrupt database (and its -wal/-shm) to `<name>.corrupt-<unix time>`.
 fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = OffsetDateTime::now_utc().unix_timestamp();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
     std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
@@ -738,7 +838,10 @@ fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
     for suffix in ["-wal", "-shm"] {
         let side = path.with_file_name(format!("{name}{suffix}"));
         if side.exists() {
-            let _ = std::fs::rename(&side, aside.with_file_name(format!("{name}.corrupt-{stamp}{suffix}")));
+            let _ = std::fs::rename(
+                &side,
+                aside.with_file_name(format!("{name}.corrupt-{stamp}{suffix}")),
+            );
         }
     }
     Ok(aside)
@@ -750,7 +853,11 @@ fn count_set_aside(path: &Path) -> u64 {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return 0;
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let prefix = format!("{}.corrupt-", name.to_string_lossy());
     std::fs::read_dir(dir)
         .map(|entries| {

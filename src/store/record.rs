@@ -67,7 +67,11 @@ mod compact {
 
     impl From<::time::OffsetDateTime> for Time {
         fn from(t: ::time::OffsetDateTime) -> Self {
-            Time(t.unix_timestamp(), t.nanosecond(), t.offset().whole_seconds())
+            Time(
+                t.unix_timestamp(),
+                t.nanosecond(),
+                t.offset().whole_seconds(),
+            )
         }
     }
 
@@ -83,11 +87,18 @@ mod compact {
 
     pub mod timestamp {
         use super::*;
-        pub fn serialize<S: Serializer>(t: &::time::OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &::time::OffsetDateTime,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             Time::from(*t).serialize(s)
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<::time::OffsetDateTime, D::Error> {
-            Time::deserialize(d)?.try_into().map_err(serde::de::Error::custom)
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<::time::OffsetDateTime, D::Error> {
+            Time::deserialize(d)?
+                .try_into()
+                .map_err(serde::de::Error::custom)
         }
     }
 
@@ -142,7 +153,11 @@ mod compact {
                             StoredValue::A(a) => Value::Absent(a),
                         },
                         unit: r.u,
-                        device_time: r.t.map(::time::OffsetDateTime::try_from).transpose().map_err(serde::de::Error::custom)?,
+                        device_time: r
+                            .t
+                            .map(::time::OffsetDateTime::try_from)
+                            .transpose()
+                            .map_err(serde::de::Error::custom)?,
                         flags: r.f,
                     })
                 })

@@ -561,7 +561,9 @@ impl<S: OutboxSource> Pump<S> {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Ok(Event::Outgoing(MqttOut::Disconnect)))) | Ok(Some(Err(_)) | None) | Err(_) => return,
+                Ok(Some(Ok(Event::Outgoing(MqttOut::Disconnect))))
+                | Ok(Some(Err(_)) | None)
+                | Err(_) => return,
                 Ok(Some(Ok(ev))) => {
                     self.on_event(ev);
                 }

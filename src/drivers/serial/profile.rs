@@ -311,7 +311,9 @@ pub fn load_profiles(dir: impl AsRef<Path>) -> Result<Vec<Profile>, ProfileError
             source,
         })?;
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") && profile_transport(&path).as_deref() != Some("ble") {
+        if path.extension().is_some_and(|e| e == "toml")
+            && profile_transport(&path).as_deref() != Some("ble")
+        {
             paths.push(path);
         }
     }
@@ -384,7 +386,12 @@ impl Validator {
     fn profile(&mut self, f: ProfileFile, path: &Path) -> Option<Profile> {
         let builtins = super::drivers();
         if let Some(t) = f.transport.as_deref().filter(|t| *t != "serial") {
-            self.bad("transport", format!("{t:?}: this loader reads serial profiles (transport = \"serial\" or absent)"));
+            self.bad(
+                "transport",
+                format!(
+                    "{t:?}: this loader reads serial profiles (transport = \"serial\" or absent)"
+                ),
+            );
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if f.name.is_empty()
