@@ -395,6 +395,74 @@ async fn run_stream(
     }
 }
 
+/// The BLE devices of `config`, for the central (config validation has checked them).
+pub fn ble_devices(config: &Config) -> Vec<crate::transport::ble::BleDeviceConfig> {
+    config
+        .devices
+        .iter()
+        .filter(|d| d.is_ble())
+        .filter_map(|d| match d.ble() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(device = %d.id, error = %e, "BLE device not usable");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Starts the BLE central for `devices` (none: nothing starts). Readings are committed
+/// through ingest before the central moves on, so a cuff that connects for a moment after a
+/// measurement never loses it.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_ble(
+    config: &Config,
+    devices: Vec<crate::transport::ble::BleDeviceConfig>,
+    last_seqs: HashMap<String, u16>,
+    ingest: &IngestHandle,
+    registry: &Registry,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    use crate::transport::ble::{BleCentral, CentralOptions, IngestBleSink, PatientOf};
+    if devices.is_empty() {
+        return;
+    }
+    let patients = config
+        .devices
+        .iter()
+        .filter(|d| d.is_ble())
+        .map(|d| {
+            let nhs = config
+                .patient(&d.patient)
+                .and_then(|p| p.nhs_number.clone())
+                .map(Arc::from);
+            (
+                d.id.clone(),
+                PatientOf {
+                    patient_id: Arc::from(d.patient.as_str()),
+                    nhs_number: nhs,
+                },
+            )
+        })
+        .collect();
+    let sink = IngestBleSink::new(
+        ingest.clone(),
+        registry.clone(),
+        patients,
+        last_seqs,
+        super::clock_synced,
+    );
+    let options = CentralOptions {
+        scan_watchdog: Duration::from_secs(config.ble.scan_watchdog_s),
+        adapter_retry: Duration::from_secs(config.ble.adapter_retry_s),
+        clock_tolerance: Duration::from_secs(config.ble.clock_tolerance_s),
+        ..CentralOptions::default()
+    };
+    let central = BleCentral::new(devices).with_options(options);
+    tracker.spawn(central.run(sink, token.clone()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,72 +583,4 @@ mod tests {
             matches!(choose_transport(&path, &d, Some(19_200)), TransportChoice::Serial(s) if s.baud == 19_200)
         );
     }
-}
-
-/// The BLE devices of `config`, for the central (config validation has checked them).
-pub fn ble_devices(config: &Config) -> Vec<crate::transport::ble::BleDeviceConfig> {
-    config
-        .devices
-        .iter()
-        .filter(|d| d.is_ble())
-        .filter_map(|d| match d.ble() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(device = %d.id, error = %e, "BLE device not usable");
-                None
-            }
-        })
-        .collect()
-}
-
-/// Starts the BLE central for `devices` (none: nothing starts). Readings are committed
-/// through ingest before the central moves on, so a cuff that connects for a moment after a
-/// measurement never loses it.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn_ble(
-    config: &Config,
-    devices: Vec<crate::transport::ble::BleDeviceConfig>,
-    last_seqs: HashMap<String, u16>,
-    ingest: &IngestHandle,
-    registry: &Registry,
-    token: &CancellationToken,
-    tracker: &TaskTracker,
-) {
-    use crate::transport::ble::{BleCentral, CentralOptions, IngestBleSink, PatientOf};
-    if devices.is_empty() {
-        return;
-    }
-    let patients = config
-        .devices
-        .iter()
-        .filter(|d| d.is_ble())
-        .map(|d| {
-            let nhs = config
-                .patient(&d.patient)
-                .and_then(|p| p.nhs_number.clone())
-                .map(Arc::from);
-            (
-                d.id.clone(),
-                PatientOf {
-                    patient_id: Arc::from(d.patient.as_str()),
-                    nhs_number: nhs,
-                },
-            )
-        })
-        .collect();
-    let sink = IngestBleSink::new(
-        ingest.clone(),
-        registry.clone(),
-        patients,
-        last_seqs,
-        super::clock_synced,
-    );
-    let options = CentralOptions {
-        scan_watchdog: Duration::from_secs(config.ble.scan_watchdog_s),
-        adapter_retry: Duration::from_secs(config.ble.adapter_retry_s),
-        clock_tolerance: Duration::from_secs(config.ble.clock_tolerance_s),
-        ..CentralOptions::default()
-    };
-    let central = BleCentral::new(devices).with_options(options);
-    tracker.spawn(central.run(sink, token.clone()));
 }
