@@ -86,11 +86,14 @@ pub struct SerialSource {
     buf: Vec<u8>,
     /// When the next keepalive is due (only while open, and only with a keepalive).
     keepalive_at: Option<Instant>,
+    /// Zero-length reads in a row (see `next`).
+    zero_reads: u32,
 }
 
 impl SerialSource {
     pub fn new(path: &Path, settings: SerialSettings) -> Self {
         SerialSource {
+            zero_reads: 0,
             path: path.to_path_buf(),
             settings,
             port: None,
@@ -120,10 +123,18 @@ impl SerialSource {
             tokio::select! {
                 read = port.read(buf) => match read {
                     Ok(0) => {
-                        self.close();
-                        return self.lost("the port returned end of file (unplugged?)".into());
+                        // A tty read can return 0 bytes without the device going away (VMIN=0
+                        // semantics, seen on ptys under load). Only a vanished device node, or
+                        // zero-length reads that go on, mean unplugged.
+                        self.zero_reads += 1;
+                        if !self.path.exists() || self.zero_reads > 50 {
+                            self.close();
+                            return self.lost("the port returned end of file (unplugged?)".into());
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Ok(n) => {
+                        self.zero_reads = 0;
                         self.backoff = BACKOFF_MIN;
                         return Event::Data {
                             bytes: self.buf.get(..n).unwrap_or_default().to_vec(),
