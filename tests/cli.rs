@@ -21,6 +21,15 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Creates `dir/master.key` with `vitalgate keygen`; returns its path.
+fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("master.key");
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    key
+}
+
 fn config(dir: &Path, devices: &str) -> PathBuf {
     let text = format!(
         r#"
@@ -140,10 +149,7 @@ fn decode_list_names_the_design_drivers() {
 #[test]
 fn keygen_creates_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    let key = keygen(dir.path());
     let first = std::fs::read(&key).unwrap();
     let again = run(&["keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
@@ -177,10 +183,7 @@ fn run_with_a_world_readable_key_exits_2() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    let key = keygen(dir.path());
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -221,10 +224,7 @@ fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
         dir.path(),
         "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n",
     );
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    let key = keygen(dir.path());
     run_until(&path, |s| {
         s["backlog"]["readings"].as_u64().unwrap_or(0) > 0
     });
@@ -262,10 +262,7 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
         input.display()
     );
     let path = config(dir.path(), &devices);
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    keygen(dir.path());
 
     let status = run_until(&path, |s| s["backlog"]["readings"].as_u64() == Some(3));
     let device = &status["devices"][0];
@@ -298,10 +295,7 @@ fn status_reports_backlog_keys_and_devices_as_json() {
         dir.path(),
         "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n",
     );
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    keygen(dir.path());
     run_until(&path, |s| {
         s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10
     });
@@ -390,10 +384,7 @@ fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() 
         dir.path(),
         "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
     );
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    keygen(dir.path());
     let mut child = spawn_daemon(&path);
     wait_for("readings", || {
         status_of(&path)["backlog"]["readings"]
@@ -438,10 +429,7 @@ fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
         dir.path(),
         "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
     );
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    let key = keygen(dir.path());
     let mut child = spawn_daemon(&path);
     wait_for("readings", || {
         status_of(&path)["backlog"]["readings"]
@@ -492,10 +480,7 @@ fn ble_device_without_bluetooth_is_unavailable_and_the_rest_works() {
     let devices = "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n\
                    [[device]]\nid = \"cuff\"\npatient = \"p1\"\ndriver = \"ble-blood-pressure\"\naddress = \"A4:C1:38:12:34:56\"\n";
     let path = config(dir.path(), devices);
-    let key = dir.path().join("master.key");
-    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-        .status
-        .success());
+    keygen(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
         .args(["run", "--config"])
         .arg(&path)

@@ -21,6 +21,17 @@ fn record(readings: Vec<Reading>) -> Record {
     })
 }
 
+/// A fresh outbox location and key. Keep the directory alive for the test's length.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, MasterKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    (dir, path, MasterKey::ephemeral().unwrap())
+}
+
+fn spo2(value: i64) -> Record {
+    record(vec![Reading::canonical(Metric::Spo2, Decimal::int(value))])
+}
+
 fn one_of_every_metric() -> Vec<Reading> {
     Metric::ALL
         .iter()
@@ -43,9 +54,7 @@ fn open(path: &Path, key: &MasterKey) -> Outbox {
 
 #[test]
 fn outbox_round_trips_every_metric_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let mut records: Vec<Record> = one_of_every_metric()
         .into_iter()
         .map(|r| record(vec![r]))
@@ -91,19 +100,9 @@ fn outbox_round_trips_every_metric_exactly() {
 
 #[test]
 fn outbox_stores_ciphertext_not_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (dir, path, key) = fresh();
     let mut outbox = open(&path, &key);
-    outbox
-        .append(
-            &[record(vec![Reading::canonical(
-                Metric::Spo2,
-                Decimal::int(97),
-            )])],
-            now(),
-        )
-        .unwrap();
+    outbox.append(&[spo2(97)], now()).unwrap();
     drop(outbox);
     let raw = std::fs::read(&path).unwrap();
     let wal = std::fs::read(dir.path().join("outbox.db-wal")).unwrap_or_default();
@@ -152,18 +151,13 @@ fn tamper(path: &Path, key: &MasterKey, column: &str, id: i64) {
 }
 
 fn three_readings(path: &Path, key: &MasterKey) -> Vec<i64> {
-    let records: Vec<Record> = [95, 96, 97]
-        .into_iter()
-        .map(|v| record(vec![Reading::canonical(Metric::Spo2, Decimal::int(v))]))
-        .collect();
+    let records: Vec<Record> = [95, 96, 97].into_iter().map(|v| spo2(v)).collect();
     open(path, key).append(&records, now()).unwrap()
 }
 
 #[test]
 fn tampered_ciphertext_byte_is_quarantined_and_the_rest_still_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let ids = three_readings(&path, &key);
     tamper(&path, &key, "ciphertext", ids[1]);
 
@@ -183,9 +177,7 @@ fn tampered_ciphertext_byte_is_quarantined_and_the_rest_still_flows() {
 
 #[test]
 fn tampered_nonce_byte_is_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let ids = three_readings(&path, &key);
     tamper(&path, &key, "nonce", ids[0]);
 
@@ -202,9 +194,7 @@ fn tampered_nonce_byte_is_quarantined() {
 
 #[test]
 fn ciphertext_moved_to_another_row_fails_authentication() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let ids = three_readings(&path, &key);
     let outbox = open(&path, &key);
     // Copy row 1's nonce and ciphertext over row 2: both authentic bytes, wrong row.
@@ -260,22 +250,12 @@ fn corrupt_database_is_set_aside_not_deleted() {
     assert_eq!(outbox.stats().unwrap().corrupt_files_set_aside, 1);
     assert_eq!(outbox.quick_check().unwrap(), "ok");
     // And the new outbox works.
-    outbox
-        .append(
-            &[record(vec![Reading::canonical(
-                Metric::Spo2,
-                Decimal::int(97),
-            )])],
-            now(),
-        )
-        .unwrap();
+    outbox.append(&[spo2(97)], now()).unwrap();
 }
 
 #[test]
 fn database_with_corrupted_pages_is_set_aside() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     {
         let mut outbox = open(&path, &key);
         let records: Vec<Record> = (0..2000)
@@ -305,23 +285,13 @@ fn database_with_corrupted_pages_is_set_aside() {
 
 #[test]
 fn alerts_live_in_their_own_lane() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let mut outbox = open(&path, &key);
     let alert = Record::Alert(AlertRecord {
         patient_id: "p1".into(),
         event: serde_json::json!({"alert_id": "a1"}),
     });
-    let ids = outbox
-        .append(
-            &[
-                record(vec![Reading::canonical(Metric::Spo2, Decimal::int(88))]),
-                alert.clone(),
-            ],
-            now(),
-        )
-        .unwrap();
+    let ids = outbox.append(&[spo2(88), alert.clone()], now()).unwrap();
     assert_eq!(
         outbox.pending(Lane::Alert, 0, 10).unwrap(),
         vec![(ids[1], alert)]
@@ -331,9 +301,7 @@ fn alerts_live_in_their_own_lane() {
 
 #[test]
 fn delivered_rows_leave_the_backlog_and_only_they_are_purged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let ids = three_readings(&path, &key);
     let mut outbox = open(&path, &key);
     let t0 = now();
@@ -350,9 +318,7 @@ fn delivered_rows_leave_the_backlog_and_only_they_are_purged() {
 
 #[test]
 fn row_ids_are_never_reused_after_purge() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let ids = three_readings(&path, &key);
     let mut outbox = open(&path, &key);
     outbox.mark_delivered(&ids, now()).unwrap();
@@ -366,29 +332,11 @@ fn row_ids_are_never_reused_after_purge() {
 
 #[test]
 fn key_rotation_keeps_old_records_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     let mut outbox = open(&path, &key);
-    outbox
-        .append(
-            &[record(vec![Reading::canonical(
-                Metric::Spo2,
-                Decimal::int(97),
-            )])],
-            now(),
-        )
-        .unwrap();
+    outbox.append(&[spo2(97)], now()).unwrap();
     assert_eq!(outbox.rotate_key().unwrap(), 2);
-    outbox
-        .append(
-            &[record(vec![Reading::canonical(
-                Metric::Spo2,
-                Decimal::int(96),
-            )])],
-            now(),
-        )
-        .unwrap();
+    outbox.append(&[spo2(96)], now()).unwrap();
     drop(outbox);
     let mut outbox = open(&path, &key);
     assert_eq!(outbox.current_key_id(), 2);
@@ -398,9 +346,7 @@ fn key_rotation_keeps_old_records_readable() {
 
 #[test]
 fn schema_from_a_newer_build_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     open(&path, &key)
         .connection()
         .pragma_update(None, "user_version", 99)
@@ -424,9 +370,7 @@ fn new_database_is_migrated_to_the_current_schema() {
 
 #[test]
 fn device_state_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
+    let (_dir, path, key) = fresh();
     open(&path, &key)
         .set_device_state("glucose1", "racp_last_seq", "41")
         .unwrap();
