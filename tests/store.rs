@@ -151,7 +151,7 @@ fn tamper(path: &Path, key: &MasterKey, column: &str, id: i64) {
 }
 
 fn three_readings(path: &Path, key: &MasterKey) -> Vec<i64> {
-    let records: Vec<Record> = [95, 96, 97].into_iter().map(|v| spo2(v)).collect();
+    let records: Vec<Record> = [95, 96, 97].into_iter().map(spo2).collect();
     open(path, key).append(&records, now()).unwrap()
 }
 
