@@ -54,3 +54,9 @@ pub enum LinkState {
     /// The transport cannot work on this host (e.g. no Bluetooth adapter).
     Unavailable,
 }
+
+/// Tests that make pseudo-terminals take this lock: pty numbers are reused as soon as one is
+/// closed, and a transport that reopens a vanished device *by path* (as it must) would then
+/// open another test's pty.
+#[cfg(test)]
+pub(crate) static PTY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

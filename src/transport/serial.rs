@@ -124,10 +124,10 @@ impl SerialSource {
                 read = port.read(buf) => match read {
                     Ok(0) => {
                         // A tty read can return 0 bytes without the device going away (VMIN=0
-                        // semantics, seen on ptys under load). Only a vanished device node, or
-                        // zero-length reads that go on, mean unplugged.
+                        // semantics, seen on ptys under load). Only a vanished device node, or 5 s of
+                        // zero-length reads in a row (a hung-up line), mean unplugged.
                         self.zero_reads += 1;
-                        if !self.path.exists() || self.zero_reads > 50 {
+                        if !self.path.exists() || self.zero_reads > 250 {
                             self.close();
                             return self.lost("the port returned end of file (unplugged?)".into());
                         }
@@ -358,6 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn char_device_that_is_no_serial_port_is_lost_saying_both_attempts_failed() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         // /dev/null accepts no termios at all: neither with the settings nor without them.
         let mut s = SerialSource::new(Path::new("/dev/null"), plain_settings(9600));
         let Event::Lost { error, .. } = next_within(&mut s).await else {
@@ -371,6 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn pty_slave_is_a_tty_and_reads_what_the_device_writes() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         let (mut master, slave) = SerialStream::pair().unwrap();
         let slave_path = PathBuf::from(slave.name().unwrap());
         assert!(is_tty(&slave_path), "{}", slave_path.display());
@@ -406,6 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn init_is_written_after_open_and_keepalive_repeats() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         // protocols.md §2.2 B: the Contec V7 stream starts on A1 and needs AF every few seconds.
         let (mut master, slave) = SerialStream::pair().unwrap();
         let slave_path = PathBuf::from(slave.name().unwrap());
@@ -421,7 +424,9 @@ mod tests {
                 let n = master.read(&mut buf).await.unwrap();
                 got.extend_from_slice(&buf[..n]);
             }
-            got
+            // Hand the device end back: dropping it here would hang up the line while the
+            // source is still being polled below (a real unplug, not what this test is about).
+            (got, master)
         });
         // Drive the source (keepalives are written from inside `next`) until the reader has
         // seen init plus two keepalives.
@@ -429,7 +434,7 @@ mod tests {
             let mut reader = reader;
             loop {
                 tokio::select! {
-                    r = &mut reader => return r.unwrap(),
+                    r = &mut reader => return r.unwrap().0,
                     e = s.next() => assert!(!matches!(e, Event::Lost { .. }), "{e:?}"),
                 }
             }
@@ -442,6 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn device_gone_is_lost_then_retried_with_growing_backoff() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         let (master, slave) = SerialStream::pair().unwrap();
         let slave_path = PathBuf::from(slave.name().unwrap());
         let dir = tempfile::tempdir().unwrap();
@@ -469,6 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn replugged_device_under_the_same_path_is_reopened() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("ttyTEST");
         let (master, slave) = SerialStream::pair().unwrap();

@@ -355,6 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_driver_is_refused_listing_the_encoders() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         let opts = SimOptions {
             driver: "ble-heart-rate".into(),
             interval: Duration::from_millis(10),
@@ -375,6 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn link_that_is_a_regular_file_is_not_replaced() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("ttyX");
         std::fs::write(&link, b"keep me").unwrap();
@@ -395,6 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn pty_device_frames_decode_through_the_serial_transport() {
+        let _pty = crate::transport::PTY_TESTS.lock().await;
         // protocols.md §2.1 (Nonin #8): what the simulator writes, the serial transport reads
         // and the nonin-fmt8 decoder turns into SpO2 and pulse readings.
         let dir = tempfile::tempdir().unwrap();
