@@ -127,3 +127,76 @@ pub fn drain(
     }
     pos
 }
+
+/// Fuzzing support (the `fuzz/` targets call these; a panic is a finding).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{drain, DecodeError, Step, StreamDecoder};
+
+    /// Feeds `data` to fresh decoders from `make`: through [`drain`], and step by step,
+    /// asserting the [`StreamDecoder`] contract (every step consumes `1..=len` bytes).
+    pub fn stream_contract(make: &dyn Fn() -> Box<dyn StreamDecoder>, data: &[u8]) {
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        let n = drain(make().as_mut(), data, &mut out, &mut errors);
+        assert!(n <= data.len());
+        let mut dec = make();
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let consumed = match dec.feed(rest) {
+                Step::NeedMore => break,
+                Step::Frame { consumed, .. } | Step::Skip { consumed, .. } => consumed,
+            };
+            assert!(
+                (1..=rest.len()).contains(&consumed),
+                "consumed {consumed} of {}",
+                rest.len()
+            );
+            pos += consumed;
+        }
+    }
+
+    /// [`stream_contract`] for a registered stream driver, by name.
+    pub fn stream_driver(name: &str, data: &[u8]) {
+        let Some(super::DriverKind::Stream(make)) = super::find(name).map(|d| d.kind) else {
+            panic!("driver {name} is not a registered stream driver");
+        };
+        stream_contract(&make, data);
+    }
+
+    /// An accepted BLE value is exactly as long as its flags say (DESIGN.md: a BLE value is
+    /// whole): one byte fewer or one more is refused.
+    pub fn value_is_whole<T>(decode: fn(&[u8]) -> Result<T, DecodeError>, data: &[u8]) {
+        if decode(data).is_ok() {
+            if let Some((_, head)) = data.split_last() {
+                assert!(decode(head).is_err(), "a strict prefix was accepted");
+            }
+            let mut longer = data.to_vec();
+            longer.push(0);
+            assert!(decode(&longer).is_err(), "a trailing byte was accepted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_driver_honours_the_contract_on_arbitrary_bytes() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let bytes: Vec<u8> = (0..20_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        for d in registry() {
+            if let DriverKind::Stream(_) = d.kind {
+                fuzzing::stream_driver(d.name, &bytes);
+            }
+        }
+    }
+}
