@@ -21,6 +21,11 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A `[[device]]` table for a simulated patient ticking every `interval_ms`.
+fn sim_device(interval_ms: u64) -> String {
+    format!("[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = {interval_ms}\n")
+}
+
 /// Creates `dir/master.key` with `vitalgate keygen`; returns its path.
 fn keygen(dir: &Path) -> PathBuf {
     let key = dir.join("master.key");
@@ -213,17 +218,13 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exit {status:?}");
     assert!(until(&last), "condition never held; last status:\n{last:#}");
-    let out = run(&["status", "--config", config.to_str().unwrap()]);
-    serde_json::from_slice(&out.stdout).unwrap()
+    status_of(config)
 }
 
 #[test]
 fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 10\n",
-    );
+    let path = config(dir.path(), &sim_device(10));
     let key = keygen(dir.path());
     run_until(&path, |s| {
         s["backlog"]["readings"].as_u64().unwrap_or(0) > 0
@@ -291,10 +292,7 @@ fn jsonl_device_stores_good_lines_counts_bad_ones_and_stays_connected() {
 #[test]
 fn status_reports_backlog_keys_and_devices_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 20\n",
-    );
+    let path = config(dir.path(), &sim_device(20));
     keygen(dir.path());
     run_until(&path, |s| {
         s["backlog"]["readings"].as_u64().unwrap_or(0) >= 10
@@ -380,10 +378,7 @@ fn status_of(config: &Path) -> serde_json::Value {
 #[test]
 fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
-    );
+    let path = config(dir.path(), &sim_device(50));
     keygen(dir.path());
     let mut child = spawn_daemon(&path);
     wait_for("readings", || {
@@ -425,10 +420,7 @@ fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() 
 #[test]
 fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[[device]]\nid = \"sim\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 50\n",
-    );
+    let path = config(dir.path(), &sim_device(50));
     let key = keygen(dir.path());
     let mut child = spawn_daemon(&path);
     wait_for("readings", || {

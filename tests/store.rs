@@ -28,6 +28,16 @@ fn fresh() -> (tempfile::TempDir, std::path::PathBuf, MasterKey) {
     (dir, path, MasterKey::ephemeral().unwrap())
 }
 
+/// Ids of the undelivered readings, oldest first.
+fn pending_ids(outbox: &mut Outbox) -> Vec<i64> {
+    outbox
+        .pending(Lane::Reading, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 fn spo2(value: i64) -> Record {
     record(vec![Reading::canonical(Metric::Spo2, Decimal::int(value))])
 }
@@ -162,12 +172,7 @@ fn tampered_ciphertext_byte_is_quarantined_and_the_rest_still_flows() {
     tamper(&path, &key, "ciphertext", ids[1]);
 
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox
-        .pending(Lane::Reading, 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let pending: Vec<i64> = pending_ids(&mut outbox);
     assert_eq!(pending, vec![ids[0], ids[2]]);
     let stats = outbox.stats().unwrap();
     assert_eq!(stats.quarantined, 1);
@@ -182,12 +187,7 @@ fn tampered_nonce_byte_is_quarantined() {
     tamper(&path, &key, "nonce", ids[0]);
 
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox
-        .pending(Lane::Reading, 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let pending: Vec<i64> = pending_ids(&mut outbox);
     assert_eq!(pending, vec![ids[1], ids[2]]);
     assert_eq!(outbox.stats().unwrap().quarantined, 1);
 }
@@ -207,12 +207,7 @@ fn ciphertext_moved_to_another_row_fails_authentication() {
         .unwrap();
     drop(outbox);
     let mut outbox = open(&path, &key);
-    let pending: Vec<i64> = outbox
-        .pending(Lane::Reading, 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let pending: Vec<i64> = pending_ids(&mut outbox);
     assert_eq!(pending, vec![ids[0], ids[2]]);
 }
 
