@@ -177,26 +177,31 @@ fn init_logging(default: &str) {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
+            // Signal handlers first: a SIGTERM (or SIGHUP) that arrives while the config,
+            // key and outbox are being opened must mean "stop cleanly", not the default
+            // action of killing the process mid-start.
+            let rt = runtime()?;
+            let shutdown = CancellationToken::new();
+            let reload = Arc::new(Notify::new());
+            {
+                let _runtime = rt.enter();
+                spawn_signal_handler(shutdown.clone(), Some(reload.clone()))?;
+            }
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.display(), "vitalgate starting");
             let cfg = Config::load(&config)?;
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
-            runtime()?.block_on(async {
-                let shutdown = CancellationToken::new();
-                let reload = Arc::new(Notify::new());
-                spawn_signal_handler(shutdown.clone(), Some(reload.clone()));
-                vitalgate::daemon::supervisor::serve(
-                    config,
-                    cfg,
-                    master,
-                    shutdown,
-                    reload,
-                    None,
-                    Some(Arc::new(notifier)),
-                )
-                .await
-            })?;
+            rt.block_on(vitalgate::daemon::supervisor::serve(
+                config,
+                cfg,
+                master,
+                shutdown,
+                reload,
+                None,
+                Some(Arc::new(notifier)),
+            ))?;
             Ok(())
         }
         Command::Demo { seconds, state_dir } => demo(seconds, state_dir),
@@ -254,23 +259,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// SIGTERM and SIGINT cancel `token` (graceful shutdown); SIGHUP notifies `reload`.
-fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
+///
+/// The handlers are installed before this returns (it must be called inside the runtime),
+/// so a signal that arrives afterwards is never given its default, fatal action.
+fn spawn_signal_handler(
+    token: CancellationToken,
+    reload: Option<Arc<Notify>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT"); break; }
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates and keys");
+                    tracing::info!("SIGHUP: reloading configuration and certificates");
                     if let Some(r) = &reload {
                         r.notify_one();
                     }
@@ -279,6 +285,7 @@ fn spawn_signal_handler(token: CancellationToken, reload: Option<Arc<Notify>>) {
         }
         token.cancel();
     });
+    Ok(())
 }
 
 /// Where `vitalgate decode` looks for device profiles: `--devices DIR` first, then the
@@ -489,7 +496,7 @@ fn simulate(
         }
         tracing::info!(pty = %sim.slave_path().display(), "simulating; stop with Ctrl-C or SIGTERM");
         let token = CancellationToken::new();
-        spawn_signal_handler(token.clone(), None);
+        spawn_signal_handler(token.clone(), None)?;
         let frames = sim.run(token).await?;
         tracing::info!(frames, "simulator stopped");
         Ok(())
@@ -497,14 +504,15 @@ fn simulate(
 }
 
 fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone(), None);
-        vitalgate::demo::run(
-            vitalgate::demo::DemoOptions { seconds, state_dir },
-            shutdown,
-        )
-        .await
-    })?;
+    let rt = runtime()?;
+    let shutdown = CancellationToken::new();
+    {
+        let _runtime = rt.enter();
+        spawn_signal_handler(shutdown.clone(), None)?;
+    }
+    rt.block_on(vitalgate::demo::run(
+        vitalgate::demo::DemoOptions { seconds, state_dir },
+        shutdown,
+    ))?;
     Ok(())
 }

@@ -177,8 +177,17 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM and a clean exit.
+    /// SIGTERM and a clean exit. The signal waits for the daemon's first log line, which
+    /// comes once its handlers are installed: before that, SIGTERM's default action applies.
     async fn stop(mut self) -> Vec<String> {
+        let log = self.log.clone();
+        wait_until(20, "the daemon's `vitalgate starting` line", || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("vitalgate starting"))
+        })
+        .await;
         self.signal("TERM");
         let st = self.wait_exit(20).await;
         assert!(

@@ -177,6 +177,49 @@ fn run_sigterm_exits_0_within_5s_with_final_status_not_running() {
     );
 }
 
+/// A SIGTERM that arrives while the daemon is still opening its config, key and outbox is a
+/// request to stop, not a kill: systemd sends it to a unit stopped during start-up, and the
+/// default action would end the process mid-start. The config is given through a named pipe,
+/// so the daemon is held in start-up (reading it) until the signal has been sent.
+#[test]
+fn run_sigterm_during_start_up_exits_0() {
+    use std::io::{BufRead, BufReader};
+    let (dir, config) = setup();
+    let fifo = dir.path().join("config-pipe.toml");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success(), "mkfifo: {st}");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&fifo)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("a first log line").unwrap();
+    assert!(
+        first.contains("vitalgate starting"),
+        "first log line: {first}"
+    );
+    sigterm(&child);
+    // Keep reading so the daemon never blocks on a full stderr pipe.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // Only now let the daemon read its config. Opening the pipe blocks until the daemon opens
+    // it too, so from a thread left behind: a daemon killed by the signal never will.
+    let text = std::fs::read(&config).unwrap();
+    std::thread::spawn(move || std::fs::write(&fifo, text));
+    let status = wait_exit(&mut child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("vitalgate run still running 10 s after SIGTERM"));
+    let rest = rest.join().unwrap();
+    assert!(
+        status.success(),
+        "exit status after SIGTERM during start-up: {status}; log: {rest:?}"
+    );
+}
+
 #[test]
 fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
     let (dir, config) = setup();
