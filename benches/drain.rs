@@ -62,14 +62,29 @@ fn main() {
     );
     let mut payloads: Vec<Bytes> = Vec::with_capacity(n);
     let mut after = 0;
+    let t0 = Instant::now();
     loop {
         let batch = src.next_batch(Lane::Reading, after, 10_000).unwrap();
         let Some(last) = batch.last() else { break };
         after = last.row_id;
         payloads.extend(batch.into_iter().map(|o| Bytes::from(o.payload)));
     }
+    let source_rate = n as f64 / t0.elapsed().as_secs_f64();
     drop(src);
     assert_eq!(payloads.len(), n);
+    // Where the time goes: the source side alone (SQLite read, AES-GCM open, CBOR decode,
+    // FHIR render), with no network.
+    let mut reader = Outbox::open_secondary(&path, &master).unwrap();
+    let (t0, mut after, mut read) = (Instant::now(), 0, 0);
+    loop {
+        let rows = reader.pending(Lane::Reading, after, 10_000).unwrap();
+        let Some((last, _)) = rows.last() else { break };
+        after = *last;
+        read += rows.len();
+    }
+    let read_rate = read as f64 / t0.elapsed().as_secs_f64();
+    drop(reader);
+    println!("  outbox read + decrypt + render alone: {source_rate:.0} readings/s (read + decrypt + decode alone: {read_rate:.0}/s)");
     let avg = payloads.iter().map(Bytes::len).sum::<usize>() / n;
     println!("  payload: FHIR Observation JSON, {avg} B on average");
 

@@ -59,9 +59,7 @@ pub fn render_reading(
         },
         effective: effective_time(r),
     };
-    let obs =
-        fhir::observation(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))?;
-    serde_json::to_vec(&obs).map_err(|e| e.to_string())
+    fhir::observation_json(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))
 }
 
 /// [`OutboxSource`] over the real outbox (the publisher's own connection).

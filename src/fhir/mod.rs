@@ -39,12 +39,15 @@
 //!   **inspired oxygen** follows §1.7 (flow 0 -> "Breathing room air" without value).
 
 pub mod codes;
+mod doc;
 mod news2;
 mod quantity;
 
 pub use news2::{news2_observation, News2Score, News2SubScores, Spo2Scale};
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+use serde_json::{Number, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -55,6 +58,7 @@ use crate::reading::{
 };
 
 use codes::{Code, MetricCodes};
+use doc::CodeableConcept;
 
 /// Where the measurement was taken (UK Core `Extension-UKCore-RecordingSetting`, clinical.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +151,31 @@ pub enum FhirError {
     },
     #[error("NEWS2 total {total} is not the sum of its sub-scores ({sum}); the score was built wrongly and must not be sent")]
     News2Total { total: u8, sum: u32 },
+    #[error("cannot serialize the Observation as JSON: {0}; this is a bug, please report it")]
+    Serialize(String),
 }
 
 /// One Observation for `readings` (see the module docs). Pure: same input, same JSON.
 pub fn observation(ctx: &ObservationContext, readings: &[Reading]) -> Result<Value, FhirError> {
+    to_value(&build(ctx, readings)?)
+}
+
+/// [`observation`] as the JSON bytes the platform receives, serialized without building a
+/// `Value` first (the publisher's hot path; the bytes are identical, see `doc.rs`).
+pub fn observation_json(
+    ctx: &ObservationContext,
+    readings: &[Reading],
+) -> Result<Vec<u8>, FhirError> {
+    let doc = build(ctx, readings)?;
+    let mut out = Vec::with_capacity(1536);
+    serde_json::to_writer(&mut out, &doc).map_err(|e| FhirError::Serialize(e.to_string()))?;
+    Ok(out)
+}
+
+fn build<'a>(
+    ctx: &ObservationContext<'a>,
+    readings: &[Reading],
+) -> Result<doc::Observation<'a>, FhirError> {
     for r in readings {
         r.validate()?;
     }
@@ -159,6 +184,10 @@ pub fn observation(ctx: &ObservationContext, readings: &[Reading]) -> Result<Val
         [r] if r.metric != Metric::SystolicBp => single(ctx, r),
         _ => bp_panel(ctx, readings),
     }
+}
+
+pub(crate) fn to_value(doc: &doc::Observation) -> Result<Value, FhirError> {
+    serde_json::to_value(doc).map_err(|e| FhirError::Serialize(e.to_string()))
 }
 
 /// Splits one frame's readings into the groups that become one Observation each: the k-th
@@ -197,42 +226,45 @@ pub fn group_for_fhir(readings: &[Reading]) -> Vec<Vec<Reading>> {
     groups
 }
 
-fn single(ctx: &ObservationContext, r: &Reading) -> Result<Value, FhirError> {
+fn single<'a>(
+    ctx: &ObservationContext<'a>,
+    r: &Reading,
+) -> Result<doc::Observation<'a>, FhirError> {
     let mut notes = Vec::new();
-    let (codes, value) = match (r.metric, r.value) {
+    let mut value_concept = None;
+    let mut value_quantity = None;
+    let codes = match (r.metric, r.value) {
         (Metric::Acvpu, RValue::Code(c)) => {
             let v = codes::acvpu_value(c);
-            let value = json!({"coding": [coding(v)], "text": v.display});
-            (
-                codes::metric(Metric::Acvpu),
-                Some(("valueCodeableConcept", value)),
-            )
+            value_concept = Some(CodeableConcept::new(&[v], Some(v.display)));
+            codes::metric(Metric::Acvpu)
         }
-        (Metric::InspiredOxygen, RValue::Absent(_)) => (codes::INSPIRED_OXYGEN_UNKNOWN, None),
+        (Metric::InspiredOxygen, RValue::Absent(_)) => codes::INSPIRED_OXYGEN_UNKNOWN,
         (Metric::InspiredOxygen, RValue::Number(d)) if d.mantissa == 0 => {
-            (codes::inspired_oxygen(false), None)
+            codes::inspired_oxygen(false)
         }
         (m, RValue::Number(d)) => {
-            let q = quantity_for(m, d, r.unit, &mut notes)?;
-            (codes::metric(m), Some(("valueQuantity", q)))
+            value_quantity = Some(quantity_for(m, d, r.unit, &mut notes)?);
+            codes::metric(m)
         }
-        (m, _) => (codes::metric(m), None),
+        (m, _) => codes::metric(m),
     };
     let mut obs = skeleton(ctx, &codes, ObservationKey::Metric(r.metric))?;
-    match (value, r.value) {
-        (Some((field, v)), _) => {
-            obs.insert(field.into(), v);
-        }
-        (None, RValue::Absent(a)) => {
-            obs.insert("dataAbsentReason".into(), data_absent_reason(a));
-        }
-        (None, _) => {}
+    obs.value_codeable_concept = value_concept;
+    obs.value_quantity = value_quantity;
+    if let (None, None, RValue::Absent(a)) =
+        (&obs.value_codeable_concept, &obs.value_quantity, r.value)
+    {
+        obs.data_absent_reason = Some(data_absent_reason(a));
     }
     push_flags(&mut notes, &r.flags);
-    finish(obs, notes)
+    Ok(finish(obs, notes))
 }
 
-fn bp_panel(ctx: &ObservationContext, readings: &[Reading]) -> Result<Value, FhirError> {
+fn bp_panel<'a>(
+    ctx: &ObservationContext<'a>,
+    readings: &[Reading],
+) -> Result<doc::Observation<'a>, FhirError> {
     let count = |m| readings.iter().filter(|r| r.metric == m).count();
     let others = readings
         .iter()
@@ -251,95 +283,112 @@ fn bp_panel(ctx: &ObservationContext, readings: &[Reading]) -> Result<Value, Fhi
         let Some((codings, text)) = codes::bp_component(r.metric) else {
             continue;
         };
-        let mut c = Map::new();
-        c.insert("code".into(), code_concept(codings, text));
+        let mut c = doc::Component {
+            code: CodeableConcept::new(codings, Some(text)),
+            data_absent_reason: None,
+            value_quantity: None,
+        };
         match r.value {
             RValue::Number(d) => {
-                c.insert(
-                    "valueQuantity".into(),
-                    quantity_for(r.metric, d, r.unit, &mut notes)?,
-                );
+                c.value_quantity = Some(quantity_for(r.metric, d, r.unit, &mut notes)?);
             }
-            RValue::Absent(a) => {
-                c.insert("dataAbsentReason".into(), data_absent_reason(a));
-            }
+            RValue::Absent(a) => c.data_absent_reason = Some(data_absent_reason(a)),
             RValue::Code(_) => {
                 return Err(InvalidReading::UnexpectedCode { metric: r.metric }.into())
             }
         }
-        components.push(Value::Object(c));
+        components.push(c);
         flags.extend(r.flags.iter().copied());
     }
     let mut obs = skeleton(ctx, &codes::BP_PANEL, ObservationKey::BloodPressurePanel)?;
-    obs.insert("component".into(), Value::Array(components));
+    obs.component = components;
     flags.sort();
     flags.dedup();
     push_flags(&mut notes, &flags);
-    finish(obs, notes)
+    Ok(finish(obs, notes))
 }
 
 /// The parts every Observation shares: id, identifier, profile, extension, status, category,
 /// code, subject, effective, device.
-fn skeleton(
-    ctx: &ObservationContext,
+fn skeleton<'a>(
+    ctx: &ObservationContext<'a>,
     codes: &MetricCodes,
     key: ObservationKey,
-) -> Result<Map<String, Value>, FhirError> {
-    let mut obs = common(ctx, codes.profile, codes.category, key)?;
-    obs.insert("code".into(), code_concept(codes.codings, codes.text));
-    let mut device = json!({
-        "type": "Device",
-        "identifier": {
-            "system": codes::DEVICE_SYSTEM,
-            "value": format!("{}/{}", ctx.gateway_id, ctx.device_id),
+) -> Result<doc::Observation<'a>, FhirError> {
+    let mut obs = common(
+        ctx,
+        codes.profile,
+        codes.category,
+        key,
+        CodeableConcept::new(codes.codings, Some(codes.text)),
+    )?;
+    obs.device = Some(doc::DeviceRef {
+        display: ctx.device_display,
+        identifier: doc::Identifier {
+            system: codes::DEVICE_SYSTEM,
+            value: Cow::Owned(format!("{}/{}", ctx.gateway_id, ctx.device_id)),
         },
+        kind: "Device",
     });
-    if let (Some(display), Some(d)) = (ctx.device_display, device.as_object_mut()) {
-        d.insert("display".into(), Value::String(display.to_owned()));
-    }
-    obs.insert("device".into(), device);
     Ok(obs)
 }
 
-/// Fields shared with the NEWS2 Observation (no code, no device).
-pub(crate) fn common(
-    ctx: &ObservationContext,
-    profile: &str,
+/// Fields shared with the NEWS2 Observation (which has no device).
+pub(crate) fn common<'a>(
+    ctx: &ObservationContext<'a>,
+    profile: &'static str,
     category: codes::Category,
     key: ObservationKey,
-) -> Result<Map<String, Value>, FhirError> {
+    code: CodeableConcept<'a>,
+) -> Result<doc::Observation<'a>, FhirError> {
     let id = observation_id(ctx.gateway_id, ctx.device_id, key, ctx.effective).to_string();
     let setting = match ctx.setting {
         RecordingSetting::Residential => ("residential", "Residential"),
         RecordingSetting::Clinical => ("clinical", "Clinical"),
     };
     let subject = match ctx.nhs_number {
-        Some(n) => json!({"system": codes::NHS_NUMBER_SYSTEM, "value": n.expose()}),
-        None => json!({"system": codes::GATEWAY_PATIENT_SYSTEM, "value": ctx.gateway_id}),
+        Some(n) => doc::Identifier {
+            system: codes::NHS_NUMBER_SYSTEM,
+            value: Cow::Borrowed(n.expose()),
+        },
+        None => doc::Identifier {
+            system: codes::GATEWAY_PATIENT_SYSTEM,
+            value: Cow::Borrowed(ctx.gateway_id),
+        },
     };
-    let obs = json!({
-        "resourceType": "Observation",
-        "id": id,
-        "meta": {"profile": [profile]},
-        "extension": [{
-            "url": codes::RECORDING_SETTING_URL,
-            "valueCodeableConcept": {"coding": [{
-                "system": codes::RECORDING_SETTING_SYSTEM,
-                "code": setting.0,
-                "display": setting.1,
-            }]},
+    let setting = Code {
+        system: codes::RECORDING_SETTING_SYSTEM,
+        code: setting.0,
+        display: setting.1,
+    };
+    Ok(doc::Observation {
+        category: [CodeableConcept::new(&[category.code()], None)],
+        code,
+        component: Vec::new(),
+        data_absent_reason: None,
+        derived_from: Vec::new(),
+        device: None,
+        effective_date_time: fhir_date_time(ctx.effective)?,
+        extension: [doc::Extension {
+            url: codes::RECORDING_SETTING_URL,
+            value_codeable_concept: CodeableConcept::new(&[setting], None),
         }],
-        "identifier": [{"system": codes::UUID_IDENTIFIER_SYSTEM, "value": id}],
-        "status": "final",
-        "category": [{"coding": [coding(category.code())]}],
-        "subject": {"type": "Patient", "identifier": subject},
-        "effectiveDateTime": fhir_date_time(ctx.effective)?,
-    });
-    // `json!` of an object literal is always an object; the other arm only avoids a panic path.
-    match obs {
-        Value::Object(m) => Ok(m),
-        _ => Ok(Map::new()),
-    }
+        identifier: [doc::Identifier {
+            system: codes::UUID_IDENTIFIER_SYSTEM,
+            value: Cow::Owned(id.clone()),
+        }],
+        id,
+        meta: doc::Meta { profile: [profile] },
+        note: Vec::new(),
+        resource_type: "Observation",
+        status: "final",
+        subject: doc::SubjectRef {
+            identifier: subject,
+            kind: "Patient",
+        },
+        value_codeable_concept: None,
+        value_quantity: None,
+    })
 }
 
 /// RFC 3339 with offset, restricted to what the FHIR `dateTime` pattern accepts.
@@ -353,24 +402,13 @@ fn fhir_date_time(t: OffsetDateTime) -> Result<String, FhirError> {
     t.format(&Rfc3339).map_err(|_| bad())
 }
 
-pub(crate) fn coding(c: Code) -> Value {
-    json!({"system": c.system, "code": c.code, "display": c.display})
-}
-
-fn code_concept(codings: &[Code], text: &str) -> Value {
-    json!({
-        "coding": codings.iter().copied().map(coding).collect::<Vec<_>>(),
-        "text": text,
-    })
-}
-
 /// UCUM `valueQuantity` in the metric's canonical (UK Core) unit, converting if needed.
 fn quantity_for(
     metric: Metric,
     value: Decimal,
     unit: Option<Unit>,
     notes: &mut Vec<String>,
-) -> Result<Value, FhirError> {
+) -> Result<doc::Quantity, FhirError> {
     let target = metric
         .canonical_unit()
         .ok_or(InvalidReading::UnexpectedCode { metric })?;
@@ -381,20 +419,25 @@ fn quantity_for(
             "Device reported {value} {from}; converted to {target} as the UK Core profile requires"
         ));
     }
-    Ok(json!({
-        "value": quantity::json_number(converted)?,
-        "unit": codes::unit_display(target),
-        "system": codes::UCUM,
-        "code": target.ucum(),
-    }))
+    Ok(doc::Quantity {
+        code: target.ucum(),
+        system: codes::UCUM,
+        unit: codes::unit_display(target),
+        value: quantity::json_number(converted)?,
+    })
 }
 
-pub(crate) fn quantity_score(score: u8) -> Value {
-    json!({"value": score, "unit": "score of", "system": codes::UCUM, "code": "{ScoreOf}"})
+pub(crate) fn quantity_score(score: u8) -> doc::Quantity {
+    doc::Quantity {
+        code: "{ScoreOf}",
+        system: codes::UCUM,
+        unit: "score of",
+        value: Number::from(score),
+    }
 }
 
 /// `dataAbsentReason` for a special value (module docs, "Absent values").
-fn data_absent_reason(a: Absent) -> Value {
+fn data_absent_reason(a: Absent) -> CodeableConcept<'static> {
     let (code, display, text) = match a {
         Absent::Nan => (
             "not-a-number",
@@ -422,10 +465,12 @@ fn data_absent_reason(a: Absent) -> Value {
             "The device sent its 'no measurement' marker (e.g. no finger in the probe)",
         ),
     };
-    json!({
-        "coding": [{"system": codes::DATA_ABSENT_REASON, "code": code, "display": display}],
-        "text": text,
-    })
+    let coding = Code {
+        system: codes::DATA_ABSENT_REASON,
+        code,
+        display,
+    };
+    CodeableConcept::new(&[coding], Some(text))
 }
 
 fn push_flags(notes: &mut Vec<String>, flags: &[Flag]) {
@@ -439,12 +484,9 @@ fn push_flags(notes: &mut Vec<String>, flags: &[Flag]) {
     }
 }
 
-fn finish(mut obs: Map<String, Value>, notes: Vec<String>) -> Result<Value, FhirError> {
-    if !notes.is_empty() {
-        let notes: Vec<Value> = notes.into_iter().map(|t| json!({"text": t})).collect();
-        obs.insert("note".into(), Value::Array(notes));
-    }
-    Ok(Value::Object(obs))
+fn finish<'a>(mut obs: doc::Observation<'a>, notes: Vec<String>) -> doc::Observation<'a> {
+    obs.note = notes.into_iter().map(|text| doc::Note { text }).collect();
+    obs
 }
 
 #[cfg(test)]

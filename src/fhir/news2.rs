@@ -4,11 +4,12 @@
 //! score that cannot be right (a sub-score outside RCP Chart 1, a total that is not the sum),
 //! because a wrong NEWS2 sent to a clinical team is worse than none.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::codes::{self, Category, Code};
-use super::{coding, common, quantity_score, FhirError, ObservationContext, ObservationKey};
+use super::doc::{CodeableConcept, Component, Reference};
+use super::{common, quantity_score, to_value, FhirError, ObservationContext, ObservationKey};
 
 /// Which SpO2 scale the patient is scored on: the alert engine's own type (one definition).
 pub use crate::alerts::news2::Spo2Scale;
@@ -103,24 +104,24 @@ pub fn news2_observation(ctx: &ObservationContext, score: &News2Score) -> Result
         codes::NEWS2_PROFILE,
         Category::Survey,
         ObservationKey::News2,
+        CodeableConcept::new(&[codes::NEWS2_TOTAL], Some("NEWS2 total score")),
     )?;
-    obs.insert(
-        "code".into(),
-        json!({"coding": [coding(codes::NEWS2_TOTAL)], "text": "NEWS2 total score"}),
-    );
-    obs.insert("valueQuantity".into(), quantity_score(score.total));
-    let components: Vec<Value> = parts
+    obs.value_quantity = Some(quantity_score(score.total));
+    obs.component = parts
         .iter()
-        .map(|(code, _, sub, _)| json!({"code": {"coding": [coding(*code)]}, "valueQuantity": quantity_score(*sub)}))
+        .map(|(code, _, sub, _)| Component {
+            code: CodeableConcept::new(&[*code], None),
+            data_absent_reason: None,
+            value_quantity: Some(quantity_score(*sub)),
+        })
         .collect();
-    obs.insert("component".into(), Value::Array(components));
-    if !score.derived_from.is_empty() {
-        let refs: Vec<Value> = score
-            .derived_from
-            .iter()
-            .map(|id| json!({"reference": format!("Observation/{id}"), "type": "Observation"}))
-            .collect();
-        obs.insert("derivedFrom".into(), Value::Array(refs));
-    }
-    Ok(Value::Object(obs))
+    obs.derived_from = score
+        .derived_from
+        .iter()
+        .map(|id| Reference {
+            reference: format!("Observation/{id}"),
+            kind: "Observation",
+        })
+        .collect();
+    to_value(&obs)
 }

@@ -7,7 +7,7 @@
 //! rounded half away from zero to a number of decimals finer than any device's resolution. The
 //! caller records the original value and unit in `Observation.note`, so nothing is lost.
 
-use serde_json::{Number, Value};
+use serde_json::Number;
 
 use crate::reading::{Decimal, Unit};
 
@@ -99,19 +99,17 @@ fn div_round_half_away(n: i128, d: i128) -> i128 {
 
 /// The decimal as a JSON number: an integer when it is one (`72`, not `72.0`), otherwise the
 /// nearest `f64`, which serde_json prints in its shortest round-trip form (`37.6`).
-pub fn json_number(value: Decimal) -> Result<Value, FhirError> {
+pub fn json_number(value: Decimal) -> Result<Number, FhirError> {
     let d = value.normalized();
     if d.exponent >= 0 {
         let int = 10i64
             .checked_pow(u32::from(d.exponent.unsigned_abs()))
             .and_then(|p| d.mantissa.checked_mul(p));
         if let Some(i) = int {
-            return Ok(Value::Number(Number::from(i)));
+            return Ok(Number::from(i));
         }
     }
-    Number::from_f64(d.to_f64())
-        .map(Value::Number)
-        .ok_or(FhirError::ValueOutOfRange { value })
+    Number::from_f64(d.to_f64()).ok_or(FhirError::ValueOutOfRange { value })
 }
 
 #[cfg(test)]

@@ -618,6 +618,40 @@ fn news2_impossible_sub_score_is_refused() {
     ));
 }
 
+/// The publisher sends `observation_json`'s bytes; they must be the golden (`Value`) JSON
+/// byte for byte, for every metric, absent values, device flags and the BP panel.
+#[test]
+fn observation_json_is_the_value_json_for_every_metric() {
+    let n = nhs();
+    let mut cases: Vec<Vec<Reading>> = Vec::new();
+    for m in Metric::ALL {
+        cases.push(vec![
+            sample(m).with_flags([Flag::Motion, Flag::LowPerfusion])
+        ]);
+        if m != Metric::Acvpu {
+            // ACVPU is a code: it has no absent form (AcvpuNeedsCode).
+            cases.push(vec![Reading::absent(m, Absent::Nres)]);
+        }
+    }
+    cases.push(vec![
+        sample(Metric::SystolicBp),
+        sample(Metric::DiastolicBp),
+    ]);
+    cases.push(vec![
+        sample(Metric::SystolicBp),
+        Reading::absent(Metric::DiastolicBp, Absent::Nan),
+    ]);
+    for readings in &cases {
+        let v = observation(&ctx(Some(&n)), readings).unwrap();
+        let bytes = observation_json(&ctx(Some(&n)), readings).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            serde_json::to_string(&v).unwrap(),
+            "{readings:?}"
+        );
+    }
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -687,6 +721,22 @@ mod properties {
                     || o.get("component").is_some()
                     || o["code"]["coding"][0]["code"] == "722742002"; // room air: no value by design
                 prop_assert!(has_content, "{}", o);
+            }
+        }
+
+        /// The publisher's bytes (typed structs, `doc.rs`) are exactly the `Value`'s bytes:
+        /// the struct fields are in the sorted key order a `serde_json::Map` uses.
+        #[test]
+        fn observation_json_bytes_equal_the_value_serialized(rs in proptest::collection::vec(any_reading(), 0..4), with_nhs in any::<bool>()) {
+            let n = nhs();
+            let c = ctx(with_nhs.then_some(&n));
+            match (observation(&c, &rs), observation_json(&c, &rs)) {
+                (Ok(v), Ok(bytes)) => prop_assert_eq!(
+                    String::from_utf8(bytes).unwrap(),
+                    serde_json::to_string(&v).unwrap()
+                ),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "value {:?} but bytes {:?}", a, b),
             }
         }
 
