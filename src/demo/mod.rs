@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod embedded_broker;
 pub mod platform;
 pub mod view;
 
