@@ -22,7 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::topics::{matches, valid_filter, valid_topic, Acl};
 use super::MAX_PACKET;
@@ -485,11 +485,14 @@ impl Connection {
         let publish_will = match &end {
             End::Normal | End::TakenOver | End::Shutdown => false,
             End::WithWill => true,
-            End::Abnormal(why, code) => {
+            End::Abnormal(why, Some(code)) => {
                 warn!(%peer, %identity, %client_id, reason = %why, "embedded broker: closing connection");
-                if let Some(code) = code {
-                    let _ = tx.try_send(Packet::Disconnect(Disconnect::new(*code)));
-                }
+                let _ = tx.try_send(Packet::Disconnect(Disconnect::new(*code)));
+                true
+            }
+            // The client went away (socket closed): not bad input, so not a warning.
+            End::Abnormal(why, None) => {
+                info!(%peer, %identity, %client_id, reason = %why, "embedded broker: connection ended");
                 true
             }
         };
