@@ -365,3 +365,23 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     result?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerChoice;
+
+    // Issue 3: `--broker auto|embedded|mosquitto`, auto by default.
+    #[test]
+    fn broker_choice_parses_the_three_names_and_defaults_to_auto() {
+        assert_eq!("auto".parse(), Ok(BrokerChoice::Auto));
+        assert_eq!("embedded".parse(), Ok(BrokerChoice::Embedded));
+        assert_eq!("mosquitto".parse(), Ok(BrokerChoice::Mosquitto));
+        assert_eq!(BrokerChoice::default(), BrokerChoice::Auto);
+    }
+
+    #[test]
+    fn broker_choice_unknown_name_says_what_is_accepted() {
+        let err = "rumqttd".parse::<BrokerChoice>().unwrap_err();
+        assert!(err.contains("auto, embedded or mosquitto"), "{err}");
+    }
+}
