@@ -107,7 +107,7 @@ impl Router {
                         .filter(|sub| !(sub.nolocal && s.conn == from))
                         .filter(|sub| matches(&sub.filter, topic))
                         .map(|sub| (min_qos(p.qos, sub.qos), sub.retain_as_published))
-                        .reduce(|a, b| (max_qos(a.0, b.0), a.1 || b.1))?;
+                        .reduce(|a, b| (if a.0 >= b.0 { a.0 } else { b.0 }, a.1 || b.1))?;
                     Some((s.tx.clone(), outgoing(p, best.0, best.1 && p.retain)))
                 })
                 .collect()
@@ -125,15 +125,7 @@ impl Router {
 }
 
 fn min_qos(a: QoS, b: QoS) -> QoS {
-    if (a as u8) <= (b as u8) {
-        a
-    } else {
-        b
-    }
-}
-
-fn max_qos(a: QoS, b: QoS) -> QoS {
-    if (a as u8) >= (b as u8) {
+    if a <= b {
         a
     } else {
         b
@@ -216,6 +208,30 @@ struct Connection {
     tasks: TaskTracker,
 }
 
+/// Takes the next whole packet off the front of `buf` (pure: rumqttc's v5 codec), `Ok(None)`
+/// when more bytes are needed; the error says why the connection must close.
+fn decode(buf: &mut BytesMut) -> Result<Option<Packet>, End> {
+    // rumqttc's codec refuses a DISCONNECT with remaining length 0 (PayloadRequired), which
+    // MQTT 5 §3.14.2.1 allows and rumqttc's own client sends: it means reason 0x00.
+    if buf.starts_with(&[0xE0, 0x00]) {
+        let _ = buf.split_to(2);
+        let normal = Disconnect::new(DisconnectReasonCode::NormalDisconnection);
+        return Ok(Some(Packet::Disconnect(normal)));
+    }
+    match Packet::read(buf, Some(MAX_PACKET)) {
+        Ok(p) => Ok(Some(p)),
+        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => Err(End::Abnormal(
+            format!("packet of {pkt_size} bytes exceeds the maximum of {max}"),
+            Some(DisconnectReasonCode::PacketTooLarge),
+        )),
+        Err(e) => Err(End::Abnormal(
+            format!("malformed MQTT 5 packet: {e}"),
+            Some(DisconnectReasonCode::MalformedPacket),
+        )),
+    }
+}
+
 /// Reads the next packet into `buf`, or says why none came.
 async fn read_packet(
     rd: &mut Reader,
@@ -224,29 +240,8 @@ async fn read_packet(
     cancel: &CancellationToken,
 ) -> Result<Packet, End> {
     loop {
-        // rumqttc's codec refuses a DISCONNECT with remaining length 0 (PayloadRequired), which
-        // MQTT 5 §3.14.2.1 allows and rumqttc's own client sends: it means reason 0x00.
-        if buf.starts_with(&[0xE0, 0x00]) {
-            let _ = buf.split_to(2);
-            return Ok(Packet::Disconnect(Disconnect::new(
-                DisconnectReasonCode::NormalDisconnection,
-            )));
-        }
-        match Packet::read(buf, Some(MAX_PACKET)) {
-            Ok(p) => return Ok(p),
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(CodecError::PayloadSizeLimitExceeded { pkt_size, max }) => {
-                return Err(End::Abnormal(
-                    format!("packet of {pkt_size} bytes exceeds the maximum of {max}"),
-                    Some(DisconnectReasonCode::PacketTooLarge),
-                ))
-            }
-            Err(e) => {
-                return Err(End::Abnormal(
-                    format!("malformed MQTT 5 packet: {e}"),
-                    Some(DisconnectReasonCode::MalformedPacket),
-                ))
-            }
+        if let Some(p) = decode(buf)? {
+            return Ok(p);
         }
         let sleep = async {
             match deadline {
@@ -375,7 +370,7 @@ impl Connection {
         let (connect, will) = match first {
             Ok(Packet::Connect(c, will, _login)) => (c, will),
             Ok(other) => {
-                warn!(%peer, %identity, packet = ?packet_name(&other), "embedded broker: first packet is not CONNECT; closing");
+                warn!(%peer, %identity, packet = %packet_name(&other), "embedded broker: first packet is not CONNECT; closing");
                 return;
             }
             Err(End::Abnormal(why, _)) => {
@@ -710,22 +705,60 @@ fn connack(code: ConnectReturnCode, assigned: Option<String>) -> ConnAck {
     }
 }
 
-fn packet_name(p: &Packet) -> &'static str {
+/// `PUBLISH`, `AUTH`, ...: the packet's kind for a log line (never its payload).
+fn packet_name(p: &Packet) -> String {
     match p {
-        Packet::Auth(_) => "AUTH",
-        Packet::Connect(..) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PingReq(_) => "PINGREQ",
-        Packet::PingResp(_) => "PINGRESP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::Disconnect(_) => "DISCONNECT",
+        Packet::Publish(_) => "PUBLISH".to_owned(),
+        Packet::Connect(..) => "CONNECT".to_owned(),
+        // The rest carry no payload: `PingReq`, `SubAck(SubAck { .. })`, ...
+        other => format!("{other:?}")
+            .split(['(', ' '])
+            .next()
+            .unwrap_or("?")
+            .to_uppercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // MQTT 5 §3.14.2.1: a DISCONNECT without reason code is a normal disconnection.
+    #[test]
+    fn decode_two_byte_disconnect_is_a_normal_disconnection() {
+        let mut buf = BytesMut::from(&[0xE0, 0x00, 0xC0][..]);
+        match decode(&mut buf) {
+            Ok(Some(Packet::Disconnect(d))) => {
+                assert_eq!(d.reason_code, DisconnectReasonCode::NormalDisconnection)
+            }
+            _ => panic!("not a normal DISCONNECT"),
+        }
+        assert_eq!(&buf[..], &[0xC0], "only the DISCONNECT is consumed");
+    }
+
+    #[test]
+    fn decode_packet_over_the_maximum_size_is_refused_before_it_arrives() {
+        // PUBLISH, remaining length 2 MiB (varint 0x80 0x80 0x80 0x01), no body yet.
+        let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
+        assert!(matches!(
+            decode(&mut buf),
+            Err(End::Abnormal(_, Some(DisconnectReasonCode::PacketTooLarge)))
+        ));
+    }
+
+    #[test]
+    fn decode_partial_packet_needs_more_bytes() {
+        let mut buf = BytesMut::from(&[0x30, 0x10, 0x00][..]);
+        assert!(matches!(decode(&mut buf), Ok(None)));
+    }
+
+    proptest! {
+        // STYLE.md: bad input never panics; it gives a packet, "need more" or a reason to close.
+        #[test]
+        fn decode_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = decode(&mut buf) {}
+        }
     }
 }
