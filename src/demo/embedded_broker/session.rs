@@ -584,7 +584,7 @@ impl Connection {
     ) -> Result<(), End> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
-        {
+        let unsent: Vec<Packet> = {
             let mut st = self.router.state();
             let State {
                 sessions,
@@ -635,18 +635,27 @@ impl Connection {
                 };
                 codes.push(code);
             }
-        }
-        self.send(
-            tx,
-            Packet::SubAck(SubAck {
+            // SUBACK, then the retained messages, queued while the lock keeps the router from
+            // slipping a newer live message in between (a stale retained status must not
+            // arrive after a fresh one). Only if the queue is full are the rest awaited below.
+            let suback = Packet::SubAck(SubAck {
                 pkid: s.pkid,
                 return_codes: codes,
                 properties: None,
-            }),
-        )
-        .await?;
-        for p in retained {
-            self.send(tx, Packet::Publish(p)).await?;
+            });
+            let mut all = std::iter::once(suback).chain(retained.into_iter().map(Packet::Publish));
+            let mut unsent = Vec::new();
+            for p in all.by_ref() {
+                if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(p) {
+                    unsent.push(p);
+                    break;
+                }
+            }
+            unsent.extend(all);
+            unsent
+        };
+        for p in unsent {
+            self.send(tx, p).await?;
         }
         Ok(())
     }
