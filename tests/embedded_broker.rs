@@ -495,3 +495,152 @@ async fn uplink_publisher_delivers_every_reading_through_the_embedded_broker() {
     within(10, "uplink shutdown", task).await.unwrap();
     b.stop().await;
 }
+
+/// The next error of a client (skipping packets), as text.
+async fn next_error(c: &mut Client, what: &str) -> String {
+    within(10, what, async {
+        loop {
+            match c.events.recv().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e,
+                None => panic!("event loop ended without an error while waiting for {what}"),
+            }
+        }
+    })
+    .await
+}
+
+// MQTT 5 §3.2.2.3.4: CONNACK Maximum QoS 1; a QoS 2 PUBLISH is answered with DISCONNECT 0x9B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publish_is_refused_with_disconnect_qos_not_supported_and_not_routed() {
+    let (p, b, mut platform) = broker_with_platform().await;
+    let mut gw = client(b.port(), gateway_tls(&p.pki, b.port()), GW, None)
+        .connected()
+        .await;
+    gw.client
+        .publish("rpm/v1/gw/demo-gw-0001/obs", QoS::ExactlyOnce, false, "q2")
+        .await
+        .unwrap();
+    let err = next_error(&mut gw, "DISCONNECT 0x9B").await;
+    assert!(err.contains("QoSNotSupported"), "{err}");
+    let mut other = client(b.port(), gateway_tls(&p.pki, b.port()), "gw-2", None)
+        .connected()
+        .await;
+    other
+        .publish("rpm/v1/gw/demo-gw-0001/obs", b"marker".to_vec(), false)
+        .await;
+    assert_eq!(&platform.next_publish().await.payload[..], b"marker");
+    b.stop().await;
+}
+
+// MQTT 5 §3.1.4: a second connection with the same client id takes over; the first is told
+// (DISCONNECT 0x8E) and its will, if any, is discarded (the same gateway is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_connection_with_the_same_client_id_takes_over() {
+    let (p, b, mut platform) = broker_with_platform().await;
+    let will = LastWill::new(
+        "rpm/v1/gw/demo-gw-0001/status",
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+        None,
+    );
+    let mut first = client(b.port(), gateway_tls(&p.pki, b.port()), GW, Some(will))
+        .connected()
+        .await;
+    let mut second = client(b.port(), gateway_tls(&p.pki, b.port()), GW, None)
+        .connected()
+        .await;
+    let err = next_error(&mut first, "DISCONNECT 0x8E").await;
+    assert!(err.contains("SessionTakenOver"), "{err}");
+    assert_eq!(
+        second
+            .publish("rpm/v1/gw/demo-gw-0001/obs", b"second".to_vec(), false)
+            .await,
+        PubAckReason::Success
+    );
+    assert_eq!(&platform.next_publish().await.payload[..], b"second");
+    b.stop().await;
+}
+
+/// A raw TLS connection with the gateway certificate, for what rumqttc will not send.
+async fn raw(p: &DemoPki, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(gateway_tls(p, port));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Everything the broker sends until it closes the connection.
+async fn until_closed(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    within(10, "the broker to close the connection", async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+// Only MQTT 5: an MQTT 3.1.1 CONNECT is closed without a CONNACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_connect_is_closed_without_connack() {
+    use tokio::io::AsyncWriteExt;
+    let p = pki();
+    let b = EmbeddedBroker::start(&p.pki, GW, PREFIX).unwrap();
+    let mut s = raw(&p.pki, b.port()).await;
+    // MQTT 3.1.1 §3.1: CONNECT, protocol level 4, clean session, keep-alive 60, client id "".
+    s.write_all(&[
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(until_closed(&mut s).await, Vec::<u8>::new());
+    b.stop().await;
+}
+
+// MQTT 5 §3.1.2.10: silent for 1.5 x keep-alive means gone: DISCONNECT 0x8D, then closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_silent_past_its_keep_alive_is_closed() {
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::Connect;
+    use tokio::io::AsyncWriteExt;
+    let p = pki();
+    let b = EmbeddedBroker::start(&p.pki, GW, PREFIX).unwrap();
+    let mut s = raw(&p.pki, b.port()).await;
+    let connect = Packet::Connect(
+        Connect {
+            keep_alive: 1,
+            client_id: "silent".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        None,
+    );
+    let mut buf = BytesMut::new();
+    connect.write(&mut buf, None).unwrap();
+    s.write_all(&buf).await.unwrap();
+    let got = until_closed(&mut s).await;
+    let mut got = BytesMut::from(&got[..]);
+    assert!(matches!(
+        Packet::read(&mut got, None),
+        Ok(Packet::ConnAck(_))
+    ));
+    match Packet::read(&mut got, None) {
+        Ok(Packet::Disconnect(d)) => assert_eq!(
+            d.reason_code,
+            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::KeepAliveTimeout
+        ),
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    b.stop().await;
+}

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, LastWill, Packet, PubAck, PubAckReason, Publish, RetainForwardRule, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Filter, LastWill, Packet, PubAck, PubAckReason, Publish,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -432,7 +433,10 @@ impl Connection {
             debug!(%peer, %client_id, "embedded broker: session taken over");
             // The old writer sends DISCONNECT 0x8E and then ends that connection; if its queue
             // is full, the connection is ended without it.
-            let bye = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::SessionTakenOver));
+            let bye = disconnect(
+                DisconnectReasonCode::SessionTakenOver,
+                "another connection with this client id",
+            );
             if old.tx.try_send(bye).is_err() {
                 old.close.cancel();
             }
@@ -482,7 +486,7 @@ impl Connection {
             End::WithWill => true,
             End::Abnormal(why, Some(code)) => {
                 warn!(%peer, %identity, %client_id, reason = %why, "embedded broker: closing connection");
-                let _ = tx.try_send(Packet::Disconnect(Disconnect::new(*code)));
+                let _ = tx.try_send(disconnect(*code, why));
                 true
             }
             // The client went away (socket closed): not bad input, so not a warning.
@@ -687,6 +691,21 @@ impl Connection {
     }
 }
 
+/// DISCONNECT with `code` and `why` as its reason string. Always with properties: rumqttc
+/// 0.25.1 encodes a property-less non-zero DISCONNECT with a remaining length one byte short
+/// (its own client then fails with "bytes remaining on stream").
+fn disconnect(code: DisconnectReasonCode, why: &str) -> Packet {
+    Packet::Disconnect(Disconnect {
+        reason_code: code,
+        properties: Some(DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(why.to_owned()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    })
+}
+
 fn connack(code: ConnectReturnCode, assigned: Option<String>) -> ConnAck {
     let properties = (code == ConnectReturnCode::Success).then_some(ConnAckProperties {
         session_expiry_interval: None,
@@ -754,6 +773,16 @@ mod tests {
             decode(&mut buf),
             Err(End::Abnormal(_, Some(DisconnectReasonCode::PacketTooLarge)))
         ));
+    }
+
+    // MQTT 5 §3.14.2.1: what the broker sends must decode to the same reason code.
+    #[test]
+    fn disconnect_with_reason_decodes_to_the_same_reason_code() {
+        let sent = disconnect(DisconnectReasonCode::KeepAliveTimeout, "silent");
+        let mut buf = BytesMut::new();
+        sent.write(&mut buf, None).unwrap();
+        assert!(matches!(decode(&mut buf), Ok(Some(p)) if p == sent));
+        assert!(buf.is_empty(), "remaining length matches what was written");
     }
 
     #[test]
