@@ -47,6 +47,9 @@ enum Command {
         /// Keep the demo's state here instead of a temporary directory.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Broker: auto (Mosquitto when installed, else the embedded one), embedded or mosquitto.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "embedded", "mosquitto"])]
+        broker: String,
     },
     /// Validate a configuration file and print the effective configuration (identifiers
     /// redacted); exits 2 on any problem.
@@ -204,7 +207,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
-        Command::Demo { seconds, state_dir } => demo(seconds, state_dir),
+        Command::Demo {
+            seconds,
+            state_dir,
+            broker,
+        } => demo(seconds, state_dir, &broker),
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             println!("# {}: valid", config.display());
@@ -503,7 +510,13 @@ fn simulate(
     })
 }
 
-fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyhow::Result<()> {
+    let broker: vitalgate::demo::BrokerChoice = broker.parse().map_err(UsageError)?;
+    if broker == vitalgate::demo::BrokerChoice::Mosquitto
+        && vitalgate::demo::broker::find_mosquitto().is_none()
+    {
+        return Err(UsageError(vitalgate::demo::DemoError::NoMosquitto.to_string()).into());
+    }
     let rt = runtime()?;
     let shutdown = CancellationToken::new();
     {
@@ -511,7 +524,11 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>) -> anyhow::Result<()> 
         spawn_signal_handler(shutdown.clone(), None)?;
     }
     rt.block_on(vitalgate::demo::run(
-        vitalgate::demo::DemoOptions { seconds, state_dir },
+        vitalgate::demo::DemoOptions {
+            seconds,
+            state_dir,
+            broker,
+        },
         shutdown,
     ))?;
     Ok(())

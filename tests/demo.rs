@@ -1,7 +1,9 @@
 //! `vitalgate demo` end to end (issue "Uplink", item 5; demo.md items 5 and 6): the built binary
 //! runs simulated patients through the encrypted outbox and its own Mosquitto (mutual TLS 1.3)
 //! to the demo's platform subscriber, and leaves no broker process behind, whether it stops at
-//! `--seconds` or on Ctrl-C. Needs Mosquitto installed (`scripts/test` and CI install it).
+//! `--seconds` or on Ctrl-C. Needs Mosquitto installed (`scripts/test` and CI install it) for
+//! the default broker; `--broker embedded` runs the in-process broker (issue 3, acceptance 5)
+//! through the same checks.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -59,27 +61,32 @@ fn platform_lines<'a>(stdout: &'a str, metric: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn demo_with_seconds_delivers_observations_to_the_platform_and_leaves_no_broker() {
+/// Runs `vitalgate demo` with `args`, asserts it exited 0 and the platform saw what the demo
+/// promises; returns stdout.
+fn run_and_check_delivery(args: &[&str]) -> String {
     let Output {
         status,
         stdout,
         stderr,
-    } = demo().args(["--seconds", "20"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&stdout);
+    } = demo().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
     let stderr = String::from_utf8_lossy(&stderr);
     assert!(
         status.success(),
         "exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    assert_delivered(&stdout);
+    stdout
+}
 
+fn assert_delivered(stdout: &str) {
     // demo.md item 4: the platform prints each Observation it receives.
     assert!(
-        !platform_lines(&stdout, "Oxygen saturation").is_empty(),
+        !platform_lines(stdout, "Oxygen saturation").is_empty(),
         "no SpO2 at the platform:\n{stdout}"
     );
     assert!(
-        !platform_lines(&stdout, "Heart rate").is_empty(),
+        !platform_lines(stdout, "Heart rate").is_empty(),
         "no heart rate at the platform:\n{stdout}"
     );
     assert!(
@@ -110,7 +117,11 @@ fn demo_with_seconds_delivers_observations_to_the_platform_and_leaves_no_broker(
     assert!(!stdout.contains('\x1b'), "ANSI escapes on a pipe");
     let wide: Vec<&str> = stdout.lines().filter(|l| l.chars().count() > 80).collect();
     assert!(wide.is_empty(), "lines wider than 80 columns: {wide:#?}");
+}
 
+#[test]
+fn demo_with_seconds_delivers_observations_to_the_platform_and_leaves_no_broker() {
+    let stdout = run_and_check_delivery(&["--seconds", "20"]);
     let pid = broker_pid(&stdout);
     assert!(
         !mosquitto_running(pid),
@@ -157,5 +168,34 @@ fn demo_stopped_by_ctrl_c_exits_zero_and_leaves_no_broker() {
     assert!(
         !mosquitto_running(pid),
         "broker pid {pid} still running after Ctrl-C"
+    );
+}
+
+/// The port of the embedded broker the demo says it started.
+fn embedded_port(stdout: &str) -> u16 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("  broker   embedded "))
+        .unwrap_or_else(|| panic!("the demo did not start the embedded broker:\n{stdout}"));
+    line.split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+// Issue 3 / acceptance 5: one command, no Mosquitto needed; the same delivery checks, and once
+// it exits nothing listens on the broker's port any more.
+#[test]
+fn demo_with_embedded_broker_delivers_observations_and_leaves_no_listener() {
+    let stdout = run_and_check_delivery(&["--seconds", "15", "--broker", "embedded"]);
+    let port = embedded_port(&stdout);
+    assert!(
+        stdout.contains(&format!("broker stopped (embedded, port {port})")),
+        "{stdout}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "something still listens on 127.0.0.1:{port} after the demo exited"
     );
 }

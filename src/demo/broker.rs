@@ -3,10 +3,11 @@
 //! the platform read everything. The process is killed and reaped when [`Broker`] is dropped,
 //! so neither Ctrl-C nor `--seconds` leaves a broker behind.
 //!
-//! It does not embed a Rust broker: rumqttd (0.20) verifies client certificates only behind a
-//! non-default feature that needs a CA directory and maps the certificate's Organization to a
-//! tenant, does not pin TLS 1.3, and brings a second rustls (rust-stack.md §9). Mosquitto is what
-//! the tests and a real platform use; without it the demo runs without an uplink and says so.
+//! Mosquitto is what the tests and a real platform use, so `--broker auto` prefers it. Without
+//! it the demo runs its own in-process broker ([`super::embedded_broker`]), written for the demo
+//! because rumqttd (0.20) verifies client certificates only behind a non-default feature that
+//! needs a CA directory and maps the certificate's Organization to a tenant, does not pin TLS
+//! 1.3, and brings a second rustls (rust-stack.md §9).
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -4,19 +4,22 @@
 //! simulated patients -> ingest -> encrypted outbox -> uplink (MQTT 5, mTLS 1.3) -> broker -> platform view
 //! ```
 //!
-//! At start it generates a throw-away PKI ([`certs`]), starts a Mosquitto it owns on a free
-//! loopback port ([`broker`]), subscribes a "platform" client with its own certificate
+//! At start it generates a throw-away PKI ([`certs`]), starts a broker on a free loopback port
+//! (`--broker auto|embedded|mosquitto`, [`BrokerChoice`]: a Mosquitto it owns, [`broker`], when
+//! installed, else its own in-process MQTT 5 broker, [`embedded_broker`]; both with mutual TLS
+//! 1.3 and the same per-gateway ACL), subscribes a "platform" client with its own certificate
 //! ([`platform`]) and runs the real daemon ([`crate::daemon::run`]) with an `[uplink]` pointing
 //! at that broker. The screen shows what the platform receives, line by line, and every
 //! [`view::EVERY`] a table of what is sealed in the outbox with the uplink's state.
 //!
 //! Everything it starts stops at `--seconds` or on Ctrl-C: the daemon first (so the gateway
-//! publishes its offline status), then the platform, then the broker is killed and reaped,
-//! then its temporary directories are removed. Without Mosquitto it still runs the outbox part
-//! and says how to get the rest; it does not embed a Rust broker (see [`broker`] for why).
+//! publishes its offline status), then the platform, then the broker is stopped (Mosquitto
+//! killed and reaped, the embedded broker's tasks ended), then its temporary directories are
+//! removed. If the broker cannot start, it still runs the outbox part and says why.
 
 pub mod broker;
 pub mod certs;
+pub mod embedded_broker;
 pub mod platform;
 pub mod view;
 
@@ -60,12 +63,41 @@ pub enum DemoError {
     /// The broker did not start.
     #[error("demo broker: {0}")]
     Broker(String),
+    /// `--broker mosquitto` but Mosquitto is not installed.
+    #[error("--broker mosquitto: Mosquitto is not installed (apt-get install mosquitto); use --broker embedded or auto for the built-in broker")]
+    NoMosquitto,
     /// The platform subscriber could not connect or subscribe.
     #[error("demo platform subscriber: {0}")]
     Platform(String),
     /// The daemon failed.
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+}
+
+/// Which broker the demo runs (`--broker`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// Mosquitto when installed (what tests and real platforms run), else the embedded broker.
+    #[default]
+    Auto,
+    /// The in-process broker ([`embedded_broker`]).
+    Embedded,
+    /// Mosquitto; an error when it is not installed.
+    Mosquitto,
+}
+
+impl std::str::FromStr for BrokerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BrokerChoice::Auto),
+            "embedded" => Ok(BrokerChoice::Embedded),
+            "mosquitto" => Ok(BrokerChoice::Mosquitto),
+            other => Err(format!(
+                "unknown broker {other:?}: use auto, embedded or mosquitto"
+            )),
+        }
+    }
 }
 
 /// `vitalgate demo`'s options.
@@ -75,6 +107,8 @@ pub struct DemoOptions {
     pub seconds: Option<u64>,
     /// Keep the outbox here instead of a temporary directory (removed at the end).
     pub state_dir: Option<PathBuf>,
+    /// Which broker to run.
+    pub broker: BrokerChoice,
 }
 
 /// A private (0700) temporary directory, removed on drop.
@@ -105,10 +139,56 @@ impl Drop for TempDir {
     }
 }
 
+/// The broker the demo started.
+enum RunningBroker {
+    Mosquitto(broker::Broker),
+    Embedded(embedded_broker::EmbeddedBroker),
+}
+
+impl RunningBroker {
+    fn port(&self) -> u16 {
+        match self {
+            RunningBroker::Mosquitto(b) => b.port,
+            RunningBroker::Embedded(b) => b.port(),
+        }
+    }
+
+    /// The header line naming the broker actually used (at most 80 columns).
+    fn describe(&self) -> String {
+        match self {
+            RunningBroker::Mosquitto(b) => format!(
+                "mosquitto pid {} on 127.0.0.1:{}, mTLS 1.3, per-gateway ACL",
+                b.pid(),
+                b.port
+            ),
+            RunningBroker::Embedded(b) => format!(
+                "embedded (in-process) on 127.0.0.1:{}, mTLS 1.3, per-gateway ACL",
+                b.port()
+            ),
+        }
+    }
+
+    /// Stops it; returns what was stopped, for the closing line.
+    async fn stop(self) -> String {
+        match self {
+            RunningBroker::Mosquitto(b) => {
+                let pid = b.pid();
+                drop(b);
+                format!("mosquitto pid {pid}")
+            }
+            RunningBroker::Embedded(b) => {
+                let port = b.port();
+                b.stop().await;
+                format!("embedded, port {port}")
+            }
+        }
+    }
+}
+
 /// The demo's uplink: its broker, platform subscriber and the files they use.
 struct Uplink {
     config: UplinkConfig,
-    broker: broker::Broker,
+    broker: RunningBroker,
     platform: tokio::task::JoinHandle<()>,
     platform_stop: CancellationToken,
     received: std::sync::Arc<platform::Received>,
@@ -117,14 +197,21 @@ struct Uplink {
 
 /// Generates the PKI, starts the broker and the platform subscriber.
 async fn start_uplink(
-    mosquitto: &Path,
+    mosquitto: Option<&Path>,
     cfg: &Config,
     gateway_id: &str,
 ) -> Result<Uplink, DemoError> {
     let dir = TempDir::new("pki")?;
     let pki = certs::DemoPki::generate(&dir.0, gateway_id, OffsetDateTime::now_utc())?;
     let prefix = UplinkConfig::default().topic_prefix;
-    let broker = broker::Broker::start(mosquitto, &dir.0, &pki, gateway_id, &prefix)?;
+    let broker = match mosquitto {
+        Some(m) => {
+            RunningBroker::Mosquitto(broker::Broker::start(m, &dir.0, &pki, gateway_id, &prefix)?)
+        }
+        None => RunningBroker::Embedded(embedded_broker::EmbeddedBroker::start(
+            &pki, gateway_id, &prefix,
+        )?),
+    };
     let without_nhs: Vec<String> = cfg
         .patients
         .iter()
@@ -146,18 +233,25 @@ async fn start_uplink(
         colour: std::io::stdout().is_terminal(),
     };
     let platform_stop = CancellationToken::new();
-    let (platform, received) = platform::start(
+    let (platform, received) = match platform::start(
         &pki,
-        broker.port,
+        broker.port(),
         &prefix,
         directory,
         style,
         platform_stop.clone(),
     )
-    .await?;
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            broker.stop().await;
+            return Err(e);
+        }
+    };
     let config = UplinkConfig {
         broker: "127.0.0.1".into(),
-        port: broker.port,
+        port: broker.port(),
         server_name: Some("localhost".into()),
         ca_file: pki.ca.clone(),
         cert_file: pki.gateway_cert.clone(),
@@ -195,30 +289,22 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     );
     println!("  outbox   {}", cfg.outbox_path().display());
     println!("           each record sealed with AES-256-GCM under a throw-away key");
-    let mut uplink = match broker::find_mosquitto() {
-        Some(m) => match start_uplink(&m, &cfg, &gateway_id).await {
-            Ok(u) => {
-                println!(
-                    "  broker   mosquitto pid {} on 127.0.0.1:{}, mTLS 1.3, per-gateway ACL",
-                    u.broker.pid(),
-                    u.broker.port
-                );
-                println!(
-                    "  platform subscribed to {}/gw/+/# with its own certificate",
-                    u.config.topic_prefix
-                );
-                Some(u)
-            }
-            Err(e) => {
-                println!("  uplink   NOT running: {e}");
-                println!("           readings stay encrypted in the outbox");
-                None
-            }
-        },
-        None => {
+    let mosquitto = match opts.broker {
+        BrokerChoice::Embedded => None,
+        BrokerChoice::Auto => broker::find_mosquitto(),
+        BrokerChoice::Mosquitto => Some(broker::find_mosquitto().ok_or(DemoError::NoMosquitto)?),
+    };
+    let mut uplink = match start_uplink(mosquitto.as_deref(), &cfg, &gateway_id).await {
+        Ok(u) => {
+            println!("  broker   {}", u.broker.describe());
             println!(
-                "  uplink   NOT running: Mosquitto is not installed (apt-get install mosquitto);"
+                "  platform subscribed to {}/gw/+/# with its own certificate",
+                u.config.topic_prefix
             );
+            Some(u)
+        }
+        Err(e) => {
+            println!("  uplink   NOT running: {e}");
             println!("           readings stay encrypted in the outbox");
             None
         }
@@ -260,9 +346,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             u.received.observations.load(Ordering::Relaxed),
             u.received.alerts.load(Ordering::Relaxed),
         ));
-        let pid = u.broker.pid();
-        drop(u.broker);
-        println!("\nbroker stopped (mosquitto pid {pid})");
+        let what = u.broker.stop().await;
+        println!("\nbroker stopped ({what})");
     }
     if let Some((obs, alerts)) = received {
         println!("platform received {obs} observations and {alerts} alert events");
@@ -279,4 +364,24 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     }
     result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerChoice;
+
+    // Issue 3: `--broker auto|embedded|mosquitto`, auto by default.
+    #[test]
+    fn broker_choice_parses_the_three_names_and_defaults_to_auto() {
+        assert_eq!("auto".parse(), Ok(BrokerChoice::Auto));
+        assert_eq!("embedded".parse(), Ok(BrokerChoice::Embedded));
+        assert_eq!("mosquitto".parse(), Ok(BrokerChoice::Mosquitto));
+        assert_eq!(BrokerChoice::default(), BrokerChoice::Auto);
+    }
+
+    #[test]
+    fn broker_choice_unknown_name_says_what_is_accepted() {
+        let err = "rumqttd".parse::<BrokerChoice>().unwrap_err();
+        assert!(err.contains("auto, embedded or mosquitto"), "{err}");
+    }
 }

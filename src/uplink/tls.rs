@@ -211,7 +211,7 @@ fn validity(
     ))
 }
 
-fn common_name(der: &CertificateDer<'_>, file: &Path) -> Result<String, TlsError> {
+pub(crate) fn common_name(der: &CertificateDer<'_>, file: &Path) -> Result<String, TlsError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
             file: file.to_owned(),
