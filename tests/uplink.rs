@@ -106,6 +106,53 @@ async fn uplink_drains_10000_each_delivered_exactly_once() {
     up.stop().await;
 }
 
+/// A source that returns at most half of what is asked, as the real outbox does when rows in
+/// a batch were quarantined or could not be rendered.
+struct ShortBatches(MemorySource);
+
+impl vitalgate::uplink::OutboxSource for ShortBatches {
+    fn next_batch(
+        &mut self,
+        lane: Lane,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<vitalgate::uplink::Outgoing>, vitalgate::uplink::SourceError> {
+        self.0.next_batch(lane, after, limit.div_ceil(2))
+    }
+    fn mark_delivered(&mut self, ids: &[i64]) -> Result<(), vitalgate::uplink::SourceError> {
+        self.0.mark_delivered(ids)
+    }
+    fn mark_refused(&mut self, id: i64, why: &str) -> Result<(), vitalgate::uplink::SourceError> {
+        self.0.mark_refused(id, why)
+    }
+}
+
+/// A short batch is not the end of the backlog: only an empty one is. Nothing wakes the
+/// publisher here after it starts, so without that rule it would stop after the first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_short_batches_from_the_source_still_drain_everything() {
+    let b = Broker::start(Acl::gateways(&["gw-short"]));
+    let src = MemorySource::new();
+    let ids = push_n(&src, Lane::Reading, 1_000, 200, 0);
+    let mut cfg = b.uplink_config("gw-short");
+    cfg.batch_size = 100;
+    let up = Uplink::new(cfg, ShortBatches(src.clone()), Arc::new(Notify::new())).unwrap();
+    let mut status = up.status();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(up.run(cancel.clone()));
+    within(60, "1000 delivered from short batches", async {
+        while status.borrow_and_update().delivered < 1_000 {
+            let _ = status.changed().await;
+        }
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(src.delivered_count(*id), 1, "row {id} delivered count");
+    }
+    cancel.cancel();
+    within(10, "uplink shutdown", task).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_broker_restart_mid_drain_loses_nothing_and_duplicates_stay_within_window() {
     let mut b = Broker::start(Acl::gateways(&["gw-restart"]));

@@ -374,7 +374,10 @@ impl<S: OutboxSource> Pump<S> {
                 let limit = self.cfg.batch_size;
                 match self.source.next_batch(lane, self.after[ix], limit) {
                     Ok(rows) => {
-                        if rows.len() < limit {
+                        // Only an empty batch says the lane is drained: a source may return
+                        // fewer than `limit` with more behind (rows it quarantined or could
+                        // not render are not in the batch).
+                        if rows.is_empty() {
                             self.exhausted[ix] = true;
                         }
                         if let Some(last) = rows.last() {

@@ -5,7 +5,10 @@
 //! compact, exact reading, and FHIR ids are deterministic, so a row rendered twice (after a
 //! reconnect) gives the identical Observation and the platform deduplicates by id.
 
+mod read_ahead;
+
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use time::OffsetDateTime;
 
@@ -15,6 +18,7 @@ use crate::nhs_number::NhsNumber;
 use crate::reading::Metric;
 use crate::store::{Lane, Outbox, ReadingRecord, Record};
 use crate::uplink::{OutboxSource, Outgoing, SourceError};
+use read_ahead::{ReadAhead, Request};
 
 /// When a record's measurement was taken: the device's time when it gave one, else when the
 /// gateway received it.
@@ -63,11 +67,23 @@ pub fn render_reading(
 }
 
 /// [`OutboxSource`] over the real outbox (the publisher's own connection).
+///
+/// While the publisher sends one batch, the next is read, decrypted and rendered ahead on a
+/// worker thread ([`read_ahead`]), so the network never waits for the disk or for FHIR.
 pub struct PublishSource {
-    outbox: Outbox,
-    gateway: String,
-    setting: Setting,
-    displays: HashMap<String, String>,
+    outbox: SharedOutbox,
+    render: Arc<RenderContext>,
+    ahead: ReadAhead,
+}
+
+/// One connection, shared by the publisher (marks) and the read-ahead worker (reads). The lock
+/// is held for SQL and decryption only; rendering happens outside it.
+pub(crate) type SharedOutbox = Arc<Mutex<Outbox>>;
+
+/// Locks the outbox. A panic elsewhere while holding it leaves the SQLite connection usable
+/// (every write is one transaction), so a poisoned lock is taken over rather than failing.
+pub(crate) fn lock(outbox: &SharedOutbox) -> MutexGuard<'_, Outbox> {
+    outbox.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PublishSource {
@@ -87,12 +103,25 @@ impl PublishSource {
             .iter()
             .filter_map(|d| d.display.clone().map(|n| (d.id.clone(), n)))
             .collect();
-        PublishSource {
-            outbox,
+        let render = Arc::new(RenderContext {
             gateway,
             setting: config.gateway.setting,
             displays,
+        });
+        let outbox = Arc::new(Mutex::new(outbox));
+        let ahead = ReadAhead::start(outbox.clone(), render.clone());
+        PublishSource {
+            outbox,
+            render,
+            ahead,
         }
+    }
+}
+
+impl PublishSource {
+    /// How many batches the read-ahead served (the rest were read on demand).
+    pub fn batches_read_ahead(&self) -> u64 {
+        self.ahead.used()
     }
 }
 
@@ -105,48 +134,55 @@ fn unavailable(e: impl std::fmt::Display) -> SourceError {
 const PARALLEL_RENDER_MIN: usize = 64;
 
 /// What rendering needs (no database handle, so it can be shared across threads).
-struct Renderer<'a> {
-    gateway: &'a str,
+pub(crate) struct RenderContext {
+    gateway: String,
     setting: Setting,
-    displays: &'a HashMap<String, String>,
+    displays: HashMap<String, String>,
 }
 
-impl Renderer<'_> {
+/// A row and its payload, or why it cannot be rendered.
+pub(crate) type Rendered = (i64, Result<Vec<u8>, String>);
+
+impl RenderContext {
     fn render(&self, record: &Record) -> Result<Vec<u8>, String> {
         match record {
-            Record::Reading(r) => render_reading(self.gateway, self.setting, self.displays, r),
+            Record::Reading(r) => render_reading(&self.gateway, self.setting, &self.displays, r),
             Record::Alert(a) => serde_json::to_vec(&a.event).map_err(|e| e.to_string()),
             Record::Derived(d) => serde_json::to_vec(&d.observation).map_err(|e| e.to_string()),
         }
     }
-}
 
-impl PublishSource {
-    /// Renders a batch in order. Large batches are split over two threads: rendering FHIR is
-    /// the publisher's main CPU cost, and the network side runs on its own task meanwhile.
-    fn render_all(&self, rows: &[(i64, Record)]) -> Vec<Result<Vec<u8>, String>> {
-        let r = Renderer {
-            gateway: &self.gateway,
-            setting: self.setting,
-            displays: &self.displays,
-        };
-        let r = &r;
+    /// Renders a batch in order on the calling thread.
+    pub(crate) fn render_rows(&self, rows: Vec<(i64, Record)>) -> Vec<Rendered> {
+        rows.into_iter()
+            .map(|(id, rec)| (id, self.render(&rec)))
+            .collect()
+    }
+
+    /// Renders a batch in order. Large batches are split over two threads: when the
+    /// read-ahead has nothing ready, the publisher is waiting for this.
+    fn render_all(&self, mut rows: Vec<(i64, Record)>) -> Vec<Rendered> {
         if rows.len() < PARALLEL_RENDER_MIN {
-            return rows.iter().map(|(_, rec)| r.render(rec)).collect();
+            return self.render_rows(rows);
         }
-        let (first, second) = rows.split_at(rows.len() / 2);
+        let second = rows.split_off(rows.len() / 2);
         std::thread::scope(|scope| {
-            let helper = scope.spawn(move || {
+            let helper = scope.spawn(|| {
                 second
                     .iter()
-                    .map(|(_, rec)| r.render(rec))
+                    .map(|(id, rec)| (*id, self.render(rec)))
                     .collect::<Vec<_>>()
             });
-            let mut out: Vec<_> = first.iter().map(|(_, rec)| r.render(rec)).collect();
+            let mut out = self.render_rows(rows);
             match helper.join() {
                 Ok(rest) => out.extend(rest),
-                // A panic while rendering is a bug; render the rest here rather than lose rows.
-                Err(_) => out.extend(second.iter().map(|(_, rec)| r.render(rec))),
+                // A panic while rendering is a bug; report those rows rather than lose them.
+                Err(_) => out.extend(second.iter().map(|(id, _)| {
+                    (
+                        *id,
+                        Err("rendering panicked (a bug): kept, please report".into()),
+                    )
+                })),
             }
             out
         })
@@ -160,13 +196,28 @@ impl OutboxSource for PublishSource {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Outgoing>, SourceError> {
-        let rows = self
-            .outbox
-            .pending(lane, after, limit)
-            .map_err(unavailable)?;
-        let rendered = self.render_all(&rows);
-        let mut out = Vec::with_capacity(rows.len());
-        for ((row_id, _), payload) in rows.into_iter().zip(rendered) {
+        let request = Request { lane, after, limit };
+        let rendered = match self.ahead.take(request) {
+            Some(ready) => ready,
+            None => {
+                let rows = lock(&self.outbox)
+                    .pending(lane, after, limit)
+                    .map_err(unavailable)?;
+                self.render.render_all(rows)
+            }
+        };
+        if rendered.len() == limit {
+            if let Some((last, _)) = rendered.last() {
+                // A full batch: more are likely waiting behind it.
+                self.ahead.request(Request {
+                    lane,
+                    after: *last,
+                    limit,
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(rendered.len());
+        for (row_id, payload) in rendered {
             match payload {
                 Ok(payload) => out.push(Outgoing {
                     row_id,
@@ -176,7 +227,7 @@ impl OutboxSource for PublishSource {
                 Err(why) => {
                     // Kept, never dropped: it shows as refused in `status` for a person to act on.
                     tracing::error!(row_id, reason = %why, "outbox row cannot be rendered; kept and reported");
-                    self.outbox
+                    lock(&self.outbox)
                         .mark_refused(row_id, &why, OffsetDateTime::now_utc())
                         .map_err(unavailable)?;
                 }
@@ -186,13 +237,13 @@ impl OutboxSource for PublishSource {
     }
 
     fn mark_delivered(&mut self, row_ids: &[i64]) -> Result<(), SourceError> {
-        self.outbox
+        lock(&self.outbox)
             .mark_delivered(row_ids, OffsetDateTime::now_utc())
             .map_err(unavailable)
     }
 
     fn mark_refused(&mut self, row_id: i64, reason: &str) -> Result<(), SourceError> {
-        self.outbox
+        lock(&self.outbox)
             .mark_refused(row_id, reason, OffsetDateTime::now_utc())
             .map_err(unavailable)
     }
@@ -216,6 +267,92 @@ mod tests {
                 Decimal::int(50 + i % 60),
             )],
         })
+    }
+
+    fn source_with(n: i64) -> (tempfile::TempDir, PublishSource, Vec<i64>, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::demo(dir.path()).unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let records: Vec<Record> = (0..n).map(record).collect();
+        let ids = outbox.append(&records, OffsetDateTime::now_utc()).unwrap();
+        let source = PublishSource::new(outbox, "gw".into(), &config);
+        (dir, source, ids, config)
+    }
+
+    fn ids_of(batch: &[Outgoing]) -> Vec<i64> {
+        batch.iter().map(|o| o.row_id).collect()
+    }
+
+    /// Reads batch after batch as the publisher does; returns every row id seen.
+    fn drain(source: &mut PublishSource, limit: usize) -> Vec<i64> {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let batch = source.next_batch(Lane::Reading, after, limit).unwrap();
+            let Some(last) = batch.last() else {
+                return seen;
+            };
+            after = last.row_id;
+            seen.extend(ids_of(&batch));
+        }
+    }
+
+    #[test]
+    fn batches_read_ahead_give_every_row_once_in_order_with_identical_payloads() {
+        let (_dir, mut source, ids, config) = source_with(1000);
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let batch = source.next_batch(Lane::Reading, after, 64).unwrap();
+            let Some(last) = batch.last() else { break };
+            after = last.row_id;
+            for o in &batch {
+                let Some(Record::Reading(r)) = lock(&source.outbox).get(o.row_id).unwrap() else {
+                    panic!("row {} is not a reading", o.row_id)
+                };
+                let alone =
+                    render_reading("gw", config.gateway.setting, &HashMap::new(), &r).unwrap();
+                assert_eq!(o.payload, alone, "row {}", o.row_id);
+            }
+            seen.extend(ids_of(&batch));
+        }
+        assert_eq!(seen, ids);
+        assert!(
+            source.batches_read_ahead() >= 10,
+            "the read-ahead served {} of 16 batches",
+            source.batches_read_ahead()
+        );
+    }
+
+    #[test]
+    fn after_a_reconnect_reading_from_the_start_ignores_what_was_read_ahead() {
+        let (_dir, mut source, ids, _) = source_with(300);
+        let first = source.next_batch(Lane::Reading, 0, 100).unwrap();
+        assert_eq!(ids_of(&first), ids[..100]);
+        // The publisher reconnects: nothing acknowledged, it starts again from the beginning.
+        assert_eq!(drain(&mut source, 100), ids);
+    }
+
+    #[test]
+    fn rows_delivered_while_a_batch_was_read_ahead_are_not_sent_again_after_a_restart() {
+        let (_dir, mut source, ids, _) = source_with(300);
+        let first = source.next_batch(Lane::Reading, 0, 100).unwrap();
+        source.mark_delivered(&ids_of(&first)).unwrap();
+        assert_eq!(drain(&mut source, 100), ids[100..]);
+    }
+
+    #[test]
+    fn rows_committed_after_a_short_batch_are_read_on_the_next_call() {
+        let (_dir, mut source, ids, _) = source_with(50);
+        let batch = source.next_batch(Lane::Reading, 0, 100).unwrap();
+        assert_eq!(ids_of(&batch), ids);
+        let more: Vec<Record> = (50..120).map(record).collect();
+        let more_ids = lock(&source.outbox)
+            .append(&more, OffsetDateTime::now_utc())
+            .unwrap();
+        let next = source.next_batch(Lane::Reading, ids[49], 100).unwrap();
+        assert_eq!(ids_of(&next), more_ids);
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Read-ahead: while the publisher sends one batch, a worker thread reads, decrypts and renders
+//! the next, so the network side does not stall on SQLite, AES-GCM or FHIR between batches.
+//!
+//! It is speculative and never the only path: after a full batch ending at row `X`, the worker
+//! is asked for "the next batch after `X`". The publisher's next call takes that result only if
+//! it asks for exactly that batch; anything else (another `after` after a reconnect, a short
+//! result, a dead worker) is read on the spot as before. So the worst a stale or lost
+//! read-ahead can cost is time, never a row: rows with ids above `X` are not handed to the
+//! publisher (so not marked) before the call that consumes the read-ahead, ingest only appends
+//! higher ids, and a result that came back short is never used (a short batch tells the
+//! publisher the lane is drained, and rows may have been committed since).
+//!
+//! One request is outstanding at a time. Results carry a sequence number; a request the
+//! publisher moved away from is abandoned and its result discarded when it arrives.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use super::{lock, RenderContext, Rendered, SharedOutbox};
+use crate::store::Lane;
+use std::sync::Arc;
+
+/// A `next_batch` call: which rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub lane: Lane,
+    pub after: i64,
+    pub limit: usize,
+}
+
+type Reply = (u64, Result<Vec<Rendered>, String>);
+
+pub(crate) struct ReadAhead {
+    requests: Option<Sender<(u64, Request)>>,
+    replies: Receiver<Reply>,
+    outstanding: Option<(u64, Request)>,
+    seq: u64,
+    /// Batches served from the read-ahead (tests, benchmarks).
+    used: u64,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    pub fn start(outbox: SharedOutbox, render: Arc<RenderContext>) -> ReadAhead {
+        let (requests, inbox) = mpsc::channel::<(u64, Request)>();
+        let (reply, replies) = mpsc::channel::<Reply>();
+        let worker = std::thread::Builder::new()
+            .name("publish-ahead".into())
+            .spawn(move || {
+                for (seq, r) in inbox {
+                    // The lock covers SQL and decryption; rendering runs without it.
+                    let rows = lock(&outbox).pending(r.lane, r.after, r.limit);
+                    let result = rows
+                        .map(|rows| render.render_rows(rows))
+                        .map_err(|e| e.to_string());
+                    if reply.send((seq, result)).is_err() {
+                        return;
+                    }
+                }
+            });
+        let (requests, worker) = match worker {
+            Ok(w) => (Some(requests), Some(w)),
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher: cannot start the read-ahead thread; reading each batch on demand");
+                (None, None)
+            }
+        };
+        ReadAhead {
+            requests,
+            replies,
+            outstanding: None,
+            seq: 0,
+            used: 0,
+            worker,
+        }
+    }
+
+    /// Starts reading `r` ahead, unless a request is already outstanding.
+    pub fn request(&mut self, r: Request) {
+        if self.outstanding.is_some() {
+            return;
+        }
+        let Some(tx) = &self.requests else { return };
+        self.seq += 1;
+        if tx.send((self.seq, r)).is_ok() {
+            self.outstanding = Some((self.seq, r));
+        } else {
+            self.worker_gone();
+        }
+    }
+
+    /// The rows read ahead for `r`, if that is what was read ahead and it came back full.
+    /// Waits for the worker when it is still on it (it started earlier than we would now).
+    pub fn take(&mut self, r: Request) -> Option<Vec<Rendered>> {
+        let (seq, ahead) = self.outstanding?;
+        if ahead.lane != r.lane {
+            return None; // kept for when the publisher comes back to that lane
+        }
+        self.outstanding = None;
+        if ahead != r {
+            return None; // abandoned: its reply is discarded when it arrives
+        }
+        loop {
+            match self.replies.recv() {
+                Ok((s, _)) if s != seq => continue,
+                Ok((_, Ok(rows))) if rows.len() == r.limit => {
+                    self.used += 1;
+                    return Some(rows);
+                }
+                Ok((_, Ok(_))) => return None,
+                Ok((_, Err(e))) => {
+                    tracing::debug!(error = %e, "read-ahead failed; reading on demand");
+                    return None;
+                }
+                Err(_) => {
+                    self.worker_gone();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// How many batches were served from the read-ahead.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    fn worker_gone(&mut self) {
+        tracing::warn!(
+            "publisher: the read-ahead thread stopped; reading each batch on demand from now on"
+        );
+        self.requests = None;
+        self.outstanding = None;
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.requests = None; // ends the worker's loop
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
