@@ -18,6 +18,7 @@ use vitalgate::uplink::{Lane, MemorySource, Uplink, UplinkConfig};
 
 const GW: &str = "demo-gw-0001";
 const PREFIX: &str = "rpm/v1";
+const GW_STATUS: &str = "rpm/v1/gw/demo-gw-0001/status";
 
 async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(secs), f).await {
@@ -173,6 +174,14 @@ impl Client {
 }
 
 /// A broker and a platform subscriber to `{prefix}/gw/+/#`.
+/// The demo gateway, connected, with a retained QoS 1 last will `offline` on its status topic.
+async fn gateway_with_offline_will(p: &Pki, b: &EmbeddedBroker) -> Client {
+    let will = LastWill::new(GW_STATUS, "offline", QoS::AtLeastOnce, true, None);
+    client(b.port(), gateway_tls(&p.pki, b.port()), GW, Some(will))
+        .connected()
+        .await
+}
+
 async fn broker_with_platform() -> (Pki, EmbeddedBroker, Client) {
     let p = pki();
     let b = EmbeddedBroker::start(&p.pki, GW, PREFIX).unwrap();
@@ -361,11 +370,8 @@ async fn tls12_only_client_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_will_reaches_platform_when_gateway_connection_drops() {
     let (p, b, mut platform) = broker_with_platform().await;
-    let topic = "rpm/v1/gw/demo-gw-0001/status";
-    let will = LastWill::new(topic, "offline", QoS::AtLeastOnce, true, None);
-    let gw = client(b.port(), gateway_tls(&p.pki, b.port()), GW, Some(will))
-        .connected()
-        .await;
+    let topic = GW_STATUS;
+    let gw = gateway_with_offline_will(&p, &b).await;
     // Dropping the event loop closes the TCP connection without a DISCONNECT.
     gw.task.abort();
     drop(gw);
@@ -395,16 +401,7 @@ async fn retained_will_reaches_platform_when_gateway_connection_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_is_not_published_after_a_normal_disconnect() {
     let (p, b, mut platform) = broker_with_platform().await;
-    let will = LastWill::new(
-        "rpm/v1/gw/demo-gw-0001/status",
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-        None,
-    );
-    let mut gw = client(b.port(), gateway_tls(&p.pki, b.port()), GW, Some(will))
-        .connected()
-        .await;
+    let mut gw = gateway_with_offline_will(&p, &b).await;
     gw.client.disconnect().await.unwrap();
     // The event loop ends once the DISCONNECT is written.
     let _ = within(10, "gateway event loop end", async {
@@ -538,16 +535,7 @@ async fn qos2_publish_is_refused_with_disconnect_qos_not_supported_and_not_route
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connection_with_the_same_client_id_takes_over() {
     let (p, b, mut platform) = broker_with_platform().await;
-    let will = LastWill::new(
-        "rpm/v1/gw/demo-gw-0001/status",
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-        None,
-    );
-    let mut first = client(b.port(), gateway_tls(&p.pki, b.port()), GW, Some(will))
-        .connected()
-        .await;
+    let mut first = gateway_with_offline_will(&p, &b).await;
     let mut second = client(b.port(), gateway_tls(&p.pki, b.port()), GW, None)
         .connected()
         .await;
