@@ -199,7 +199,7 @@ fn run_with_a_world_readable_key_exits_2() {
 /// returns the status after the stop (the daemon's final snapshot).
 fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut child = spawn_daemon(config);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = serde_json::Value::Null;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
@@ -350,8 +350,8 @@ fn spawn_daemon(config: &Path) -> Daemon {
     )
 }
 
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if f() {
             return;
@@ -373,6 +373,16 @@ fn signal(child: &std::process::Child, sig: &str) {
 fn status_of(config: &Path) -> serde_json::Value {
     serde_json::from_slice(&run(&["status", "--config", config.to_str().unwrap()]).stdout)
         .unwrap_or_default()
+}
+
+/// Readings in the outbox backlog per `vitalgate status`, once a status could be read.
+fn backlog_readings(config: &Path) -> u64 {
+    let mut n = None;
+    wait_for("a `vitalgate status` answer", || {
+        n = status_of(config)["backlog"]["readings"].as_u64();
+        n.is_some()
+    });
+    n.unwrap()
 }
 
 #[test]
@@ -404,9 +414,11 @@ fn sighup_with_an_invalid_config_keeps_the_running_one_and_audits_the_refusal() 
             .unwrap_or_default()
             .contains("config_reload_refused")
     });
-    let before = status_of(&ask)["backlog"]["readings"].as_u64().unwrap();
+    let before = backlog_readings(&ask);
     wait_for("ingest to go on", || {
-        status_of(&ask)["backlog"]["readings"].as_u64().unwrap() > before
+        status_of(&ask)["backlog"]["readings"]
+            .as_u64()
+            .is_some_and(|n| n > before)
     });
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -438,13 +450,15 @@ fn sighup_with_a_changed_config_applies_it_without_losing_readings() {
         input.display()
     ));
     std::fs::write(&path, text).unwrap();
-    let before = status_of(&path)["backlog"]["readings"].as_u64().unwrap();
+    let before = backlog_readings(&path);
     signal(&child, "HUP");
     wait_for("the second device", || {
         status_of(&path)["devices"].as_array().map(|d| d.len()) == Some(2)
     });
     wait_for("ingest after the reload", || {
-        status_of(&path)["backlog"]["readings"].as_u64().unwrap() > before + 1
+        status_of(&path)["backlog"]["readings"]
+            .as_u64()
+            .is_some_and(|n| n > before + 1)
     });
     let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
     assert!(audit.contains("config_applied"), "{audit}");
@@ -491,7 +505,8 @@ fn ble_device_without_bluetooth_is_unavailable_and_the_rest_works() {
             .and_then(|d| d.iter().find(|x| x["id"] == id).cloned())
             .unwrap_or_default()
     };
-    let ok = (0..100).any(|_| {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ok = std::iter::from_fn(|| (Instant::now() < deadline).then_some(())).any(|()| {
         std::thread::sleep(Duration::from_millis(300));
         let s = status_of(&path);
         device(&s, "cuff")["state"] == "unavailable"

@@ -115,10 +115,10 @@ fn outbox_keeps_every_committed_reading_across_sigkill() {
         let (mut child, commits) = start(bin, &config);
         // Wait for ingest to be committing, then kill at a random moment.
         let first = commits
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 let _ = child.kill();
-                panic!("kill {kill}: the daemon reported no commit within 30 s")
+                panic!("kill {kill}: the daemon reported no commit within 60 s")
             });
         assert!(
             first.0 > max_before,

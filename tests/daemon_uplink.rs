@@ -189,7 +189,7 @@ impl Daemon {
         })
         .await;
         self.signal("TERM");
-        let st = self.wait_exit(20).await;
+        let st = self.wait_exit(60).await;
         assert!(
             st.success(),
             "daemon exit status {st}; log tail: {:?}",
@@ -198,10 +198,11 @@ impl Daemon {
         self.lines()
     }
 
-    /// SIGKILL: no chance to flush anything.
+    /// SIGKILL: no chance to flush anything. Sent directly (no `kill` process to start), so
+    /// it lands as close as possible to the moment the caller chose.
     async fn kill(mut self) {
-        self.signal("KILL");
-        self.wait_exit(10).await;
+        self.child.kill().unwrap();
+        self.wait_exit(30).await;
     }
 }
 
@@ -344,6 +345,10 @@ async fn daemon_sigkilled_mid_drain_delivers_every_observation_after_restart_wit
     .await;
     d.kill().await;
     let mid = g.status();
+    eprintln!(
+        "killed with {} of {expected} rows left to deliver",
+        backlog(&mid, "total")
+    );
     assert!(
         backlog(&mid, "total") > 0,
         "the kill was meant to land mid-drain: {mid:#}"
@@ -416,15 +421,31 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
     let g = Gateway::new(&b, "gw-redo", "gw-redo");
     g.write_config(&sim_device("ox-redo", "stable", 20, 5), "");
     let d = g.start();
-    wait_until(30, "300 observations", || rx.len() >= 300).await;
+    wait_until(60, "300 observations", || rx.len() >= 300).await;
     d.stop().await;
     g.write_config("", "");
     let d = g.start(); // drains whatever the stop left behind
     let s = g
-        .status_until(30, "zero backlog", |s| backlog(s, "total") == 0)
+        .status_until(60, "zero backlog", |s| backlog(s, "total") == 0)
         .await;
     d.stop().await;
     let rows = s["outbox"]["delivered_held"].as_u64().unwrap();
+    let key = vitalgate::store::MasterKey::load(&g.dir.path().join("master.key")).unwrap();
+    let (outbox, _) =
+        vitalgate::store::Outbox::open(&g.dir.path().join("outbox.db"), &key).unwrap();
+    let reading_rows: i64 = outbox
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE lane = ?1",
+            [vitalgate::store::Lane::Reading as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // The broker acknowledged every row; its copies to the subscriber may still be on the way.
+    wait_until(60, "every delivered reading at the subscriber", || {
+        rx.counts("/obs").len() as i64 >= reading_rows
+    })
+    .await;
     let first: Vec<Vec<u8>> = payloads(&rx, "/obs");
     for p in &first {
         assert_fhir_observation(p);
@@ -433,9 +454,6 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
         first.iter().map(|p| (obs_id(p), p.clone())).collect();
 
     // Lose every delivery mark, as if the daemon had died before recording the PUBACKs.
-    let key = vitalgate::store::MasterKey::load(&g.dir.path().join("master.key")).unwrap();
-    let (outbox, _) =
-        vitalgate::store::Outbox::open(&g.dir.path().join("outbox.db"), &key).unwrap();
     let reset = outbox
         .connection()
         .execute("UPDATE outbox SET delivered_at = NULL", [])
@@ -445,10 +463,14 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
     let n_before = rx.len();
     let d = g.start();
     let s = g
-        .status_until(30, "zero backlog again", |s| backlog(s, "total") == 0)
+        .status_until(60, "zero backlog again", |s| backlog(s, "total") == 0)
         .await;
     d.stop().await;
     assert_eq!(s["outbox"]["delivered_held"].as_u64().unwrap(), rows);
+    wait_until(60, "every re-sent reading at the subscriber", || {
+        rx.len() - n_before >= first_ids.len()
+    })
+    .await;
 
     let again: Vec<Vec<u8>> = payloads(&rx, "/obs").split_off(first.len());
     assert_eq!(rx.len() - n_before, again.len());
@@ -530,6 +552,18 @@ async fn daemon_alerts_with_broker_down_are_logged_annunciated_and_delivered_bef
     // Every annunciated event is in the journal (stderr) under target vitalgate::alert, at
     // ERROR for high and WARN for medium priority.
     let ann = annunciated(&ann_dir);
+    // The journal is read from the daemon's stderr by a thread: give it the lines written
+    // until now (the check below then names any event that is really missing).
+    let logged = |e: &Value, lines: &[String]| {
+        let id = e["event_id"].as_str().unwrap();
+        lines
+            .iter()
+            .any(|l| l.contains(id) && l.contains("vitalgate::alert"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ann.iter().all(|e| logged(e, &d.lines())) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let lines = d.lines();
     for e in &ann {
         let id = e["event_id"].as_str().unwrap();

@@ -118,7 +118,7 @@ fn client(port: u16, tls: Arc<rustls::ClientConfig>, id: &str, will: Option<Last
 impl Client {
     /// The next incoming packet that `pick` selects (others are skipped); panics on an error.
     async fn next<T>(&mut self, what: &str, mut pick: impl FnMut(Incoming) -> Option<T>) -> T {
-        within(10, what, async {
+        within(30, what, async {
             loop {
                 match self.events.recv().await {
                     Some(Ok(i)) => {
@@ -275,7 +275,7 @@ async fn publish_with_no_subscriber_gets_no_matching_subscribers() {
 
 /// The first thing the client sees is an error: no CONNACK ever arrives.
 async fn assert_refused(mut c: Client, what: &str) {
-    let first = within(10, what, c.events.recv()).await;
+    let first = within(30, what, c.events.recv()).await;
     match first {
         Some(Err(_)) => {}
         other => panic!("{what}: expected the connection to be refused, got {other:?}"),
@@ -404,7 +404,7 @@ async fn will_is_not_published_after_a_normal_disconnect() {
     let mut gw = gateway_with_offline_will(&p, &b).await;
     gw.client.disconnect().await.unwrap();
     // The event loop ends once the DISCONNECT is written.
-    let _ = within(10, "gateway event loop end", async {
+    let _ = within(30, "gateway event loop end", async {
         while gw.events.recv().await.is_some() {}
     })
     .await;
@@ -489,13 +489,13 @@ async fn uplink_publisher_delivers_every_reading_through_the_embedded_broker() {
     }
     assert!(status.borrow().refused == 0, "{:?}", *status.borrow());
     cancel.cancel();
-    within(10, "uplink shutdown", task).await.unwrap();
+    within(30, "uplink shutdown", task).await.unwrap();
     b.stop().await;
 }
 
 /// The next error of a client (skipping packets), as text.
 async fn next_error(c: &mut Client, what: &str) -> String {
-    within(10, what, async {
+    within(30, what, async {
         loop {
             match c.events.recv().await {
                 Some(Ok(_)) => {}
@@ -566,7 +566,7 @@ async fn until_closed(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStr
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut chunk = [0u8; 1024];
-    within(10, "the broker to close the connection", async {
+    within(30, "the broker to close the connection", async {
         loop {
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,

@@ -230,9 +230,13 @@ fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
 
     let started = Instant::now();
     let mut child = spawn(&config, Some(&sock_path));
+    // Both devices show as connected in a STATUS line once their tasks run, which may be
+    // after the first WATCHDOG=1 on a busy machine: wait for that line too.
+    let status_2_of_2 =
+        |m: &String| m.contains("STATUS=outbox=") && m.contains("uplink=none devices=2/2");
     let before_term = recv_all(
         &sock,
-        |m| has_line(m, "READY=1") && has_line(m, "WATCHDOG=1"),
+        |m| has_line(m, "READY=1") && has_line(m, "WATCHDOG=1") && m.iter().any(status_2_of_2),
         Duration::from_secs(60),
     );
     eprintln!(
@@ -255,9 +259,7 @@ fn run_under_systemd_sends_ready_then_watchdog_then_stopping() {
         "WATCHDOG=1 before READY=1: {before_term:?}"
     );
     assert!(
-        before_term
-            .iter()
-            .any(|m| m.contains("STATUS=outbox=") && m.contains("uplink=none devices=2/2")),
+        before_term.iter().any(status_2_of_2),
         "no STATUS line with outbox depth and uplink state: {before_term:?}"
     );
 
@@ -289,12 +291,32 @@ fn run_with_unread_notify_socket_keeps_ingesting_and_stops_in_time() {
             .and_then(|v| v["ingest"]["readings_committed"].as_u64())
             .unwrap_or(0)
     };
-    // 4 messages/s (WATCHDOG_USEC=1 s): after 4 s the queue is full whatever its size up to 16;
-    // from then on, status.json (written every 2 s by a task on the runtime) must still move.
-    std::thread::sleep(Duration::from_secs(4));
+    // 4 messages/s (WATCHDOG_USEC=1 s) fill the queue. It is full when a non-blocking send
+    // of our own is refused (each probe that is accepted only fills it faster).
+    let probe = UnixDatagram::unbound().unwrap();
+    probe.set_nonblocking(true).unwrap();
+    let t0 = Instant::now();
+    loop {
+        match probe.send_to(b"probe", &sock_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("probe send to the notify socket: {e}"),
+            Ok(_) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the notify socket's queue never filled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // From then on, status.json (written every 2 s by a task on the runtime) must still move;
+    // a stalled runtime never moves it again.
     let before = committed(&state);
-    std::thread::sleep(Duration::from_secs(6));
-    let after = committed(&state);
+    let t0 = Instant::now();
+    let mut after = before;
+    while after <= before && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = committed(&state);
+    }
     assert!(
         after > before,
         "ingest stalled with an unread NOTIFY_SOCKET: {before} -> {after} readings committed"

@@ -490,13 +490,21 @@ mod tests {
             None,
             token.clone(),
         ));
-        // No tick yet: status only.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        hb.beat(9);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = || rec.0.lock().unwrap().clone();
+        // No tick yet: status only (the first message goes out at once).
+        while sent().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The writer ticks: the watchdog is fed (a deadline against hangs, not a timing check).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !sent().iter().any(|m| m.starts_with("WATCHDOG=1")) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", sent());
+            hb.beat(9);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         token.cancel();
         task.await.unwrap();
-        let sent = rec.0.lock().unwrap().clone();
+        let sent = sent();
         assert!(
             !sent[0].contains("WATCHDOG=1"),
             "first message before any tick: {sent:?}"

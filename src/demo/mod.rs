@@ -35,6 +35,9 @@ use crate::config::Config;
 use crate::store::MasterKey;
 use crate::uplink::UplinkConfig;
 
+/// How long the stopping demo waits for the platform to print the gateway's offline status.
+const OFFLINE_STATUS_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the demo could not run. Each message names the file or part and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -339,7 +342,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     // The daemon has stopped and published its offline status: let the platform print it.
     let mut received = None;
     if let Some(u) = uplink.take() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until the platform has printed it (a fixed pause was too short on a busy machine);
+        // bounded, for a gateway that never got through to the broker has none to print.
+        let deadline = tokio::time::Instant::now() + OFFLINE_STATUS_WAIT;
+        while !u.received.gateway_offline.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         u.platform_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), u.platform).await;
         received = Some((

@@ -12,7 +12,7 @@
 //! nothing, and never prints a full NHS Number.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,8 @@ pub struct Received {
     pub observations: AtomicU64,
     /// Alert events.
     pub alerts: AtomicU64,
+    /// The last gateway status printed says `offline`.
+    pub gateway_offline: AtomicBool,
 }
 
 /// `***-***-5919`: only the last four digits of an NHS Number are ever shown.
@@ -402,6 +404,15 @@ pub async fn start(
                     let mut out = std::io::stdout().lock();
                     for l in lines {
                         let _ = writeln!(out, "{l}");
+                    }
+                    drop(out);
+                    if topic.ends_with("/status") {
+                        let state = serde_json::from_slice::<Json>(&p.payload)
+                            .ok()
+                            .and_then(|j| j["state"].as_str().map(str::to_owned));
+                        counts
+                            .gateway_offline
+                            .store(state.as_deref() == Some("offline"), Ordering::Relaxed);
                     }
                 }
                 Ok(_) => {}

@@ -335,9 +335,9 @@ mod tests {
     use super::*;
 
     async fn next_within(s: &mut SerialSource) -> Event {
-        tokio::time::timeout(Duration::from_secs(5), s.next())
+        tokio::time::timeout(Duration::from_secs(30), s.next())
             .await
-            .unwrap_or_else(|_| panic!("no event from {} within 5 s", s.path().display()))
+            .unwrap_or_else(|_| panic!("no event from {} within 30 s", s.path().display()))
     }
 
     #[test]
@@ -430,7 +430,7 @@ mod tests {
         });
         // Drive the source (keepalives are written from inside `next`) until the reader has
         // seen init plus two keepalives.
-        let got = tokio::time::timeout(Duration::from_secs(6), async {
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
             let mut reader = reader;
             loop {
                 tokio::select! {
@@ -440,7 +440,7 @@ mod tests {
             }
         })
         .await
-        .expect("init and two keepalives within 6 s");
+        .expect("init and two keepalives within 30 s");
         assert_eq!(got, [0x7D, 0x81, 0xA1, 0x7D, 0x81, 0xAF, 0x7D, 0x81, 0xAF]);
         drop(slave);
     }

@@ -197,7 +197,7 @@ mod tests {
             .unwrap()
             .write_all(b"ab")
             .unwrap();
-        match tokio::time::timeout(Duration::from_secs(5), s.next())
+        match tokio::time::timeout(Duration::from_secs(30), s.next())
             .await
             .unwrap()
         {

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -158,12 +158,42 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
+/// A loopback port for a broker to bind later. Taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), where neither `bind(0)` nor an outgoing connection (every other
+/// socket in these tests) is ever given a port, and handed out once per test process: a port
+/// found free with `bind(0)` and bound later by Mosquitto could be taken in between by a
+/// parallel test, and after a broker stop its port must still be free for the restart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const SPAN: u16 = 10_000;
+    if ephemeral_low <= SPAN + 1024 {
+        // An unusual range leaves no room below it: fall back to what the kernel picks.
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let base = ephemeral_low - SPAN;
+    // Test binaries run one after another; a per-process start spreads them anyway.
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() % u32::from(SPAN)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {base}..{ephemeral_low}");
 }
 
 /// A certificate directory plus a Mosquitto process using it.
@@ -173,6 +203,8 @@ pub struct Broker {
     /// A plain-TCP (no TLS) listener on the same broker, for the "plain TCP" test.
     pub plain_port: u16,
     pub ca: Ca,
+    /// Extra `mosquitto.conf` lines given to `start_with`.
+    extra_conf: String,
     child: Option<Child>,
 }
 
@@ -213,10 +245,34 @@ impl Broker {
             acl_text.push('\n');
         }
         std::fs::write(dir.path().join("acl"), acl_text).unwrap();
-        let port = free_port();
-        let plain_port = free_port();
-        let d = dir.path().display();
+        let mut b = Broker {
+            dir,
+            port: free_port(),
+            plain_port: free_port(),
+            ca,
+            extra_conf: extra_conf.to_owned(),
+            child: None,
+        };
+        // A port can still be in use by something outside the tests: then Mosquitto exits at
+        // start, and another pair of ports is tried.
+        for _ in 0..5 {
+            b.write_conf();
+            match b.spawn() {
+                Ok(()) => return b,
+                Err(e) if e.contains("Address already in use") => {
+                    b.port = free_port();
+                    b.plain_port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("mosquitto found its ports in use five times")
+    }
+
+    fn write_conf(&self) {
+        let d = self.dir.path().display();
         let user = if is_root() { "user root\n" } else { "" };
+        let (port, plain_port, extra_conf) = (self.port, self.plain_port, &self.extra_conf);
         let conf = format!(
             "{user}per_listener_settings false\nallow_anonymous false\n\
              persistence true\npersistence_location {d}/\nautosave_interval 1\n\
@@ -226,19 +282,13 @@ impl Broker {
              require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n\
              listener {plain_port} 127.0.0.1\n"
         );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let mut b = Broker {
-            dir,
-            port,
-            plain_port,
-            ca,
-            child: None,
-        };
-        b.spawn();
-        b
+        std::fs::write(self.dir.path().join("mosquitto.conf"), conf).unwrap();
     }
 
-    fn spawn(&mut self) {
+    /// Starts Mosquitto and waits until it says it is running (every listener bound, the
+    /// persisted sessions loaded) and both ports accept; Err with its log if it exited.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log_before = std::fs::read(self.log_path()).map_or(0, |l| l.len());
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -247,15 +297,35 @@ impl Broker {
             .spawn()
             .expect("mosquitto not installed: apt-get install -y mosquitto");
         self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        let log_path = self.log_path();
+        let this_run = || {
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            String::from_utf8_lossy(log.get(log_before..).unwrap_or_default()).into_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!(
+                    "mosquitto exited at start ({st}) on ports {} and {}; its log:\n{}",
+                    self.port,
+                    self.plain_port,
+                    this_run()
+                ));
+            }
+            if this_run().contains(" running")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.plain_port)).is_ok()
             {
-                return;
+                return Ok(());
             }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto not running within 60 s; see {}",
+                log_path.display()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("mosquitto did not start; see {}", self.log_path().display());
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -273,8 +343,11 @@ impl Broker {
         }
     }
 
+    /// Starts the broker again on the same ports (the gateways' configs name them).
     pub fn restart(&mut self) {
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -432,6 +505,6 @@ pub async fn subscribe(
             }
         }
     });
-    within(10, "subscriber SUBACK", ready_rx).await.unwrap();
+    within(30, "subscriber SUBACK", ready_rx).await.unwrap();
     (rx, task)
 }
