@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use vitalgate::daemon::publish::PublishSource;
 use vitalgate::ingest::NoHook;
 use vitalgate::store::{Lane, MasterKey, Outbox};
@@ -129,18 +128,5 @@ async fn drain(config: &vitalgate::config::Config, master: &MasterKey, n: usize)
     cfg.backoff_max_s = 1;
     let wake = Arc::new(Notify::new());
     let up = Uplink::new(cfg, source, wake.clone()).unwrap();
-    let mut status = up.status();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(up.run(cancel.clone()));
-    while !status.borrow_and_update().connected {
-        status.changed().await.unwrap();
-    }
-    let t0 = Instant::now();
-    while status.borrow_and_update().delivered < n as u64 {
-        status.changed().await.unwrap();
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    cancel.cancel();
-    let _ = task.await;
-    n as f64 / secs
+    common::timed_uplink(up, &wake, n).await
 }

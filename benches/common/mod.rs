@@ -1,6 +1,6 @@
-//! Shared by `benches/drain.rs` and `benches/alert_latency.rs`: a gateway config against the
-//! test broker, an outbox pre-filled through the real ingest path, the platform's raw rumqttc
-//! publisher (the baseline) and a subscriber that timestamps each arrival.
+//! Shared by the benches: a gateway config against the test broker, an outbox pre-filled
+//! through the real ingest path, the uplink timed from ConnAck to its last delivery, the
+//! platform's raw rumqttc publisher (the baseline) and a subscriber that timestamps each arrival.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -13,10 +13,12 @@ use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use vitalgate::config::Config;
 use vitalgate::ingest::{self, CommitHook, Frame, GroupCommit};
 use vitalgate::reading::{Decimal, Metric, Reading};
 use vitalgate::store::Outbox;
+use vitalgate::uplink::{OutboxSource, Uplink};
 
 use crate::support::{platform_tls, Broker};
 
@@ -87,6 +89,26 @@ pub fn prefill(
         n as f64 / secs
     );
     outbox
+}
+
+/// Runs `up` until it has delivered `n` rows; returns rows per second from its ConnAck (the
+/// first send follows at once) to the last row marked delivered.
+pub async fn timed_uplink<S: OutboxSource>(up: Uplink<S>, wake: &Notify, n: usize) -> f64 {
+    let mut status = up.status();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(up.run(cancel.clone()));
+    while !status.borrow_and_update().connected {
+        status.changed().await.unwrap();
+    }
+    let t0 = Instant::now();
+    wake.notify_one();
+    while status.borrow_and_update().delivered < n as u64 {
+        status.changed().await.unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = task.await;
+    n as f64 / secs
 }
 
 /// Raw rumqttc v5: publishes `payloads` at QoS 1 with `window` in flight as `gw`, from the

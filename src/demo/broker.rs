@@ -177,15 +177,7 @@ mod tests {
     #[test]
     fn mosquitto_conf_requires_client_certificates_over_tls13_on_loopback() {
         let dir = Path::new("/tmp/x");
-        let pki = DemoPki {
-            ca: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            gateway_cert: dir.join("gateway.pem"),
-            gateway_key: dir.join("gateway.key"),
-            platform_cert: dir.join("platform.pem"),
-            platform_key: dir.join("platform.key"),
-        };
+        let pki = DemoPki::in_dir(dir);
         let c = mosquitto_conf(dir, &pki, 18883, false);
         for line in [
             "listener 18883 127.0.0.1",

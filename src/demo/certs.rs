@@ -80,6 +80,19 @@ fn leaf_params(
 }
 
 impl DemoPki {
+    /// Where the PEM files of a demo PKI live in `dir` (one layout for writer and readers).
+    pub fn in_dir(dir: &Path) -> DemoPki {
+        DemoPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            gateway_cert: dir.join("gateway.pem"),
+            gateway_key: dir.join("gateway.key"),
+            platform_cert: dir.join("platform.pem"),
+            platform_key: dir.join("platform.key"),
+        }
+    }
+
     /// Generates every certificate and key into `dir` (which must exist and be private).
     /// `gateway_id` becomes the gateway certificate's CN; `now` sets the validity window.
     pub fn generate(
@@ -123,15 +136,7 @@ impl DemoPki {
         let (gw_pem, gw_key) = client(gateway_id, "gateway certificate")?;
         let (pf_pem, pf_key) = client(PLATFORM_CN, "platform certificate")?;
 
-        let pki = DemoPki {
-            ca: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            gateway_cert: dir.join("gateway.pem"),
-            gateway_key: dir.join("gateway.key"),
-            platform_cert: dir.join("platform.pem"),
-            platform_key: dir.join("platform.key"),
-        };
+        let pki = DemoPki::in_dir(dir);
         write_private(&pki.ca, &ca_cert.pem())?;
         write_private(&pki.server_cert, &server_cert.pem())?;
         write_private(&pki.server_key, &server_key.serialize_pem())?;
