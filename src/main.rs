@@ -183,13 +183,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             // Signal handlers first: a SIGTERM (or SIGHUP) that arrives while the config,
             // key and outbox are being opened must mean "stop cleanly", not the default
             // action of killing the process mid-start.
-            let rt = runtime()?;
-            let shutdown = CancellationToken::new();
             let reload = Arc::new(Notify::new());
-            {
-                let _runtime = rt.enter();
-                spawn_signal_handler(shutdown.clone(), Some(reload.clone()))?;
-            }
+            let (rt, shutdown) = runtime_with_signals(Some(reload.clone()))?;
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.display(), "vitalgate starting");
             let cfg = Config::load(&config)?;
             let master =
@@ -265,7 +260,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// SIGTERM and SIGINT cancel `token` (graceful shutdown); SIGHUP notifies `reload`.
+/// The runtime, with SIGTERM/SIGINT (and SIGHUP) handled from this point on: the returned
+/// token is cancelled by them. Long-running commands call this first, so a signal during
+/// their start-up stops them cleanly instead of taking its default, fatal action.
+fn runtime_with_signals(
+    reload: Option<Arc<Notify>>,
+) -> anyhow::Result<(tokio::runtime::Runtime, CancellationToken)> {
+    let rt = runtime()?;
+    let token = CancellationToken::new();
+    {
+        let _runtime = rt.enter();
+        spawn_signal_handler(token.clone(), reload)?;
+    }
+    Ok((rt, token))
+}
+
+/// SIGTERM and SIGINT cancel `token` (graceful shutdown); SIGHUP notifies `reload`. Only
+/// through [`runtime_with_signals`].
 ///
 /// The handlers are installed before this returns (it must be called inside the runtime),
 /// so a signal that arrives afterwards is never given its default, fatal action.
@@ -490,7 +501,8 @@ fn simulate(
         seed,
         link,
     };
-    runtime()?.block_on(async {
+    let (rt, token) = runtime_with_signals(None)?;
+    rt.block_on(async {
         let sim = PtySimulator::open(opts).map_err(|e| match e {
             vitalgate::transport::simulator::SimError::UnknownDriver { .. } => anyhow::Error::new(UsageError(e.to_string())),
             other => anyhow::Error::new(other),
@@ -502,8 +514,6 @@ fn simulate(
             out.flush()?;
         }
         tracing::info!(pty = %sim.slave_path().display(), "simulating; stop with Ctrl-C or SIGTERM");
-        let token = CancellationToken::new();
-        spawn_signal_handler(token.clone(), None)?;
         let frames = sim.run(token).await?;
         tracing::info!(frames, "simulator stopped");
         Ok(())
@@ -517,12 +527,7 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyho
     {
         return Err(UsageError(vitalgate::demo::DemoError::NoMosquitto.to_string()).into());
     }
-    let rt = runtime()?;
-    let shutdown = CancellationToken::new();
-    {
-        let _runtime = rt.enter();
-        spawn_signal_handler(shutdown.clone(), None)?;
-    }
+    let (rt, shutdown) = runtime_with_signals(None)?;
     rt.block_on(vitalgate::demo::run(
         vitalgate::demo::DemoOptions {
             seconds,

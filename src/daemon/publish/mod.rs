@@ -116,9 +116,7 @@ impl PublishSource {
             ahead,
         }
     }
-}
 
-impl PublishSource {
     /// How many batches the read-ahead served (the rest were read on demand).
     pub fn batches_read_ahead(&self) -> u64 {
         self.ahead.used()

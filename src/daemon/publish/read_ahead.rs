@@ -14,11 +14,11 @@
 //! publisher moved away from is abandoned and its result discarded when it arrives.
 
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::{lock, RenderContext, Rendered, SharedOutbox};
 use crate::store::Lane;
-use std::sync::Arc;
 
 /// A `next_batch` call: which rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
