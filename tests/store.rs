@@ -377,3 +377,28 @@ fn device_state_survives_reopen() {
         Some("41")
     );
 }
+
+/// The publisher leaves checkpoints to a thread of its own (`daemon::publish::read_ahead`):
+/// with automatic checkpoints off, a commit leaves its pages in the WAL, and the second
+/// connection's checkpoint copies every committed frame into the database file.
+#[test]
+fn checkpointer_copies_every_committed_wal_frame_into_the_database() {
+    let (_dir, path, key) = fresh();
+    let mut outbox = open(&path, &key);
+    outbox.set_auto_checkpoint(false).unwrap();
+    let checkpointer = outbox.checkpointer().unwrap();
+    checkpointer.run().unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let records: Vec<Record> = (0..2000).map(|i| spo2(90 + i % 10)).collect();
+    outbox.append(&records, now()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        before,
+        "with automatic checkpoints off, the commit stays in the WAL"
+    );
+    let (frames, copied) = checkpointer.run().unwrap();
+    assert!(frames > 0, "the commit wrote WAL frames");
+    assert_eq!(copied, frames, "every committed frame checkpointed");
+    assert!(std::fs::metadata(&path).unwrap().len() > before);
+    assert_eq!(pending_ids(&mut open(&path, &key)).len(), 10);
+}

@@ -54,7 +54,7 @@ const fn loinc(code: &'static str, display: &'static str) -> Code {
 }
 
 /// Observation category codes used (all from `observation-category`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
     VitalSigns,
     Laboratory,

@@ -61,7 +61,7 @@ use codes::{Code, MetricCodes};
 use doc::CodeableConcept;
 
 /// Where the measurement was taken (UK Core `Extension-UKCore-RecordingSetting`, clinical.md §1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordingSetting {
     /// At home (a home hub).
     Residential,
@@ -315,13 +315,10 @@ fn skeleton<'a>(
     codes: &MetricCodes,
     key: ObservationKey,
 ) -> Result<doc::Observation<'a>, FhirError> {
-    let mut obs = common(
-        ctx,
-        codes.profile,
-        codes.category,
-        key,
-        CodeableConcept::new(codes.codings, Some(codes.text)),
-    )?;
+    let code = doc::cached(doc::PartKey::code(codes), || {
+        CodeableConcept::new(codes.codings, Some(codes.text))
+    })?;
+    let mut obs = common(ctx, codes.profile, codes.category, key, code)?;
     obs.device = Some(doc::DeviceRef {
         display: ctx.device_display,
         identifier: doc::Identifier {
@@ -339,13 +336,9 @@ pub(crate) fn common<'a>(
     profile: &'static str,
     category: codes::Category,
     key: ObservationKey,
-    code: CodeableConcept<'a>,
+    code: doc::Part<CodeableConcept<'a>>,
 ) -> Result<doc::Observation<'a>, FhirError> {
     let id = observation_id(ctx.gateway_id, ctx.device_id, key, ctx.effective).to_string();
-    let setting = match ctx.setting {
-        RecordingSetting::Residential => ("residential", "Residential"),
-        RecordingSetting::Clinical => ("clinical", "Clinical"),
-    };
     let subject = match ctx.nhs_number {
         Some(n) => doc::Identifier {
             system: codes::NHS_NUMBER_SYSTEM,
@@ -356,29 +349,40 @@ pub(crate) fn common<'a>(
             value: Cow::Borrowed(ctx.gateway_id),
         },
     };
-    let setting = Code {
-        system: codes::RECORDING_SETTING_SYSTEM,
-        code: setting.0,
-        display: setting.1,
-    };
+    let setting = ctx.setting;
     Ok(doc::Observation {
-        category: [CodeableConcept::new(&[category.code()], None)],
+        category: doc::cached(doc::PartKey::Category(category), || {
+            [CodeableConcept::new(&[category.code()], None)]
+        })?,
         code,
         component: Vec::new(),
         data_absent_reason: None,
         derived_from: Vec::new(),
         device: None,
         effective_date_time: fhir_date_time(ctx.effective)?,
-        extension: [doc::Extension {
-            url: codes::RECORDING_SETTING_URL,
-            value_codeable_concept: CodeableConcept::new(&[setting], None),
-        }],
+        extension: doc::cached(doc::PartKey::Setting(setting), || {
+            let (code, display) = match setting {
+                RecordingSetting::Residential => ("residential", "Residential"),
+                RecordingSetting::Clinical => ("clinical", "Clinical"),
+            };
+            let coding = Code {
+                system: codes::RECORDING_SETTING_SYSTEM,
+                code,
+                display,
+            };
+            [doc::Extension {
+                url: codes::RECORDING_SETTING_URL,
+                value_codeable_concept: CodeableConcept::new(&[coding], None),
+            }]
+        })?,
         identifier: [doc::Identifier {
             system: codes::UUID_IDENTIFIER_SYSTEM,
             value: Cow::Owned(id.clone()),
         }],
         id,
-        meta: doc::Meta { profile: [profile] },
+        meta: doc::cached(doc::PartKey::Profile(doc::addr(profile)), || doc::Meta {
+            profile: [profile],
+        })?,
         note: Vec::new(),
         resource_type: "Observation",
         status: "final",

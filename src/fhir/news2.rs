@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::codes::{self, Category, Code};
-use super::doc::{CodeableConcept, Component, Reference};
+use super::doc::{CodeableConcept, Component, Part, Reference};
 use super::{common, quantity_score, to_value, FhirError, ObservationContext, ObservationKey};
 
 /// Which SpO2 scale the patient is scored on: the alert engine's own type (one definition).
@@ -104,7 +104,10 @@ pub fn news2_observation(ctx: &ObservationContext, score: &News2Score) -> Result
         codes::NEWS2_PROFILE,
         Category::Survey,
         ObservationKey::News2,
-        CodeableConcept::new(&[codes::NEWS2_TOTAL], Some("NEWS2 total score")),
+        Part::Built(CodeableConcept::new(
+            &[codes::NEWS2_TOTAL],
+            Some("NEWS2 total score"),
+        )),
     )?;
     obs.value_quantity = Some(quantity_score(score.total));
     obs.component = parts

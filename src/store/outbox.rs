@@ -564,6 +564,24 @@ impl Outbox {
         tx.commit().map_err(err)
     }
 
+    /// A second connection for WAL checkpoints. Whoever uses it should turn this
+    /// connection's automatic checkpoints off ([`Outbox::set_auto_checkpoint`]).
+    pub fn checkpointer(&self) -> Result<Checkpointer, StoreError> {
+        Ok(Checkpointer {
+            conn: connect(&self.path)?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Turns this connection's automatic WAL checkpoint on (SQLite's default, every 1000
+    /// pages) or off. A checkpoint syncs the disk; off, the commit that crosses the limit
+    /// does not pay for it, and another connection must checkpoint instead.
+    pub fn set_auto_checkpoint(&self, on: bool) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", if on { 1000 } else { 0 })
+            .map_err(self.sql_err())
+    }
+
     /// Records that the broker refused a row (or it can never be sent). The row stays
     /// undelivered and is retried; the reason shows in `status`.
     pub fn mark_refused(
@@ -748,6 +766,29 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
         key_ids,
         schema_version: SCHEMA_VERSION,
     })
+}
+
+/// A connection that only checkpoints the WAL (`Outbox::checkpointer`), so a thread that is
+/// not on the publisher's path can do it (see `daemon::publish::read_ahead`).
+pub struct Checkpointer {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Checkpointer {
+    /// Copies committed WAL frames into the database without waiting for readers or writers
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`). Returns the WAL's size and how much of it is now
+    /// checkpointed, in frames.
+    pub fn run(&self) -> Result<(i64, i64), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
 }
 
 fn key_check_identity(key_id: u32) -> RecordIdentity {

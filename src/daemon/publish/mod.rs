@@ -353,6 +353,45 @@ mod tests {
         assert_eq!(ids_of(&next), more_ids);
     }
 
+    /// `read_ahead`'s module docs: in a drain, no delivery mark pays for a checkpoint; the
+    /// `outbox-checkpoint` thread copies the WAL into the database instead.
+    #[test]
+    fn while_reading_ahead_the_wal_is_checkpointed_off_the_publishers_connection() {
+        let (dir, mut source, _, _) = source_with(3000);
+        let db = dir.path().join("outbox.db");
+        let auto_checkpoint = |source: &PublishSource| -> i64 {
+            lock(&source.outbox)
+                .connection()
+                .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while auto_checkpoint(&source) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the publisher's connection still checkpoints"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let before = std::fs::metadata(&db).unwrap().len();
+        let first = source.next_batch(Lane::Reading, 0, 100).unwrap();
+        source.mark_delivered(&ids_of(&first)).unwrap();
+        std::thread::sleep(read_ahead::CHECKPOINT_EVERY + std::time::Duration::from_millis(50));
+        // Served ahead; the worker then reads the next one and, the interval being over,
+        // asks for a checkpoint.
+        let second = source
+            .next_batch(Lane::Reading, first[99].row_id, 100)
+            .unwrap();
+        assert_eq!(second.len(), 100);
+        while std::fs::metadata(&db).unwrap().len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL into the database"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_large_batch_rendered_on_two_threads_keeps_row_order_and_content() {
         let dir = tempfile::tempdir().unwrap();

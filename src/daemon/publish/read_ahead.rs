@@ -12,10 +12,20 @@
 //!
 //! One request is outstanding at a time. Results carry a sequence number; a request the
 //! publisher moved away from is abandoned and its result discarded when it arrives.
+//!
+//! While it reads ahead (a drain in progress), the worker also has the WAL checkpointed, on a
+//! connection and a thread of their own (`outbox-checkpoint`). SQLite otherwise runs the
+//! checkpoint inside whichever commit crosses 1000 WAL pages; in a drain that is a delivery
+//! mark, so the publisher stopped for a copy of 4 MB and two disk syncs, and the broker went
+//! idle. Run on this worker instead, it held up the next read-ahead the same way. The
+//! publisher's connection has automatic checkpoints off while both threads run. Ingest's
+//! connection keeps its own (readings commit there), so the WAL stays bounded when nothing
+//! is being drained.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{lock, RenderContext, Rendered, SharedOutbox};
 use crate::store::Lane;
@@ -29,6 +39,9 @@ pub(crate) struct Request {
 }
 
 type Reply = (u64, Result<Vec<Rendered>, String>);
+
+/// How often the WAL is checkpointed while the worker reads ahead (a drain in progress).
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 pub(crate) struct ReadAhead {
     requests: Option<Sender<(u64, Request)>>,
@@ -47,6 +60,8 @@ impl ReadAhead {
         let worker = std::thread::Builder::new()
             .name("publish-ahead".into())
             .spawn(move || {
+                let checkpoints = Checkpoints::start(&outbox);
+                let mut last_checkpoint = Instant::now();
                 for (seq, r) in inbox {
                     // The lock covers SQL and decryption; rendering runs without it.
                     let rows = lock(&outbox).pending(r.lane, r.after, r.limit);
@@ -54,9 +69,14 @@ impl ReadAhead {
                         .map(|rows| render.render_rows(rows))
                         .map_err(|e| e.to_string());
                     if reply.send((seq, result)).is_err() {
-                        return;
+                        break;
+                    }
+                    if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                        last_checkpoint = Instant::now();
+                        checkpoints.kick();
                     }
                 }
+                checkpoints.stop(&outbox);
             });
         let (requests, worker) = match worker {
             Ok(w) => (Some(requests), Some(w)),
@@ -139,6 +159,73 @@ impl Drop for ReadAhead {
         self.requests = None; // ends the worker's loop
         if let Some(w) = self.worker.take() {
             let _ = w.join();
+        }
+    }
+}
+
+/// The `outbox-checkpoint` thread (see the module docs). Without it (no connection, no
+/// thread), the publisher's connection keeps its automatic checkpoints.
+struct Checkpoints {
+    kick: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(outbox: &SharedOutbox) -> Checkpoints {
+        let none = Checkpoints {
+            kick: None,
+            thread: None,
+        };
+        let checkpointer = match lock(outbox).checkpointer() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher: no checkpoint connection; the publisher's own connection checkpoints");
+                return none;
+            }
+        };
+        let (kick, kicked) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("outbox-checkpoint".into())
+            .spawn(move || {
+                for () in kicked {
+                    if let Err(e) = checkpointer.run() {
+                        tracing::debug!(error = %e, "outbox checkpoint failed; retried later");
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => {
+                if let Err(e) = lock(outbox).set_auto_checkpoint(false) {
+                    tracing::warn!(error = %e, "publisher: its connection keeps checkpointing");
+                }
+                Checkpoints {
+                    kick: Some(kick),
+                    thread: Some(thread),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher: no checkpoint thread; the publisher's own connection checkpoints");
+                none
+            }
+        }
+    }
+
+    /// Asks for a checkpoint; when one is already running or due, that one will do.
+    fn kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.try_send(());
+        }
+    }
+
+    /// Ends the thread and gives checkpoints back to the publisher's connection.
+    fn stop(mut self, outbox: &SharedOutbox) {
+        if self.kick.take().is_some() {
+            if let Err(e) = lock(outbox).set_auto_checkpoint(true) {
+                tracing::warn!(error = %e, "publisher: cannot turn its connection's checkpoints back on");
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
