@@ -1,4 +1,5 @@
-//! What one outbox row holds, before sealing: a [`Record`], stored as CBOR (`ciborium`).
+//! What one outbox row holds, before sealing: a [`Record`], stored as CBOR (`cbor4ii`; rows
+//! written by earlier versions with `ciborium` still decode, see [`Record::decode`]).
 //!
 //! One row is one message to the platform: a single reading, or readings taken together that
 //! become one FHIR Observation (a blood-pressure set), or an alert event. Keeping that unit in
@@ -205,13 +206,159 @@ impl Record {
         }
     }
 
+    /// CBOR by `ciborium`. (Not `cbor4ii`, whose decoder [`Record::decode`] uses: its serde
+    /// encoder writes a JSON `null` inside an alert event as an empty array.)
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
         Ok(out)
     }
 
+    /// Decodes with `cbor4ii`, 2.5x faster than `ciborium` for a reading (the publisher
+    /// decodes every row it sends), and falls back to `ciborium` for what `cbor4ii` refuses:
+    /// `ciborium` shrinks floats to half precision when that is lossless, and `cbor4ii` reads
+    /// those only with a feature. The tests below hold `cbor4ii` to giving exactly what
+    /// `ciborium` gives, or an error. The plaintext is authenticated, so a refusal is a
+    /// format matter, never damage.
     pub fn decode(bytes: &[u8]) -> Result<Record, String> {
-        ciborium::from_reader(bytes).map_err(|e| e.to_string())
+        match cbor4ii::serde::from_slice(bytes) {
+            Ok(record) => Ok(record),
+            Err(fast) => ciborium::from_reader(bytes).map_err(|e| format!("{e} (cbor4ii: {fast})")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Absent, Decimal, Flag, Metric, Value};
+
+    fn legacy(record: &Record) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(record, &mut out).unwrap();
+        out
+    }
+
+    fn samples() -> Vec<Record> {
+        let at = time::macros::datetime!(2026-12-03 09:30:01.250 +01:00);
+        let mut readings: Vec<Record> = Metric::ALL
+            .iter()
+            .map(|&m| {
+                let r = match m.plausible_range() {
+                    Some((lo, _)) => Reading::canonical(m, Decimal::from_f64(lo + 0.5).unwrap())
+                        .at(at)
+                        .with_flags([Flag::Motion]),
+                    None => Reading::acvpu(crate::reading::Acvpu::V),
+                };
+                Record::Reading(ReadingRecord {
+                    device_id: "ox-1".into(),
+                    patient_id: "p1".into(),
+                    nhs_number: Some("9434765919".into()),
+                    received_at: at,
+                    clock_synced: m != Metric::HeartRate,
+                    readings: vec![r],
+                })
+            })
+            .collect();
+        let mut absent = Reading::canonical(Metric::Spo2, Decimal::int(0));
+        absent.value = Value::Absent(Absent::Nres);
+        readings.push(Record::Reading(ReadingRecord {
+            device_id: "ox-1".into(),
+            patient_id: "p1".into(),
+            nhs_number: None,
+            received_at: at,
+            clock_synced: true,
+            readings: vec![absent],
+        }));
+        readings.push(Record::Alert(AlertRecord {
+            patient_id: "p1".into(),
+            // 38.5 and 0.25 are exact in half precision, which ciborium used for them.
+            event: serde_json::json!({"kind": "threshold", "value": 38.5, "limit": 0.25, "n": -3, "ok": true, "none": null, "list": [1, "a"]}),
+        }));
+        readings.push(Record::Derived(DerivedRecord {
+            patient_id: "p1".into(),
+            observation: serde_json::json!({"resourceType": "Observation", "valueQuantity": {"value": 7}}),
+        }));
+        readings
+    }
+
+    #[test]
+    fn records_written_by_ciborium_decode_to_the_same_record() {
+        for record in samples() {
+            assert_eq!(Record::decode(&legacy(&record)).unwrap(), record);
+        }
+    }
+
+    /// `ciborium`'s own reading of `bytes`; the fast path must match it or refuse.
+    fn fast_path_agrees(bytes: &[u8]) -> Result<(), String> {
+        let reference: Record = ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        match cbor4ii::serde::from_slice::<Record>(bytes) {
+            Ok(fast) if fast != reference => Err(format!("{fast:?} != {reference:?}")),
+            _ => Ok(()),
+        }
+    }
+
+    #[test]
+    fn the_fast_decoder_reads_every_sample_as_ciborium_does_or_refuses() {
+        for record in samples() {
+            fast_path_agrees(&legacy(&record)).unwrap();
+        }
+    }
+
+    #[test]
+    fn readings_take_the_fast_path() {
+        for record in samples()
+            .into_iter()
+            .filter(|r| matches!(r, Record::Reading(_)))
+        {
+            let fast: Record = cbor4ii::serde::from_slice(&legacy(&record)).unwrap();
+            assert_eq!(fast, record);
+        }
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just(0.5f64),
+                Just(38.5),
+                Just(-2.0),
+                Just(65504.0),
+                Just(1e-7)
+            ]
+            .prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_alert_event_decodes_to_what_was_stored(event in json()) {
+            let record = Record::Alert(AlertRecord { patient_id: "p1".into(), event });
+            let bytes = record.encode().unwrap();
+            proptest::prop_assert_eq!(Record::decode(&bytes).unwrap(), record);
+            proptest::prop_assert!(fast_path_agrees(&bytes).is_ok());
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_record_are_an_error_not_a_panic() {
+        for bytes in [&b""[..], b"\xff", b"\xa1\x61x\x01", &[0x9f; 64]] {
+            assert!(Record::decode(bytes).is_err(), "{bytes:?}");
+        }
     }
 }
