@@ -1,5 +1,6 @@
-//! What one outbox row holds, before sealing: a [`Record`], stored as CBOR (`cbor4ii`; rows
-//! written by earlier versions with `ciborium` still decode, see [`Record::decode`]).
+//! What one outbox row holds, before sealing: a [`Record`], stored as CBOR (written by
+//! `ciborium`, read by the faster `cbor4ii` with `ciborium` as the fallback; see
+//! [`Record::decode`]).
 //!
 //! One row is one message to the platform: a single reading, or readings taken together that
 //! become one FHIR Observation (a blood-pressure set), or an alert event. Keeping that unit in
@@ -241,7 +242,7 @@ mod tests {
 
     fn samples() -> Vec<Record> {
         let at = time::macros::datetime!(2026-12-03 09:30:01.250 +01:00);
-        let mut readings: Vec<Record> = Metric::ALL
+        let mut records: Vec<Record> = Metric::ALL
             .iter()
             .map(|&m| {
                 let r = match m.plausible_range() {
@@ -262,7 +263,7 @@ mod tests {
             .collect();
         let mut absent = Reading::canonical(Metric::Spo2, Decimal::int(0));
         absent.value = Value::Absent(Absent::Nres);
-        readings.push(Record::Reading(ReadingRecord {
+        records.push(Record::Reading(ReadingRecord {
             device_id: "ox-1".into(),
             patient_id: "p1".into(),
             nhs_number: None,
@@ -270,16 +271,16 @@ mod tests {
             clock_synced: true,
             readings: vec![absent],
         }));
-        readings.push(Record::Alert(AlertRecord {
+        records.push(Record::Alert(AlertRecord {
             patient_id: "p1".into(),
             // 38.5 and 0.25 are exact in half precision, which ciborium used for them.
             event: serde_json::json!({"kind": "threshold", "value": 38.5, "limit": 0.25, "n": -3, "ok": true, "none": null, "list": [1, "a"]}),
         }));
-        readings.push(Record::Derived(DerivedRecord {
+        records.push(Record::Derived(DerivedRecord {
             patient_id: "p1".into(),
             observation: serde_json::json!({"resourceType": "Observation", "valueQuantity": {"value": 7}}),
         }));
-        readings
+        records
     }
 
     #[test]
