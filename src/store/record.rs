@@ -372,15 +372,14 @@ mod tests {
             ])
             .prop_map(Value::Absent),
         ];
-        let unit = proptest::option::of(select(vec![
-            Unit::PerMinute,
-            Unit::Percent,
-            Unit::Celsius,
-            Unit::Fahrenheit,
-            Unit::MmHg,
-            Unit::KiloPascal,
-            Unit::Kilogram,
-        ]));
+        // Every unit some metric accepts (the record does not check the pairing).
+        let mut units: Vec<Unit> = Metric::ALL
+            .iter()
+            .flat_map(|m| m.accepted_units().iter().copied())
+            .collect();
+        units.sort_by_key(|u| format!("{u:?}"));
+        units.dedup();
+        let unit = proptest::option::of(select(units));
         let time = (
             -62_000_000_000i64..250_000_000_000,
             0u32..1_000_000_000,
