@@ -217,12 +217,15 @@ impl Record {
             Record::Reading(_) => {
                 cbor4ii::serde::to_vec(Vec::with_capacity(128), self).map_err(|e| e.to_string())
             }
-            Record::Alert(_) | Record::Derived(_) => {
-                let mut out = Vec::with_capacity(128);
-                ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
-                Ok(out)
-            }
+            Record::Alert(_) | Record::Derived(_) => self.encode_with_ciborium(),
         }
+    }
+
+    /// The `ciborium` encoding: alerts and derived records, and every row written before.
+    fn encode_with_ciborium(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(128);
+        ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
     }
 
     /// Decodes with `cbor4ii`, 2.5x faster than `ciborium` for a reading (the publisher
@@ -245,9 +248,7 @@ mod tests {
     use crate::reading::{Absent, Decimal, Flag, Metric, Value};
 
     fn legacy(record: &Record) -> Vec<u8> {
-        let mut out = Vec::new();
-        ciborium::into_writer(record, &mut out).unwrap();
-        out
+        record.encode_with_ciborium().unwrap()
     }
 
     fn samples() -> Vec<Record> {

@@ -366,13 +366,15 @@ mod tests {
                 .unwrap()
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while auto_checkpoint(&source) != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the publisher's connection still checkpoints"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        wait_for("the publisher's connection still checkpoints", &|| {
+            auto_checkpoint(&source) == 0
+        });
         let before = std::fs::metadata(&db).unwrap().len();
         let first = source.next_batch(Lane::Reading, 0, 100).unwrap();
         source.mark_delivered(&ids_of(&first)).unwrap();
@@ -383,13 +385,9 @@ mod tests {
             .next_batch(Lane::Reading, first[99].row_id, 100)
             .unwrap();
         assert_eq!(second.len(), 100);
-        while std::fs::metadata(&db).unwrap().len() <= before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint copied the WAL into the database"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for("no checkpoint copied the WAL into the database", &|| {
+            std::fs::metadata(&db).unwrap().len() > before
+        });
     }
 
     #[test]
