@@ -590,10 +590,9 @@ impl<S: OutboxSource> Pump<S> {
         let (client, el) = AsyncClient::new(opts, usize::from(self.cfg.inflight) + 8);
         // `EventLoop::poll` is not cancel-safe: dropping it mid-connect drops the connection,
         // and mid-write leaves a half-written packet that the next poll writes again (the
-        // broker then closes with "protocol error"). So it never takes part in a `select!`:
-        // one task polls, and events reach this loop through a channel.
-        let (mut events, poller) = spawn_poller(el);
-        let _abort_poller = AbortOnDrop(poller);
+        // broker then closes with "protocol error"). So its future is never dropped: it lives
+        // in `Events` until it completes.
+        let mut events = Events::new(el);
         let mut connacked = false;
         let mut acked_any = false;
         let drain_for = Duration::from_millis(self.cfg.drain_timeout_ms);
@@ -688,28 +687,29 @@ impl<S: OutboxSource> Pump<S> {
     }
 }
 
-type Events = tokio::sync::mpsc::Receiver<Result<Event, ConnectionError>>;
+/// The event loop's events, polled by whoever awaits [`Events::recv`].
+///
+/// The `EventLoop::poll` future in progress lives inside the stream, not in the caller's
+/// `select!`, so a `recv` dropped by a losing branch or a timeout cancels nothing: the next
+/// `recv` goes on polling the same future. Polling in the publisher's own task, rather than in
+/// a task of its own behind a channel, saves two cross-thread wake-ups per reading.
+struct Events(
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Event, ConnectionError>> + Send>>,
+);
 
-/// Polls `el` in its own task until it fails or the receiver is gone.
-fn spawn_poller(mut el: EventLoop) -> (Events, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let task = tokio::spawn(async move {
-        loop {
+impl Events {
+    /// Ends after the first error (the connection is then gone).
+    fn new(el: EventLoop) -> Self {
+        let stream = futures::stream::unfold(Some(el), |el| async move {
+            let mut el = el?;
             let ev = el.poll().await;
-            let failed = ev.is_err();
-            if tx.send(ev).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    (rx, task)
-}
+            let next = if ev.is_err() { None } else { Some(el) };
+            Some((ev, next))
+        });
+        Events(Box::pin(stream))
+    }
 
-/// Stops the poller when its session ends (reload, shutdown, failure).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    async fn recv(&mut self) -> Option<Result<Event, ConnectionError>> {
+        futures::StreamExt::next(&mut self.0).await
     }
 }
