@@ -311,6 +311,39 @@ fn delivered_rows_leave_the_backlog_and_only_they_are_purged() {
     assert_eq!(outbox.backlog().unwrap(), 1);
 }
 
+/// Acknowledgements arrive out of order and with gaps (a refused row, an alert between two
+/// readings); marks are applied per run of consecutive ids, and must touch those ids only.
+#[test]
+fn marking_delivered_touches_exactly_the_given_rows_whatever_lies_between_them() {
+    let (_dir, path, key) = fresh();
+    let mut outbox = open(&path, &key);
+    let alert = Record::Alert(AlertRecord {
+        patient_id: "p1".into(),
+        event: serde_json::json!({"alert_id": "a1"}),
+    });
+    let ids = outbox
+        .append(
+            &[
+                spo2(90),
+                spo2(91),
+                alert,
+                spo2(92),
+                spo2(93),
+                spo2(94),
+                spo2(95),
+            ],
+            now(),
+        )
+        .unwrap();
+    // Row 2 (the alert) and row 4 are not acknowledged; the others come back shuffled and
+    // one twice.
+    let acked = [ids[5], ids[0], ids[3], ids[1], ids[6], ids[3]];
+    outbox.mark_delivered(&acked, now()).unwrap();
+    assert_eq!(pending_ids(&mut outbox), vec![ids[4]]);
+    assert_eq!(outbox.pending(Lane::Alert, 0, 10).unwrap().len(), 1);
+    assert_eq!(outbox.backlog().unwrap(), 2);
+}
+
 #[test]
 fn row_ids_are_never_reused_after_purge() {
     let (_dir, path, key) = fresh();

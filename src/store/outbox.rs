@@ -552,13 +552,16 @@ impl Outbox {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
+            // One statement per run of consecutive ids, not one per id: a drain acknowledges
+            // rows in id order, so a flush is mostly a single run. Every id of a run is in
+            // `ids`, so no row outside `ids` is ever marked.
             let mut st = tx
                 .prepare_cached(
-                    "UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+                    "UPDATE outbox SET delivered_at = ?3 WHERE id BETWEEN ?1 AND ?2 AND delivered_at IS NULL",
                 )
                 .map_err(err)?;
-            for id in ids {
-                st.execute(params![id, at]).map_err(err)?;
+            for (first, last) in consecutive_runs(ids) {
+                st.execute(params![first, last, at]).map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -911,4 +914,42 @@ fn count_set_aside(path: &Path) -> u64 {
                 .count() as u64
         })
         .unwrap_or(0)
+}
+
+/// `ids` as ascending runs of consecutive integers `(first, last)`, duplicates ignored:
+/// `[5, 3, 4, 9]` gives `[(3, 5), (9, 9)]`.
+fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for id in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if id == *last || Some(id) == last.checked_add(1) => *last = id,
+            _ => runs.push((id, id)),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consecutive_runs;
+
+    #[test]
+    fn consecutive_ids_form_one_run_in_any_order_and_duplicates_are_ignored() {
+        assert_eq!(
+            consecutive_runs(&[5, 3, 4, 4, 9, 11, 10]),
+            vec![(3, 5), (9, 11)]
+        );
+        assert_eq!(consecutive_runs(&[7]), vec![(7, 7)]);
+        assert!(consecutive_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn runs_end_at_the_largest_id_without_overflow() {
+        assert_eq!(
+            consecutive_runs(&[i64::MAX, i64::MAX - 1, 1]),
+            vec![(1, 1), (i64::MAX - 1, i64::MAX)]
+        );
+    }
 }
