@@ -42,8 +42,10 @@ pub mod codes;
 mod doc;
 mod news2;
 mod quantity;
+mod template;
 
 pub use news2::{news2_observation, News2Score, News2SubScores, Spo2Scale};
+pub use template::Template;
 
 use std::borrow::Cow;
 

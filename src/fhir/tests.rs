@@ -30,7 +30,7 @@ fn obs(readings: &[Reading]) -> Value {
 }
 
 /// A plausible reading for every metric, in its canonical unit.
-fn sample(m: Metric) -> Reading {
+pub(super) fn sample(m: Metric) -> Reading {
     let d = match m {
         Metric::HeartRate | Metric::PulseRate => Decimal::int(72),
         Metric::Spo2 => Decimal::int(97),

@@ -8,14 +8,14 @@
 mod read_ahead;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use time::OffsetDateTime;
 
 use crate::config::{Config, Setting};
 use crate::fhir::{self, ObservationContext, ObservationKey, RecordingSetting};
 use crate::nhs_number::NhsNumber;
-use crate::reading::Metric;
+use crate::reading::{Metric, Unit};
 use crate::store::{Lane, Outbox, ReadingRecord, Record};
 use crate::uplink::{OutboxSource, Outgoing, SourceError};
 use read_ahead::{ReadAhead, Request};
@@ -46,24 +46,37 @@ pub fn render_reading(
     displays: &HashMap<String, String>,
     r: &ReadingRecord,
 ) -> Result<Vec<u8>, String> {
-    let nhs = match &r.nhs_number {
-        Some(n) => {
-            Some(NhsNumber::parse(n).map_err(|e| format!("stored NHS Number invalid: {e}"))?)
-        }
-        None => None,
-    };
-    let ctx = ObservationContext {
+    let nhs = parse_nhs_number(r)?;
+    let ctx = observation_context(gateway, setting, displays, r, nhs.as_ref());
+    fhir::observation_json(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))
+}
+
+fn parse_nhs_number(r: &ReadingRecord) -> Result<Option<NhsNumber>, String> {
+    r.nhs_number
+        .as_deref()
+        .map(NhsNumber::parse)
+        .transpose()
+        .map_err(|e| format!("stored NHS Number invalid: {e}"))
+}
+
+fn observation_context<'a>(
+    gateway: &'a str,
+    setting: Setting,
+    displays: &'a HashMap<String, String>,
+    r: &'a ReadingRecord,
+    nhs: Option<&'a NhsNumber>,
+) -> ObservationContext<'a> {
+    ObservationContext {
         gateway_id: gateway,
         device_id: &r.device_id,
         device_display: displays.get(&r.device_id).map(String::as_str),
-        nhs_number: nhs.as_ref(),
+        nhs_number: nhs,
         setting: match setting {
             Setting::Residential => RecordingSetting::Residential,
             Setting::Clinical => RecordingSetting::Clinical,
         },
         effective: effective_time(r),
-    };
-    fhir::observation_json(&ctx, &r.readings).map_err(|e| format!("cannot render FHIR: {e}"))
+    }
 }
 
 /// [`OutboxSource`] over the real outbox (the publisher's own connection).
@@ -107,6 +120,7 @@ impl PublishSource {
             gateway,
             setting: config.gateway.setting,
             displays,
+            templates: Templates::default(),
         });
         let outbox = Arc::new(Mutex::new(outbox));
         let ahead = ReadAhead::start(outbox.clone(), render.clone());
@@ -136,6 +150,32 @@ pub(crate) struct RenderContext {
     gateway: String,
     setting: Setting,
     displays: HashMap<String, String>,
+    templates: Templates,
+}
+
+/// At most this many Observation templates are kept (one per device, patient, metric and
+/// unit seen); past it, further shapes are rendered in full. A gateway has a handful.
+const MAX_TEMPLATES: usize = 1024;
+
+/// [`fhir::Template`]s by device, then by (stored NHS Number, metric, unit): everything that
+/// decides an Observation's shape besides what the [`RenderContext`] fixes. `None` records
+/// that a shape has no template, so it is not tried again.
+#[derive(Default)]
+struct Templates {
+    by_device: RwLock<HashMap<String, Vec<TemplateEntry>>>,
+}
+
+struct TemplateEntry {
+    nhs_number: Option<String>,
+    metric: Metric,
+    unit: Unit,
+    template: Option<fhir::Template>,
+}
+
+impl TemplateEntry {
+    fn serves(&self, r: &ReadingRecord, metric: Metric, unit: Unit) -> bool {
+        self.metric == metric && self.unit == unit && self.nhs_number == r.nhs_number
+    }
 }
 
 /// A row and its payload, or why it cannot be rendered.
@@ -144,10 +184,63 @@ pub(crate) type Rendered = (i64, Result<Vec<u8>, String>);
 impl RenderContext {
     fn render(&self, record: &Record) -> Result<Vec<u8>, String> {
         match record {
-            Record::Reading(r) => render_reading(&self.gateway, self.setting, &self.displays, r),
+            Record::Reading(r) => match self.render_from_template(r) {
+                Some(bytes) => Ok(bytes),
+                None => render_reading(&self.gateway, self.setting, &self.displays, r),
+            },
             Record::Alert(a) => serde_json::to_vec(&a.event).map_err(|e| e.to_string()),
             Record::Derived(d) => serde_json::to_vec(&d.observation).map_err(|e| e.to_string()),
         }
+    }
+
+    /// `r`'s Observation from its shape's template (the same bytes as [`render_reading`]), or
+    /// `None` when it has no template: then it is rendered in full, which also reports any
+    /// error.
+    fn render_from_template(&self, r: &ReadingRecord) -> Option<Vec<u8>> {
+        let [reading] = r.readings.as_slice() else {
+            return None;
+        };
+        let unit = reading.unit?;
+        let render = |t: &fhir::Template| {
+            t.render(&self.gateway, &r.device_id, effective_time(r), reading)
+                .ok()
+                .flatten()
+        };
+        {
+            let by_device = self
+                .templates
+                .by_device
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = by_device
+                .get(&r.device_id)
+                .and_then(|entries| entries.iter().find(|e| e.serves(r, reading.metric, unit)))
+            {
+                return entry.template.as_ref().and_then(render);
+            }
+        }
+        let nhs = parse_nhs_number(r).ok()?;
+        let ctx = observation_context(&self.gateway, self.setting, &self.displays, r, nhs.as_ref());
+        let template = fhir::Template::for_reading(&ctx, reading).ok()?;
+        let out = template.as_ref().and_then(render);
+        let mut by_device = self
+            .templates
+            .by_device
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kept: usize = by_device.values().map(Vec::len).sum();
+        if kept < MAX_TEMPLATES {
+            let entries = by_device.entry(r.device_id.clone()).or_default();
+            if !entries.iter().any(|e| e.serves(r, reading.metric, unit)) {
+                entries.push(TemplateEntry {
+                    nhs_number: r.nhs_number.clone(),
+                    metric: reading.metric,
+                    unit,
+                    template,
+                });
+            }
+        }
+        out
     }
 
     /// Renders a batch in order on the calling thread.
@@ -409,5 +502,71 @@ mod tests {
             let alone = render_reading("gw", config.gateway.setting, &HashMap::new(), r).unwrap();
             assert_eq!(o.payload, alone, "row {}", o.row_id);
         }
+    }
+
+    /// Rows of one shape render from a template (`fhir::template`); each must still be the
+    /// full render's bytes, across devices (with and without a display name), patients (two
+    /// NHS Numbers and none), metrics, times and values, and rows of other shapes (flags, a
+    /// converted unit) in between.
+    #[test]
+    fn readings_rendered_from_templates_are_the_full_renders_bytes() {
+        use crate::reading::{Flag, Unit};
+        let displays: HashMap<String, String> =
+            [("dev-a".to_string(), "Oximeter \"A\"".to_string())].into();
+        let render = RenderContext {
+            gateway: "gw-1".into(),
+            setting: Setting::Clinical,
+            displays: displays.clone(),
+            templates: Templates::default(),
+        };
+        let readings = |i: i64| {
+            vec![
+                Reading::canonical(Metric::HeartRate, Decimal::int(50 + i)),
+                Reading::canonical(Metric::Spo2, Decimal::int(90 + i)),
+                Reading::canonical(Metric::BodyTemperature, Decimal::new(365 + i, -1)),
+                Reading::canonical(Metric::HeartRate, Decimal::int(60)).with_flags([Flag::Motion]),
+                Reading::number(
+                    Metric::BodyTemperature,
+                    Decimal::new(990 + i, -1),
+                    Unit::Fahrenheit,
+                ),
+            ]
+        };
+        let mut rendered = 0;
+        for i in 0..4 {
+            for device in ["dev-a", "dev-b"] {
+                for nhs in [Some("9434765919"), Some("9000000009"), None] {
+                    for reading in readings(i) {
+                        let r = ReadingRecord {
+                            device_id: device.into(),
+                            patient_id: "p1".into(),
+                            nhs_number: nhs.map(str::to_owned),
+                            received_at: time::macros::datetime!(2026-11-23 10:00 +01:00)
+                                + time::Duration::milliseconds(1234 * i),
+                            clock_synced: true,
+                            readings: vec![reading],
+                        };
+                        let full =
+                            render_reading("gw-1", Setting::Clinical, &displays, &r).unwrap();
+                        let got = render.render(&Record::Reading(r.clone())).unwrap();
+                        assert_eq!(
+                            String::from_utf8(got).unwrap(),
+                            String::from_utf8(full).unwrap(),
+                            "{r:?}"
+                        );
+                        rendered += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(rendered, 4 * 2 * 3 * 5);
+        let by_device = render.templates.by_device.read().unwrap();
+        let templates: usize = by_device
+            .values()
+            .flatten()
+            .filter(|e| e.template.is_some())
+            .count();
+        // Heart rate, SpO2 and Celsius temperature, for each device and patient.
+        assert_eq!(templates, 3 * 2 * 3);
     }
 }
