@@ -62,7 +62,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let b = Broker::start(Acl::gateways(&["gw-lat"]));
+    let b = Broker::start_for_bench(Acl::gateways(&["gw-lat"]));
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(&b, "gw-lat", dir.path(), PATIENTS, 64);
     let master = MasterKey::ephemeral().unwrap();

@@ -44,7 +44,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let b = Broker::start(Acl::gateways(&["gw-drain", "gw-base"]));
+    let b = Broker::start_for_bench(Acl::gateways(&["gw-drain", "gw-base"]));
     let dir = tempfile::tempdir().unwrap();
     let window = UplinkConfig::default().inflight;
     let patients = "[[patient]]\nid = \"p-bulk\"\nnhs_number = \"9434765919\"\n";
@@ -91,8 +91,13 @@ fn main() {
 
     let mut pubs = Vec::new();
     let mut bases = Vec::new();
+    let (mut cpu_pubs, mut cpu_bases) = (Vec::new(), Vec::new());
     for run in 0..RUNS {
-        bases.push(rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window)));
+        let (base, cpu) = common::measure_cpu(b.pid(), n, || {
+            rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window))
+        });
+        bases.push(base);
+        cpu_bases.push(cpu);
         if run > 0 {
             // Same rows again: forget their delivery (as a fresh backlog).
             outbox
@@ -100,7 +105,9 @@ fn main() {
                 .execute("UPDATE outbox SET delivered_at = NULL", [])
                 .unwrap();
         }
-        pubs.push(rt.block_on(drain(&config, &master, n)));
+        let (p, cpu) = common::measure_cpu(b.pid(), n, || rt.block_on(drain(&config, &master, n)));
+        pubs.push(p);
+        cpu_pubs.push(cpu);
     }
     let (p, base) = (
         common::median(&mut pubs.clone()),
@@ -114,6 +121,17 @@ fn main() {
     let mut paired: Vec<f64> = pubs.iter().zip(&bases).map(|(p, b)| p / b).collect();
     println!("  paired ratios (each drain / the baseline just before it): {paired:.2?}");
     println!("  median paired ratio: {:.2}", common::median(&mut paired));
+    // CPU per message does not depend on how busy the shared machine is, as rates do.
+    let us = |v: &[common::CpuPerMessage], f: fn(&common::CpuPerMessage) -> f64| {
+        common::median(&mut v.iter().map(f).collect::<Vec<_>>())
+    };
+    println!(
+        "  CPU per message (median): uplink + outbox {:.1} µs, raw rumqttc {:.1} µs; Mosquitto {:.1} µs during drains, {:.1} µs during baselines",
+        us(&cpu_pubs, |c| c.ours_us),
+        us(&cpu_bases, |c| c.ours_us),
+        us(&cpu_pubs, |c| c.broker_us),
+        us(&cpu_bases, |c| c.broker_us),
+    );
 }
 
 async fn drain(config: &vitalgate::config::Config, master: &MasterKey, n: usize) -> f64 {

@@ -49,7 +49,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let b = Broker::start(Acl::gateways(&["gw-bench", "gw-base"]));
+    let b = Broker::start_for_bench(Acl::gateways(&["gw-bench", "gw-base"]));
     rt.block_on(async {
         // Warm-up of both paths (TLS, broker allocations), then measured runs alternating.
         let mut pubs = Vec::new();

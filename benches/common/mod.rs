@@ -202,6 +202,45 @@ pub async fn timed_subscriber(
     rx
 }
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one), from
+/// `/proc/<pid>/stat`; 0 where that cannot be read.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// CPU time of this process and of the broker while `f` runs, in microseconds per message.
+pub struct CpuPerMessage {
+    pub ours_us: f64,
+    pub broker_us: f64,
+}
+
+pub fn measure_cpu<T>(
+    broker_pid: Option<u32>,
+    n: usize,
+    f: impl FnOnce() -> T,
+) -> (T, CpuPerMessage) {
+    let broker = broker_pid.map(|p| p.to_string()).unwrap_or_default();
+    let (ours0, broker0) = (cpu_seconds("self"), cpu_seconds(&broker));
+    let out = f();
+    let per = |s: f64| s * 1e6 / n as f64;
+    let cpu = CpuPerMessage {
+        ours_us: per(cpu_seconds("self") - ours0),
+        broker_us: per(cpu_seconds(&broker) - broker0),
+    };
+    (out, cpu)
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]

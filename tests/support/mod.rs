@@ -205,6 +205,9 @@ pub struct Broker {
     pub ca: Ca,
     /// Extra `mosquitto.conf` lines given to `start_with`.
     extra_conf: String,
+    /// Mosquitto's `log_type`s: every type (each packet) for tests, whose failures the log
+    /// explains; no per-packet debug lines for benches, as a production broker runs.
+    log_types: &'static [&'static str],
     child: Option<Child>,
 }
 
@@ -222,11 +225,26 @@ impl Acl {
 }
 
 impl Broker {
+    /// The Mosquitto process id, while it runs (benches read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(acl: Acl) -> Broker {
         Self::start_with(acl, "")
     }
 
     pub fn start_with(acl: Acl, extra_conf: &str) -> Broker {
+        Self::start_logging(acl, extra_conf, &["all"])
+    }
+
+    /// For benches: logs what a production broker logs (connections, warnings, errors), not
+    /// a debug line per packet, which would cost the broker more than the TLS it runs.
+    pub fn start_for_bench(acl: Acl) -> Broker {
+        Self::start_logging(acl, "", &["error", "warning", "notice", "information"])
+    }
+
+    fn start_logging(acl: Acl, extra_conf: &str, log_types: &'static [&'static str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("vitalgate-test-ca");
         let (srv, srv_key) = ca.server();
@@ -251,6 +269,7 @@ impl Broker {
             plain_port: free_port(),
             ca,
             extra_conf: extra_conf.to_owned(),
+            log_types,
             child: None,
         };
         // A port can still be in use by something outside the tests: then Mosquitto exits at
@@ -273,10 +292,15 @@ impl Broker {
         let d = self.dir.path().display();
         let user = if is_root() { "user root\n" } else { "" };
         let (port, plain_port, extra_conf) = (self.port, self.plain_port, &self.extra_conf);
+        let log_types: String = self
+            .log_types
+            .iter()
+            .map(|t| format!("log_type {t}\n"))
+            .collect();
         let conf = format!(
             "{user}per_listener_settings false\nallow_anonymous false\n\
              persistence true\npersistence_location {d}/\nautosave_interval 1\n\
-             log_dest file {d}/mosquitto.log\nlog_type all\nacl_file {d}/acl\n\
+             log_dest file {d}/mosquitto.log\n{log_types}acl_file {d}/acl\n\
              max_inflight_messages 0\nmax_queued_messages 1000000\n{extra_conf}\n\
              listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
              require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n\
