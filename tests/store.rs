@@ -38,6 +38,13 @@ fn pending_ids(outbox: &mut Outbox) -> Vec<i64> {
         .collect()
 }
 
+fn alert() -> Record {
+    Record::Alert(AlertRecord {
+        patient_id: "p1".into(),
+        event: serde_json::json!({"alert_id": "a1"}),
+    })
+}
+
 fn spo2(value: i64) -> Record {
     record(vec![Reading::canonical(Metric::Spo2, Decimal::int(value))])
 }
@@ -282,10 +289,7 @@ fn database_with_corrupted_pages_is_set_aside() {
 fn alerts_live_in_their_own_lane() {
     let (_dir, path, key) = fresh();
     let mut outbox = open(&path, &key);
-    let alert = Record::Alert(AlertRecord {
-        patient_id: "p1".into(),
-        event: serde_json::json!({"alert_id": "a1"}),
-    });
+    let alert = alert();
     let ids = outbox.append(&[spo2(88), alert.clone()], now()).unwrap();
     assert_eq!(
         outbox.pending(Lane::Alert, 0, 10).unwrap(),
@@ -317,10 +321,7 @@ fn delivered_rows_leave_the_backlog_and_only_they_are_purged() {
 fn marking_delivered_touches_exactly_the_given_rows_whatever_lies_between_them() {
     let (_dir, path, key) = fresh();
     let mut outbox = open(&path, &key);
-    let alert = Record::Alert(AlertRecord {
-        patient_id: "p1".into(),
-        event: serde_json::json!({"alert_id": "a1"}),
-    });
+    let alert = alert();
     let ids = outbox
         .append(
             &[
