@@ -596,6 +596,13 @@ impl<S: OutboxSource> Pump<S> {
         let mut connacked = false;
         let mut acked_any = false;
         let drain_for = Duration::from_millis(self.cfg.drain_timeout_ms);
+        // Waiting on these is re-armed only after each fires, not built and dropped for each
+        // event: registering with a `Notify` and leaving it again takes its lock, and did so
+        // four times per reading.
+        let cancelled = shutdown.cancelled();
+        let reload_signal = reload.notified();
+        let wake_signal = wake.notified();
+        tokio::pin!(cancelled, reload_signal, wake_signal);
         loop {
             if connacked {
                 self.fill(&client);
@@ -608,9 +615,9 @@ impl<S: OutboxSource> Pump<S> {
                 .min();
             let action = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Action::Cancel,
-                _ = reload.notified() => Action::Reload,
-                _ = wake.notified() => Action::Wake,
+                _ = &mut cancelled => Action::Cancel,
+                _ = &mut reload_signal => Action::Reload,
+                _ = &mut wake_signal => Action::Wake,
                 // Only while a slot is free: a due timer with a full window would spin.
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
                     if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
@@ -636,23 +643,29 @@ impl<S: OutboxSource> Pump<S> {
                     self.flush_acks();
                     return End::Shutdown;
                 }
-                Action::Reload => match tls::load(&self.cfg, now_utc()) {
-                    Ok(new) => {
-                        info!("uplink reloading TLS material and reconnecting");
-                        if connacked {
-                            let deadline = Instant::now() + drain_for;
-                            self.drain(&mut events, deadline).await;
-                            self.disconnect(&client, &mut events).await;
+                Action::Reload => {
+                    reload_signal.set(reload.notified());
+                    match tls::load(&self.cfg, now_utc()) {
+                        Ok(new) => {
+                            info!("uplink reloading TLS material and reconnecting");
+                            if connacked {
+                                let deadline = Instant::now() + drain_for;
+                                self.drain(&mut events, deadline).await;
+                                self.disconnect(&client, &mut events).await;
+                            }
+                            self.flush_acks();
+                            self.status.send_modify(|s| s.connected = false);
+                            return End::Reload(Box::new(new));
                         }
-                        self.flush_acks();
-                        self.status.send_modify(|s| s.connected = false);
-                        return End::Reload(Box::new(new));
+                        Err(e) => self.report(format!(
+                            "reload refused, keeping the current configuration: {e}"
+                        )),
                     }
-                    Err(e) => self.report(format!(
-                        "reload refused, keeping the current configuration: {e}"
-                    )),
-                },
-                Action::Wake => self.exhausted = [false; 2],
+                }
+                Action::Wake => {
+                    wake_signal.set(wake.notified());
+                    self.exhausted = [false; 2];
+                }
                 Action::Tick => {
                     if self.rescan_at.is_some_and(|t| t <= Instant::now()) {
                         self.rescan_at = None;
