@@ -70,13 +70,13 @@ impl Template {
         ctx: &ObservationContext,
         reading: &Reading,
     ) -> Result<Option<Template>, FhirError> {
-        let (RValue::Number(_), Some(unit)) = (reading.value, reading.unit) else {
+        let (true, Some(unit)) = (Self::is_plain(reading), reading.unit) else {
             return Ok(None);
         };
-        let plain = matches!(reading.metric, Metric::SystolicBp | Metric::InspiredOxygen)
-            || reading.metric.canonical_unit() != Some(unit)
-            || !reading.flags.is_empty();
-        if plain {
+        let shape_has_more_parts =
+            matches!(reading.metric, Metric::SystolicBp | Metric::InspiredOxygen)
+                || reading.metric.canonical_unit() != Some(unit);
+        if shape_has_more_parts {
             return Ok(None);
         }
         let expected = super::observation_json(ctx, std::slice::from_ref(reading))?;
@@ -107,6 +107,15 @@ impl Template {
         }
     }
 
+    /// A number with a unit and no flags: the only kind of reading a template is made from or
+    /// renders. For any other reading, `for_reading`'s `None` says nothing about its metric and
+    /// unit, whose plain readings may well have a template.
+    pub fn is_plain(reading: &Reading) -> bool {
+        matches!(reading.value, RValue::Number(_))
+            && reading.unit.is_some()
+            && reading.flags.is_empty()
+    }
+
     /// `reading`'s Observation, byte for byte what [`super::observation_json`] gives for the
     /// template's context with `effective`; `None` when `reading` is not of the template's
     /// shape (the caller then renders in full). `gateway` and `device` are the context's: they
@@ -118,13 +127,10 @@ impl Template {
         effective: OffsetDateTime,
         reading: &Reading,
     ) -> Result<Option<Vec<u8>>, FhirError> {
-        let RValue::Number(value) = reading.value else {
+        let (true, RValue::Number(value)) = (Self::is_plain(reading), reading.value) else {
             return Ok(None);
         };
-        if reading.metric != self.metric
-            || reading.unit != Some(self.unit)
-            || !reading.flags.is_empty()
-        {
+        if reading.metric != self.metric || reading.unit != Some(self.unit) {
             return Ok(None);
         }
         reading.validate()?;

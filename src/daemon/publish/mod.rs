@@ -200,6 +200,11 @@ impl RenderContext {
         let [reading] = r.readings.as_slice() else {
             return None;
         };
+        // Only a plain reading can say whether its shape has a template: a flagged or absent
+        // first reading must not leave the shape's later plain readings without one.
+        if !fhir::Template::is_plain(reading) {
+            return None;
+        }
         let unit = reading.unit?;
         let render = |t: &fhir::Template| {
             t.render(&self.gateway, &r.device_id, effective_time(r), reading)
@@ -506,11 +511,11 @@ mod tests {
 
     /// Rows of one shape render from a template (`fhir::template`); each must still be the
     /// full render's bytes, across devices (with and without a display name), patients (two
-    /// NHS Numbers and none), metrics, times and values, and rows of other shapes (flags, a
-    /// converted unit) in between.
+    /// NHS Numbers and none), metrics, times and values, and rows of other shapes (flags, an
+    /// absent value, a converted unit) in between.
     #[test]
     fn readings_rendered_from_templates_are_the_full_renders_bytes() {
-        use crate::reading::{Flag, Unit};
+        use crate::reading::{Absent, Flag, Unit};
         let displays: HashMap<String, String> =
             [("dev-a".to_string(), "Oximeter \"A\"".to_string())].into();
         let render = RenderContext {
@@ -519,12 +524,15 @@ mod tests {
             displays: displays.clone(),
             templates: Templates::default(),
         };
+        // Each shape's first reading is one a template cannot be made from (flagged, absent):
+        // its later plain readings must still get their template.
         let readings = |i: i64| {
             vec![
+                Reading::canonical(Metric::HeartRate, Decimal::int(60)).with_flags([Flag::Motion]),
                 Reading::canonical(Metric::HeartRate, Decimal::int(50 + i)),
+                Reading::absent(Metric::Spo2, Absent::Missing),
                 Reading::canonical(Metric::Spo2, Decimal::int(90 + i)),
                 Reading::canonical(Metric::BodyTemperature, Decimal::new(365 + i, -1)),
-                Reading::canonical(Metric::HeartRate, Decimal::int(60)).with_flags([Flag::Motion]),
                 Reading::number(
                     Metric::BodyTemperature,
                     Decimal::new(990 + i, -1),
@@ -559,7 +567,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(rendered, 4 * 2 * 3 * 5);
+        assert_eq!(rendered, 4 * 2 * 3 * 6);
         let by_device = render.templates.by_device.read().unwrap();
         let templates: usize = by_device
             .values()
