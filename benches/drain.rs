@@ -125,7 +125,7 @@ fn main() {
     let mut paired: Vec<f64> = pubs.iter().zip(&bases).map(|(p, b)| p / b).collect();
     println!("  paired ratios (each drain / the baseline just before it): {paired:.2?}");
     println!("  median paired ratio: {:.2}", common::median(&mut paired));
-    // CPU per message does not depend on how busy the shared machine is, as rates do.
+    // CPU per message varies far less with how busy the shared machine is than rates do.
     let us = |v: &[common::CpuPerMessage], f: fn(&common::CpuPerMessage) -> f64| {
         common::median(&mut v.iter().map(f).collect::<Vec<_>>())
     };
