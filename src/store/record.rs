@@ -272,8 +272,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut absent = Reading::canonical(Metric::Spo2, Decimal::int(0));
-        absent.value = Value::Absent(Absent::Nres);
+        let absent = Reading::absent(Metric::Spo2, Absent::Nres);
         records.push(Record::Reading(ReadingRecord {
             device_id: "ox-1".into(),
             patient_id: "p1".into(),
