@@ -11,11 +11,23 @@
 //! returns its row ids then, and the writer logs each committed id range (`committed` event).
 //!
 //! A failed commit (disk full, I/O error) loses nothing: the batch stays in memory and is
-//! retried with backoff while the bounded queue pushes back on the devices.
+//! retried with backoff (at most [`RETRY_MAX`] apart, so ingest resumes by itself within
+//! seconds of space returning) while the bounded queue pushes back on the devices. While it
+//! retries, the writer proves it is alive to the hooks ([`CommitHook::on_stalled`], which
+//! feeds the systemd watchdog), and a full file system raises the `storage_full` technical
+//! alarm ([`CommitHook::on_storage`]): annunciated at once, committed with the batch once
+//! space returns, cleared then. When the daemon stops ([`IngestCounters::begin_shutdown`])
+//! the writer makes one last attempt per batch instead of waiting, and logs what it could
+//! not store.
+//!
+//! A permanent error (a constraint, the schema, a record that cannot be encoded) is never
+//! retried for ever: after one retry (the outbox re-reads its id high-water mark first) the
+//! batch is logged as not stored, counted, and raises the `storage_error` technical alarm;
+//! the writer goes on with the next batch.
 //! Invalid readings (implausible values, wrong units) are rejected here, counted and logged
 //! (rate-limited), never stored as valid.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +41,13 @@ use crate::store::{Outbox, ReadingRecord, Record, StoreError};
 /// Frames waiting for the writer. Bounded: a slow disk pushes back on the devices instead of
 /// growing memory without limit.
 pub const QUEUE_CAPACITY: usize = 4096;
+
+/// Longest wait between two attempts at a failing commit.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// First wait after a failed commit; doubled after each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// While retrying, the writer reports itself alive ([`CommitHook::on_stalled`]) this often.
+const ALIVE_EVERY: Duration = Duration::from_millis(100);
 
 /// One frame from one device.
 #[derive(Debug)]
@@ -53,6 +72,14 @@ pub struct IngestCounters {
     pub readings_rejected: AtomicU64,
     pub transactions: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// The outbox's file system is full; commits are being retried.
+    pub storage_full: AtomicBool,
+    /// Batches given up on a permanent error (never retried for ever).
+    pub permanent_failures: AtomicU64,
+    /// Readings that were not stored (permanent error, or shutdown during a failing commit).
+    pub readings_not_stored: AtomicU64,
+    /// Set when the daemon stops: a failing commit is not waited for any more.
+    shutting_down: AtomicBool,
 }
 
 impl IngestCounters {
@@ -63,8 +90,30 @@ impl IngestCounters {
             "readings_rejected": self.readings_rejected.load(Ordering::Relaxed),
             "transactions": self.transactions.load(Ordering::Relaxed),
             "commit_failures": self.commit_failures.load(Ordering::Relaxed),
+            "storage_full": self.storage_full.load(Ordering::Relaxed),
+            "permanent_failures": self.permanent_failures.load(Ordering::Relaxed),
+            "readings_not_stored": self.readings_not_stored.load(Ordering::Relaxed),
         })
     }
+
+    /// Tells the writer the daemon is stopping: a failing commit gets one last attempt, not
+    /// a wait (SIGTERM must finish within the unit's stop timeout, disk full or not).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// A storage condition reported to [`CommitHook::on_storage`] (raised, then cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageAlarm {
+    /// The outbox's file system is full: nothing new can be stored until space returns.
+    Full,
+    /// A batch was given up on a permanent error; cleared by the next successful commit.
+    PermanentFailure,
 }
 
 /// A rejected reading, as reported to the `on_reject` hook (technical alarms).
@@ -131,6 +180,20 @@ pub trait CommitHook: Send + 'static {
     fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
         HookOutput::default()
     }
+    /// Called when a storage condition is raised (`active`) or cleared. What it returns is
+    /// committed as soon as the outbox can be written (for `Full`: with the held batch,
+    /// once space returns), so the alarm reaches the platform too.
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        _alarm: StorageAlarm,
+        _active: bool,
+    ) -> HookOutput {
+        HookOutput::default()
+    }
+    /// Called every 100 ms or so while a failing commit is retried: the writer is alive
+    /// and working on it (the systemd watchdog is fed from here then; see `daemon::systemd`).
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
 
 /// No extra work.
@@ -176,11 +239,13 @@ impl IngestHandle {
     }
 
     /// Asks the writer to run the time-based rules (device silent, alarms that persist).
+    /// Never waits: when the queue is full (the writer is retrying a commit) the tick is
+    /// skipped, as the next one will do.
     pub async fn tick(&self) -> Result<(), IngestError> {
-        self.tx
-            .send(Message::Tick)
-            .await
-            .map_err(|_| IngestError::Closed)
+        match self.tx.try_send(Message::Tick) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Closed),
+        }
     }
 
     /// Queues a frame and waits until it is committed; returns its row ids.
@@ -215,6 +280,8 @@ pub fn start(
         hook,
         counters: counters.clone(),
         rejected_logged: RateLimit::new(Duration::from_secs(10)),
+        failure_logged: RateLimit::new(Duration::from_secs(30)),
+        permanent_alarm: false,
     };
     let join = std::thread::Builder::new()
         .name("ingest-writer".into())
@@ -230,6 +297,9 @@ struct Writer {
     hook: Box<dyn CommitHook>,
     counters: Arc<IngestCounters>,
     rejected_logged: RateLimit,
+    failure_logged: RateLimit,
+    /// The `storage_error` alarm is raised (cleared by the next committed batch).
+    permanent_alarm: bool,
 }
 
 impl Writer {
@@ -274,11 +344,16 @@ impl Writer {
             }
         };
         let out = self.hook.on_tick(now, backlog);
+        self.commit_extra(out, now);
+    }
+
+    /// Commits what a hook produced outside a batch (time-based rules, storage alarms).
+    fn commit_extra(&mut self, mut out: HookOutput, now: OffsetDateTime) {
         if out.records.is_empty() && out.state.is_empty() {
             return;
         }
         if self
-            .append_with_retry(&out.records, &out.state, now)
+            .append_with_retry(&mut out.records, &out.state, now)
             .is_some()
             && !out.records.is_empty()
         {
@@ -359,9 +434,19 @@ impl Writer {
             })
             .collect();
         state.extend(extra.state);
-        let ids = self.append_with_retry(&records, &state, now);
+        let ids = self.append_with_retry(&mut records, &state, now);
         let Some(ids) = ids else {
-            // Only reached when the outbox is unusable for good (see append_with_retry).
+            // A permanent error, or shutdown during a failing commit (see append_with_retry).
+            let lost: usize = records[..n_readings]
+                .iter()
+                .map(|r| match r {
+                    Record::Reading(r) => r.readings.len(),
+                    _ => 0,
+                })
+                .sum();
+            self.counters
+                .readings_not_stored
+                .fetch_add(lost as u64, Ordering::Relaxed);
             for frame in batch {
                 if let Some(done) = frame.done {
                     let _ = done.send(Err("the outbox cannot be written".into()));
@@ -369,6 +454,13 @@ impl Writer {
             }
             return;
         };
+        if self.permanent_alarm {
+            self.permanent_alarm = false;
+            let out = self
+                .hook
+                .on_storage(now, StorageAlarm::PermanentFailure, false);
+            self.commit_extra(out, now);
+        }
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let committed_readings: usize = records[..n_readings]
             .iter()
@@ -401,54 +493,100 @@ impl Writer {
         }
     }
 
-    /// Appends, retrying with backoff on failure. Gives up (returning `None`) only after the
-    /// channel has closed (shutdown) and a last attempt failed, logging what was lost.
+    /// Appends, retrying with backoff while the failure may pass (disk full, I/O, busy).
+    /// Returns `None` (the batch is not stored, said in the log) on a permanent error after
+    /// one retry, or when the daemon stops while the commit still fails. Storage alarms
+    /// raised meanwhile are added to `records`, so they commit with the batch.
     fn append_with_retry(
         &mut self,
-        records: &[Record],
+        records: &mut Vec<Record>,
         state: &[DeviceStateUpdate],
         now: OffsetDateTime,
     ) -> Option<Vec<i64>> {
-        let mut delay = Duration::from_millis(100);
+        let mut delay = RETRY_FIRST;
+        let mut retried_permanent = false;
         loop {
-            match self.outbox.append_with_state(records, state, now) {
-                Ok(ids) => return Some(ids),
-                Err(StoreError::Encode(why)) => {
-                    // A record that cannot be encoded will never encode: retrying would
-                    // block every other reading. It is a bug; say so loudly.
-                    self.counters
-                        .commit_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %why, rows = records.len(), "BUG: record cannot be encoded; batch not stored");
-                    return None;
-                }
-                Err(e) => {
-                    self.counters
-                        .commit_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    let disk_full =
-                        matches!(&e, StoreError::Sqlite { source, .. } if is_disk_full(source));
-                    tracing::error!(
-                        error = %e,
-                        rows = records.len(),
-                        disk_full,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "commit failed; keeping the batch in memory and retrying (devices are held back meanwhile)"
-                    );
-                    if self.rx.is_closed() && delay >= Duration::from_secs(5) {
-                        tracing::error!(rows = records.len(), "shutting down with an uncommitted batch: these readings were NOT stored");
-                        return None;
+            let e = match self.outbox.append_with_state(records, state, now) {
+                Ok(ids) => {
+                    if self.counters.storage_full.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(
+                            rows = ids.len(),
+                            "storage available again: the held batch is committed, ingest resumes"
+                        );
+                        let out = self.hook.on_storage(now, StorageAlarm::Full, false);
+                        self.commit_extra(out, now);
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    return Some(ids);
                 }
+                Err(e) => e,
+            };
+            self.counters
+                .commit_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if e.is_permanent() {
+                if !retried_permanent {
+                    // Once: the outbox has re-read what another writer may have changed.
+                    retried_permanent = true;
+                    continue;
+                }
+                self.give_up_permanent(&e, records, now);
+                return None;
             }
+            if e.is_disk_full() && !self.counters.storage_full.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %e, rows = records.len(), "STORAGE FULL: the outbox's file system has no space left; holding the batch in memory and retrying (devices are held back meanwhile)");
+                let out = self.hook.on_storage(now, StorageAlarm::Full, true);
+                records.extend(out.records);
+            } else if self.failure_logged.allow() {
+                tracing::error!(
+                    error = %e,
+                    rows = records.len(),
+                    disk_full = e.is_disk_full(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "commit failed; keeping the batch in memory and retrying (devices are held back meanwhile)"
+                );
+            }
+            if self.stopping() {
+                tracing::error!(rows = records.len(), error = %e, "shutting down with an uncommitted batch: these readings were NOT stored");
+                return None;
+            }
+            self.wait_alive(delay);
+            delay = (delay * 2).min(RETRY_MAX);
         }
     }
-}
 
-fn is_disk_full(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+    /// A permanent error: the batch is logged, counted and alarmed, never retried again.
+    fn give_up_permanent(&mut self, e: &StoreError, records: &[Record], now: OffsetDateTime) {
+        self.counters
+            .permanent_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, rows = records.len(), "STORAGE ERROR: the batch cannot be stored and will not be retried (a permanent error); these readings were NOT stored. The daemon goes on with new readings");
+        if !self.permanent_alarm {
+            self.permanent_alarm = true;
+            let out = self
+                .hook
+                .on_storage(now, StorageAlarm::PermanentFailure, true);
+            self.commit_extra(out, now);
+        }
+    }
+
+    /// Whether to stop waiting for a failing commit: the daemon is stopping.
+    fn stopping(&self) -> bool {
+        self.counters.is_shutting_down() || self.rx.is_closed()
+    }
+
+    /// Sleeps `delay` in short steps, reporting the writer alive and returning early when the
+    /// daemon starts stopping.
+    fn wait_alive(&mut self, delay: Duration) {
+        let until = Instant::now() + delay;
+        loop {
+            self.hook.on_stalled(OffsetDateTime::now_utc());
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopping() {
+                return;
+            }
+            std::thread::sleep(left.min(ALIVE_EVERY));
+        }
+    }
 }
 
 /// Allows one event per period (log rate limiting).

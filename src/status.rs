@@ -97,7 +97,27 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// Writes `value` to `dir/status.json` atomically (temp file + rename), mode 0600.
+///
+/// The file is padded with trailing whitespace (valid JSON) to a multiple of 4 KiB with at
+/// least 1 KiB to spare, so that when the file system is full (no room for the temp file)
+/// the snapshot is rewritten in place over space the file already holds: status must say
+/// `storage_full` exactly when nothing else can be written.
 pub fn write_snapshot(dir: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    let padded = (text.len() + 1024).div_ceil(4096) * 4096;
+    text.extend(std::iter::repeat_n(' ', padded - text.len() - 1));
+    text.push('\n');
+    match write_atomically(dir, text.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(28) => {
+            let _ = std::fs::remove_file(dir.join(".status.json.tmp"));
+            overwrite_in_place(&dir.join(SNAPSHOT_FILE), text.trim_end().as_bytes()).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_atomically(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(".status.json.tmp");
@@ -107,12 +127,26 @@ pub fn write_snapshot(dir: &Path, value: &serde_json::Value) -> std::io::Result<
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(
-        serde_json::to_string_pretty(value)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    f.write_all(bytes)?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
+/// Rewrites `path` in place with `bytes`, blank-padded to the file's current length (no
+/// new space needed). Refuses when `bytes` does not fit.
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(0);
+    if bytes.len() >= len {
+        return Err(std::io::Error::other(
+            "the snapshot no longer fits in place",
+        ));
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(bytes);
+    out.resize(len - 1, b' ');
+    out.push(b'\n');
+    f.write_all(&out)
 }
 
 /// Reads the snapshot, if any.

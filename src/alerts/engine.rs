@@ -683,6 +683,25 @@ impl AlertEngine {
         out
     }
 
+    /// Reports a storage condition of the gateway (`StorageFull`, `StorageError`): raised
+    /// at once when `active`, cleared at once when not.
+    pub fn on_storage(
+        &mut self,
+        now: OffsetDateTime,
+        condition: TechnicalCondition,
+        active: bool,
+    ) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let rule = technical_rule(condition, None, None);
+        let timing = Timing {
+            raise_after_secs: 0,
+            settle_after_secs: 0,
+        };
+        let desired = active.then_some(condition.priority());
+        self.drive(now, rule, Some(desired), timing, None, None, None, &mut out);
+        out
+    }
+
     /// NEWS2 at `now` from the latest fresh valid reading of each parameter: complete with a
     /// total, or partial naming what is missing.
     pub fn news2(&self, now: OffsetDateTime) -> News2Status {
@@ -1344,6 +1363,16 @@ impl AlertEngine {
                 ev.transition,
                 "gateway clock not synchronised: reading times may be wrong; check network time (NTP)",
                 "gateway clock synchronised",
+            ),
+            TechnicalCondition::StorageFull => on_off(
+                ev.transition,
+                "gateway storage full: new readings cannot be stored and are held back; free space on the gateway's disk now",
+                "gateway storage available again: readings are stored",
+            ),
+            TechnicalCondition::StorageError => on_off(
+                ev.transition,
+                "gateway storage error: readings could not be stored and were lost; see the gateway's journal",
+                "gateway storage working again",
             ),
         };
         ev.technical = Some(d);

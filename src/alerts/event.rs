@@ -108,6 +108,10 @@ pub enum TechnicalCondition {
     RepeatedRejections,
     OutboxNearFull,
     ClockNotSynchronised,
+    /// The outbox's file system is full: nothing new can be stored.
+    StorageFull,
+    /// A batch could not be stored for a permanent reason (a constraint, the schema).
+    StorageError,
 }
 
 /// Facts behind a technical alarm; only the fields relevant to the condition are present.

@@ -11,6 +11,8 @@
 //! | implausible values | `technical:repeated_rejections:{device}:{metric}` | medium | `rejections_to_alarm` rejections within `rejection_window_secs` | a valid reading of that metric from that device, or the window passing without enough rejections, held `clear_after_secs` |
 //! | outbox near full | `technical:outbox_near_full` | medium, high at `outbox_high_percent` | depth >= `outbox_warn_percent` of capacity | depth < `outbox_clear_percent`, held `clear_after_secs` |
 //! | clock not synchronised | `technical:clock_not_synchronised` | low | caller reports unsynchronised for `clock_unsynced_after_secs` | caller reports synchronised |
+//! | storage full | `technical:storage_full` | high | the outbox's file system is full (readings held in memory, devices held back) | a commit succeeds again |
+//! | storage error | `technical:storage_error` | high | a batch was given up on a permanent error (readings not stored) | the next batch commits |
 //!
 //! Device silence is the dead-man alarm of remote monitoring: a patient whose device stopped
 //! sending is a patient nobody is watching, hence medium. It is judged on gateway time (`now`
@@ -35,6 +37,8 @@ impl TechnicalCondition {
             TechnicalCondition::RepeatedRejections => "repeated_rejections",
             TechnicalCondition::OutboxNearFull => "outbox_near_full",
             TechnicalCondition::ClockNotSynchronised => "clock_not_synchronised",
+            TechnicalCondition::StorageFull => "storage_full",
+            TechnicalCondition::StorageError => "storage_error",
         }
     }
 
@@ -48,6 +52,8 @@ impl TechnicalCondition {
             | TechnicalCondition::ProbeDisconnected
             | TechnicalCondition::LowBattery
             | TechnicalCondition::ClockNotSynchronised => Priority::Low,
+            // Readings are being, or have been, lost.
+            TechnicalCondition::StorageFull | TechnicalCondition::StorageError => Priority::High,
         }
     }
 }

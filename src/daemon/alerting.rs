@@ -272,6 +272,33 @@ impl CommitHook for AlertHook {
         }
     }
 
+    fn on_storage(
+        &mut self,
+        now: OffsetDateTime,
+        alarm: crate::ingest::StorageAlarm,
+        active: bool,
+    ) -> HookOutput {
+        let condition = match alarm {
+            crate::ingest::StorageAlarm::Full => alerts::TechnicalCondition::StorageFull,
+            crate::ingest::StorageAlarm::PermanentFailure => {
+                alerts::TechnicalCondition::StorageError
+            }
+        };
+        let mut records = Vec::new();
+        let patients: Vec<String> = self.engines.keys().cloned().collect();
+        for p in patients {
+            let Some(engine) = self.engines.get_mut(&p) else {
+                continue;
+            };
+            let events = engine.on_storage(now, condition, active);
+            records.extend(self.alert_records(&p, events));
+        }
+        HookOutput {
+            records,
+            state: self.persist(true),
+        }
+    }
+
     fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
         let synced = super::clock_synced();
         let mut records = Vec::new();

@@ -213,6 +213,24 @@ impl DeviceCtx {
         }
     }
 
+    /// Hands a frame to ingest, waiting for room in its queue only until the device is
+    /// cancelled: a writer held up by a full disk must not keep SIGTERM from completing.
+    /// `Ok(false)`: cancelled first; the frame was not stored (said in the log; a followed
+    /// file's cursor did not move, so its bytes are read again at the next start).
+    async fn submit(&self, frame: Frame) -> Result<bool, ingest::IngestError> {
+        let readings = frame.readings.len();
+        tokio::select! {
+            biased;
+            r = self.ingest.submit(frame) => r.map(|()| true),
+            _ = self.token.cancelled() => {
+                if readings > 0 {
+                    tracing::warn!(device = %self.device_id, readings, "stopping while ingest is held up: a frame was NOT stored");
+                }
+                Ok(false)
+            }
+        }
+    }
+
     fn unavailable(&self, error: String) {
         tracing::error!(device = %self.device_id, %error, "device cannot run");
         self.registry.update(&self.device_id, |d| {
@@ -257,7 +275,9 @@ async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
             frames.iter().map(Vec::len).sum::<usize>() as u64,
         );
         for readings in frames {
-            ctx.ingest.submit(ctx.frame(readings, None)).await?;
+            if !ctx.submit(ctx.frame(readings, None)).await? {
+                return Ok(());
+            }
         }
         ctx.registry.update(&cfg.id, |d| {
             d.last_data_at = Some(now);
@@ -359,8 +379,10 @@ async fn run_stream(
                             readings += rs.len() as u64;
                             let cursor =
                                 buf_offset.map(|o| (key.clone(), (o + pos as u64).to_string()));
-                            if !rs.is_empty() || cursor.is_some() {
-                                ctx.ingest.submit(ctx.frame(rs, cursor)).await?;
+                            if (!rs.is_empty() || cursor.is_some())
+                                && !ctx.submit(ctx.frame(rs, cursor)).await?
+                            {
+                                return Ok(());
                             }
                         }
                         Step::Skip { consumed, error } => {

@@ -50,6 +50,8 @@ pub enum DaemonError {
     Alerts(String),
     #[error("uplink: {0}")]
     Uplink(#[from] crate::uplink::UplinkError),
+    #[error(transparent)]
+    Lock(#[from] instance_lock::LockError),
 }
 
 /// Extras for `run`: the demo's live view hooks in here, as do tests.
@@ -93,6 +95,21 @@ impl CommitHook for Hooks {
         }
         out
     }
+    fn on_storage(
+        &mut self,
+        now: OffsetDateTime,
+        alarm: ingest::StorageAlarm,
+        active: bool,
+    ) -> HookOutput {
+        let mut out = HookOutput::default();
+        for h in &mut self.0 {
+            out.extend(h.on_storage(now, alarm, active));
+        }
+        out
+    }
+    fn on_stalled(&mut self, now: OffsetDateTime) {
+        self.0.iter_mut().for_each(|h| h.on_stalled(now));
+    }
 }
 
 /// Whether the system clock is known to be synchronised (systemd-timesyncd's flag file).
@@ -114,6 +131,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
+    // One daemon per state dir, before anything in it is opened (instance_lock.rs).
+    let _instance = instance_lock::InstanceLock::acquire(&state_dir)?;
     let audit = Arc::new(AuditLog::open(&state_dir)?);
 
     let outbox_path = config.outbox_path();
@@ -353,6 +372,7 @@ pub async fn run(
         systemd::notify_stopping(n.as_ref());
     }
     tracing::info!("stopping: devices first, then committing what ingest holds");
+    counters.begin_shutdown(); // a failing commit is not waited for any more
     devices_token.cancel();
     retention_token.cancel();
     tracker.close();
@@ -397,6 +417,7 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 
 pub mod alerting;
 pub mod devices;
+pub mod instance_lock;
 pub mod publish;
 pub mod supervisor;
 pub mod systemd;

@@ -7,10 +7,13 @@
 //! - a `STATUS=` line every few seconds with the outbox depth, the uplink state and how many
 //!   devices deliver data, so `systemctl status vitalgate` answers "is it working?";
 //! - `WATCHDOG=1` only while the pipeline really makes progress: the ingest writer thread has
-//!   run its once-a-second tick recently ([`Heartbeat`], fed from inside the writer by a
-//!   [`CommitHook`]), and the async runtime is alive (the ping is sent from a task on it). A
-//!   writer stuck in SQLite, a dead writer thread or a wedged runtime all stop the pings,
-//!   and systemd restarts the service after `WatchdogSec=`;
+//!   run its once-a-second tick recently, or is alive retrying a failing commit (disk full)
+//!   ([`Heartbeat`], fed from inside the writer by a [`CommitHook`]), and the async runtime is
+//!   alive (the ping is sent from a task on it). A writer stuck in SQLite, a dead writer
+//!   thread or a wedged runtime all stop the pings, and systemd restarts the service after
+//!   `WatchdogSec=`; a full disk does not (a restart would not make space, and would drop
+//!   what the writer holds);
+//! - the status line says `storage=FULL` while the outbox's file system is full;
 //! - `STOPPING=1` when shutdown begins.
 //!
 //! What it deliberately does not do: it never links libsystemd (the `systemd` crate is
@@ -29,7 +32,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{CommitHook, HookOutput};
+use crate::ingest::{CommitHook, HookOutput, StorageAlarm};
 use crate::status::Registry;
 use crate::store::Record;
 use crate::transport::LinkState;
@@ -133,6 +136,8 @@ struct Inner {
     last_tick: AtomicU64,
     /// The outbox backlog the writer counted at that tick.
     backlog: AtomicU64,
+    /// The outbox's file system is full (the writer is retrying).
+    storage_full: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Heartbeat {
@@ -148,6 +153,7 @@ impl Heartbeat {
                 origin: Instant::now(),
                 last_tick: AtomicU64::new(0),
                 backlog: AtomicU64::new(0),
+                storage_full: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -164,6 +170,20 @@ impl Heartbeat {
         self.inner
             .last_tick
             .store(ms.saturating_add(1), Ordering::Release);
+    }
+
+    /// Records that the writer is alive while it retries a failing commit (no new backlog
+    /// count: the last one stands).
+    pub fn alive(&self) {
+        let ms = u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.inner
+            .last_tick
+            .store(ms.saturating_add(1), Ordering::Release);
+    }
+
+    /// Whether the writer reported the outbox's file system full.
+    pub fn storage_full(&self) -> bool {
+        self.inner.storage_full.load(Ordering::Acquire)
     }
 
     /// How long ago the writer last ticked; `None` if it never has.
@@ -196,6 +216,20 @@ impl CommitHook for HeartbeatHook {
     }
     fn on_tick(&mut self, _now: OffsetDateTime, backlog: u64) -> HookOutput {
         self.0.beat(backlog);
+        HookOutput::default()
+    }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {
+        self.0.alive();
+    }
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        alarm: StorageAlarm,
+        active: bool,
+    ) -> HookOutput {
+        if alarm == StorageAlarm::Full {
+            self.0.inner.storage_full.store(active, Ordering::Release);
+        }
         HookOutput::default()
     }
 }
@@ -236,6 +270,7 @@ pub fn status_line(
     devices_connected: usize,
     devices_total: usize,
     writer_stale: bool,
+    storage_full: bool,
 ) -> String {
     let outbox = backlog.map_or_else(|| "?".to_string(), |b| b.to_string());
     let mut line = format!(
@@ -244,6 +279,9 @@ pub fn status_line(
     );
     if let Some(in_flight) = uplink.map(|u| u.in_flight).filter(|n| *n > 0) {
         line.push_str(&format!(" in_flight={in_flight}"));
+    }
+    if storage_full {
+        line.push_str(" storage=FULL");
     }
     if writer_stale {
         line.push_str(" ingest=STALLED");
@@ -291,6 +329,7 @@ pub async fn supervise(
             connected,
             devices.len(),
             !fresh,
+            heartbeat.storage_full(),
         );
         if !fresh && !stalled_logged {
             tracing::error!(
@@ -437,32 +476,55 @@ mod tests {
     #[test]
     fn status_line_connected_uplink_shows_depth_up_and_devices() {
         // rust-stack.md §7: STATUS=outbox=123 broker=up ble=2/3
-        let s = status_line(Some(123), Some(&uplink(true, 0)), 3, 4, false);
+        let s = status_line(Some(123), Some(&uplink(true, 0)), 3, 4, false, false);
         assert_eq!(s, "outbox=123 uplink=up devices=3/4");
     }
 
     #[test]
     fn status_line_no_uplink_configured_says_none() {
         assert_eq!(
-            status_line(Some(0), None, 0, 0, false),
+            status_line(Some(0), None, 0, 0, false, false),
             "outbox=0 uplink=none devices=0/0"
         );
     }
 
     #[test]
     fn status_line_before_first_tick_shows_unknown_depth() {
-        assert!(status_line(None, Some(&uplink(false, 0)), 1, 1, false)
-            .starts_with("outbox=? uplink=down"));
+        assert!(
+            status_line(None, Some(&uplink(false, 0)), 1, 1, false, false)
+                .starts_with("outbox=? uplink=down")
+        );
     }
 
     #[test]
     fn status_line_in_flight_publishes_are_shown() {
-        assert!(status_line(Some(5), Some(&uplink(true, 7)), 1, 1, false).ends_with(" in_flight=7"));
+        assert!(
+            status_line(Some(5), Some(&uplink(true, 7)), 1, 1, false, false)
+                .ends_with(" in_flight=7")
+        );
     }
 
     #[test]
     fn status_line_stalled_writer_is_shouted() {
-        assert!(status_line(Some(5), None, 1, 1, true).ends_with(" ingest=STALLED"));
+        assert!(status_line(Some(5), None, 1, 1, true, false).ends_with(" ingest=STALLED"));
+    }
+
+    #[test]
+    fn status_line_full_storage_is_shouted() {
+        assert!(status_line(Some(5), None, 1, 1, false, true).ends_with(" storage=FULL"));
+    }
+
+    #[test]
+    fn a_writer_retrying_a_full_disk_keeps_the_watchdog_fed_and_says_storage_full() {
+        let hb = Heartbeat::new();
+        let mut hook = hb.hook();
+        let now = OffsetDateTime::now_utc();
+        hook.on_storage(now, StorageAlarm::Full, true);
+        hook.on_stalled(now);
+        assert!(should_feed(hb.age(), Duration::from_secs(3)));
+        assert!(hb.storage_full());
+        hook.on_storage(now, StorageAlarm::Full, false);
+        assert!(!hb.storage_full());
     }
 
     #[test]

@@ -10,7 +10,14 @@
 //!   record kind, key id, format version) as associated data, so a ciphertext copied into
 //!   another row fails authentication.
 //!
-//! Nothing here ever formats key bytes: [`MasterKey`]'s `Debug` is redacted.
+//! - Sealed device state (the alert engine's per-patient state, file offsets, RACP cursors)
+//!   uses the same data keys with its own identity ([`StateIdentity`]: owner, key, key id) as
+//!   associated data, so one patient's state cannot be moved under another's name.
+//!
+//! Nothing here ever formats key bytes: [`MasterKey`]'s `Debug` is redacted. Key bytes, their
+//! copies and the buffers they pass through are wiped with `zeroize` (volatile writes the
+//! compiler may not drop). `ring`'s own key schedules (`hkdf::Prk`, `LessSafeKey`) are opaque
+//! and are not wiped by ring on drop; they live as long as the outbox connection.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,6 +28,7 @@ use std::path::{Path, PathBuf};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Name of the systemd credential holding the master key (`LoadCredential=vitalgate.key:...`).
 pub const CREDENTIAL_NAME: &str = "vitalgate.key";
@@ -69,7 +77,7 @@ pub enum KeySource {
 
 /// The 256-bit master key. Its `Debug` is redacted and its bytes are wiped on drop.
 pub struct MasterKey {
-    bytes: [u8; 32],
+    bytes: Zeroizing<[u8; 32]>,
     source: KeySource,
 }
 
@@ -79,19 +87,12 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-impl Drop for MasterKey {
-    fn drop(&mut self) {
-        // Best effort: overwrite before the memory is released.
-        self.bytes.iter_mut().for_each(|b| *b = 0);
-    }
-}
-
 impl MasterKey {
     /// A random key held only in memory (demo and tests).
     pub fn ephemeral() -> Result<Self, KeyError> {
-        let mut bytes = [0u8; 32];
+        let mut bytes = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
-            .fill(&mut bytes)
+            .fill(&mut bytes[..])
             .map_err(|_| KeyError::Random)?;
         Ok(MasterKey {
             bytes,
@@ -102,7 +103,7 @@ impl MasterKey {
     /// A second handle on the same key (the pipeline is restarted on a config reload).
     pub fn duplicate(&self) -> MasterKey {
         MasterKey {
-            bytes: self.bytes,
+            bytes: self.bytes.clone(),
             source: self.source.clone(),
         }
     }
@@ -154,12 +155,13 @@ impl MasterKey {
 
     /// Creates a new key file (hex, mode 0600). Refuses to overwrite an existing file.
     pub fn generate_file(path: &Path) -> Result<(), KeyError> {
-        let mut bytes = [0u8; 32];
+        let mut bytes = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
-            .fill(&mut bytes)
+            .fill(&mut bytes[..])
             .map_err(|_| KeyError::Random)?;
-        let text = format!("{}\n", hex::encode(bytes));
-        bytes.iter_mut().for_each(|b| *b = 0);
+        let mut text = Zeroizing::new(hex::encode(&bytes[..]));
+        text.push('\n');
+        drop(bytes);
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -186,20 +188,19 @@ impl MasterKey {
     }
 }
 
-fn read_key_bytes(path: &Path) -> Result<[u8; 32], KeyError> {
-    let raw = fs::read(path).map_err(|source| KeyError::Unreadable {
+fn read_key_bytes(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    // Every buffer the key passes through is wiped on drop (`Zeroizing`), not only the key.
+    let raw = Zeroizing::new(fs::read(path).map_err(|source| KeyError::Unreadable {
         path: path.to_path_buf(),
         source,
-    })?;
+    })?);
+    let mut out = Zeroizing::new([0u8; 32]);
     if raw.len() == 32 {
-        let mut out = [0u8; 32];
         out.copy_from_slice(&raw);
         return Ok(out);
     }
-    let text = String::from_utf8_lossy(&raw);
-    let trimmed = text.trim();
-    let mut out = [0u8; 32];
-    match hex::decode_to_slice(trimmed, &mut out) {
+    let text = Zeroizing::new(String::from_utf8_lossy(&raw).into_owned());
+    match hex::decode_to_slice(text.trim(), &mut out[..]) {
         Ok(()) => Ok(out),
         // Say what was found without echoing the content.
         Err(_) => Err(KeyError::BadFormat {
@@ -234,6 +235,32 @@ impl RecordIdentity {
     }
 }
 
+/// The identity of a sealed device-state value (`owner`, `key`, data key id), bound in as
+/// associated data: a value copied under another owner or key fails authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateIdentity<'a> {
+    pub owner: &'a str,
+    pub key: &'a str,
+    pub key_id: u32,
+}
+
+/// First byte of a state identity's associated data; never a record's `FORMAT_VERSION`, so
+/// a record's AAD and a state's can never be equal.
+const STATE_AAD_TAG: u8 = 0x80 | FORMAT_VERSION;
+
+impl StateIdentity<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut a = Vec::with_capacity(9 + self.owner.len() + self.key.len());
+        a.push(STATE_AAD_TAG);
+        a.extend_from_slice(&self.key_id.to_be_bytes());
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        a.extend_from_slice(&(self.owner.len() as u32).to_be_bytes());
+        a.extend_from_slice(self.owner.as_bytes());
+        a.extend_from_slice(self.key.as_bytes());
+        a
+    }
+}
+
 /// Data keys derived from the master key, by key id.
 pub struct Keyring {
     prk: hkdf::Prk,
@@ -252,7 +279,7 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     pub fn new(master: &MasterKey) -> Self {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&master.bytes);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&master.bytes[..]);
         Keyring {
             prk,
             keys: HashMap::new(),
@@ -261,27 +288,26 @@ impl Keyring {
         }
     }
 
+    fn derive(&self, key_id: u32) -> Result<LessSafeKey, KeyError> {
+        let id = key_id.to_be_bytes();
+        let info: [&[u8]; 2] = [b"outbox data key", &id];
+        // `expand` fails only for output lengths HKDF cannot produce; 32 bytes is fine.
+        let okm = self
+            .prk
+            .expand(&info, &aead::AES_256_GCM)
+            .map_err(|_| KeyError::Derive)?;
+        Ok(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
     fn key(&mut self, key_id: u32) -> Result<&LessSafeKey, KeyError> {
         if !self.keys.contains_key(&key_id) {
-            let id = key_id.to_be_bytes();
-            let info: [&[u8]; 2] = [b"outbox data key", &id];
-            // `expand` fails only for output lengths HKDF cannot produce; 32 bytes is fine.
-            let okm = self
-                .prk
-                .expand(&info, &aead::AES_256_GCM)
-                .map_err(|_| KeyError::Derive)?;
-            self.keys
-                .insert(key_id, LessSafeKey::new(UnboundKey::from(okm)));
+            let key = self.derive(key_id)?;
+            self.keys.insert(key_id, key);
         }
         self.keys.get(&key_id).ok_or(KeyError::Derive)
     }
 
-    /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
-    pub fn seal(
-        &mut self,
-        id: RecordIdentity,
-        mut plaintext: Vec<u8>,
-    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+    fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], KeyError> {
         if self.nonce_pool.len() < NONCE_LEN {
             let mut fresh = vec![0u8; NONCE_LEN * 341];
             self.rng.fill(&mut fresh).map_err(|_| KeyError::Random)?;
@@ -291,15 +317,42 @@ impl Keyring {
         let at = self.nonce_pool.len() - NONCE_LEN;
         nonce.copy_from_slice(&self.nonce_pool[at..]);
         self.nonce_pool.truncate(at);
-        let aad = id.aad();
-        self.key(id.key_id)?
+        Ok(nonce)
+    }
+
+    fn seal_with(
+        &mut self,
+        key_id: u32,
+        aad: &[u8],
+        mut plaintext: Vec<u8>,
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        let nonce = self.next_nonce()?;
+        self.key(key_id)?
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
+                Aad::from(aad),
                 &mut plaintext,
             )
             .map_err(|_| KeyError::Random)?;
         Ok((nonce, plaintext))
+    }
+
+    /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
+    pub fn seal(
+        &mut self,
+        id: RecordIdentity,
+        plaintext: Vec<u8>,
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        self.seal_with(id.key_id, &id.aad(), plaintext)
+    }
+
+    /// Seals a device-state value (the plaintext buffer is wiped).
+    pub fn seal_state(
+        &mut self,
+        id: StateIdentity<'_>,
+        plaintext: &[u8],
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        self.seal_with(id.key_id, &id.aad(), plaintext.to_vec())
     }
 
     /// Opens a sealed record, checking it belongs to row `id`.
@@ -309,21 +362,55 @@ impl Keyring {
         nonce: &[u8],
         mut ciphertext: Vec<u8>,
     ) -> Result<Vec<u8>, Unauthentic> {
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Unauthentic)?;
-        let aad = id.aad();
-        let len = self
-            .key(id.key_id)
-            .map_err(|_| Unauthentic)?
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                &mut ciphertext,
-            )
-            .map_err(|_| Unauthentic)?
-            .len();
-        ciphertext.truncate(len);
+        let key = self.key(id.key_id).map_err(|_| Unauthentic)?;
+        open_with(key, &id.aad(), nonce, &mut ciphertext)?;
         Ok(ciphertext)
     }
+
+    /// Opens a sealed device-state value, checking it belongs to `id`. Takes `&self` (the
+    /// data key is derived afresh when not cached): state is read at start-up only.
+    pub fn open_state(
+        &self,
+        id: StateIdentity<'_>,
+        nonce: &[u8],
+        mut ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, Unauthentic> {
+        let derived;
+        let key = match self.keys.get(&id.key_id) {
+            Some(k) => k,
+            None => {
+                derived = self.derive(id.key_id).map_err(|_| Unauthentic)?;
+                &derived
+            }
+        };
+        match open_with(key, &id.aad(), nonce, &mut ciphertext) {
+            Ok(()) => Ok(Zeroizing::new(ciphertext)),
+            Err(e) => {
+                ciphertext.zeroize();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens `ciphertext` in place and truncates it to the plaintext.
+fn open_with(
+    key: &LessSafeKey,
+    aad: &[u8],
+    nonce: &[u8],
+    ciphertext: &mut Vec<u8>,
+) -> Result<(), Unauthentic> {
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Unauthentic)?;
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            ciphertext,
+        )
+        .map_err(|_| Unauthentic)?
+        .len();
+    ciphertext.truncate(len);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -372,12 +459,49 @@ mod tests {
         assert_eq!(k.open(other, &n, c), Err(Unauthentic));
     }
 
+    fn state(owner: &str, key: &str) -> StateIdentity<'static> {
+        StateIdentity {
+            owner: Box::leak(owner.to_string().into_boxed_str()),
+            key: Box::leak(key.to_string().into_boxed_str()),
+            key_id: 1,
+        }
+    }
+
+    #[test]
+    fn sealed_state_opens_only_under_its_own_owner_and_key() {
+        let mut k = ring();
+        let (n, c) = k
+            .seal_state(state("patient:p1", "alerts_state"), b"{\"spo2\":87}")
+            .unwrap();
+        assert_eq!(
+            &k.open_state(state("patient:p1", "alerts_state"), &n, c.clone())
+                .unwrap()[..],
+            b"{\"spo2\":87}"
+        );
+        for other in [
+            state("patient:p2", "alerts_state"),
+            state("patient:p1", "other"),
+            state("patient:p1a", "lerts_state"),
+        ] {
+            assert_eq!(k.open_state(other, &n, c.clone()), Err(Unauthentic));
+        }
+    }
+
+    #[test]
+    fn a_sealed_state_never_opens_as_a_record_nor_a_record_as_state() {
+        let mut k = ring();
+        let (n, c) = k.seal_state(state("o", "k"), b"x").unwrap();
+        assert_eq!(k.open(id(1), &n, c), Err(Unauthentic));
+        let (n, c) = k.seal(id(1), b"x".to_vec()).unwrap();
+        assert_eq!(k.open_state(state("o", "k"), &n, c), Err(Unauthentic));
+    }
+
     #[test]
     fn master_key_debug_is_redacted() {
         let k = MasterKey::ephemeral().unwrap();
         let s = format!("{k:?}");
         assert!(s.contains("redacted"));
-        assert!(!s.contains(&hex::encode(k.bytes)));
+        assert!(!s.contains(&hex::encode(&k.bytes[..])));
     }
 
     #[test]

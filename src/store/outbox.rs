@@ -10,19 +10,31 @@
 //! - A record that fails authentication is moved aside in its own transaction; it never stops
 //!   the rest from being read or delivered.
 //!
+//! - Nothing clinical is stored in clear: records are sealed in `outbox`/`quarantine`, and
+//!   device state (the alert engine's per-patient state, file offsets, RACP cursors) is
+//!   sealed in `sealed_state` with its owner and key as associated data. Callers hand in and
+//!   get back plaintext; only this module seals and opens.
+//! - The number of values sealed under each data key is persisted (`keys.sealed`) in the
+//!   same transaction as the values, so purges and restarts never reset it and a key is
+//!   retired after [`ROTATE_AFTER_RECORDS`] whatever was deleted since.
+//! - Only corruption is treated as corruption: a file is set aside only when SQLite could
+//!   open it and it failed `PRAGMA quick_check` (or is not a database). Anything else (no
+//!   permission, a directory in its place, a lock held by another process) stops with
+//!   [`StoreError::Unusable`], naming what to fix and touching nothing.
+//!
 //! One connection per `Outbox`; ingest owns one (the only writer of new rows) and the
 //! publisher another (reads, marks delivered). WAL lets them work side by side.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, MAIN_DB};
 use time::OffsetDateTime;
 
-use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, Unauthentic};
+use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
 use super::record::{Lane, Record};
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -61,6 +73,23 @@ const MIGRATIONS: &[&str] = &[
          key TEXT NOT NULL,
          value TEXT NOT NULL,
          PRIMARY KEY (device_id, key)) WITHOUT ROWID;",
+    // 1 -> 2: device state sealed (`sealed_state`; the plaintext `device_state` rows are
+    // sealed and the table dropped by `seal_legacy_state` once the key is checked), and a
+    // persisted count of values sealed under each key. For existing keys the count starts
+    // from an upper bound: every record id ever handed out (ids only grow), so a key that
+    // sealed rows since purged is never taken as fresher than it is.
+    "ALTER TABLE keys ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+     UPDATE keys SET sealed = 1 + MAX(
+         COALESCE((SELECT value FROM meta WHERE key = 'next_id'), 1) - 1,
+         (SELECT COUNT(*) FROM outbox o WHERE o.key_id = keys.key_id)
+           + (SELECT COUNT(*) FROM quarantine q WHERE q.key_id = keys.key_id));
+     CREATE TABLE sealed_state (
+         owner TEXT NOT NULL,
+         key TEXT NOT NULL,
+         key_id INTEGER NOT NULL,
+         nonce BLOB NOT NULL,
+         ciphertext BLOB NOT NULL,
+         PRIMARY KEY (owner, key)) WITHOUT ROWID;",
 ];
 
 /// A known plaintext sealed under each data key, to tell a wrong master key at start.
@@ -92,6 +121,47 @@ pub enum StoreError {
     Key(#[source] KeyError, PathBuf),
     #[error("cannot encode record: {0}")]
     Encode(String),
+    /// The outbox cannot be used as it is, and it is not corrupt: nothing was changed.
+    #[error("{path}: {problem}. The outbox was left untouched; {fix}")]
+    Unusable {
+        path: PathBuf,
+        problem: String,
+        fix: &'static str,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same write can never succeed (a constraint, the schema, a record
+    /// that cannot be encoded), as opposed to a condition that passes (disk full, I/O, busy).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Encode(_) | StoreError::TooNew { .. } | StoreError::WrongKey { .. } => true,
+            StoreError::Sqlite { source, .. } => {
+                matches!(
+                    source.sqlite_error_code(),
+                    Some(
+                        ErrorCode::ConstraintViolation
+                            | ErrorCode::SchemaChanged
+                            | ErrorCode::TypeMismatch
+                            | ErrorCode::TooBig
+                            | ErrorCode::ApiMisuse
+                    )
+                ) || matches!(
+                    source,
+                    rusqlite::Error::SqlInputError { .. }
+                        | rusqlite::Error::InvalidColumnName(_)
+                        | rusqlite::Error::InvalidParameterName(_)
+                ) || source.to_string().starts_with("no such ")
+            }
+            StoreError::Io { .. } | StoreError::Key(..) | StoreError::Unusable { .. } => false,
+        }
+    }
+
+    /// Whether the file system is full (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite { source, .. } if source.sqlite_error_code() == Some(ErrorCode::DiskFull))
+            || matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
 }
 
 /// What [`Outbox::open`] found and did.
@@ -147,8 +217,11 @@ pub struct Outbox {
     /// Next row id to hand out; persisted as a high-water mark in the same transaction.
     next_id: i64,
     current_key: u32,
-    /// Records sealed under `current_key` (for rotation).
+    /// Values sealed under `current_key` (records, state, the key check); persisted in
+    /// `keys.sealed` with every transaction that seals.
     sealed_under_current: i64,
+    /// Rotate the data key once this many values are sealed under it.
+    rotate_after: i64,
     /// Rows quarantined by this connection since open (also persisted in `meta`).
     pub quarantined_now: Vec<Quarantined>,
 }
@@ -172,20 +245,28 @@ fn from_ms(v: i64) -> Option<OffsetDateTime> {
 impl Outbox {
     /// Opens (creating or migrating) the outbox at `path`: runs `quick_check`, sets a corrupt
     /// file aside (renamed, never deleted) and starts a new one, and refuses a wrong key.
+    /// Any problem that is not corruption (permissions, a directory or a lock in the way)
+    /// is [`StoreError::Unusable`] and changes nothing.
     pub fn open(path: &Path, master: &MasterKey) -> Result<(Outbox, OpenReport), StoreError> {
         let mut report = OpenReport::default();
-        if path.exists() && !passes_quick_check(path) {
-            let aside = set_aside(path)?;
-            tracing::error!(
-                path = %path.display(),
-                moved_to = %aside.display(),
-                "OUTBOX DATABASE CORRUPT: failed PRAGMA quick_check; set aside (not deleted) and starting a new outbox. Recover readings from the file set aside with `sqlite3 .recover`"
-            );
-            report.corrupt_moved_to = Some(aside);
-        }
-        if !path.exists() {
-            create_private_file(path)?;
-            report.created = true;
+        match probe(path)? {
+            Probe::Missing => {
+                create_private_file(path)?;
+                report.created = true;
+            }
+            Probe::Healthy => {}
+            Probe::Corrupt(why) => {
+                let aside = set_aside(path)?;
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    check = %why,
+                    "OUTBOX DATABASE CORRUPT: failed PRAGMA quick_check; set aside (not deleted) and starting a new outbox. Recover readings from the file set aside with `sqlite3 .recover`"
+                );
+                report.corrupt_moved_to = Some(aside);
+                create_private_file(path)?;
+                report.created = true;
+            }
         }
         let conn = connect(path)?;
         let err = |source| StoreError::Sqlite {
@@ -210,7 +291,8 @@ impl Outbox {
             tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
-        let outbox = Outbox::finish_open(conn, path, master)?;
+        let mut outbox = Outbox::finish_open(conn, path, master)?;
+        outbox.seal_legacy_state()?;
         Ok((outbox, report))
     }
 
@@ -245,6 +327,7 @@ impl Outbox {
             next_id: 1,
             current_key: 0,
             sealed_under_current: 0,
+            rotate_after: ROTATE_AFTER_RECORDS,
             quarantined_now: Vec::new(),
         };
         outbox.check_keys()?;
@@ -285,11 +368,9 @@ impl Outbox {
                 self.current_key = *key_id;
                 self.sealed_under_current = self
                     .conn
-                    .query_row(
-                        "SELECT (SELECT COUNT(*) FROM outbox WHERE key_id = ?1) + (SELECT COUNT(*) FROM quarantine WHERE key_id = ?1)",
-                        [key_id],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT sealed FROM keys WHERE key_id = ?1", [key_id], |r| {
+                        r.get(0)
+                    })
                     .map_err(self.sql_err())?;
             }
             None => {
@@ -306,12 +387,92 @@ impl Outbox {
             .map_err(|e| StoreError::Key(e, self.path.clone()))?;
         self.conn
             .execute(
-                "INSERT INTO keys (key_id, created_at, check_nonce, check_ciphertext) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO keys (key_id, created_at, check_nonce, check_ciphertext, sealed) VALUES (?1, ?2, ?3, ?4, 1)",
                 params![key_id, ms(OffsetDateTime::now_utc()), &nonce[..], ct],
             )
             .map_err(self.sql_err())?;
         self.current_key = key_id;
-        self.sealed_under_current = 0;
+        self.sealed_under_current = 1; // the key check value
+        Ok(())
+    }
+
+    /// Values sealed under the current data key so far (persisted; survives purges).
+    pub fn sealed_under_current_key(&self) -> i64 {
+        self.sealed_under_current
+    }
+
+    /// Rotates the data key after `limit` sealed values instead of
+    /// [`ROTATE_AFTER_RECORDS`] (tests reach rotation with a few records).
+    #[doc(hidden)]
+    pub fn set_rotation_limit(&mut self, limit: i64) {
+        self.rotate_after = limit;
+    }
+
+    /// Seals the plaintext `device_state` rows of a schema 1 outbox into `sealed_state` and
+    /// drops the table, in one transaction, with `secure_delete` on so the freed pages are
+    /// zeroed; then truncates the WAL, so no copy of the plaintext stays in the database,
+    /// its free pages or its WAL.
+    fn seal_legacy_state(&mut self) -> Result<(), StoreError> {
+        let legacy: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'device_state')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql_err())?;
+        if !legacy {
+            return Ok(());
+        }
+        let rows: Vec<(String, String, String)> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT device_id, key, value FROM device_state")
+                .map_err(self.sql_err())?;
+            let it = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(self.sql_err())?;
+            it.collect::<Result<_, _>>().map_err(self.sql_err())?
+        };
+        let updates: Vec<DeviceStateUpdate> = rows
+            .into_iter()
+            .map(|(device_id, key, value)| DeviceStateUpdate {
+                device_id,
+                key,
+                value,
+            })
+            .collect();
+        self.conn
+            .pragma_update(None, "secure_delete", "ON")
+            .map_err(self.sql_err())?;
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let key_id = self.current_key;
+        let tx = self.conn.transaction().map_err(err)?;
+        let sealed = updates.len() as i64;
+        put_sealed_state(&tx, &mut self.keyring, key_id, &updates, &path)?;
+        count_sealed(&tx, key_id, sealed).map_err(err)?;
+        tx.execute("DELETE FROM device_state", []).map_err(err)?;
+        tx.execute("DROP TABLE device_state", []).map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.sealed_under_current += sealed;
+        // Copies the zeroed pages into the database and empties the WAL.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(err)?;
+        self.conn
+            .pragma_update(None, "secure_delete", "FAST")
+            .map_err(err)?;
+        if !updates.is_empty() {
+            tracing::info!(
+                path = %path.display(),
+                values = updates.len(),
+                "device state sealed; the plaintext copy was erased"
+            );
+        }
         Ok(())
     }
 
@@ -359,7 +520,29 @@ impl Outbox {
         state: &[DeviceStateUpdate],
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, StoreError> {
-        if self.sealed_under_current + records.len() as i64 > ROTATE_AFTER_RECORDS {
+        let result = self.write_batch(records, state, now);
+        if result.is_err() {
+            self.resync_after_failure();
+        }
+        result
+    }
+
+    /// After a failed transaction, re-reads what another writer may have changed (the id
+    /// high-water mark), so a constraint failure is not repeated for ever by stale state.
+    fn resync_after_failure(&mut self) {
+        if let Ok(next) = self.load_next_id() {
+            self.next_id = self.next_id.max(next);
+        }
+    }
+
+    fn write_batch(
+        &mut self,
+        records: &[Record],
+        state: &[DeviceStateUpdate],
+        now: OffsetDateTime,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sealing = (records.len() + state.len()) as i64;
+        if self.sealed_under_current + sealing > self.rotate_after {
             self.rotate_key()?;
         }
         let created = ms(now);
@@ -408,18 +591,12 @@ impl Outbox {
                 [id],
             )
             .map_err(err)?;
-            for u in state {
-                tx.execute(
-                    "INSERT INTO device_state (device_id, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(device_id, key) DO UPDATE SET value = excluded.value",
-                    [&u.device_id, &u.key, &u.value],
-                )
-                .map_err(err)?;
-            }
+            put_sealed_state(&tx, &mut self.keyring, key_id, state, &path)?;
+            count_sealed(&tx, key_id, sealing).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.next_id += records.len() as i64;
-        self.sealed_under_current += records.len() as i64;
+        self.sealed_under_current += sealing;
         Ok(ids)
     }
 
@@ -654,32 +831,65 @@ impl Outbox {
     }
 
     /// A small per-device key/value store kept with the outbox (e.g. the last glucose record
-    /// sequence number fetched), so it commits and survives exactly like the readings.
+    /// sequence number fetched, the alert engine's state), so it commits and survives exactly
+    /// like the readings. Values are sealed on disk; a value that fails authentication is
+    /// logged and read as absent.
     pub fn device_state(&self, device_id: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn
+        let row: Option<(u32, Vec<u8>, Vec<u8>)> = self
+            .conn
             .query_row(
-                "SELECT value FROM device_state WHERE device_id = ?1 AND key = ?2",
+                "SELECT key_id, nonce, ciphertext FROM sealed_state WHERE owner = ?1 AND key = ?2",
                 [device_id, key],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(self.sql_err())
+            .map_err(self.sql_err())?;
+        let Some((key_id, nonce, ct)) = row else {
+            return Ok(None);
+        };
+        let id = StateIdentity {
+            owner: device_id,
+            key,
+            key_id,
+        };
+        let plain = match self.keyring.open_state(id, &nonce, ct) {
+            Ok(p) => p,
+            Err(Unauthentic) => {
+                tracing::error!(
+                    device = device_id,
+                    key,
+                    "saved device state failed authentication (tampered or corrupted); ignored"
+                );
+                return Ok(None);
+            }
+        };
+        match std::str::from_utf8(&plain) {
+            Ok(text) => Ok(Some(text.to_string())),
+            Err(_) => {
+                tracing::error!(
+                    device = device_id,
+                    key,
+                    "saved device state is not text; ignored"
+                );
+                Ok(None)
+            }
+        }
     }
 
+    /// Sets one device-state value (sealed) in its own transaction.
     pub fn set_device_state(
-        &self,
+        &mut self,
         device_id: &str,
         key: &str,
         value: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO device_state (device_id, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(device_id, key) DO UPDATE SET value = excluded.value",
-                [device_id, key, value],
-            )
+        let update = [DeviceStateUpdate {
+            device_id: device_id.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+        }];
+        self.append_with_state(&[], &update, OffsetDateTime::now_utc())
             .map(|_| ())
-            .map_err(self.sql_err())
     }
 
     /// Direct access for tests that tamper with rows on disk.
@@ -790,6 +1000,51 @@ impl Checkpointer {
     }
 }
 
+/// Seals and upserts device-state values inside `tx`.
+fn put_sealed_state(
+    tx: &rusqlite::Transaction<'_>,
+    keyring: &mut Keyring,
+    key_id: u32,
+    state: &[DeviceStateUpdate],
+    path: &Path,
+) -> Result<(), StoreError> {
+    if state.is_empty() {
+        return Ok(());
+    }
+    let err = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut put = tx
+        .prepare_cached(
+            "INSERT INTO sealed_state (owner, key, key_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(owner, key) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext",
+        )
+        .map_err(err)?;
+    for u in state {
+        let id = StateIdentity {
+            owner: &u.device_id,
+            key: &u.key,
+            key_id,
+        };
+        let (nonce, ct) = keyring
+            .seal_state(id, u.value.as_bytes())
+            .map_err(|e| StoreError::Key(e, path.to_path_buf()))?;
+        put.execute(params![u.device_id, u.key, key_id, &nonce[..], ct])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Adds `n` to the persisted count of values sealed under `key_id` (same transaction).
+fn count_sealed(tx: &rusqlite::Transaction<'_>, key_id: u32, n: i64) -> rusqlite::Result<()> {
+    if n > 0 {
+        tx.prepare_cached("UPDATE keys SET sealed = sealed + ?1 WHERE key_id = ?2")?
+            .execute(params![n, key_id])?;
+    }
+    Ok(())
+}
+
 fn key_check_identity(key_id: u32) -> RecordIdentity {
     // Row id 0 is never used by records (ids start at 1), kind 0 is no record kind.
     RecordIdentity {
@@ -851,16 +1106,89 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
         .map_err(io)
 }
 
-/// Runs `PRAGMA quick_check` on a fresh connection; any error (not a database, I/O) counts
-/// as a failure.
-fn passes_quick_check(path: &Path) -> bool {
-    let Ok(conn) = Connection::open_with_flags(
+/// What is at the outbox's path before it is opened.
+enum Probe {
+    Missing,
+    Healthy,
+    /// SQLite opened it and it failed `quick_check` (or is not a database): why.
+    Corrupt(String),
+}
+
+const FIX_ACCESS: &str = "make the file and its directory readable and writable by the user vitalgate runs as (e.g. `chown -R vitalgate:vitalgate /var/lib/vitalgate && chmod 600 <file>`), then start again";
+const FIX_NOT_A_FILE: &str =
+    "move what is there out of the way, or set store.path to a file, then start again";
+const FIX_LOCKED: &str = "stop the process that holds the database (another vitalgate, a sqlite3 shell, a backup tool), then start again";
+const FIX_IO: &str = "check the disk and the file system (dmesg, df), then start again";
+
+/// Looks at the file at `path` without changing it: missing, healthy, corrupt (a file SQLite
+/// opened that fails `PRAGMA quick_check`), or unusable for another reason (an error).
+fn probe(path: &Path) -> Result<Probe, StoreError> {
+    let unusable = |problem: String, fix: &'static str| StoreError::Unusable {
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::Missing),
+        Err(e) => return Err(unusable(format!("cannot be examined ({e})"), FIX_ACCESS)),
+    };
+    if meta.is_dir() {
+        return Err(unusable(
+            "is a directory, not the outbox database".into(),
+            FIX_NOT_A_FILE,
+        ));
+    }
+    if !meta.is_file() {
+        return Err(unusable(
+            "is not a regular file (a device, FIFO or socket)".into(),
+            FIX_NOT_A_FILE,
+        ));
+    }
+    // Is it readable and writable at all? SQLite would quietly fall back to read-only.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        return Err(unusable(
+            format!("cannot be opened for reading and writing ({e})"),
+            FIX_ACCESS,
+        ));
+    }
+    let classify = |e: rusqlite::Error| -> Result<Probe, StoreError> {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+                Ok(Probe::Corrupt(e.to_string()))
+            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Err(unusable(
+                format!("is locked by another process ({e})"),
+                FIX_LOCKED,
+            )),
+            Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
+                Err(unusable(format!("cannot be opened ({e})"), FIX_ACCESS))
+            }
+            _ => Err(unusable(format!("cannot be read ({e})"), FIX_IO)),
+        }
+    };
+    let conn = match Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) else {
-        return false;
+    ) {
+        Ok(c) => c,
+        Err(e) => return classify(e),
     };
-    matches!(conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)), Ok(s) if s == "ok")
+    if conn.is_readonly(MAIN_DB).unwrap_or(false) {
+        return Err(unusable("can only be opened read-only".into(), FIX_ACCESS));
+    }
+    if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(2)) {
+        return classify(e);
+    }
+    match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+        Ok(answer) if answer == "ok" => Ok(Probe::Healthy),
+        Ok(answer) => Ok(Probe::Corrupt(answer)),
+        Err(e) => classify(e),
+    }
 }
 
 /// Renames a corrupt database (and its -wal/-shm) to `<name>.corrupt-<unix time>`.

@@ -217,7 +217,7 @@ mod tests {
     fn load_last_seqs_reads_racp_devices_and_skips_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::ephemeral().unwrap();
-        let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
         outbox
             .set_device_state("meter", RACP_CURSOR_KEY, "41")
             .unwrap();
