@@ -436,3 +436,211 @@ fn checkpointer_copies_every_committed_wal_frame_into_the_database() {
     assert!(std::fs::metadata(&path).unwrap().len() > before);
     assert_eq!(pending_ids(&mut open(&path, &key)).len(), 10);
 }
+
+/// Every byte of the database and its -wal, to search for plaintext.
+fn raw_bytes(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    if let Ok(wal) = std::fs::read(path.with_file_name("outbox.db-wal")) {
+        bytes.extend(wal);
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Issue 12, acceptance 1: the alert engine's state (latest values, NEWS2 sub-scores) is
+/// device state, and device state is sealed: the values never reach the file in clear.
+#[test]
+fn device_state_is_sealed_on_disk_and_read_back_in_clear() {
+    let (_dir, path, key) = fresh();
+    let state = r#"{"latest":{"body_temperature":"34.87"},"news2":{"temperature":3}}"#;
+    let mut outbox = open(&path, &key);
+    outbox
+        .set_device_state("patient:p1", "alerts_state", state)
+        .unwrap();
+    assert!(!contains(&raw_bytes(&path), "34.87"));
+    drop(outbox);
+    assert_eq!(
+        open(&path, &key)
+            .device_state("patient:p1", "alerts_state")
+            .unwrap()
+            .as_deref(),
+        Some(state)
+    );
+    assert!(!contains(&raw_bytes(&path), "34.87"));
+}
+
+/// A sealed state copied under another patient's name fails authentication: it reads as
+/// absent (logged), never as that patient's state.
+#[test]
+fn device_state_moved_to_another_owner_is_not_accepted() {
+    let (_dir, path, key) = fresh();
+    let mut outbox = open(&path, &key);
+    outbox
+        .set_device_state("patient:p1", "alerts_state", "{\"spo2\":\"83\"}")
+        .unwrap();
+    outbox
+        .connection()
+        .execute("UPDATE sealed_state SET owner = 'patient:p2'", [])
+        .unwrap();
+    assert_eq!(
+        outbox.device_state("patient:p2", "alerts_state").unwrap(),
+        None
+    );
+}
+
+/// An outbox written by schema 1 kept the alert engine's state as plain JSON in
+/// `device_state`. Opening it seals every value and erases the plaintext from the database,
+/// its free pages and its WAL.
+#[test]
+fn schema_1_plaintext_device_state_is_sealed_and_erased_on_open() {
+    let (_dir, path, key) = fresh();
+    let legacy = r#"{"latest":{"spo2":"83.61","body_temperature":"34.87"}}"#;
+    {
+        // Back to schema 1 as it was written: plaintext device_state, no sealed count.
+        let outbox = open(&path, &key);
+        let c = outbox.connection();
+        c.execute_batch(
+            "DROP TABLE sealed_state;
+             ALTER TABLE keys DROP COLUMN sealed;
+             CREATE TABLE device_state (
+                 device_id TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 PRIMARY KEY (device_id, key)) WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO device_state VALUES ('patient:p1', 'alerts_state', ?1), ('ox1', 'offset:/dev/x', '42')",
+            [legacy],
+        )
+        .unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    assert!(
+        contains(&raw_bytes(&path), "34.87"),
+        "the fixture holds plaintext"
+    );
+
+    let (outbox, report) = Outbox::open(&path, &key).unwrap();
+    assert_eq!(report.migrated_from, 1);
+    assert_eq!(
+        outbox
+            .device_state("patient:p1", "alerts_state")
+            .unwrap()
+            .as_deref(),
+        Some(legacy)
+    );
+    assert_eq!(
+        outbox
+            .device_state("ox1", "offset:/dev/x")
+            .unwrap()
+            .as_deref(),
+        Some("42")
+    );
+    let bytes = raw_bytes(&path);
+    for value in ["34.87", "83.61", "latest"] {
+        assert!(!contains(&bytes, value), "{value} still in clear on disk");
+    }
+}
+
+/// Issue 12, acceptance 8: the count of values sealed under the current data key is kept
+/// on disk, so neither a retention purge nor a restart resets it and rotation is reached.
+#[test]
+fn sealed_count_survives_purge_and_restart_so_the_key_rotates() {
+    let (_dir, path, key) = fresh();
+    let mut outbox = open(&path, &key);
+    outbox.set_rotation_limit(10);
+    let ids = outbox
+        .append(&(0..6).map(|i| spo2(90 + i)).collect::<Vec<_>>(), now())
+        .unwrap();
+    let sealed = outbox.sealed_under_current_key();
+    outbox.mark_delivered(&ids, now()).unwrap();
+    assert_eq!(
+        outbox
+            .purge_delivered_before(now() + time::Duration::days(1))
+            .unwrap(),
+        6
+    );
+    drop(outbox);
+
+    let mut outbox = open(&path, &key);
+    assert_eq!(
+        outbox.sealed_under_current_key(),
+        sealed,
+        "after purge and reopen"
+    );
+    outbox.set_rotation_limit(10);
+    assert_eq!(outbox.current_key_id(), 1);
+    outbox
+        .append(&(0..6).map(|i| spo2(90 + i)).collect::<Vec<_>>(), now())
+        .unwrap();
+    assert_eq!(outbox.current_key_id(), 2, "10 sealed under key 1: rotated");
+    assert_eq!(pending_ids(&mut outbox).len(), 6);
+}
+
+/// Issue 12, acceptance 4: a directory where the database should be is not corruption:
+/// the open fails saying what to fix, and nothing is renamed or created.
+#[test]
+fn a_directory_at_the_outbox_path_stops_the_open_and_is_left_untouched() {
+    let (dir, path, key) = fresh();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("keep"), b"x").unwrap();
+    let err = Outbox::open(&path, &key).unwrap_err();
+    assert!(matches!(err, StoreError::Unusable { .. }), "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert!(path.join("keep").exists());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("outbox.db")]);
+}
+
+/// Issue 12, acceptance 4: a healthy outbox locked by another process is not corruption:
+/// the open fails naming the lock, and the file keeps its name and its readings.
+#[test]
+fn a_locked_outbox_stops_the_open_and_is_not_set_aside() {
+    let (dir, path, key) = fresh();
+    let ids = three_readings(&path, &key);
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let err = Outbox::open(&path, &key).unwrap_err();
+    assert!(matches!(err, StoreError::Unusable { .. }), "{err}");
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(holder);
+    let set_aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("corrupt")
+        })
+        .count();
+    assert_eq!(set_aside, 0);
+    assert_eq!(pending_ids(&mut open(&path, &key)), ids);
+}
+
+/// Issue 12, acceptance 6: another writer that took the next row ids (a second daemon)
+/// makes one commit fail, not every commit for ever: the outbox re-reads its high-water mark.
+#[test]
+fn a_commit_after_another_writer_took_the_next_ids_succeeds_on_retry() {
+    let (_dir, path, key) = fresh();
+    let mut mine = open(&path, &key);
+    let mut other = open(&path, &key);
+    other.append(&[spo2(91)], now()).unwrap();
+    let err = mine.append(&[spo2(92)], now()).unwrap_err();
+    assert!(err.is_permanent(), "a constraint failure: {err}");
+    let ids = mine.append(&[spo2(92)], now()).unwrap();
+    assert_eq!(ids, vec![2]);
+}
