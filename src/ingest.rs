@@ -456,9 +456,11 @@ impl Writer {
         };
         if self.permanent_alarm {
             self.permanent_alarm = false;
-            let out = self
-                .hook
-                .on_storage(now, StorageAlarm::PermanentFailure, false);
+            let out = self.hook.on_storage(
+                OffsetDateTime::now_utc(),
+                StorageAlarm::PermanentFailure,
+                false,
+            );
             self.commit_extra(out, now);
         }
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +515,11 @@ impl Writer {
                             rows = ids.len(),
                             "storage available again: the held batch is committed, ingest resumes"
                         );
-                        let out = self.hook.on_storage(now, StorageAlarm::Full, false);
+                        let out = self.hook.on_storage(
+                            OffsetDateTime::now_utc(),
+                            StorageAlarm::Full,
+                            false,
+                        );
                         self.commit_extra(out, now);
                     }
                     return Some(ids);
@@ -534,7 +540,9 @@ impl Writer {
             }
             if e.is_disk_full() && !self.counters.storage_full.swap(true, Ordering::AcqRel) {
                 tracing::error!(error = %e, rows = records.len(), "STORAGE FULL: the outbox's file system has no space left; holding the batch in memory and retrying (devices are held back meanwhile)");
-                let out = self.hook.on_storage(now, StorageAlarm::Full, true);
+                let out = self
+                    .hook
+                    .on_storage(OffsetDateTime::now_utc(), StorageAlarm::Full, true);
                 records.extend(out.records);
             } else if self.failure_logged.allow() {
                 tracing::error!(
@@ -562,9 +570,11 @@ impl Writer {
         tracing::error!(error = %e, rows = records.len(), "STORAGE ERROR: the batch cannot be stored and will not be retried (a permanent error); these readings were NOT stored. The daemon goes on with new readings");
         if !self.permanent_alarm {
             self.permanent_alarm = true;
-            let out = self
-                .hook
-                .on_storage(now, StorageAlarm::PermanentFailure, true);
+            let out = self.hook.on_storage(
+                OffsetDateTime::now_utc(),
+                StorageAlarm::PermanentFailure,
+                true,
+            );
             self.commit_extra(out, now);
         }
     }
