@@ -28,6 +28,7 @@ pub mod fhir;
 pub mod ingest;
 pub mod nhs_number;
 pub mod reading;
+pub mod secure_file;
 pub mod status;
 pub mod store;
 pub mod transport;

@@ -289,7 +289,8 @@ async fn client_without_certificate_is_refused_at_the_tls_handshake() {
     let b = EmbeddedBroker::start(&p.pki, GW, PREFIX).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(&p.pki.ca).unwrap();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -178,10 +178,8 @@ mod tests {
 
     fn parse(path: &Path) -> Vec<u8> {
         let pem = std::fs::read(path).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
-            .next()
-            .unwrap()
-            .unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
         der.to_vec()
     }
 

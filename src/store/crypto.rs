@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
@@ -48,7 +48,9 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: master key must be 32 raw bytes or 64 hex digits, found {found}")]
+    #[error(transparent)]
+    File(crate::secure_file::FileError),
+    #[error("{path}: master key must be 64 hex digits or 32 raw bytes, found {found}")]
     BadFormat { path: PathBuf, found: String },
     #[error("{path}: master key file is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     BadPermissions { path: PathBuf, mode: u32 },
@@ -118,35 +120,14 @@ impl MasterKey {
             let cred = Path::new(&dir).join(CREDENTIAL_NAME);
             if cred.exists() {
                 // systemd owns the credential's permissions; no mode check here.
-                let bytes = read_key_bytes(&cred)?;
+                let bytes = read_key_bytes(&cred, &crate::secure_file::MASTER_KEY_CREDENTIAL)?;
                 return Ok(MasterKey {
                     bytes,
                     source: KeySource::Credential(cred),
                 });
             }
         }
-        let meta = match fs::metadata(key_file) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(KeyError::Missing {
-                    path: key_file.to_path_buf(),
-                })
-            }
-            Err(source) => {
-                return Err(KeyError::Unreadable {
-                    path: key_file.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::BadPermissions {
-                path: key_file.to_path_buf(),
-                mode,
-            });
-        }
-        let bytes = read_key_bytes(key_file)?;
+        let bytes = read_key_bytes(key_file, &crate::secure_file::MASTER_KEY)?;
         Ok(MasterKey {
             bytes,
             source: KeySource::File(key_file.to_path_buf()),
@@ -188,26 +169,57 @@ impl MasterKey {
     }
 }
 
-fn read_key_bytes(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    // Every buffer the key passes through is wiped on drop (`Zeroizing`), not only the key.
-    let raw = Zeroizing::new(fs::read(path).map_err(|source| KeyError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?);
+/// Reads and parses a master key file: 64 hex digits (what `keygen` writes, surrounding
+/// whitespace allowed), or exactly 32 raw bytes that are not hex text.
+///
+/// The file is read by [`crate::secure_file::read`]: a FIFO, device or directory is refused
+/// without blocking, anything over 4 KiB is refused, and a key file open to group or others
+/// is refused. Text made only of hex digits is always taken as hex: a hex key cut short to
+/// 32 characters is refused as truncated, never used as a raw key. No message quotes the
+/// content, and the buffer it was read into is wiped.
+fn read_key_bytes(path: &Path, kind: &crate::secure_file::FileKind) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    use crate::secure_file::FileError;
+    let raw = crate::secure_file::read(path, kind).map_err(|e| match e {
+        FileError::Missing { path, .. } => KeyError::Missing { path },
+        FileError::Exposed { path, mode, .. } => KeyError::BadPermissions { path, mode },
+        other => KeyError::File(other),
+    })?;
+    let is_text = raw
+        .iter()
+        .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
     let mut out = Zeroizing::new([0u8; 32]);
-    if raw.len() == 32 {
-        out.copy_from_slice(&raw);
+    if !is_text {
+        if raw.len() == 32 {
+            out.copy_from_slice(&raw);
+            return Ok(out);
+        }
+        return Err(KeyError::BadFormat {
+            path: path.to_path_buf(),
+            found: format!(
+                "{} bytes that are neither hex text nor a 32-byte raw key",
+                raw.len()
+            ),
+        });
+    }
+    let digits: Zeroizing<Vec<u8>> = Zeroizing::new(
+        raw.iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect(),
+    );
+    let inner_space = raw.trim_ascii().iter().any(|b| b.is_ascii_whitespace());
+    if digits.len() == 64 && !inner_space && hex::decode_to_slice(&*digits, &mut out[..]).is_ok() {
         return Ok(out);
     }
-    let text = Zeroizing::new(String::from_utf8_lossy(&raw).into_owned());
-    match hex::decode_to_slice(text.trim(), &mut out[..]) {
-        Ok(()) => Ok(out),
-        // Say what was found without echoing the content.
-        Err(_) => Err(KeyError::BadFormat {
-            path: path.to_path_buf(),
-            found: format!("{} bytes", raw.len()),
-        }),
-    }
+    // Say what was found without echoing the content.
+    Err(KeyError::BadFormat {
+        path: path.to_path_buf(),
+        found: if digits.len() < 64 {
+            format!("{} hex digits (truncated? a hex key has 64)", digits.len())
+        } else {
+            format!("{} hex digits", digits.len())
+        },
+    })
 }
 
 /// Authentication failed: the record was tampered with, corrupted, moved, or sealed with
@@ -416,6 +428,7 @@ fn open_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn ring() -> Keyring {
         Keyring::new(&MasterKey::ephemeral().unwrap())
@@ -533,6 +546,94 @@ mod tests {
     fn missing_key_file_says_how_to_create_one() {
         let e = MasterKey::load(Path::new("/nonexistent/vg.key")).unwrap_err();
         assert!(e.to_string().contains("vitalgate keygen"), "{e}");
+    }
+
+    fn private_file(dir: &Path, data: &[u8]) -> PathBuf {
+        let p = dir.join("master.key");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .unwrap()
+            .write_all(data)
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn hex_key_cut_to_32_characters_is_refused_not_taken_as_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = hex::encode([0x5au8; 32]);
+        let p = private_file(dir.path(), &full.as_bytes()[..32]);
+        let e = MasterKey::load(&p).unwrap_err();
+        assert!(matches!(e, KeyError::BadFormat { .. }), "{e}");
+        assert!(e.to_string().contains("32 hex digits (truncated?"), "{e}");
+    }
+
+    #[test]
+    fn hex_key_cut_to_31_characters_and_a_newline_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = hex::encode([0x5au8; 32]).into_bytes();
+        text.truncate(31);
+        text.push(b'\n');
+        let p = private_file(dir.path(), &text);
+        assert!(matches!(
+            MasterKey::load(&p),
+            Err(KeyError::BadFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn raw_32_byte_key_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = [0u8; 32];
+        raw.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let p = private_file(dir.path(), &raw);
+        assert_eq!(MasterKey::load(&p).unwrap().bytes, Zeroizing::new(raw));
+    }
+
+    #[test]
+    fn hex_key_with_trailing_newline_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = private_file(
+            dir.path(),
+            format!("{}\n", hex::encode([7u8; 32])).as_bytes(),
+        );
+        assert_eq!(MasterKey::load(&p).unwrap().bytes, Zeroizing::new([7u8; 32]));
+    }
+
+    #[test]
+    fn key_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(MasterKey::load(&p).map(drop).map_err(|e| e.to_string()));
+        });
+        // Generous bound: a blocking open would wait for a writer forever.
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("loading a FIFO key file blocked")
+            .unwrap_err();
+        assert!(
+            e.contains("FIFO") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_file_over_4_kib_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = private_file(dir.path(), &vec![b'a'; 5000]);
+        let e = MasterKey::load(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than 4096 bytes"), "{e}");
     }
 
     #[test]

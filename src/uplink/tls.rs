@@ -10,31 +10,25 @@
 //! It does not read the clock: `now` is an argument. It never logs or returns key material.
 
 use std::fmt;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use time::OffsetDateTime;
 
 use super::config::{valid_topic_level, UplinkConfig};
+use crate::secure_file::{self, FileError, FileKind};
 
 /// What went wrong loading the TLS material. Messages name the file and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The file could not be read.
-    #[error("{file}: cannot read {what}: {source}")]
-    Unreadable {
-        /// The path.
-        file: PathBuf,
-        /// "CA file", "client certificate file" or "client key file".
-        what: &'static str,
-        /// The IO error.
-        source: std::io::Error,
-    },
+    /// The file is missing, not a regular file, too large, open to others or unreadable.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file holds no `CERTIFICATE` PEM block.
     #[error("{file}: no PEM certificate found in {what}")]
     NoCertificate {
@@ -48,8 +42,8 @@ pub enum TlsError {
     BadPem {
         /// The path.
         file: PathBuf,
-        /// The decoder's complaint.
-        reason: String,
+        /// What is wrong, never quoting the file (it may be a key).
+        reason: &'static str,
     },
     /// No private key in the key file.
     #[error("{file}: no private key found (expected a PKCS#8, SEC1 or PKCS#1 PEM block)")]
@@ -101,6 +95,16 @@ pub enum TlsError {
         /// The certificate path.
         cert_file: PathBuf,
     },
+    /// The client certificate does not chain to the configured CA (as a TLS client).
+    #[error("{cert_file}: the client certificate is not accepted under the CA in {ca_file} ({reason}); install the certificate the platform issued for this gateway")]
+    Untrusted {
+        /// The certificate path.
+        cert_file: PathBuf,
+        /// The CA path.
+        ca_file: PathBuf,
+        /// What the verifier said.
+        reason: String,
+    },
     /// The CA file holds a certificate rustls cannot use as a root.
     #[error("{file}: CA certificate rejected: {reason}")]
     BadCa {
@@ -144,12 +148,21 @@ impl fmt::Debug for LoadedTls {
     }
 }
 
-fn read(file: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|source| TlsError::Unreadable {
-        file: file.to_owned(),
-        what,
-        source,
-    })
+/// Reads one of the uplink's files: capped, regular, and for the key not open to others.
+fn read(file: &Path, kind: &FileKind) -> Result<zeroize::Zeroizing<Vec<u8>>, TlsError> {
+    Ok(secure_file::read(file, kind)?)
+}
+
+/// What is wrong with a PEM document, without quoting it (the PEM parser's own messages
+/// carry the offending line, which in a key file may be key material).
+fn pem_reason(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a BEGIN line has no matching END line",
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "the base64 between BEGIN and END does not decode",
+        pem::Error::SectionTooLarge => "a PEM section is too large",
+        _ => "the PEM text cannot be parsed",
+    }
 }
 
 fn certs_from_pem(
@@ -157,11 +170,11 @@ fn certs_from_pem(
     file: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut BufReader::new(pem))
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadPem {
             file: file.to_owned(),
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -173,14 +186,15 @@ fn certs_from_pem(
 }
 
 fn key_from_pem(pem: &[u8], file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut BufReader::new(pem))
-        .map_err(|e| TlsError::BadPem {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey {
             file: file.to_owned(),
-            reason: e.to_string(),
-        })?
-        .ok_or_else(|| TlsError::NoKey {
+        },
+        other => TlsError::BadPem {
             file: file.to_owned(),
-        })
+            reason: pem_reason(&other),
+        },
+    })
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -289,11 +303,143 @@ impl ServerCertVerifier for PinnedNameVerifier {
     }
 }
 
+/// Every problem with the uplink's files, all at once: for `check-config`, and before `run`
+/// touches the state directory. Each file is read as [`load`] would read it (capped, regular,
+/// the key not open to others) and parsed; the key must match the certificate and the
+/// certificate must be accepted as a client certificate under the CA.
+///
+/// `now`: also check the certificate's validity period at this time. `None` skips that check
+/// (the daemon at start: a hub without a real-time clock may not know the date yet, and an
+/// expired certificate must not stop readings being collected and alarms sounding locally;
+/// the uplink reports it and retries).
+pub fn check_files(cfg: &UplinkConfig, now: Option<OffsetDateTime>) -> Vec<TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut problems = Vec::new();
+
+    let roots = match read(&cfg.ca_file, &secure_file::CA_FILE)
+        .and_then(|pem| certs_from_pem(&pem, &cfg.ca_file, "CA file"))
+    {
+        Ok(cas) => {
+            let mut roots = RootCertStore::empty();
+            let mut ok = true;
+            for ca in cas {
+                if let Err(e) = roots.add(ca) {
+                    problems.push(TlsError::BadCa {
+                        file: cfg.ca_file.clone(),
+                        reason: e.to_string(),
+                    });
+                    ok = false;
+                }
+            }
+            ok.then_some(roots)
+        }
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+
+    let chain = match read(&cfg.cert_file, &secure_file::CERT_FILE)
+        .and_then(|pem| certs_from_pem(&pem, &cfg.cert_file, "client certificate file"))
+        .and_then(|chain| {
+            let validity = validity(&chain[0], &cfg.cert_file)?;
+            Ok((chain, validity))
+        }) {
+        Ok((chain, (not_before, not_after))) => {
+            if let Some(now) = now {
+                if now > not_after {
+                    problems.push(TlsError::Expired {
+                        file: cfg.cert_file.clone(),
+                        not_after: rfc3339(not_after),
+                        now: rfc3339(now),
+                    });
+                } else if now < not_before {
+                    problems.push(TlsError::NotYetValid {
+                        file: cfg.cert_file.clone(),
+                        not_before: rfc3339(not_before),
+                        now: rfc3339(now),
+                    });
+                }
+            }
+            if cfg.gateway_id.is_none() {
+                if let Err(e) = common_name(&chain[0], &cfg.cert_file) {
+                    problems.push(e);
+                }
+            }
+            Some((chain, not_before, not_after))
+        }
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+
+    let key = match read(&cfg.key_file, &secure_file::CLIENT_KEY)
+        .and_then(|pem| key_from_pem(&pem, &cfg.key_file))
+    {
+        Ok(der) => match provider.key_provider.load_private_key(der) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                problems.push(TlsError::UnsupportedKey {
+                    file: cfg.key_file.clone(),
+                    reason: e.to_string(),
+                });
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+
+    if let (Some((chain, _, _)), Some(key)) = (&chain, key) {
+        if rustls::sign::CertifiedKey::new(chain.clone(), key)
+            .keys_match()
+            .is_err()
+        {
+            problems.push(TlsError::KeyMismatch {
+                key_file: cfg.key_file.clone(),
+                cert_file: cfg.cert_file.clone(),
+            });
+        }
+    }
+
+    if let (Some(roots), Some((chain, not_before, not_after))) = (roots, &chain) {
+        // The chain is checked at a time inside the certificate's validity, so that a wrong
+        // issuer is reported as such whatever the clock says (expiry is reported above).
+        let at = now
+            .unwrap_or_else(OffsetDateTime::now_utc)
+            .clamp(*not_before, *not_after);
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(at.unix_timestamp()).unwrap_or(0),
+        ));
+        let verified = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            v.verify_client_cert(&chain[0], &chain[1..], at)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(reason) = verified {
+            problems.push(TlsError::Untrusted {
+                cert_file: cfg.cert_file.clone(),
+                ca_file: cfg.ca_file.clone(),
+                reason,
+            });
+        }
+    }
+    problems
+}
+
 /// Reads the CA, certificate and key named in `cfg` and builds the client configuration.
 pub fn load(cfg: &UplinkConfig, now: OffsetDateTime) -> Result<LoadedTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
-    let ca_pem = read(&cfg.ca_file, "CA file")?;
+    let ca_pem = read(&cfg.ca_file, &secure_file::CA_FILE)?;
     let mut roots = RootCertStore::empty();
     for ca in certs_from_pem(&ca_pem, &cfg.ca_file, "CA file")? {
         roots.add(ca).map_err(|e| TlsError::BadCa {
@@ -302,7 +448,7 @@ pub fn load(cfg: &UplinkConfig, now: OffsetDateTime) -> Result<LoadedTls, TlsErr
         })?;
     }
 
-    let cert_pem = read(&cfg.cert_file, "client certificate file")?;
+    let cert_pem = read(&cfg.cert_file, &secure_file::CERT_FILE)?;
     let chain = certs_from_pem(&cert_pem, &cfg.cert_file, "client certificate file")?;
     let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
         file: cfg.cert_file.clone(),
@@ -328,7 +474,7 @@ pub fn load(cfg: &UplinkConfig, now: OffsetDateTime) -> Result<LoadedTls, TlsErr
         None => common_name(leaf, &cfg.cert_file)?,
     };
 
-    let key_pem = read(&cfg.key_file, "client key file")?;
+    let key_pem = read(&cfg.key_file, &secure_file::CLIENT_KEY)?;
     let key = key_from_pem(&key_pem, &cfg.key_file)?;
 
     let name = ServerName::try_from(cfg.effective_server_name().to_owned())
@@ -389,6 +535,10 @@ mod tests {
         let w = |name: &str, data: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, data).unwrap();
+            // As docs/install.md installs them: the key readable by the service's group only.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if name.ends_with(".key") { 0o640 } else { 0o644 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             path
         };
         let cfg = UplinkConfig {
@@ -460,9 +610,89 @@ mod tests {
         f.cfg.ca_file = f.dir.path().join("nope.pem");
         let msg = load(&f.cfg, NOW).unwrap_err().to_string();
         assert!(
-            msg.contains("nope.pem") && msg.contains("cannot read CA file"),
+            msg.contains("nope.pem") && msg.contains("CA file does not exist"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn tls_load_ca_file_that_is_a_device_is_refused_without_reading_it() {
+        let mut f = files("gw-0001");
+        f.cfg.ca_file = PathBuf::from("/dev/zero");
+        let msg = load(&f.cfg, NOW).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "/dev/zero: the CA file is a character device, not a regular file"
+        );
+    }
+
+    #[test]
+    fn tls_load_client_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = files("gw-0001");
+        std::fs::set_permissions(&f.cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = load(&f.cfg, NOW).unwrap_err().to_string();
+        assert!(
+            msg.contains("client.key") && msg.contains("open to others"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn tls_load_malformed_key_pem_is_refused_without_quoting_it() {
+        let f = files("gw-0001");
+        let secret = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg";
+        std::fs::write(
+            &f.cfg.key_file,
+            format!("-----BEGIN PRIVATE KEY-----\n{secret}\n"),
+        )
+        .unwrap();
+        let msg = load(&f.cfg, NOW).unwrap_err().to_string();
+        assert!(msg.contains("malformed PEM"), "{msg}");
+        assert!(!msg.contains(secret) && !msg.contains("MIGH"), "{msg}");
+    }
+
+    #[test]
+    fn check_files_accepts_a_matching_set() {
+        let f = files("gw-0001");
+        assert!(check_files(&f.cfg, Some(NOW)).is_empty());
+    }
+
+    #[test]
+    fn check_files_reports_every_problem_at_once() {
+        let mut f = files("gw-0001");
+        f.cfg.ca_file = f.dir.path().join("missing-ca.pem");
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(&f.cfg.key_file, other.serialize_pem()).unwrap();
+        let found: Vec<String> = check_files(&f.cfg, Some(datetime!(2027-01-01 00:00 UTC)))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].contains("missing-ca.pem: CA file does not exist"));
+        assert!(found[1].contains("client certificate expired"));
+        assert!(found[2].contains("does not match the certificate"));
+    }
+
+    #[test]
+    fn check_files_refuses_a_certificate_from_another_ca() {
+        let f = files("gw-0001");
+        let g = files("gw-0001");
+        let cfg = UplinkConfig {
+            ca_file: g.cfg.ca_file.clone(),
+            ..f.cfg.clone()
+        };
+        let found = check_files(&cfg, Some(NOW));
+        assert!(
+            matches!(found.as_slice(), [TlsError::Untrusted { .. }]),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn check_files_without_a_time_ignores_expiry_but_not_the_issuer() {
+        let f = files("gw-0001");
+        assert!(check_files(&f.cfg, None).is_empty());
     }
 
     #[test]

@@ -32,12 +32,12 @@
 mod session;
 pub mod topics;
 
-use std::io::BufReader;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -71,9 +71,9 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, DemoError> {
     let pem = std::fs::read(path).map_err(io_err(path))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(pem.as_slice()))
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(io_err(path))?;
+        .map_err(|e| DemoError::Broker(format!("{}: malformed PEM: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(DemoError::Broker(format!(
             "{}: no PEM certificate found",
@@ -85,9 +85,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, DemoError> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, DemoError> {
     let pem = std::fs::read(path).map_err(io_err(path))?;
-    rustls_pemfile::private_key(&mut BufReader::new(pem.as_slice()))
-        .map_err(io_err(path))?
-        .ok_or_else(|| DemoError::Broker(format!("{}: no private key found", path.display())))
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| DemoError::Broker(format!("{}: no private key found", path.display())))
 }
 
 /// TLS 1.3 only, ring provider, client certificate required and verified against the demo CA.
