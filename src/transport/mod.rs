@@ -2,7 +2,8 @@
 //!
 //! [`stream::StreamSource`] reads a path that may be a regular file (followed like `tail -f`,
 //! resuming from a committed offset), a FIFO (reopened when its writer goes away) or a
-//! character device (reopened when it vanishes and comes back). [`serial::SerialSource`] opens
+//! character device (reopened when it vanishes and comes back), waiting for either without a
+//! blocking thread so that shutdown is never held. [`serial::SerialSource`] opens
 //! a serial port with a device profile's link settings, writes its init and keepalive bytes,
 //! and reopens it by path after an unplug. [`Source`] is either, so the daemon's device task
 //! is written once. [`simulator`] is the other end: a pseudo-terminal that behaves like a

@@ -2,9 +2,18 @@
 //!
 //! - **Regular file**: read from the committed offset, then followed for appended data. If
 //!   the file shrinks (rotated or truncated), reading restarts at 0.
-//! - **FIFO**: opened (which waits for a writer); at end of data it is reopened.
+//! - **FIFO**: opened without waiting for a writer; at end of data (the writer closed its end)
+//!   it is reopened for the next writer.
 //! - **Character device** (a serial port driven by `stty`, a pty): reopened with backoff when
 //!   it vanishes, so unplugging and replugging needs no restart.
+//!
+//! FIFOs and character devices are opened `O_NONBLOCK` and read through the runtime's poller
+//! ([`tokio::net::unix::pipe::Receiver`]), never on tokio's blocking pool: an `open` of a FIFO
+//! with no writer, or a `read` from a writer that stays open but silent, would otherwise sit
+//! in a blocking-pool thread that no cancellation reaches, and the runtime waits for those
+//! threads when it shuts down, so SIGTERM would never complete. Here both are plain pending
+//! futures, dropped on cancel. Regular files keep tokio's file reads: a regular file's read
+//! never waits for a peer.
 //!
 //! The caller owns decoding; this only produces chunks and tracks the offset of what it gave.
 
@@ -12,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::unix::pipe;
 
 /// Backoff between reopen attempts: doubles from `MIN` up to `MAX`.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -45,9 +55,26 @@ pub enum Event {
     Lost { error: String, retry_in: Duration },
 }
 
+/// An open source. Only regular files are read on tokio's blocking pool.
+enum Reader {
+    /// A regular file (reads return at once, with data or at end of file).
+    File(tokio::fs::File),
+    /// A FIFO or character device, non-blocking and polled: waiting for data is cancellable.
+    Polled(pipe::Receiver),
+}
+
+impl Reader {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::File(f) => f.read(buf).await,
+            Reader::Polled(r) => r.read(buf).await,
+        }
+    }
+}
+
 pub struct StreamSource {
     path: PathBuf,
-    file: Option<(tokio::fs::File, SourceKind)>,
+    file: Option<(Reader, SourceKind)>,
     offset: u64,
     backoff: Duration,
     buf: Vec<u8>,
@@ -144,21 +171,44 @@ impl StreamSource {
         } else {
             SourceKind::File
         };
+        if kind != SourceKind::File {
+            // Never blocks: O_NONBLOCK, and a FIFO opened for reading needs no writer yet.
+            // A character device is checked only by the stat above, hence `unchecked`.
+            let opened = pipe::OpenOptions::new()
+                .unchecked(kind == SourceKind::CharDevice)
+                .open_receiver(&self.path);
+            let reader = match opened {
+                Ok(r) => Reader::Polled(r),
+                // EPERM from epoll: a character device without poll support (e.g. /dev/zero)
+                // never waits for a peer either, so it is read like a file.
+                Err(e) if kind == SourceKind::CharDevice && e.raw_os_error() == Some(1) => {
+                    match tokio::fs::File::open(&self.path).await {
+                        Ok(f) => Reader::File(f),
+                        Err(e) => {
+                            return self.lost(format!("cannot open {}: {e}", self.path.display()))
+                        }
+                    }
+                }
+                Err(e) => return self.lost(format!("cannot open {}: {e}", self.path.display())),
+            };
+            self.file = Some((reader, kind));
+            return Event::Opened {
+                kind,
+                resumed_at: None,
+            };
+        }
         let mut file = match tokio::fs::File::open(&self.path).await {
             Ok(f) => f,
             Err(e) => return self.lost(format!("cannot open {}: {e}", self.path.display())),
         };
-        let mut resumed_at = None;
-        if kind == SourceKind::File {
-            if meta.len() < self.offset {
-                self.offset = 0;
-            }
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(self.offset)).await {
-                return self.lost(format!("cannot seek {}: {e}", self.path.display()));
-            }
-            resumed_at = Some(self.offset);
+        if meta.len() < self.offset {
+            self.offset = 0;
         }
-        self.file = Some((file, kind));
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(self.offset)).await {
+            return self.lost(format!("cannot seek {}: {e}", self.path.display()));
+        }
+        let resumed_at = Some(self.offset);
+        self.file = Some((Reader::File(file), kind));
         Event::Opened { kind, resumed_at }
     }
 }
@@ -204,6 +254,127 @@ mod tests {
             Event::Data { bytes, .. } => assert_eq!(bytes, b"ab"),
             e => panic!("{e:?}"),
         }
+    }
+
+    fn mkfifo(dir: &Path) -> PathBuf {
+        let p = dir.join("manual.jsonl");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfifo: {st}");
+        p
+    }
+
+    /// Opens `fifo` for writing on another thread (that open waits for a reader).
+    fn writer(fifo: &Path) -> std::sync::mpsc::Receiver<std::fs::File> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo = fifo.to_path_buf();
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            let _ = tx.send(f);
+        });
+        rx
+    }
+
+    /// Runs `test` on a runtime of its own in a thread, and waits for it *and the runtime's
+    /// shutdown* at most 30 s: a FIFO open or read stuck on tokio's blocking pool holds that
+    /// shutdown, and must fail the test instead of hanging it.
+    fn on_own_runtime<F>(test: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(test());
+            }));
+            drop(rt);
+            let _ = done_tx.send(outcome.is_ok());
+        });
+        let passed = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the test or its runtime's shutdown did not finish within 30 s");
+        assert!(passed, "the test panicked (see above)");
+    }
+
+    async fn next(s: &mut StreamSource) -> Event {
+        tokio::time::timeout(Duration::from_secs(20), s.next())
+            .await
+            .expect("no event within 20 s")
+    }
+
+    #[test]
+    fn fifo_with_no_writer_opens_without_waiting_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = mkfifo(dir.path());
+        on_own_runtime(move || async move {
+            let mut s = StreamSource::new(&fifo, None);
+            let ev = next(&mut s).await;
+            assert!(
+                matches!(
+                    ev,
+                    Event::Opened {
+                        kind: SourceKind::Fifo,
+                        resumed_at: None
+                    }
+                ),
+                "{ev:?}"
+            );
+        });
+    }
+
+    /// The runtime is dropped while `next` waits for a silent writer's data: as at SIGTERM,
+    /// the drop must not wait for that read (it waited forever on tokio's blocking pool).
+    #[test]
+    fn fifo_read_waiting_on_a_silent_writer_does_not_hold_runtime_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = mkfifo(dir.path());
+        let silent_writer = writer(&fifo);
+        on_own_runtime(move || async move {
+            let mut s = StreamSource::new(&fifo, None);
+            assert!(matches!(next(&mut s).await, Event::Opened { .. }));
+            tokio::select! {
+                ev = s.next() => panic!("the silent writer sent nothing, got {ev:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        });
+        drop(silent_writer);
+    }
+
+    #[test]
+    fn fifo_is_reopened_for_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = mkfifo(dir.path());
+        on_own_runtime(move || async move {
+            let mut s = StreamSource::new(&fifo, None);
+            assert!(matches!(next(&mut s).await, Event::Opened { .. }));
+            let mut w = writer(&fifo).recv_timeout(Duration::from_secs(20)).unwrap();
+            w.write_all(b"a\n").unwrap();
+            drop(w);
+            match next(&mut s).await {
+                Event::Data { bytes, .. } => assert_eq!(bytes, b"a\n"),
+                e => panic!("{e:?}"),
+            }
+            // End of data: the writer went away; reopened for the next one.
+            assert!(matches!(
+                next(&mut s).await,
+                Event::Opened {
+                    kind: SourceKind::Fifo,
+                    ..
+                }
+            ));
+            let mut w = writer(&fifo).recv_timeout(Duration::from_secs(20)).unwrap();
+            w.write_all(b"b\n").unwrap();
+            match next(&mut s).await {
+                Event::Data { bytes, .. } => assert_eq!(bytes, b"b\n"),
+                e => panic!("{e:?}"),
+            }
+        });
     }
 
     #[tokio::test]

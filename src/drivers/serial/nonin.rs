@@ -25,6 +25,11 @@
 //! - An incomplete packet (a new SYNC before frame 25, vector N4) is dropped and reported as a
 //!   `Skip` of the frame that revealed it; that frame is kept as frame 1 of the next packet.
 //!   Frames seen before the first SYNC (connecting mid-packet) are consumed quietly.
+//! - A frame without SYNC straight after a complete packet means frame 1 of the next packet
+//!   was lost (a whole frame gone, e.g. dropped by a USB-serial buffer, leaves no checksum
+//!   error behind): that packet can never complete, so the frame is reported as a `Skip`
+//!   (counted in the device's decode errors) and the rest of the packet is consumed quietly
+//!   up to the next SYNC. One error per lost packet, not one per orphaned frame.
 //! - Host-bound control bytes interleaved with the data (`06` ACK, `15` NAK, and `02 cmd len
 //!   data… 03` replies such as the clock) are consumed as frames without readings.
 
@@ -219,6 +224,8 @@ pub struct PacketDecoder {
     variant: Variant,
     /// Frames of the current packet so far; 0 = waiting for a SYNC frame.
     frames: usize,
+    /// A packet has just completed: the next frame must be a SYNC frame.
+    expect_sync: bool,
     floats: [u8; FRAMES_PER_PACKET],
     statuses: [u8; FRAMES_PER_PACKET],
     last: Option<Packet>,
@@ -238,6 +245,7 @@ impl PacketDecoder {
         PacketDecoder {
             variant,
             frames: 0,
+            expect_sync: false,
             floats: [0; FRAMES_PER_PACKET],
             statuses: [0; FRAMES_PER_PACKET],
             last: None,
@@ -267,12 +275,14 @@ impl PacketDecoder {
 
     fn resync(&mut self) {
         self.frames = 0;
+        self.expect_sync = false;
         self.throttle.reset();
     }
 
     /// Takes one checked frame's STATUS and FLOAT bytes into the packet.
     fn push(&mut self, status: u8, float: u8) -> Step {
         const LEN: usize = 5;
+        let expected_sync = std::mem::take(&mut self.expect_sync);
         if status & ST_SYNC != 0 {
             let dropped = self.frames;
             self.frames = 0;
@@ -293,6 +303,16 @@ impl PacketDecoder {
             };
         }
         if self.frames == 0 {
+            if expected_sync {
+                self.throttle.reset();
+                return Step::Skip {
+                    consumed: LEN,
+                    error: DecodeError::BadLength(format!(
+                        "{}: frame without SYNC straight after a complete packet: frame 1 of the next packet was lost; that packet is dropped",
+                        self.name()
+                    )),
+                };
+            }
             // Mid-packet after connecting or a resync: wait for the next SYNC.
             return Step::Frame {
                 consumed: LEN,
@@ -307,6 +327,7 @@ impl PacketDecoder {
             };
         }
         self.frames = 0;
+        self.expect_sync = true;
         let packet = Packet::from_frames(&self.floats, &self.statuses);
         self.last = Some(packet);
         Step::Frame {
@@ -724,6 +745,40 @@ mod tests {
         let mut dec = PacketDecoder::fmt2();
         let (readings, errors, _) = run(&mut dec, &bytes);
         assert_eq!(errors.len(), 1);
+        assert_eq!(readings.len(), 2);
+    }
+
+    #[test]
+    fn nonin_fmt2_lost_sync_frame_after_a_complete_packet_is_counted_once() {
+        // protocols.md §2.1 vector N1 three times, the second packet without its SYNC frame
+        // (frames 2..25): the frames straight after a complete packet lack SYNC, so a frame
+        // was lost. One decode error for the lost packet; the packets around it decode.
+        let mut bytes = n1();
+        bytes.extend(&n1()[5..]);
+        bytes.extend(n1());
+        let mut dec = PacketDecoder::fmt2();
+        let (readings, errors, n) = run(&mut dec, &bytes);
+        assert_eq!(n, bytes.len());
+        assert!(
+            matches!(errors.as_slice(), [DecodeError::BadLength(m)] if m.contains("lost")),
+            "{errors:?}"
+        );
+        assert_eq!(
+            readings.len(),
+            4,
+            "the first and third packets: {readings:?}"
+        );
+    }
+
+    #[test]
+    fn nonin_fmt2_frames_before_the_first_sync_are_not_a_lost_frame() {
+        // protocols.md §2.1 vector N1 joined mid-packet (frames 3..25, as after connecting),
+        // then a whole packet: nothing was lost that the decoder could have known about.
+        let mut bytes = n1()[10..].to_vec();
+        bytes.extend(n1());
+        let mut dec = PacketDecoder::fmt2();
+        let (readings, errors, _) = run(&mut dec, &bytes);
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(readings.len(), 2);
     }
 
