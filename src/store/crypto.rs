@@ -177,7 +177,10 @@ impl MasterKey {
 /// is refused. Text made only of hex digits is always taken as hex: a hex key cut short to
 /// 32 characters is refused as truncated, never used as a raw key. No message quotes the
 /// content, and the buffer it was read into is wiped.
-fn read_key_bytes(path: &Path, kind: &crate::secure_file::FileKind) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+fn read_key_bytes(
+    path: &Path,
+    kind: &crate::secure_file::FileKind,
+) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     use crate::secure_file::FileError;
     let raw = crate::secure_file::read(path, kind).map_err(|e| match e {
         FileError::Missing { path, .. } => KeyError::Missing { path },
@@ -600,7 +603,10 @@ mod tests {
             dir.path(),
             format!("{}\n", hex::encode([7u8; 32])).as_bytes(),
         );
-        assert_eq!(MasterKey::load(&p).unwrap().bytes, Zeroizing::new([7u8; 32]));
+        assert_eq!(
+            MasterKey::load(&p).unwrap().bytes,
+            Zeroizing::new([7u8; 32])
+        );
     }
 
     #[test]

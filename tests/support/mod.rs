@@ -250,10 +250,10 @@ impl Broker {
         let (srv, srv_key) = ca.server();
         std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
         std::fs::write(dir.path().join("server.pem"), srv).unwrap();
-        std::fs::write(dir.path().join("server.key"), srv_key).unwrap();
+        write_secret(&dir.path().join("server.key"), &srv_key);
         let (pc, pk) = ca.client(PLATFORM_CN, false);
         std::fs::write(dir.path().join("platform.pem"), pc).unwrap();
-        std::fs::write(dir.path().join("platform.key"), pk).unwrap();
+        write_secret(&dir.path().join("platform.key"), &pk);
         let mut acl_text = format!("user {PLATFORM_CN}\ntopic read #\n\n");
         for (user, topics) in &acl.0 {
             acl_text.push_str(&format!("user {user}\n"));
@@ -390,7 +390,7 @@ impl Broker {
             if expired { "-expired" } else { "" }
         ));
         std::fs::write(&cp, c).unwrap();
-        std::fs::write(&kp, k).unwrap();
+        write_secret(&kp, &k);
         (cp, kp)
     }
 
@@ -424,6 +424,21 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop("KILL");
     }
+}
+
+/// Writes a private key as the gateway requires it: mode 0600 (a client key open to group or
+/// others is refused by `secure_file`).
+pub fn write_secret(path: &std::path::Path, contents: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(contents.as_bytes()).unwrap();
 }
 
 /// rustls client config for the platform subscriber.
