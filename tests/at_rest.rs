@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 const NHS_NUMBER: &str = "9434765919";
 /// A temperature and a saturation that score 3 in NEWS2 (clinical.md §2), so alerts are raised
-/// and the engine's state (the latest value of each vital sign) is persisted at once.
-const TEMPERATURE: &str = "34.87";
-const SPO2: &str = "83.61";
+/// and the engine's state (the latest value of each vital sign) is persisted at once. Six
+/// significant digits, so their decimal text and their mantissas (how `Decimal` serializes)
+/// are distinctive enough to search for.
+const TEMPERATURE: &str = "34.8712";
+const SPO2: &str = "83.6129";
+/// The same values as the mantissas of their exact decimal form.
+const TEMPERATURE_MANTISSA: &str = "348712";
+const SPO2_MANTISSA: &str = "836129";
 
 fn keygen(dir: &Path) -> PathBuf {
     let key = dir.join("master.key");
@@ -145,7 +150,13 @@ path = "{device}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let markers = [TEMPERATURE, SPO2, NHS_NUMBER];
+    let markers = [
+        TEMPERATURE,
+        SPO2,
+        TEMPERATURE_MANTISSA,
+        SPO2_MANTISSA,
+        NHS_NUMBER,
+    ];
     let running = in_clear(&state, &markers);
     sigterm_and_wait(&mut child);
     let stopped = in_clear(&state, &markers);

@@ -108,7 +108,32 @@ interval_ms = 5
     }
 }
 
-fn spawn(config: &Path, notify: Option<&Path>) -> Child {
+/// The daemon, killed if the test ends without stopping it (a failed assertion).
+struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(config: &Path, notify: Option<&Path>) -> Daemon {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"])
         .arg(config)
@@ -122,7 +147,7 @@ fn spawn(config: &Path, notify: Option<&Path>) -> Child {
         cmd.env("NOTIFY_SOCKET", sock)
             .env("WATCHDOG_USEC", "1000000");
     }
-    cmd.spawn().unwrap()
+    Daemon(cmd.spawn().unwrap())
 }
 
 fn ingest_status(state: &Path) -> Option<serde_json::Value> {

@@ -75,21 +75,33 @@ fn wait_committed_beyond(state: &Path, child: &mut Child, n: u64) -> u64 {
     }
 }
 
+/// Kills the first daemon when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_second_daemon_on_the_same_state_dir_exits_1_naming_the_first_ones_pid() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let state = dir.path().join("state");
-    let mut first = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let before = wait_committed_beyond(&state, &mut first, 0);
+    let mut first = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let before = wait_committed_beyond(&state, &mut first.0, 0);
 
     let mut second = Command::new(BIN)
         .args(["run", "--config"])
@@ -111,20 +123,18 @@ fn a_second_daemon_on_the_same_state_dir_exits_1_naming_the_first_ones_pid() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "second daemon: {stderr}");
     assert!(
-        stderr.contains(&format!("pid {}", first.id())),
+        stderr.contains(&format!("pid {}", first.0.id())),
         "the message names the holder's pid {}: {stderr}",
-        first.id()
+        first.0.id()
     );
 
     // The first one is untouched: it goes on committing, with no failed commit.
-    wait_committed_beyond(&state, &mut first, before + 10);
+    wait_committed_beyond(&state, &mut first.0, before + 10);
     let snap = snapshot(&state).unwrap();
-    assert_eq!(snap["pid"], serde_json::json!(first.id()), "{snap}");
+    assert_eq!(snap["pid"], serde_json::json!(first.0.id()), "{snap}");
     assert_eq!(
         snap["ingest"]["commit_failures"],
         serde_json::json!(0),
         "{snap}"
     );
-    let _ = first.kill();
-    let _ = first.wait();
 }

@@ -140,8 +140,10 @@ impl MasterKey {
         SystemRandom::new()
             .fill(&mut bytes[..])
             .map_err(|_| KeyError::Random)?;
-        let mut text = Zeroizing::new(hex::encode(&bytes[..]));
-        text.push('\n');
+        // Hex and newline in a fixed buffer: no growing String leaves a copy behind.
+        let mut text = Zeroizing::new([0u8; 65]);
+        hex::encode_to_slice(&bytes[..], &mut text[..64]).map_err(|_| KeyError::Random)?;
+        text[64] = b'\n';
         drop(bytes);
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -160,7 +162,7 @@ impl MasterKey {
                     }
                 }
             })?;
-        file.write_all(text.as_bytes())
+        file.write_all(&text[..])
             .and_then(|_| file.sync_all())
             .map_err(|source| KeyError::Write {
                 path: path.to_path_buf(),
@@ -361,7 +363,8 @@ impl Keyring {
         self.seal_with(id.key_id, &id.aad(), plaintext)
     }
 
-    /// Seals a device-state value (the plaintext buffer is wiped).
+    /// Seals a device-state value. The copy it takes is encrypted in place, so no second
+    /// plaintext copy is left behind.
     pub fn seal_state(
         &mut self,
         id: StateIdentity<'_>,

@@ -650,8 +650,8 @@ impl Outbox {
             .keyring
             .open(identity, nonce, ct)
             .map_err(|Unauthentic| Unauthentic.to_string())?;
-        let record =
-            Record::decode(&plain).map_err(|e| format!("authentic but undecodable record: {e}"))?;
+        let record = Record::decode(&plain)
+            .map_err(|e| format!("authentic but undecodable record: {}", redact_content(&e)))?;
         if record.kind() != kind {
             return Err(format!(
                 "record kind {} does not match row kind {kind}",
@@ -1000,6 +1000,35 @@ impl Checkpointer {
     }
 }
 
+/// A decoder's message without the content it may quote: the quarantine reason is stored in
+/// clear and logged, and a serde message can quote a value (`invalid type: string "..."`),
+/// which may be clinical or an NHS Number. Quoted text becomes `"…"` and digits `#`.
+fn redact_content(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' | '`' | '\'' => {
+                if !quoted {
+                    out.push('"');
+                    out.push('…');
+                } else {
+                    out.push('"');
+                }
+                quoted = !quoted;
+            }
+            _ if quoted => {}
+            c if c.is_ascii_digit() => {
+                if !out.ends_with('#') {
+                    out.push('#');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Seals and upserts device-state values inside `tx`.
 fn put_sealed_state(
     tx: &rusqlite::Transaction<'_>,
@@ -1262,7 +1291,14 @@ fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{consecutive_runs, Outbox, MARK_DELIVERED};
+    use super::{consecutive_runs, redact_content, Outbox, MARK_DELIVERED};
+
+    #[test]
+    fn a_decode_error_kept_as_quarantine_reason_quotes_no_content_and_no_digits() {
+        let e = r#"invalid type: string "9434765919", expected u64 at offset 37"#;
+        let r = redact_content(e);
+        assert_eq!(r, r#"invalid type: string "…", expected u# at offset #"#);
+    }
     use crate::store::MasterKey;
 
     #[test]
