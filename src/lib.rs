@@ -28,6 +28,7 @@ pub mod fhir;
 pub mod ingest;
 pub mod nhs_number;
 pub mod reading;
+pub mod redact;
 pub mod secure_file;
 pub mod status;
 pub mod store;
