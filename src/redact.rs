@@ -74,6 +74,32 @@ pub fn has_long_number(text: &str) -> bool {
     matches!(scrub(text), Cow::Owned(_))
 }
 
+/// The `Debug` form of a stored or in-flight NHS Number: `Some(***-***-5919)` or `None`.
+///
+/// Types that hold an NHS Number as text (`ingest::Frame`, `store::ReadingRecord`) write
+/// their `Debug` by hand with this instead of deriving it (`tests/debug_redaction.rs`
+/// refuses a derived one).
+pub struct MaskedNhs<'a>(pub Option<&'a str>);
+
+impl fmt::Debug for MaskedNhs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "Some({})", crate::config::redact_nhs_number(n)),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+/// The `Debug` form of JSON that may hold an NHS Number (a rendered FHIR Observation): the
+/// JSON with every run of 10 or more digits hidden.
+pub struct ScrubbedJson<'a>(pub &'a serde_json::Value);
+
+impl fmt::Debug for ScrubbedJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&scrub(&self.0.to_string()))
+    }
+}
+
 /// Drops quoted segments (between backticks or double quotes) that hold 4 or more digits in
 /// a row: serde's `invalid type: integer `9434765919`` becomes `invalid type: integer
 /// <value not shown>`.
