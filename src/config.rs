@@ -350,6 +350,23 @@ impl Config {
     /// Reads and validates a config file: read through [`crate::secure_file`] (a regular
     /// file of at most 1 MiB, not writable by others), then [`Config::parse`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, |_| Vec::new())
+    }
+
+    /// [`Config::load`], then the files it points at ([`crate::preflight`]): what `run`
+    /// and `check-config` do. Every problem of both kinds is reported at once.
+    /// `validity_at`: check the client certificate's validity period at this time.
+    pub fn load_and_check(
+        path: &Path,
+        validity_at: Option<time::OffsetDateTime>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_with(path, |c| crate::preflight::problems(c, validity_at))
+    }
+
+    fn load_with(
+        path: &Path,
+        more: impl FnOnce(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let text =
             crate::secure_file::read_to_string(path, &crate::secure_file::CONFIG).map_err(|e| {
                 // The error names the path; the ConfigError prefix names it already.
@@ -363,7 +380,7 @@ impl Config {
                     )],
                 }
             })?;
-        Config::parse(&text, path)
+        Config::parse_with(&text, path, more)
     }
 
     /// Parses and validates TOML text; `file` is used in messages only.
@@ -371,6 +388,14 @@ impl Config {
     /// A parse error keeps its kind, key path, line and column, never the source excerpt
     /// ([`crate::redact::ParseError`]): the excerpt of a bad line may be an NHS Number.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, |_| Vec::new())
+    }
+
+    fn parse_with(
+        text: &str,
+        file: &Path,
+        more: impl FnOnce(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let e = crate::redact::ParseError::from_toml(e, text);
@@ -379,7 +404,8 @@ impl Config {
                 problems: vec![Problem::new(&e.key, e.to_string())],
             }
         })?;
-        let problems = config.problems();
+        let mut problems = config.problems();
+        problems.extend(more(&config));
         if problems.is_empty() {
             Ok(config)
         } else {

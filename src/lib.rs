@@ -27,6 +27,7 @@ pub mod drivers;
 pub mod fhir;
 pub mod ingest;
 pub mod nhs_number;
+pub mod preflight;
 pub mod reading;
 pub mod redact;
 pub mod secure_file;

@@ -51,7 +51,7 @@ pub async fn serve(
                         _ = reload.notified() => {}
                     }
                     let audit = AuditLog::open(&audit_dir).ok();
-                    match Config::load(&path) {
+                    match Config::load_and_check(&path, None) {
                         Err(e) => {
                             tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
                             if let Some(a) = &audit {
