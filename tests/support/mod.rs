@@ -254,6 +254,7 @@ impl Broker {
         let (pc, pk) = ca.client(PLATFORM_CN, false);
         std::fs::write(dir.path().join("platform.pem"), pc).unwrap();
         std::fs::write(dir.path().join("platform.key"), pk).unwrap();
+        owner_only(&dir.path().join("platform.key"));
         let mut acl_text = format!("user {PLATFORM_CN}\ntopic read #\n\n");
         for (user, topics) in &acl.0 {
             acl_text.push_str(&format!("user {user}\n"));
@@ -391,6 +392,7 @@ impl Broker {
         ));
         std::fs::write(&cp, c).unwrap();
         std::fs::write(&kp, k).unwrap();
+        owner_only(&kp);
         (cp, kp)
     }
 
@@ -410,6 +412,12 @@ impl Broker {
             ..UplinkConfig::default()
         }
     }
+}
+
+/// Mode 0600, as a private key must have (vitalgate refuses a key open to others).
+pub fn owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn is_root() -> bool {
