@@ -189,3 +189,97 @@ fn annunciator(config: &Config, out: &mut Vec<Problem>) {
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A config in `dir` with a master key, plus `extra` TOML.
+    fn config(dir: &Path, extra: &str, device: &str) -> Config {
+        let key = dir.join("master.key");
+        if !key.exists() {
+            MasterKey::generate_file(&key).unwrap();
+        }
+        let text = format!(
+            "[gateway]\nid = \"g\"\nstate_dir = \"{d}/state\"\ndevices_dirs = [\"{d}/devices\"]\n\
+             [store]\nkey_file = \"{d}/master.key\"\n{extra}\n[[patient]]\nid = \"p1\"\n\
+             [[device]]\nid = \"d1\"\npatient = \"p1\"\n{device}\n",
+            d = dir.display()
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(Problem::key).collect()
+    }
+
+    #[test]
+    fn a_complete_installation_has_no_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "", "driver = \"sim\"");
+        assert_eq!(problems(&c, None), vec![]);
+    }
+
+    #[test]
+    fn a_missing_key_file_is_accepted_when_its_encrypted_credential_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "", "driver = \"sim\"");
+        std::fs::remove_file(dir.path().join("master.key")).unwrap();
+        assert_eq!(keys(&problems(&c, None)), vec!["store.key_file"]);
+        std::fs::write(dir.path().join("master.key.cred"), "sealed").unwrap();
+        assert_eq!(problems(&c, None), vec![]);
+    }
+
+    #[test]
+    fn things_that_can_never_work_are_named_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("devices"), "not a dir").unwrap();
+        std::fs::create_dir_all(d.join("state/outbox.db")).unwrap();
+        std::fs::create_dir(d.join("input")).unwrap();
+        let c = config(
+            d,
+            "[alerts]\nannunciator_command = [\"/nonexistent/buzzer\"]",
+            &format!("driver = \"jsonl\"\npath = \"{}/input\"", d.display()),
+        );
+        let found = problems(&c, None);
+        assert_eq!(
+            keys(&found),
+            vec![
+                "gateway.devices_dirs[0]",
+                "store.path",
+                "device[0].path",
+                "alerts.annunciator_command"
+            ],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn an_annunciator_that_is_not_executable_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("buzzer");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let extra = format!("[alerts]\nannunciator_command = [\"{}\"]", script.display());
+        let c = config(dir.path(), &extra, "driver = \"sim\"");
+        assert_eq!(
+            keys(&problems(&c, None)),
+            vec!["alerts.annunciator_command"]
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(problems(&c, None), vec![]);
+    }
+
+    #[test]
+    fn a_device_path_that_does_not_exist_yet_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(
+            dir.path(),
+            "",
+            "driver = \"jsonl\"\npath = \"/dev/serial/by-id/not-plugged-in\"",
+        );
+        assert_eq!(problems(&c, None), vec![]);
+    }
+}
