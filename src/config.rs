@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -276,12 +277,53 @@ impl DeviceConfig {
     }
 }
 
+/// A numeric setting and the range it must be in.
+struct NumericSetting {
+    key: String,
+    value: u64,
+    range: RangeInclusive<u64>,
+    unit: &'static str,
+}
+
 /// One problem found in a config file.
+///
+/// Built only by [`Problem::new`], which passes key and message through
+/// [`crate::redact::scrub`]: no problem can carry a run of 10 or more digits (an NHS Number)
+/// into the terminal, the journal or the audit log, whoever writes the check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Dotted path of the key, e.g. `device[1].patient`.
-    pub key: String,
-    pub message: String,
+    key: String,
+    message: String,
+}
+
+impl Problem {
+    /// A problem with the key at dotted path `key` (empty for the whole file).
+    pub fn new(key: impl AsRef<str>, message: impl AsRef<str>) -> Problem {
+        Problem {
+            key: crate::redact::scrub(key.as_ref()).into_owned(),
+            message: crate::redact::scrub(message.as_ref()).into_owned(),
+        }
+    }
+
+    /// Dotted path of the key, e.g. `device[1].patient`; empty for the whole file.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What is wrong and how to fix it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
 }
 
 /// A config refused whole, with every problem found.
@@ -298,44 +340,72 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            if p.key.is_empty() {
-                write!(f, "{file}: {}", p.message)?;
-            } else {
-                write!(f, "{file}: {}: {}", p.key, p.message)?;
-            }
+            write!(f, "{file}: {p}")?;
         }
         Ok(())
     }
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file: read through [`crate::secure_file`] (a regular
+    /// file of at most 1 MiB, not writable by others), then [`Config::parse`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                key: String::new(),
-                message: format!("cannot read the config file: {e}"),
-            }],
-        })?;
-        Config::parse(&text, path)
+        Config::load_with(path, |_| Vec::new())
+    }
+
+    /// [`Config::load`], then the files it points at ([`crate::preflight`]): what `run`
+    /// and `check-config` do. Every problem of both kinds is reported at once.
+    /// `validity_at`: check the client certificate's validity period at this time.
+    pub fn load_and_check(
+        path: &Path,
+        validity_at: Option<time::OffsetDateTime>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_with(path, |c| crate::preflight::problems(c, validity_at))
+    }
+
+    fn load_with(
+        path: &Path,
+        more: impl FnOnce(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
+        let text =
+            crate::secure_file::read_to_string(path, &crate::secure_file::CONFIG).map_err(|e| {
+                // The error names the path; the ConfigError prefix names it already.
+                let message = e.to_string();
+                let prefix = format!("{}: ", path.display());
+                ConfigError {
+                    file: path.to_path_buf(),
+                    problems: vec![Problem::new(
+                        "",
+                        message.strip_prefix(&prefix).unwrap_or(&message),
+                    )],
+                }
+            })?;
+        Config::parse_with(&text, path, more)
     }
 
     /// Parses and validates TOML text; `file` is used in messages only.
+    ///
+    /// A parse error keeps its kind, key path, line and column, never the source excerpt
+    /// ([`crate::redact::ParseError`]): the excerpt of a bad line may be an NHS Number.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let refuse = |key: String, message: String| ConfigError {
-            file: file.to_path_buf(),
-            problems: vec![Problem { key, message }],
-        };
+        Config::parse_with(text, file, |_| Vec::new())
+    }
+
+    fn parse_with(
+        text: &str,
+        file: &Path,
+        more: impl FnOnce(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            // toml's message carries the line and a caret under the offending text.
-            let message = e.into_inner().to_string().trim().replace('\n', "\n    ");
-            refuse(key, message)
+            let e = crate::redact::ParseError::from_toml(e, text);
+            ConfigError {
+                file: file.to_path_buf(),
+                problems: vec![Problem::new(&e.key, e.to_string())],
+            }
         })?;
-        let problems = config.problems();
+        let mut problems = config.problems();
+        problems.extend(more(&config));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -357,7 +427,7 @@ impl Config {
     /// Semantic checks; every problem, not just the first.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+        let mut problem = |key: String, message: String| out.push(Problem::new(key, message));
 
         if let Some(id) = &self.gateway.id {
             if !valid_id(id) {
@@ -369,32 +439,30 @@ impl Config {
                 );
             }
         }
-        if self.store.retention_days == 0 {
-            problem(
-                "store.retention_days".into(),
-                "must be at least 1 (delivered readings are kept this long)".into(),
-            );
+        for (key, text) in self.shown_text() {
+            if crate::redact::has_long_number(text) {
+                problem(
+                    key,
+                    "holds 10 or more digits in a row, as an NHS Number does; it is shown in \
+                     logs, status and MQTT topics, so use a pseudonym (the NHS Number goes in \
+                     [[patient]] nhs_number only)"
+                        .into(),
+                );
+            }
         }
-        if self.store.capacity < 1000 {
-            problem(
-                "store.capacity".into(),
-                format!(
-                    "{} is too small; at least 1000 undelivered readings",
-                    self.store.capacity
-                ),
-            );
-        }
-        if !(1..=10_000).contains(&self.ingest.max_batch_wait_ms) {
-            problem(
-                "ingest.max_batch_wait_ms".into(),
-                format!("{} is outside 1..=10000 ms", self.ingest.max_batch_wait_ms),
-            );
-        }
-        if !(1..=100_000).contains(&self.ingest.max_batch) {
-            problem(
-                "ingest.max_batch".into(),
-                format!("{} is outside 1..=100000", self.ingest.max_batch),
-            );
+        for n in self.numeric_settings() {
+            if !n.range.contains(&n.value) {
+                problem(
+                    n.key,
+                    format!(
+                        "{} is outside {}..={}{}",
+                        n.value,
+                        n.range.start(),
+                        n.range.end(),
+                        n.unit
+                    ),
+                );
+            }
         }
 
         if self.gateway.id.is_none()
@@ -548,9 +616,6 @@ impl Config {
                         "the sim driver reads no file; remove `path`".into(),
                     );
                 }
-                if d.interval_ms == Some(0) {
-                    problem(key("interval_ms"), "must be at least 1".into());
-                }
             } else {
                 for (set, name) in [
                     (d.scenario.is_some(), "scenario"),
@@ -571,11 +636,100 @@ impl Config {
                     );
                 }
             }
-            if d.expected_interval_s == Some(0) {
-                problem(
-                    key("expected_interval_s"),
-                    "must be at least 1 second".into(),
-                );
+        }
+        out
+    }
+
+    /// Ids and names that appear in logs, status, the audit log and MQTT topics, by key.
+    fn shown_text(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        if let Some(id) = &self.gateway.id {
+            out.push(("gateway.id".to_owned(), id.as_str()));
+        }
+        if let Some(id) = self.uplink.as_ref().and_then(|u| u.gateway_id.as_ref()) {
+            out.push(("uplink.gateway_id".to_owned(), id.as_str()));
+        }
+        for (i, p) in self.patients.iter().enumerate() {
+            out.push((format!("patient[{i}].id"), p.id.as_str()));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            out.push((format!("device[{i}].id"), d.id.as_str()));
+            if let Some(display) = &d.display {
+                out.push((format!("device[{i}].display"), display.as_str()));
+            }
+        }
+        out
+    }
+
+    /// Every numeric setting outside `[uplink]` (checked by `UplinkConfig::validate`) and
+    /// `[patient.alerts]` (checked by `PatientAlertConfig::validate`), with its allowed range.
+    /// The ranges are documented in `config/vitalgate.toml`; a new numeric setting gets its
+    /// line here.
+    fn numeric_settings(&self) -> Vec<NumericSetting> {
+        const DAY_S: u64 = 86_400;
+        let n = |key: &str, value: u64, range: RangeInclusive<u64>, unit: &'static str| {
+            NumericSetting {
+                key: key.to_owned(),
+                value,
+                range,
+                unit,
+            }
+        };
+        let mut out = vec![
+            // Ten years: beyond that a purge cut-off stops being a date anyone means.
+            n(
+                "store.retention_days",
+                self.store.retention_days.into(),
+                1..=3650,
+                " days",
+            ),
+            n(
+                "store.capacity",
+                self.store.capacity,
+                1000..=100_000_000,
+                " readings",
+            ),
+            n(
+                "ingest.max_batch_wait_ms",
+                self.ingest.max_batch_wait_ms,
+                1..=10_000,
+                " ms",
+            ),
+            n(
+                "ingest.max_batch",
+                self.ingest.max_batch as u64,
+                1..=100_000,
+                " readings",
+            ),
+            n(
+                "ble.scan_watchdog_s",
+                self.ble.scan_watchdog_s,
+                10..=DAY_S,
+                " s",
+            ),
+            n(
+                "ble.adapter_retry_s",
+                self.ble.adapter_retry_s,
+                1..=3600,
+                " s",
+            ),
+            n(
+                "ble.clock_tolerance_s",
+                self.ble.clock_tolerance_s,
+                0..=DAY_S,
+                " s",
+            ),
+        ];
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |k: &str| format!("device[{i}].{k}");
+            if let Some(v) = d.baud {
+                out.push(n(&key("baud"), v.into(), 50..=4_000_000, " baud"));
+            }
+            if let Some(v) = d.expected_interval_s {
+                out.push(n(&key("expected_interval_s"), v, 1..=7 * DAY_S, " s"));
+            }
+            if let Some(v) = d.interval_ms {
+                out.push(n(&key("interval_ms"), v, 1..=DAY_S * 1000, " ms"));
             }
         }
         out
@@ -615,8 +769,8 @@ impl Config {
                     .into(),
             );
         };
-        let pem = std::fs::read(&up.cert_file)
-            .map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))?;
+        let pem = crate::secure_file::read(&up.cert_file, &crate::secure_file::CERT_FILE)
+            .map_err(|e| format!("uplink.cert_file: {e}"))?;
         crate::uplink::gateway_id_from_cert(&pem)
             .map_err(|e| format!("uplink.cert_file {}: {e}", up.cert_file.display()))
     }
@@ -631,12 +785,17 @@ impl Config {
     }
 
     /// The effective config as TOML with identifiers redacted (`check-config`).
+    ///
+    /// Any other run of 10 or more digits (in a path, a command, a name) is hidden too
+    /// ([`crate::redact::scrub`]): this text goes to terminals and tickets.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for p in &mut shown.patients {
             p.nhs_number = p.nhs_number.as_deref().map(redact_nhs_number);
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let text = toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
+        crate::redact::scrub(&text).into_owned()
     }
 }
 
@@ -738,7 +897,7 @@ mod tests {
             driver = "sim"
         "#;
         let e = parse(text).unwrap_err();
-        let keys: Vec<_> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        let keys: Vec<_> = e.problems.iter().map(Problem::key).collect();
         assert_eq!(keys, vec!["store.retention_days", "device[0].patient"]);
     }
 
@@ -831,6 +990,186 @@ mod tests {
             "{shown}"
         );
         assert!(!format!("{c:?}").contains("9434765919"));
+    }
+
+    /// Config texts that make the TOML parser or the checks complain about a line holding
+    /// the NHS Number 9434765919 (a valid test number).
+    pub(crate) const HOSTILE: &[(&str, &str)] = &[
+        ("unquoted", "nhs_number = 9434765919\n"),
+        ("unquoted spaced", "nhs_number = 943 476 5919\n"),
+        (
+            "duplicate key",
+            "nhs_number = \"9434765919\"\nnhs_number = \"9434765919\"\n",
+        ),
+        ("unterminated string", "nhs_number = \"9434765919\n"),
+        ("unterminated array", "nhs_number = [\"9434765919\"\n"),
+        ("as a key", "9434765919 = \"x\"\n"),
+        ("wrong check digit", "nhs_number = \"9434765918\"\n"),
+        ("in a table header", "[9434765919]\n"),
+        ("bad escape", "nhs_number = \"\\q9434765919\"\n"),
+    ];
+
+    #[test]
+    fn no_parser_or_check_message_shows_an_nhs_number() {
+        for (case, line) in HOSTILE {
+            let text = format!("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\n{line}");
+            let e = parse(&text).expect_err(case).to_string();
+            for digits in ["9434765919", "943 476 5919", "943476591", "34765919"] {
+                assert!(!e.contains(digits), "{case}: {e}");
+            }
+            assert!(e.starts_with("test.toml: "), "{case}: {e}");
+        }
+    }
+
+    #[test]
+    fn parser_messages_keep_key_path_line_and_column() {
+        let e = parse("[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\nnhs_number = 9434765919\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "test.toml: patient[0].nhs_number: invalid type: integer <value not shown>, \
+             expected a string (line 5, column 14)"
+        );
+    }
+
+    #[test]
+    fn ids_and_names_holding_an_nhs_number_are_refused_without_showing_it() {
+        for (key, text) in [
+            (
+                "gateway.id",
+                MINIMAL.replace("\"gw-test\"", "\"9434765919\""),
+            ),
+            (
+                "patient[0].id",
+                MINIMAL
+                    .replace("id = \"p1\"", "id = \"pt-9434765919\"")
+                    .replace("patient = \"p1\"", "patient = \"pt-9434765919\""),
+            ),
+            (
+                "device[0].display",
+                format!("{MINIMAL}display = \"Mrs X 943 476 5919\"\n"),
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.problems.iter().any(|p| p.key() == key), "{key}: {e}");
+            let e = e.to_string();
+            assert!(!e.contains("5919"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn retention_days_of_u32_max_is_refused() {
+        let e = parse(&format!("{MINIMAL}[store]\nretention_days = 4294967295\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.retention_days: ") && e.contains("is outside 1..=3650 days"),
+            "{e}"
+        );
+    }
+
+    /// Every numeric setting, set to the largest value TOML or its type holds, is refused by name.
+    #[test]
+    fn every_numeric_setting_has_an_upper_bound() {
+        let cases = [
+            (
+                "[store]\nretention_days = 4294967295",
+                "store.retention_days",
+            ),
+            ("[store]\ncapacity = 9223372036854775807", "store.capacity"),
+            (
+                "[ingest]\nmax_batch_wait_ms = 9223372036854775807",
+                "ingest.max_batch_wait_ms",
+            ),
+            (
+                "[ingest]\nmax_batch = 9223372036854775807",
+                "ingest.max_batch",
+            ),
+            (
+                "[ble]\nscan_watchdog_s = 9223372036854775807",
+                "ble.scan_watchdog_s",
+            ),
+            (
+                "[ble]\nadapter_retry_s = 9223372036854775807",
+                "ble.adapter_retry_s",
+            ),
+            (
+                "[ble]\nclock_tolerance_s = 9223372036854775807",
+                "ble.clock_tolerance_s",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\nbatch_size = 9223372036854775807",
+                "uplink.batch_size",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\nkeep_alive_s = 9223372036854775807",
+                "uplink.keep_alive_s",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\nmax_packet_size = 4294967295",
+                "uplink.max_packet_size",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\nbackoff_max_s = 9223372036854775807",
+                "uplink.backoff_max_s",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\nbackoff_initial_ms = 9223372036854775807",
+                "uplink.backoff_initial_ms",
+            ),
+            (
+                "[uplink]\nbroker = \"b\"\ndrain_timeout_ms = 9223372036854775807",
+                "uplink.drain_timeout_ms",
+            ),
+        ];
+        for (table, key) in cases {
+            let e = parse(&format!("{MINIMAL}{table}\n")).expect_err(key);
+            assert!(e.problems.iter().any(|p| p.key() == key), "{key}: {e}");
+        }
+        let device_cases = [
+            (
+                "driver = \"sim\"\ninterval_ms = 9223372036854775807",
+                "device[0].interval_ms",
+            ),
+            (
+                "driver = \"sim\"\nexpected_interval_s = 9223372036854775807",
+                "device[0].expected_interval_s",
+            ),
+            (
+                "driver = \"jsonl\"\npath = \"/tmp/x\"\nbaud = 4294967295",
+                "device[0].baud",
+            ),
+        ];
+        for (device, key) in device_cases {
+            let e = parse(&MINIMAL.replace("driver = \"sim\"", device)).expect_err(key);
+            assert!(e.problems.iter().any(|p| p.key() == key), "{key}: {e}");
+        }
+        let e = parse(
+            &format!("{MINIMAL}[patient.alerts.technical]\nrejections_to_alarm = 4294967295\n")
+                .replace(
+                    "[[device]]\nid = \"sim1\"\npatient = \"p1\"\ndriver = \"sim\"\n",
+                    "",
+                ),
+        )
+        .unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.key() == "patient[0].alerts.technical.rejections_to_alarm"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn config_file_that_is_a_device_is_refused_without_reading_it() {
+        let e = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/dev/zero: the config file is a character device, not a regular file"
+        );
     }
 
     #[test]

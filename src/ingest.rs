@@ -50,7 +50,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const ALIVE_EVERY: Duration = Duration::from_millis(100);
 
 /// One frame from one device.
-#[derive(Debug)]
+///
+/// `Debug` is written by hand: it masks the NHS Number (see [`crate::redact::MaskedNhs`]).
 pub struct Frame {
     pub device_id: Arc<str>,
     pub patient_id: Arc<str>,
@@ -62,6 +63,23 @@ pub struct Frame {
     pub cursor: Option<(String, String)>,
     /// Told the row ids once committed (or why not).
     pub done: Option<oneshot::Sender<Result<Vec<i64>, String>>>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("device_id", &self.device_id)
+            .field("patient_id", &self.patient_id)
+            .field(
+                "nhs_number",
+                &crate::redact::MaskedNhs(self.nhs_number.as_deref()),
+            )
+            .field("readings", &self.readings)
+            .field("received_at", &self.received_at)
+            .field("clock_synced", &self.clock_synced)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters for status and tests; updated by the writer.

@@ -141,11 +141,32 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<config::ConfigError>().is_some();
             eprintln!("error: {e:#}");
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 2 for what the operator fixes in the configuration or the files it names (a master key
+/// that does not open the existing outbox included: restarting cannot help), 1 for runtime
+/// failures.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use vitalgate::daemon::DaemonError;
+    use vitalgate::store::{KeyError, StoreError};
+    let configuration = e.chain().any(|c| {
+        c.is::<UsageError>()
+            || c.is::<config::ConfigError>()
+            || c.is::<KeyError>()
+            || matches!(c.downcast_ref(), Some(StoreError::WrongKey { .. }))
+            || matches!(
+                c.downcast_ref(),
+                Some(DaemonError::Store(StoreError::WrongKey { .. }))
+            )
+    });
+    if configuration {
+        2
+    } else {
+        1
     }
 }
 
@@ -186,7 +207,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let reload = Arc::new(Notify::new());
             let (rt, shutdown) = runtime_with_signals(Some(reload.clone()))?;
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.display(), "vitalgate starting");
-            let cfg = Config::load(&config)?;
+            // Everything run needs from the file system is checked before anything is
+            // created; a problem is a configuration error (2). Certificate expiry is left to
+            // the uplink: readings are still collected and alarms still sound without it.
+            let cfg = Config::load_and_check(&config, None)?;
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
@@ -208,7 +232,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             broker,
         } => demo(seconds, state_dir, &broker),
         Command::CheckConfig { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load_and_check(&config, Some(time::OffsetDateTime::now_utc()))?;
             println!("# {}: valid", config.display());
             print!("{}", cfg.redacted_toml());
             Ok(())

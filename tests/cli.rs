@@ -72,6 +72,7 @@ fn help_explains_every_command() {
 fn check_config_prints_effective_config_with_nhs_number_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "");
+    keygen(dir.path());
     let out = run(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -221,8 +222,9 @@ fn run_until(config: &Path, until: impl Fn(&serde_json::Value) -> bool) -> serde
     status_of(config)
 }
 
+/// A wrong key over existing data is a configuration problem (exit 2): restarting cannot help.
 #[test]
-fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
+fn wrong_key_is_refused_at_start_with_exit_2_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &sim_device(10));
     let key = keygen(dir.path());
@@ -236,7 +238,7 @@ fn wrong_key_is_refused_at_start_and_nothing_is_touched() {
         .status
         .success());
     let out = run(&["run", "--config", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
     assert_eq!(std::fs::read(dir.path().join("outbox.db")).unwrap(), before);
     let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();

@@ -269,11 +269,11 @@ impl PatientAlertConfig {
             0,
         );
         dur("technical.clear_after_secs", t.clear_after_secs, 0);
-        if t.rejections_to_alarm == 0 {
+        if !(1..=10_000).contains(&t.rejections_to_alarm) {
             problems.push(ConfigProblem {
                 key: "technical.rejections_to_alarm".into(),
-                value: "0".into(),
-                reason: "must be at least 1".into(),
+                value: t.rejections_to_alarm.to_string(),
+                reason: "must be 1..=10000 (more could never be reached in the window)".into(),
             });
         }
         let pct_ok = t.outbox_clear_percent < t.outbox_warn_percent

@@ -290,7 +290,10 @@ pub async fn run(
         tracker.spawn(async move {
             let secondary = Arc::new(std::sync::Mutex::new(secondary));
             loop {
-                let cutoff = OffsetDateTime::now_utc() - time::Duration::days(days as i64);
+                // Checked: a cut-off before the earliest date means nothing is purged, never a panic.
+                let cutoff = OffsetDateTime::now_utc()
+                    .checked_sub(time::Duration::days(i64::from(days)))
+                    .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
                 let ob = secondary.clone();
                 let purged = tokio::task::spawn_blocking(move || ob.lock().unwrap_or_else(|p| p.into_inner()).purge_delivered_before(cutoff)).await;
                 match purged {

@@ -51,11 +51,11 @@ pub async fn serve(
                         _ = reload.notified() => {}
                     }
                     let audit = AuditLog::open(&audit_dir).ok();
-                    match Config::load(&path) {
+                    match Config::load_and_check(&path, None) {
                         Err(e) => {
                             tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
                             if let Some(a) = &audit {
-                                a.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>()}));
+                                a.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>()}));
                             }
                         }
                         Ok(new) if new == current => {

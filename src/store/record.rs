@@ -34,7 +34,9 @@ impl Lane {
 /// Stored in a compact form (short keys, integer times, exact decimals as mantissa and
 /// exponent): the outbox holds millions of these on an SD card, and the JSON contract of
 /// `Reading` is for people and the `decode` command, not for storage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` is written by hand: it masks the NHS Number.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadingRecord {
     /// The configured device id.
     #[serde(rename = "d")]
@@ -54,6 +56,22 @@ pub struct ReadingRecord {
     pub clock_synced: bool,
     #[serde(rename = "r", with = "compact::readings")]
     pub readings: Vec<Reading>,
+}
+
+impl std::fmt::Debug for ReadingRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadingRecord")
+            .field("device_id", &self.device_id)
+            .field("patient_id", &self.patient_id)
+            .field(
+                "nhs_number",
+                &crate::redact::MaskedNhs(self.nhs_number.as_deref()),
+            )
+            .field("received_at", &self.received_at)
+            .field("clock_synced", &self.clock_synced)
+            .field("readings", &self.readings)
+            .finish()
+    }
 }
 
 /// The storage forms of times and readings.
@@ -176,10 +194,24 @@ pub struct AlertRecord {
 }
 
 /// A derived observation (e.g. a NEWS2 total score) already rendered as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The JSON's `subject` holds the NHS Number: `Debug` shows it scrubbed.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct DerivedRecord {
     pub patient_id: String,
     pub observation: serde_json::Value,
+}
+
+impl std::fmt::Debug for DerivedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DerivedRecord")
+            .field("patient_id", &self.patient_id)
+            .field(
+                "observation",
+                &crate::redact::ScrubbedJson(&self.observation),
+            )
+            .finish()
+    }
 }
 
 /// The plaintext of one outbox row.

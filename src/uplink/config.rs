@@ -66,6 +66,9 @@ impl Default for UplinkConfig {
     }
 }
 
+/// The largest packet MQTT 5 can express (a 4-byte variable byte integer).
+const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455;
+
 /// One invalid key, named as it appears in the TOML.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("uplink.{key} = {value}: {reason}")]
@@ -147,7 +150,11 @@ impl UplinkConfig {
             ));
         }
         if self.inflight == 0 {
-            errs.push(err("inflight", self.inflight, "must be at least 1"));
+            errs.push(err(
+                "inflight",
+                self.inflight,
+                "must be 1..=65535 (the MQTT 5 receive maximum)",
+            ));
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {
             errs.push(err("batch_size", self.batch_size, "must be 1..=10000"));
@@ -159,17 +166,19 @@ impl UplinkConfig {
                 "must be 5..=65535 seconds (20-30 detects dead links on cellular)",
             ));
         }
-        if self.max_packet_size < 1024 {
+        if !(1024..=MQTT_MAX_PACKET_SIZE).contains(&self.max_packet_size) {
             errs.push(err(
                 "max_packet_size",
                 self.max_packet_size,
-                "must be at least 1024 bytes",
+                "must be 1024..=268435455 bytes (the MQTT 5 maximum)",
             ));
         }
         if self.backoff_max_s == 0 || self.backoff_max_s > 3600 {
             errs.push(err("backoff_max_s", self.backoff_max_s, "must be 1..=3600"));
         }
-        if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_s * 1000 {
+        if self.backoff_initial_ms == 0
+            || self.backoff_initial_ms > self.backoff_max_s.saturating_mul(1000)
+        {
             errs.push(err(
                 "backoff_initial_ms",
                 self.backoff_initial_ms,

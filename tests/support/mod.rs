@@ -412,6 +412,12 @@ impl Broker {
     }
 }
 
+/// Mode 0600, as a private key must have (vitalgate refuses a key open to others).
+pub fn owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

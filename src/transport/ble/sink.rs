@@ -18,11 +18,23 @@ use crate::reading::Reading;
 use crate::status::Registry;
 use crate::transport::LinkState;
 
-/// Who a BLE device's readings belong to.
-#[derive(Debug, Clone)]
+/// Who a BLE device's readings belong to. `Debug` masks the NHS Number.
+#[derive(Clone)]
 pub struct PatientOf {
     pub patient_id: Arc<str>,
     pub nhs_number: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for PatientOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientOf")
+            .field("patient_id", &self.patient_id)
+            .field(
+                "nhs_number",
+                &crate::redact::MaskedNhs(self.nhs_number.as_deref()),
+            )
+            .finish()
+    }
 }
 
 /// [`BleSink`] over ingest and the status registry.
