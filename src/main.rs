@@ -260,20 +260,54 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out, config } => {
-            let path = match (out, config) {
+            let path = match (out, &config) {
                 (Some(p), _) => p,
-                (None, Some(c)) => Config::load(&c)?.store.key_file,
+                (None, Some(c)) => Config::load(c)?.store.key_file,
                 (None, None) => PathBuf::from("/etc/vitalgate/master.key"),
             };
             MasterKey::generate_file(&path).map_err(|e| UsageError(e.to_string()))?;
-            if let Some(dir) = path.parent() {
-                if let Ok(log) = vitalgate::audit::AuditLog::open(dir) {
-                    log.note("keygen", serde_json::json!({"path": path}));
-                }
-            }
+            keygen_audit(config.as_deref(), &path);
             eprintln!("wrote a new master key to {} (mode 0600); back it up: without it the outbox cannot be read", path.display());
             Ok(())
         }
+    }
+}
+
+/// Records a new key in the audit log of the state dir it is for: `gateway.state_dir` of
+/// `--config`, else of the default config when there is one (read alone, so a config still
+/// being provisioned, e.g. without its certificates, does not stop the audit). Never next to
+/// the key: /etc/vitalgate is not where the gateway's audit trail lives. The state dir is
+/// created 0700 if missing, and a new audit.log is given to the state dir's owner, so the
+/// service (user vitalgate) can go on appending to a log that root started.
+fn keygen_audit(config: Option<&std::path::Path>, key: &std::path::Path) {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let config = config.unwrap_or(std::path::Path::new(config::DEFAULT_PATH));
+    let state_dir = std::fs::read_to_string(config).ok().and_then(|text| {
+        let doc: toml::Table = text.parse().ok()?;
+        match doc.get("gateway").and_then(|g| g.get("state_dir")) {
+            Some(dir) => dir.as_str().map(PathBuf::from),
+            None => Some(config::GatewayConfig::default().state_dir),
+        }
+    });
+    let Some(dir) = state_dir else {
+        eprintln!("keygen: not audited: no readable configuration at {} to find the state dir (pass --config)", config.display());
+        return;
+    };
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let recorded = vitalgate::audit::AuditLog::open(&dir).and_then(|log| {
+        log.record("keygen", serde_json::json!({"path": key}))?;
+        Ok(log.path().to_path_buf())
+    });
+    match recorded {
+        Ok(log) => {
+            if let Ok(owner) = std::fs::metadata(&dir) {
+                let _ = std::os::unix::fs::chown(&log, Some(owner.uid()), Some(owner.gid()));
+            }
+        }
+        Err(e) => eprintln!("keygen: not audited: {e}"),
     }
 }
 

@@ -141,19 +141,141 @@ fn packaged_default_config_passes_check_config() {
     );
 }
 
+/// What cargo-deb splices in at `#DEBHELPER#` for this package's unit (cargo-deb 3.8.0,
+/// `autoscripts/postinst-systemd-dont-enable`, with `#UNITFILE#` filled in): several lines of
+/// shell, the last one code (`fi`), not a comment.
+const DEBHELPER_SNIPPET: &str = r#"# Automatically added by cargo-deb
+if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
+	if deb-systemd-helper debian-installed 'vitalgate.service'; then
+		deb-systemd-helper unmask 'vitalgate.service' >/dev/null || true
+	fi
+	deb-systemd-helper update-state 'vitalgate.service' >/dev/null || true
+fi"#;
+
+/// cargo-deb replaces *every* occurrence of the token, comments included (rust-stack.md §8);
+/// a token in a comment then leaves code on the comment's line and the built script does not
+/// parse (`postinst: 44: Syntax error: word unexpected`, issue 12 point 12). So: the token
+/// once, alone on its line, and the script as built parses with `sh -n`. `ci-package` checks
+/// the same on the built .deb.
 #[test]
-fn maintainer_scripts_are_valid_sh_and_keep_the_debhelper_token() {
-    // cargo-deb splices its systemd/sysusers snippets at #DEBHELPER# (rust-stack.md §8).
+fn maintainer_scripts_parse_after_cargo_deb_replaces_every_debhelper_token() {
+    let tmp = tempfile::tempdir().unwrap();
     for name in ["postinst", "postrm"] {
-        let path = root().join("packaging/debian").join(name);
         let text = read(&format!("packaging/debian/{name}"));
+        assert_eq!(
+            text.matches("#DEBHELPER#").count(),
+            1,
+            "{name}: the token must appear once (cargo-deb replaces each occurrence)"
+        );
         assert!(
             text.lines().any(|l| l.trim() == "#DEBHELPER#"),
-            "{name}: no #DEBHELPER# line"
+            "{name}: the token must stand alone on its line"
         );
-        let st = Command::new("sh").arg("-n").arg(&path).status().unwrap();
-        assert!(st.success(), "{name}: sh -n failed");
+        let built = tmp.path().join(name);
+        std::fs::write(&built, text.replace("#DEBHELPER#", DEBHELPER_SNIPPET)).unwrap();
+        let out = Command::new("sh").arg("-n").arg(&built).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name} as built does not parse: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+}
+
+/// The shipped config's `manual-entry` device reads a FIFO under the unit's RuntimeDirectory
+/// (issue 12 point 13): the unit's ExecStartPre creates it. Run here with /run/vitalgate
+/// redirected to a temporary directory, twice (a restart keeps the directory and the FIFO).
+#[test]
+fn unit_creates_the_fifo_of_the_shipped_manual_entry_device() {
+    let config = read("config/vitalgate.toml");
+    let doc: toml::Table = config.parse().unwrap();
+    let fifos: Vec<String> = doc["device"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["driver"].as_str() == Some("jsonl"))
+        .filter_map(|d| d.get("path")?.as_str().map(str::to_string))
+        .filter(|p| p.starts_with("/run/"))
+        .collect();
+    assert_eq!(
+        fifos,
+        ["/run/vitalgate/manual.jsonl"],
+        "shipped FIFO devices"
+    );
+    let unit = read("packaging/vitalgate.service");
+    assert_eq!(unit_values(&unit, "RuntimeDirectory"), ["vitalgate"]);
+    let pre = unit_values(&unit, "ExecStartPre");
+    assert_eq!(pre.len(), 1, "one ExecStartPre: {pre:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run-vitalgate");
+    std::fs::create_dir(&run_dir).unwrap();
+    let cmd = pre[0].replace("/run/vitalgate", &run_dir.display().to_string());
+    let args = shell_words(&cmd);
+    for _ in 0..2 {
+        let st = Command::new(&args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{cmd}: {st}");
+    }
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(run_dir.join("manual.jsonl")).unwrap();
+    assert!(meta.file_type().is_fifo(), "manual.jsonl is not a FIFO");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o620);
+}
+
+/// Splits a unit's command line on spaces, keeping single-quoted words whole (enough for
+/// the unit's own lines).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    for (i, part) in line.split('\'').enumerate() {
+        if i % 2 == 1 {
+            words.push(part.to_string());
+        } else {
+            words.extend(part.split_whitespace().map(str::to_string));
+        }
+    }
+    words
+}
+
+/// `keygen` records the key operation in the audit log of the state dir its config names,
+/// not in an audit.log next to the key (issue 12 point 12): /etc/vitalgate is not where the
+/// gateway's audit trail lives.
+#[test]
+fn keygen_audits_in_the_config_state_dir_not_next_to_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("etc");
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keys.join("master.key");
+    let config = tmp.path().join("vitalgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw-keygen\"\nstate_dir = \"{}\"\n\n[store]\nkey_file = \"{}\"\n",
+            state.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .args(["keygen", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(key.exists(), "no key written");
+    assert!(
+        !exists(&keys.join("audit.log")),
+        "keygen wrote an audit.log next to the key"
+    );
+    let log = std::fs::read_to_string(state.join("audit.log")).expect("audit.log in the state dir");
+    assert!(log.contains("\"keygen\""), "{log}");
+    assert_eq!(
+        vitalgate::audit::verify(&state.join("audit.log")).unwrap(),
+        1
+    );
 }
 
 #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use support::*;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use vitalgate::uplink::{Lane, MemorySource, Uplink, UplinkConfig, UplinkStatus};
+use vitalgate::uplink::publisher::PLATFORM_NOT_SUBSCRIBED;
+use vitalgate::uplink::{Lane, MemorySource, NoSubscribers, Uplink, UplinkConfig, UplinkStatus};
 
 struct Running {
     wake: Arc<Notify>,
@@ -132,6 +133,7 @@ impl vitalgate::uplink::OutboxSource for ShortBatches {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_short_batches_from_the_source_still_drain_everything() {
     let b = Broker::start(Acl::gateways(&["gw-short"]));
+    let (_rx, _sub) = subscribe(&b, "sub-short", "rpm/v1/gw/gw-short/obs").await;
     let src = MemorySource::new();
     let ids = push_n(&src, Lane::Reading, 1_000, 200, 0);
     let mut cfg = b.uplink_config("gw-short");
@@ -454,6 +456,7 @@ async fn uplink_reload_with_replaced_certificate_reconnects_and_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_rsa_pkcs1_client_certificate_connects() {
     let b = Broker::start(Acl::gateways(&["gw-rsa"]));
+    let (_rx, _sub) = subscribe(&b, "sub-rsa", "rpm/v1/gw/gw-rsa/obs").await;
     let mut cfg = b.uplink_config("gw-rsa");
     let (c, k) = b.ca.client_rsa("gw-rsa", b.dir.path());
     assert!(k.contains("BEGIN RSA PRIVATE KEY"), "PKCS#1 key expected");
@@ -518,5 +521,61 @@ async fn uplink_constant_wakeups_never_break_the_connection() {
         s.connects, 1,
         "the connection was dropped and re-made: {s:?}"
     );
+    up.stop().await;
+}
+
+/// Issue 12 point 9: Mosquitto answers a QoS 1 publish that no client subscribes to with
+/// PUBACK 0x10 "No matching subscribers" (MQTT 5 §3.4.2.1): nobody received it. With the
+/// platform's consumer gone, the rows stay undelivered, the status says so, and once the
+/// platform subscribes every reading and alert arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_no_matching_subscribers_keeps_rows_until_the_platform_subscribes() {
+    let b = Broker::start(Acl::gateways(&["gw-late"]));
+    let src = MemorySource::new();
+    let alert = src.push(Lane::Alert, b"{\"alert\":1}".to_vec());
+    let readings = push_n(&src, Lane::Reading, 200, 100, 0);
+    let mut cfg = b.uplink_config("gw-late");
+    cfg.no_subscribers_alarm_s = 1;
+    let mut up = start(cfg, &src);
+    up.wake.notify_one();
+    let s = up
+        .until(30, "platform_not_subscribed raised", |s| {
+            s.conditions.contains(&PLATFORM_NOT_SUBSCRIBED)
+        })
+        .await;
+    assert!(s.not_subscribed_since.is_some(), "{s:?}");
+    assert_eq!(s.delivered, 0, "{s:?}");
+    assert_eq!(src.undelivered(), 201, "no row is delivered to nobody");
+
+    let (rx, _sub) = subscribe(&b, "sub-late", "rpm/v1/gw/gw-late/#").await;
+    rx.wait_for("/obs", 200, 60).await;
+    rx.wait_for("/alert", 1, 30).await;
+    let s = up.until(30, "all delivered", |s| s.delivered == 201).await;
+    assert!(s.conditions.is_empty(), "condition cleared: {s:?}");
+    assert_eq!(s.not_subscribed_since, None, "{s:?}");
+    assert_eq!(src.delivered_count(alert), 1);
+    for id in readings {
+        assert_eq!(src.delivered_count(id), 1, "row {id} delivered count");
+    }
+    up.stop().await;
+}
+
+/// `no_subscribers = "delivered"`: for a platform that takes messages off the broker without
+/// a subscription, the broker's 0x10 acceptance counts as delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_no_subscribers_delivered_takes_0x10_as_delivery() {
+    let b = Broker::start(Acl::gateways(&["gw-nosub"]));
+    let src = MemorySource::new();
+    let ids = push_n(&src, Lane::Reading, 20, 100, 0);
+    let mut cfg = b.uplink_config("gw-nosub");
+    cfg.no_subscribers = NoSubscribers::Delivered;
+    let mut up = start(cfg, &src);
+    up.wake.notify_one();
+    let s = up.until(30, "delivered", |s| s.delivered == 20).await;
+    assert!(s.conditions.is_empty(), "{s:?}");
+    assert_eq!(s.not_subscribed_since, None, "{s:?}");
+    for id in ids {
+        assert_eq!(src.delivered_count(id), 1);
+    }
     up.stop().await;
 }

@@ -23,14 +23,17 @@ use vitalgate::uplink::{OutboxSource, Uplink};
 use crate::support::{platform_tls, Broker};
 
 /// A `vitalgate.toml` for gateway `gw` with `patients` (TOML `[[patient]]` tables) and the
-/// `[uplink]` of `b`; its outbox lives in `dir`.
+/// `[uplink]` of `b`; its outbox lives in `dir`. Nobody subscribes to the readings (nor in
+/// the raw rumqttc baseline), so the broker's 0x10 "no matching subscribers" is taken as
+/// delivery (`no_subscribers = "delivered"`): the default would hold every row.
 pub fn config(b: &Broker, gw: &str, dir: &Path, patients: &str, inflight: u16) -> Config {
     let up = b.uplink_config(gw);
     let text = format!(
         "[gateway]\nid = \"{gw}\"\nstate_dir = \"{d}\"\ndevices_dirs = []\n\n\
          [store]\nkey_file = \"{d}/unused.key\"\n\n\
          [uplink]\nbroker = \"127.0.0.1\"\nport = {port}\nserver_name = \"localhost\"\n\
-         ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\ninflight = {inflight}\n\n{patients}\n",
+         ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\ninflight = {inflight}\n\
+         no_subscribers = \"delivered\"\n\n{patients}\n",
         d = dir.display(),
         port = b.port,
         ca = up.ca_file.display(),

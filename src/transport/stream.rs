@@ -28,6 +28,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often a followed regular file is polled for appended data.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// `EPERM` (Linux, all architectures): what epoll says of a file it cannot poll.
+const EPERM: i32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -181,7 +183,7 @@ impl StreamSource {
                 Ok(r) => Reader::Polled(r),
                 // EPERM from epoll: a character device without poll support (e.g. /dev/zero)
                 // never waits for a peer either, so it is read like a file.
-                Err(e) if kind == SourceKind::CharDevice && e.raw_os_error() == Some(1) => {
+                Err(e) if kind == SourceKind::CharDevice && e.raw_os_error() == Some(EPERM) => {
                     match tokio::fs::File::open(&self.path).await {
                         Ok(f) => Reader::File(f),
                         Err(e) => {
@@ -375,6 +377,33 @@ mod tests {
                 e => panic!("{e:?}"),
             }
         });
+    }
+
+    /// A character device that is not a tty: polled when it supports poll (/dev/urandom),
+    /// read like a file when it does not (/dev/zero: epoll refuses it with EPERM).
+    #[tokio::test]
+    async fn character_devices_with_and_without_poll_support_are_read() {
+        for dev in ["/dev/urandom", "/dev/zero"] {
+            let mut s = StreamSource::new(Path::new(dev), None);
+            let ev = next(&mut s).await;
+            assert!(
+                matches!(
+                    ev,
+                    Event::Opened {
+                        kind: SourceKind::CharDevice,
+                        resumed_at: None
+                    }
+                ),
+                "{dev}: {ev:?}"
+            );
+            match next(&mut s).await {
+                Event::Data {
+                    bytes,
+                    offset_after: None,
+                } => assert!(!bytes.is_empty(), "{dev}"),
+                e => panic!("{dev}: {e:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -42,6 +42,24 @@ pub struct UplinkConfig {
     pub backoff_initial_ms: u64,
     /// How long shutdown and reload wait for outstanding PUBACKs, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// What a PUBACK "No matching subscribers" (0x10) means; see [`NoSubscribers`].
+    pub no_subscribers: NoSubscribers,
+    /// Seconds of "no matching subscribers" answers, without a success, before the status
+    /// raises the `platform_not_subscribed` technical condition.
+    pub no_subscribers_alarm_s: u64,
+}
+
+/// `uplink.no_subscribers`: how a PUBACK with reason 0x10 "No matching subscribers" is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoSubscribers {
+    /// Nobody received the message (the platform's consumer is gone for a while): the row
+    /// stays undelivered and is retried with backoff. The default.
+    #[default]
+    Retry,
+    /// The broker's acceptance is delivery (a platform that takes messages off the broker by
+    /// other means than a subscription, e.g. a bridge or a broker plug-in).
+    Delivered,
 }
 
 impl Default for UplinkConfig {
@@ -62,6 +80,8 @@ impl Default for UplinkConfig {
             backoff_max_s: 60,
             backoff_initial_ms: 500,
             drain_timeout_ms: 2000,
+            no_subscribers: NoSubscribers::Retry,
+            no_subscribers_alarm_s: 120,
         }
     }
 }
@@ -192,6 +212,13 @@ impl UplinkConfig {
                 "must be at most 60000 (stay under the systemd stop timeout)",
             ));
         }
+        if self.no_subscribers_alarm_s == 0 || self.no_subscribers_alarm_s > 86_400 {
+            errs.push(err(
+                "no_subscribers_alarm_s",
+                self.no_subscribers_alarm_s,
+                "must be 1..=86400 seconds",
+            ));
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -218,6 +245,19 @@ mod tests {
         assert_eq!(c.topic_prefix, "rpm/v1");
         assert_eq!(c.backoff_max_s, 60);
         assert_eq!(c.effective_server_name(), "h");
+    }
+
+    #[test]
+    fn config_no_subscribers_is_retry_unless_set_to_delivered() {
+        let c: UplinkConfig = toml::from_str("broker = \"h\"").unwrap();
+        assert_eq!(c.no_subscribers, NoSubscribers::Retry);
+        assert_eq!(c.no_subscribers_alarm_s, 120);
+        let c: UplinkConfig =
+            toml::from_str("broker = \"h\"\nno_subscribers = \"delivered\"").unwrap();
+        assert_eq!(c.no_subscribers, NoSubscribers::Delivered);
+        let r: Result<UplinkConfig, _> =
+            toml::from_str("broker = \"h\"\nno_subscribers = \"drop\"");
+        assert!(r.unwrap_err().to_string().contains("retry"));
     }
 
     #[test]

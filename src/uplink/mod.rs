@@ -19,7 +19,7 @@ pub mod source;
 pub mod tls;
 pub mod topics;
 
-pub use config::{ConfigError, UplinkConfig};
+pub use config::{ConfigError, NoSubscribers, UplinkConfig};
 pub use publisher::{Uplink, UplinkError, UplinkStatus};
 pub use source::{Lane, MemorySource, OutboxSource, Outgoing, SourceError};
 pub use tls::{gateway_id_from_cert, LoadedTls, TlsError};

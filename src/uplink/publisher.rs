@@ -3,7 +3,15 @@
 //! One task owns both the rumqttc `AsyncClient` and `EventLoop::poll()` (rust-stack.md §1.3).
 //! Rows are handed to rumqttc in order and a FIFO of row tags is matched to packet ids as
 //! `Outgoing::Publish(pkid)` events come out, so each PUBACK is matched to its own row; a row
-//! is marked delivered only when its PUBACK reason is `Success` or `NoMatchingSubscribers`.
+//! is marked delivered only when its PUBACK reason is `Success`.
+//!
+//! "No matching subscribers" (0x10) means nobody received the message: the platform's consumer
+//! is gone (restarting, or its subscription was lost with a broker restart). With
+//! `uplink.no_subscribers = "retry"` (the default) such rows stay undelivered: publishing
+//! pauses, then one row at a time probes with backoff until a PUBACK `Success` says someone
+//! subscribes again, and everything held flows. After `no_subscribers_alarm_s` the status
+//! raises the `platform_not_subscribed` technical condition. `"delivered"` takes 0x10 as
+//! delivery, for a platform that consumes by other means than a subscription.
 //!
 //! Deliberately *not* relied upon: rumqttc's session resume and `pending` queue. Every
 //! connection is a fresh client with clean start; after any disconnect the window is dropped
@@ -32,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
-use super::config::{ConfigError, UplinkConfig};
+use super::config::{ConfigError, NoSubscribers, UplinkConfig};
 use super::session;
 use super::source::{Lane, OutboxSource};
 use super::tls::{self, LoadedTls};
@@ -61,7 +69,17 @@ pub struct UplinkStatus {
     pub cert_not_after: Option<OffsetDateTime>,
     /// Publishes awaiting PUBACK.
     pub in_flight: usize,
+    /// Since when the broker has answered "no matching subscribers" (0x10) without a success
+    /// in between: nobody is receiving; rows are kept and retried (`no_subscribers = "retry"`).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_subscribed_since: Option<OffsetDateTime>,
+    /// Technical conditions of the uplink: `platform_not_subscribed` once the above lasted
+    /// `no_subscribers_alarm_s`.
+    pub conditions: Vec<&'static str>,
 }
+
+/// The technical condition raised when the platform has not subscribed for too long.
+pub const PLATFORM_NOT_SUBSCRIBED: &str = "platform_not_subscribed";
 
 /// Why the uplink cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +138,19 @@ enum Refusal {
     TooLarge { limit: usize },
 }
 
+/// The platform's consumer is gone: PUBACKs say "no matching subscribers".
+struct NotSubscribed {
+    since: Instant,
+    /// Probes answered 0x10 so far (the backoff's attempt count).
+    attempts: u32,
+    /// No row is sent before this; then one probe at a time.
+    resume_at: Instant,
+    /// The row sent as the current probe.
+    probe: Option<i64>,
+    /// `platform_not_subscribed` is raised in the status.
+    raised: bool,
+}
+
 /// How one connection ended.
 enum End {
     Shutdown,
@@ -155,6 +186,9 @@ struct Pump<S: OutboxSource> {
     max_packet: usize,
     delivered_since_flush: u64,
     last_ack: Option<OffsetDateTime>,
+    /// Set while the platform is not subscribed (`no_subscribers = "retry"`); outlives a
+    /// connection, as it is the platform's state, not the link's.
+    not_subscribed: Option<NotSubscribed>,
 }
 
 fn lane_ix(l: Lane) -> usize {
@@ -242,6 +276,7 @@ impl<S: OutboxSource> Uplink<S> {
             window: Window::default(),
             delivered_since_flush: 0,
             last_ack: None,
+            not_subscribed: None,
         };
         let mut tls: Option<LoadedTls> = None;
         loop {
@@ -325,6 +360,106 @@ impl<S: OutboxSource> Pump<S> {
         self.retry.clear();
         self.rescan_at = None;
         self.window = Window::default();
+        if let Some(ns) = self.not_subscribed.as_mut() {
+            ns.probe = None;
+        }
+    }
+
+    /// A row was answered "no matching subscribers": keep it, pause, and back off while the
+    /// probe keeps getting that answer.
+    fn on_not_subscribed(&mut self, row: Row) {
+        let now = Instant::now();
+        let delay = |attempts: u32, cfg: &UplinkConfig| {
+            let mut b = Backoff::new(
+                Duration::from_millis(cfg.backoff_initial_ms),
+                Duration::from_secs(cfg.backoff_max_s),
+            );
+            for _ in 1..attempts.min(30) {
+                b.next_with(1.0);
+            }
+            b.next_delay()
+        };
+        match self.not_subscribed.as_mut() {
+            None => {
+                warn!(
+                    topic = %self.topics.for_lane(row.lane),
+                    "broker says no platform client subscribes (PUBACK 0x10): nobody received row {}; holding the outbox and retrying",
+                    row.id
+                );
+                self.not_subscribed = Some(NotSubscribed {
+                    since: now,
+                    attempts: 1,
+                    resume_at: now + delay(1, &self.cfg),
+                    probe: None,
+                    raised: false,
+                });
+                let since = now_utc();
+                self.status
+                    .send_modify(|s| s.not_subscribed_since = Some(since));
+            }
+            Some(ns) if ns.probe == Some(row.id) => {
+                ns.attempts = ns.attempts.saturating_add(1);
+                ns.resume_at = now + delay(ns.attempts, &self.cfg);
+                ns.probe = None;
+            }
+            // Sent before the pause began: it only goes back to its queue.
+            Some(_) => {}
+        }
+        // Back into its lane's queue, in id order: sent again (alerts first, as always) once
+        // the pause ends.
+        let queue = &mut self.queues[lane_ix(row.lane)];
+        let at = queue.partition_point(|r| r.id < row.id);
+        queue.insert(at, row);
+        self.check_not_subscribed(now);
+    }
+
+    /// A row was delivered: if the platform had not been subscribed, it is again.
+    fn on_subscribed_again(&mut self) {
+        if let Some(ns) = self.not_subscribed.take() {
+            info!(
+                after_s = ns.since.elapsed().as_secs(),
+                "the platform subscribes again (PUBACK success); sending what was held"
+            );
+            self.status.send_modify(|s| {
+                s.not_subscribed_since = None;
+                s.conditions.retain(|c| *c != PLATFORM_NOT_SUBSCRIBED);
+            });
+        }
+    }
+
+    /// Raises `platform_not_subscribed` once the platform has been gone long enough.
+    fn check_not_subscribed(&mut self, now: Instant) {
+        let limit = Duration::from_secs(self.cfg.no_subscribers_alarm_s);
+        let Some(ns) = self.not_subscribed.as_mut() else {
+            return;
+        };
+        if ns.raised || now.duration_since(ns.since) < limit {
+            return;
+        }
+        ns.raised = true;
+        tracing::error!(
+            condition = PLATFORM_NOT_SUBSCRIBED,
+            for_s = limit.as_secs(),
+            "technical condition: the platform has not subscribed for {} s; readings are kept in the outbox, undelivered",
+            limit.as_secs()
+        );
+        self.status.send_modify(|s| {
+            if !s.conditions.contains(&PLATFORM_NOT_SUBSCRIBED) {
+                s.conditions.push(PLATFORM_NOT_SUBSCRIBED);
+            }
+        });
+    }
+
+    /// When the next timer of the not-subscribed state is due: the end of the pause (while no
+    /// probe is out) and the condition's deadline (until raised).
+    fn not_subscribed_timer(&self) -> Option<Instant> {
+        let ns = self.not_subscribed.as_ref()?;
+        // Once past, the next fill sends the probe; if there was nothing to send, new rows wake
+        // the publisher anyway (a past timer here would spin).
+        let resume = (ns.probe.is_none() && ns.resume_at > Instant::now()).then_some(ns.resume_at);
+        let alarm =
+            (!ns.raised).then(|| ns.since + Duration::from_secs(self.cfg.no_subscribers_alarm_s));
+        resume.into_iter().chain(alarm).min()
     }
 
     /// Records acknowledged rows in the outbox (durable before return) and publishes status.
@@ -409,6 +544,12 @@ impl<S: OutboxSource> Pump<S> {
     fn fill(&mut self, client: &AsyncClient) {
         let now = Instant::now();
         while self.window.len() < self.win_cap {
+            // Not subscribed: nothing until the pause ends, then one probe at a time.
+            let probing = match &self.not_subscribed {
+                None => false,
+                Some(ns) if ns.probe.is_some() || now < ns.resume_at => break,
+                Some(_) => true,
+            };
             let Some(row) = self.next_row(now) else { break };
             let topic = self.topics.for_lane(row.lane);
             let size = publish_packet_len(topic.len(), row.payload.len());
@@ -427,7 +568,12 @@ impl<S: OutboxSource> Pump<S> {
                 continue;
             }
             match client.try_publish(topic, QoS::AtLeastOnce, false, row.payload.clone()) {
-                Ok(()) => self.window.queued.push_back(Tag::Row(row)),
+                Ok(()) => {
+                    if let (true, Some(ns)) = (probing, self.not_subscribed.as_mut()) {
+                        ns.probe = Some(row.id);
+                    }
+                    self.window.queued.push_back(Tag::Row(row));
+                }
                 Err(e) => {
                     // The request channel is sized above the window; this is not expected.
                     let ix = lane_ix(row.lane);
@@ -487,12 +633,13 @@ impl<S: OutboxSource> Pump<S> {
                     warn!(pkid = ack.pkid, "PUBACK for a packet id not in flight");
                     return false;
                 };
-                let ok = matches!(
-                    ack.reason,
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                );
+                let nobody = matches!(ack.reason, PubAckReason::NoMatchingSubscribers);
+                let ok = matches!(ack.reason, PubAckReason::Success)
+                    || (nobody && self.cfg.no_subscribers == NoSubscribers::Delivered);
                 match tag {
-                    Tag::Status if !ok => {
+                    // 0x10 is fine here: the retained status waits on the broker for the
+                    // platform's next subscription.
+                    Tag::Status if !ok && !nobody => {
                         self.report(format!(
                             "broker refused the status publish: {:?}",
                             ack.reason
@@ -500,7 +647,17 @@ impl<S: OutboxSource> Pump<S> {
                         false
                     }
                     Tag::Status => false,
+                    Tag::Row(row) if nobody && !ok => {
+                        self.on_not_subscribed(row);
+                        if self.window.is_empty() {
+                            self.flush_acks();
+                        }
+                        false
+                    }
                     Tag::Row(row) if ok => {
+                        if !nobody {
+                            self.on_subscribed_again();
+                        }
                         self.refusals.remove(&row.id);
                         self.acked.push(row.id);
                         self.delivered_since_flush += 1;
@@ -513,6 +670,11 @@ impl<S: OutboxSource> Pump<S> {
                         true
                     }
                     Tag::Row(row) => {
+                        if let Some(ns) = self.not_subscribed.as_mut() {
+                            if ns.probe == Some(row.id) {
+                                ns.probe = None; // refused for another reason: probe with the next
+                            }
+                        }
                         let attempts = match self.refusals.get(&row.id) {
                             Some(Refusal::Broker { attempts, .. }) => attempts.saturating_add(1),
                             _ => 1,
@@ -607,11 +769,13 @@ impl<S: OutboxSource> Pump<S> {
             if connacked {
                 self.fill(&client);
             }
+            self.check_not_subscribed(Instant::now());
             let next_timer = self
                 .retry
                 .iter()
                 .map(|(d, _)| *d)
                 .chain(self.rescan_at)
+                .chain(self.not_subscribed_timer())
                 .min();
             let action = tokio::select! {
                 biased;
