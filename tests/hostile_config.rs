@@ -325,6 +325,25 @@ fn key_file_that_is_a_fifo_is_refused_at_once_with_exit_2() {
 }
 
 #[test]
+fn config_file_that_is_a_fifo_is_refused_at_once_with_exit_2() {
+    let i = Install::new();
+    std::fs::remove_file(i.config()).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(i.config())
+        .status()
+        .unwrap()
+        .success());
+    let out = run_to_exit(&i);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the config file is a FIFO (named pipe), not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!i.state().exists());
+}
+
+#[test]
 fn hex_key_truncated_to_32_digits_is_refused_with_exit_2() {
     use std::os::unix::fs::PermissionsExt;
     let i = Install::new();
