@@ -11,6 +11,7 @@
 //!   more digits in a row.
 //! - [`scrub`] is the net under every config message: any run of 10 or more digits (spaces
 //!   or hyphens between them allowed, as in `943 476 5919`) is replaced, whatever it is.
+//!   It over-hides on purpose: a long number in a message is always findable by its key.
 //!
 //! A value is always findable from its key, line and column; the message need not repeat it.
 
@@ -23,8 +24,8 @@ pub const HIDDEN_DIGITS: &str = "<10+ digits, not shown>";
 /// What replaces a quoted value with 4 or more digits in a parser message.
 pub const HIDDEN_VALUE: &str = "<value not shown>";
 
-/// Replaces every run of 10 or more digits (single spaces or hyphens between digits allowed)
-/// with [`HIDDEN_DIGITS`]. Anything shorter is left as it is.
+/// Replaces every run of 10 or more digits (up to 3 spaces, tabs or hyphens between two
+/// digits allowed) with [`HIDDEN_DIGITS`]. Anything shorter is left as it is.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -46,10 +47,8 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
                 digits += 1;
                 j += 1;
                 end = j;
-            } else if matches!(chars[j], ' ' | '-')
-                && chars.get(j + 1).is_some_and(char::is_ascii_digit)
-            {
-                j += 1;
+            } else if let Some(gap) = separator_gap(&chars[j..]) {
+                j += gap;
             } else {
                 break;
             }
@@ -67,6 +66,17 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
+}
+
+/// The length of a gap between two digits that still joins them: 1 to 3 spaces, tabs or
+/// hyphens (`NhsNumber::parse` ignores spaces and hyphens anywhere) followed by a digit.
+fn separator_gap(chars: &[char]) -> Option<usize> {
+    let gap = chars
+        .iter()
+        .take(4)
+        .take_while(|c| matches!(c, ' ' | '-' | '\t'))
+        .count();
+    ((1..=3).contains(&gap) && chars.get(gap).is_some_and(char::is_ascii_digit)).then_some(gap)
 }
 
 /// Whether `text` holds a run [`scrub`] would hide.
@@ -202,7 +212,13 @@ mod tests {
 
     #[test]
     fn scrub_hides_ten_digits_in_any_grouping() {
-        for n in ["9434765919", "943 476 5919", "943-476-5919", "x9434765919y"] {
+        for n in [
+            "9434765919",
+            "943 476 5919",
+            "943-476-5919",
+            "x9434765919y",
+            "\"943  476 - 5919\"",
+        ] {
             let s = scrub(n);
             assert!(!s.contains("5919"), "{n} -> {s}");
             assert!(s.contains(HIDDEN_DIGITS), "{n} -> {s}");

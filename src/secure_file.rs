@@ -105,6 +105,13 @@ pub const MASTER_KEY_CREDENTIAL: FileKind = FileKind {
     secrecy: Secrecy::Public,
 };
 
+/// A device profile (`devices/*.toml`; the largest shipped is ~3 KiB).
+pub const DEVICE_PROFILE: FileKind = FileKind {
+    what: "device profile",
+    max_bytes: 256 * 1024,
+    secrecy: Secrecy::Public,
+};
+
 /// Why a file was not read. Never holds any of its content.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -14,7 +14,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A valid NHS Number (a test-range number) and the forms it may be written in.
-const NHS_FORMS: [&str; 3] = ["9434765919", "943 476 5919", "943-476-5919"];
+const NHS_FORMS: [&str; 4] = [
+    "9434765919",
+    "943 476 5919",
+    "943-476-5919",
+    "943  476  5919",
+];
 
 /// Config fragments that make the TOML parser or the checks complain about, or echo, a line
 /// holding the NHS Number. Each is appended to a `[[patient]]` table.
@@ -45,6 +50,10 @@ const HOSTILE: &[(&str, &str)] = &[
     (
         "number as an unknown key value",
         "nhs_numbr = \"9434765919\"\n",
+    ),
+    (
+        "double-spaced number as a device id",
+        "[[device]]\nid = \"943  476  5919\"\npatient = \"p1\"\ndriver = \"sim\"\n",
     ),
 ];
 
@@ -320,6 +329,25 @@ fn key_file_that_is_a_fifo_is_refused_at_once_with_exit_2() {
     assert!(
         err.contains("master.key") && err.contains("FIFO") && err.contains("not a regular file"),
         "{err}"
+    );
+    assert!(!i.state().exists());
+}
+
+#[test]
+fn config_file_that_is_a_fifo_is_refused_at_once_with_exit_2() {
+    let i = Install::new();
+    std::fs::remove_file(i.config()).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(i.config())
+        .status()
+        .unwrap()
+        .success());
+    let out = run_to_exit(&i);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the config file is a FIFO (named pipe), not a regular file"),
+        "{}",
+        text(&out.stderr)
     );
     assert!(!i.state().exists());
 }

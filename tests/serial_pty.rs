@@ -307,6 +307,11 @@ fn check_config_accepts_a_device_naming_a_valid_profile() {
         &[&shipped],
         &device("ox1", "nonin-3012-oem3", Path::new("/dev/ttyUSB0")),
     );
+    // check-config also checks the master key the config names.
+    let key = dir.path().join("master.key");
+    assert!(run(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
     let out = run(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(
         out.status.success(),

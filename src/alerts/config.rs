@@ -273,7 +273,7 @@ impl PatientAlertConfig {
             problems.push(ConfigProblem {
                 key: "technical.rejections_to_alarm".into(),
                 value: t.rejections_to_alarm.to_string(),
-                reason: "must be 1..=10000 (more could never be reached in the window)".into(),
+                reason: "must be 1..=10000 rejections".into(),
             });
         }
         let pct_ok = t.outbox_clear_percent < t.outbox_warn_percent

@@ -386,9 +386,13 @@ pub async fn run(
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     // Every ingest handle is gone once the device tasks ended: the writer drains and stops.
-    match tokio::task::spawn_blocking(move || writer.join()).await {
-        Ok(Ok(_outbox)) => {}
-        _ => tracing::error!("ingest writer ended abnormally"),
+    // Bounded: a task that never let go of its handle must not keep SIGTERM from completing
+    // (what the writer still holds then dies with the process, as with SIGKILL; WAL keeps
+    // every committed transaction).
+    match tokio::time::timeout(SHUTDOWN_GRACE, tokio::task::spawn_blocking(move || writer.join())).await {
+        Ok(Ok(Ok(_outbox))) => {}
+        Ok(_) => tracing::error!("ingest writer ended abnormally"),
+        Err(_) => tracing::error!("ingest writer still running {SHUTDOWN_GRACE:?} after the devices stopped (a task still holds ingest): stopping without it; what it holds was NOT stored"),
     }
     // Last, the uplink: it stops sending, waits briefly for outstanding PUBACKs, publishes
     // its retained offline status and disconnects.

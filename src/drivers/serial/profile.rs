@@ -43,6 +43,9 @@ pub enum ProfileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Missing, not a regular file, too large or unreadable.
+    #[error(transparent)]
+    File(#[from] crate::secure_file::FileError),
     #[error("{}: not a valid profile: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}", format_problems(path, problems))]
@@ -287,10 +290,8 @@ fn empty_spec(name: &str) -> LineSpec {
 /// Reads and validates one profile.
 pub fn load_profile(path: impl AsRef<Path>) -> Result<Profile, ProfileError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // Capped and type-checked: a FIFO or device named `*.toml` is refused, not read.
+    let text = crate::secure_file::read_to_string(path, &crate::secure_file::DEVICE_PROFILE)?;
     parse_profile(&text, path)
 }
 
@@ -324,7 +325,8 @@ pub fn load_profiles(dir: impl AsRef<Path>) -> Result<Vec<Profile>, ProfileError
 /// The `transport` a profile file declares (`None` when absent or unreadable: the serial
 /// loader then reports whatever is wrong with it).
 pub fn profile_transport(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text =
+        crate::secure_file::read_to_string(path, &crate::secure_file::DEVICE_PROFILE).ok()?;
     let value: toml::Table = toml::from_str(&text).ok()?;
     value.get("transport")?.as_str().map(str::to_string)
 }
@@ -1146,5 +1148,34 @@ flow_control = "none"
         fn profile_parse_never_panics(text in "[a-z_=\"\\[\\] 0-9\n.]{0,200}") {
             let _ = parse(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod file_limits {
+    use super::*;
+
+    #[test]
+    fn a_profile_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stuck.toml");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                load_profiles(dir.path())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("loading a FIFO profile blocked")
+            .unwrap_err();
+        assert!(e.contains("stuck.toml") && e.contains("FIFO"), "{e}");
     }
 }
