@@ -101,6 +101,11 @@ pub struct ThresholdRule {
     #[serde(default)]
     pub clear_after_secs: u64,
     pub priority: Priority,
+    /// For an SpO2 rule of a Scale 2 patient only: a clinician intends this rule to alarm
+    /// inside the prescribed 88–92 % target range. Without it such a rule is refused (see
+    /// [`PatientAlertConfig::validate`] and docs/alerts.md "SpO2 Scale 2").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inside_scale2_target: bool,
 }
 
 impl ThresholdRule {
@@ -161,10 +166,10 @@ impl Default for TechnicalConfig {
 /// on_oxygen = false
 /// news2_freshness_secs = 1800
 /// news2_settle_secs = 1800
-/// # rules omitted: default_home_rules(); `rules = []` means no threshold rules at all
+/// # rules omitted: default_rules(spo2_scale); `rules = []` means no threshold rules at all
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawPatientAlertConfig")]
 pub struct PatientAlertConfig {
     /// NEWS2 SpO2 scale. Set by a clinician; the engine never infers it (clinical.md §2.2).
     #[serde(default)]
@@ -180,10 +185,41 @@ pub struct PatientAlertConfig {
     /// de-escalates or clears.
     #[serde(default = "default_news2_settle_secs")]
     pub news2_settle_secs: u64,
-    #[serde(default = "default_home_rules")]
+    /// Threshold rules. Omitted in config: [`default_rules`] for the patient's `spo2_scale`.
     pub rules: Vec<ThresholdRule>,
-    #[serde(default)]
     pub technical: TechnicalConfig,
+}
+
+/// [`PatientAlertConfig`] as written: `rules` omitted is told apart from `rules = []`, so the
+/// defaults can follow the patient's SpO2 scale (issue 13 point 3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPatientAlertConfig {
+    #[serde(default)]
+    spo2_scale: Spo2Scale,
+    #[serde(default)]
+    on_oxygen: bool,
+    #[serde(default = "default_news2_freshness_secs")]
+    news2_freshness_secs: u64,
+    #[serde(default = "default_news2_settle_secs")]
+    news2_settle_secs: u64,
+    #[serde(default)]
+    rules: Option<Vec<ThresholdRule>>,
+    #[serde(default)]
+    technical: TechnicalConfig,
+}
+
+impl From<RawPatientAlertConfig> for PatientAlertConfig {
+    fn from(r: RawPatientAlertConfig) -> Self {
+        PatientAlertConfig {
+            spo2_scale: r.spo2_scale,
+            on_oxygen: r.on_oxygen,
+            news2_freshness_secs: r.news2_freshness_secs,
+            news2_settle_secs: r.news2_settle_secs,
+            rules: r.rules.unwrap_or_else(|| default_rules(r.spo2_scale)),
+            technical: r.technical,
+        }
+    }
 }
 
 fn default_news2_freshness_secs() -> u64 {
@@ -294,6 +330,9 @@ impl PatientAlertConfig {
         let mut seen = BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             validate_rule(i, r, &mut seen, &mut problems);
+            if self.spo2_scale == Spo2Scale::Scale2 {
+                check_scale2_target(i, r, &mut problems);
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -389,8 +428,53 @@ fn validate_rule(
     }
 }
 
+/// The prescribed SpO2 target range of a NEWS2 Scale 2 patient (clinical.md §2.2: hypercapnic
+/// respiratory failure, target 88–92 %); Scale 2 scores 0 anywhere in it.
+pub const SCALE2_TARGET: (f64, f64) = (88.0, 92.0);
+
+/// Refuses an SpO2 rule that would alarm inside the Scale 2 target range, unless the rule says
+/// a clinician intends it (`inside_scale2_target = true`). Why refuse rather than warn:
+/// docs/alerts.md "SpO2 Scale 2". The problem names both settings.
+fn check_scale2_target(i: usize, r: &ThresholdRule, problems: &mut Vec<ConfigProblem>) {
+    if r.metric != Metric::Spo2 || r.inside_scale2_target {
+        return;
+    }
+    let (lo, hi) = SCALE2_TARGET;
+    let (field, v, alarms_at) = match (r.above, r.below) {
+        (None, Some(b)) if b.is_finite() && b > lo => ("below", b, format!("{lo} %")),
+        (Some(a), None) if a.is_finite() && a < hi => ("above", a, format!("{hi} %")),
+        _ => return,
+    };
+    problems.push(ConfigProblem {
+        key: format!("rules[{i}].{field}"),
+        value: v.to_string(),
+        reason: format!(
+            "contradicts spo2_scale = \"scale_2\": rule {:?} would alarm at {alarms_at}, inside the prescribed Scale 2 target range of {lo}-{hi} % where NEWS2 scores 0; \
+             use {field} = {} (or omit `rules` to get the Scale 2 defaults), or set rules[{i}].inside_scale2_target = true if a clinician intends alarms inside the target range",
+            r.id,
+            if field == "below" { lo } else { hi },
+        ),
+    });
+}
+
+/// The default threshold rules for a patient on `scale`: [`default_home_rules`] for Scale 1;
+/// for Scale 2 the same rules with `spo2_low` moved to the bottom of the prescribed target
+/// range (SpO2 < 88 %, clears at >= 90 %), so no default rule alarms inside 88–92 %.
+pub fn default_rules(scale: Spo2Scale) -> Vec<ThresholdRule> {
+    let mut rules = default_home_rules();
+    if scale == Spo2Scale::Scale2 {
+        for r in rules.iter_mut().filter(|r| r.id == "spo2_low") {
+            // Below the prescribed target, sustained: the Scale 2 counterpart of the Scale 1
+            // rule (one band above the NEWS2 Scale 2 red score, <= 83 %). Same persistence,
+            // hysteresis and priority.
+            r.below = Some(SCALE2_TARGET.0);
+        }
+    }
+    rules
+}
+
 /// Threshold rules a clinician would accept for a home hub, **for a NEWS2 Scale 1 patient**
-/// (replace `spo2_low` for Scale 2 patients, whose target is 88–92 %).
+/// ([`default_rules`] gives Scale 2 patients, whose target is 88–92 %, their own `spo2_low`).
 ///
 /// They complement NEWS2 rather than repeat it: the engine already raises every NEWS2
 /// single-parameter "red" score (RR <= 8 or >= 25, SpO2 <= 91 on Scale 1, SBP <= 90 or >= 220,
@@ -410,6 +494,7 @@ pub fn default_home_rules() -> Vec<ThresholdRule> {
         hysteresis: 0.0,
         clear_after_secs: 0,
         priority: Priority::Medium,
+        inside_scale2_target: false,
     };
     vec![
         // SpO2 <= 92 %: NHS England "pulse oximetry at home" tells patients at 92 % or less

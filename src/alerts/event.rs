@@ -18,7 +18,7 @@ use super::lifecycle::Transition;
 use super::news2::{ClinicalResponse, News2Parameter, RiskBand, Spo2Scale};
 
 /// Schema identifier carried in every event (`schema_version`).
-pub const SCHEMA_VERSION: &str = "alert-event.v1";
+pub const SCHEMA_VERSION: &str = "alert-event.v2";
 
 /// What raised the alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -65,6 +65,23 @@ pub struct ThresholdDetail {
     /// Canonical unit of `limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// What the readings behind this transition show (absent only when the rule was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<ThresholdEvidence>,
+}
+
+/// The run of consecutive readings behind a threshold transition: beyond the limit for a
+/// raise, in the clearing zone for a clear. A rule with persistence raises only when
+/// `span_secs >= persist_secs` (the data covers the window); the text says exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdEvidence {
+    pub readings: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_observed_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_observed_at: OffsetDateTime,
+    /// Seconds from the first to the last reading (observation times).
+    pub span_secs: u64,
 }
 
 /// One scored NEWS2 parameter.

@@ -71,11 +71,12 @@ pub mod threshold;
 mod tests;
 
 pub use config::{
-    default_home_rules, AlertConfigError, ConfigProblem, Direction, PatientAlertConfig, Priority,
+    default_home_rules, default_rules, AlertConfigError, ConfigProblem, Direction, PatientAlertConfig, Priority,
     TechnicalConfig, ThresholdRule,
 };
 pub use engine::{
     ActiveAlert, AlertEngine, EngineState, News2Partial, News2Score, News2Status, ReadingOutcome,
+    SetReading,
 };
 pub use event::{AlertEvent, AlertKind, TechnicalCondition, SCHEMA_VERSION};
 pub use lifecycle::Transition;
@@ -84,7 +85,7 @@ pub use news2::{ClinicalResponse, News2Parameter, RiskBand, Spo2Scale};
 /// Version of the rule set (scoring, defaults, lifecycle semantics). Carried in every event.
 /// Bump it on any change that could change an event for the same inputs, and record the
 /// change in docs/alerts.md.
-pub const RULES_VERSION: &str = "vitalgate-alerts/1.0.0";
+pub const RULES_VERSION: &str = "vitalgate-alerts/2.0.0";
 
 /// An opaque reference the caller gives each reading (e.g. the FHIR Observation id).
 pub type ObsRef = String;

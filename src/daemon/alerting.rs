@@ -231,28 +231,48 @@ impl AlertHook {
 }
 
 impl CommitHook for AlertHook {
+    /// Each patient's readings in the batch are one observation set, evaluated as a whole
+    /// (`AlertEngine::on_observation_set`): a full set written at once is scored together.
     fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
         let mut out = HookOutput::default();
         let mut raised = false;
+        // Patients in order of first appearance; each with its readings and their Observation ids.
+        let mut sets: Vec<(&str, Vec<(&str, &crate::reading::Reading, String)>)> = Vec::new();
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
+            if !self.engines.contains_key(&r.patient_id) {
+                continue;
+            }
             let obs_ref = super::publish::observation_id(&self.gateway, r).to_string();
-            let Some(engine) = self.engines.get_mut(&r.patient_id) else {
+            let set = match sets.iter_mut().position(|(p, _)| *p == r.patient_id) {
+                Some(i) => &mut sets[i].1,
+                None => {
+                    sets.push((&r.patient_id, Vec::new()));
+                    &mut sets.last_mut().expect("just pushed").1
+                }
+            };
+            for reading in &r.readings {
+                set.push((&r.device_id, reading, obs_ref.clone()));
+            }
+        }
+        for (patient, set) in sets {
+            let Some(engine) = self.engines.get_mut(patient) else {
                 continue;
             };
-            let mut events = Vec::new();
-            let mut scores = Vec::new();
-            for reading in &r.readings {
-                let outcome = engine.on_reading(now, &r.device_id, reading, &obs_ref);
-                events.extend(outcome.events);
-                scores.extend(outcome.news2);
-            }
-            self.dirty.insert(r.patient_id.clone());
-            raised |= !events.is_empty();
-            out.records
-                .extend(self.alert_records(&r.patient_id, events));
-            for s in &scores {
-                out.records.extend(self.news2_record(&r.patient_id, s));
+            let set: Vec<alerts::SetReading<'_>> = set
+                .iter()
+                .map(|(device, reading, obs_ref)| alerts::SetReading {
+                    device,
+                    reading,
+                    obs_ref,
+                })
+                .collect();
+            let outcome = engine.on_observation_set(now, &set);
+            self.dirty.insert(patient.to_string());
+            raised |= !outcome.events.is_empty();
+            out.records.extend(self.alert_records(patient, outcome.events));
+            if let Some(s) = &outcome.news2 {
+                out.records.extend(self.news2_record(patient, s));
             }
         }
         out.state = self.persist(raised);
