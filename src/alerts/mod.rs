@@ -71,8 +71,8 @@ pub mod threshold;
 mod tests;
 
 pub use config::{
-    default_home_rules, default_rules, AlertConfigError, ConfigProblem, Direction, PatientAlertConfig, Priority,
-    TechnicalConfig, ThresholdRule,
+    default_home_rules, default_rules, AlertConfigError, ConfigProblem, Direction,
+    PatientAlertConfig, Priority, TechnicalConfig, ThresholdRule,
 };
 pub use engine::{
     ActiveAlert, AlertEngine, EngineState, News2Partial, News2Score, News2Status, ReadingOutcome,

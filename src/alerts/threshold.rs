@@ -65,6 +65,7 @@ mod tests {
             hysteresis,
             clear_after_secs: 0,
             priority: Priority::High,
+            inside_scale2_target: false,
         }
     }
 

@@ -270,7 +270,8 @@ impl CommitHook for AlertHook {
             let outcome = engine.on_observation_set(now, &set);
             self.dirty.insert(patient.to_string());
             raised |= !outcome.events.is_empty();
-            out.records.extend(self.alert_records(patient, outcome.events));
+            out.records
+                .extend(self.alert_records(patient, outcome.events));
             if let Some(s) = &outcome.news2 {
                 out.records.extend(self.news2_record(patient, s));
             }
