@@ -106,7 +106,6 @@ pub fn tail(lines: &[String]) -> &[String] {
     &lines[lines.len().saturating_sub(20)..]
 }
 
-
 /// Polls `pred` every 20 ms until it holds; panics naming `what` after `secs`.
 pub async fn wait_until(secs: u64, what: &str, mut pred: impl FnMut() -> bool) {
     within(secs, what, async {
