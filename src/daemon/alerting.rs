@@ -230,6 +230,13 @@ impl AlertHook {
     }
 }
 
+/// One reading of a committed batch, with its device and Observation id.
+struct BatchReading<'a> {
+    device: &'a str,
+    reading: &'a crate::reading::Reading,
+    obs_ref: String,
+}
+
 impl CommitHook for AlertHook {
     /// Each patient's readings in the batch are one observation set, evaluated as a whole
     /// (`AlertEngine::on_observation_set`): a full set written at once is scored together.
@@ -237,7 +244,7 @@ impl CommitHook for AlertHook {
         let mut out = HookOutput::default();
         let mut raised = false;
         // Patients in order of first appearance; each with its readings and their Observation ids.
-        let mut sets: Vec<(&str, Vec<(&str, &crate::reading::Reading, String)>)> = Vec::new();
+        let mut sets: Vec<(&str, Vec<BatchReading<'_>>)> = Vec::new();
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
             if !self.engines.contains_key(&r.patient_id) {
@@ -252,7 +259,11 @@ impl CommitHook for AlertHook {
                 }
             };
             for reading in &r.readings {
-                set.push((&r.device_id, reading, obs_ref.clone()));
+                set.push(BatchReading {
+                    device: &r.device_id,
+                    reading,
+                    obs_ref: obs_ref.clone(),
+                });
             }
         }
         for (patient, set) in sets {
@@ -261,10 +272,10 @@ impl CommitHook for AlertHook {
             };
             let set: Vec<alerts::SetReading<'_>> = set
                 .iter()
-                .map(|(device, reading, obs_ref)| alerts::SetReading {
-                    device,
-                    reading,
-                    obs_ref,
+                .map(|b| alerts::SetReading {
+                    device: b.device,
+                    reading: b.reading,
+                    obs_ref: &b.obs_ref,
                 })
                 .collect();
             let outcome = engine.on_observation_set(now, &set);
