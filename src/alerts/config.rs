@@ -69,7 +69,7 @@ pub enum Direction {
 /// id = "spo2_low"
 /// metric = "spo2"
 /// below = 93            # abnormal when SpO2 < 93 %
-/// persist_secs = 60     # must hold for 60 s before the alert is raised
+/// persist_secs = 60     # readings must show it over 60 s before the alert is raised
 /// hysteresis = 2        # clears only at SpO2 >= 95 %
 /// clear_after_secs = 300
 /// priority = "high"
@@ -89,15 +89,17 @@ pub struct ThresholdRule {
     /// Abnormal when the value is strictly below this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below: Option<f64>,
-    /// How long the abnormal condition must hold, with no normal reading in between, before
-    /// the alert is raised. 0 = on the first abnormal reading (spot-check devices).
+    /// How long consecutive abnormal readings (no normal one in between) must span, by their
+    /// observation times, before the alert is raised: the data must cover it, so a single
+    /// reading never does. 0 = on the first abnormal reading (spot-check devices).
     #[serde(default)]
     pub persist_secs: u64,
     /// Distance back past the limit the value must reach before the alert can clear
     /// (`above = 130, hysteresis = 10` clears at <= 120). Same unit as the limit.
     #[serde(default)]
     pub hysteresis: f64,
-    /// How long values must stay in the clearing zone before the alert clears.
+    /// How long consecutive readings in the clearing zone must span before the alert clears
+    /// (0 = one reading).
     #[serde(default)]
     pub clear_after_secs: u64,
     pub priority: Priority,

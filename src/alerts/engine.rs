@@ -21,6 +21,7 @@ use super::news2::{
     score_respiration_rate, score_spo2, score_systolic_bp, score_temperature, ClinicalResponse,
     News2Parameter, RiskBand, Spo2Scale,
 };
+use super::threshold::Evidence;
 use super::{technical, threshold, RULES_VERSION};
 
 /// Flags that make a value not count at all (not fresh for NEWS2, not evaluated by threshold
@@ -143,23 +144,13 @@ impl Latest {
     }
 }
 
-/// What a run of consecutive readings shows for one threshold rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RunKind {
-    /// Beyond the limit (the alert is not raised): evidence for raising.
-    Breach,
-    /// In the clearing zone (the alert is raised): evidence for clearing.
-    Clearing,
-}
-
 /// Consecutive readings of one threshold rule's metric that all point the same way, with no
 /// reading in between that does not and no gap longer than the freshness window. A rule
 /// with persistence raises (and clears) only when such a run spans the rule's time: the data
 /// must cover the window, a lone spot reading cannot (issue 13 point 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Run {
-    kind: RunKind,
+    kind: Evidence,
     first: Latest,
     last: Latest,
     readings: u32,
@@ -995,9 +986,6 @@ impl AlertEngine {
             .collect();
         let max_gap = secs(self.cfg.news2_freshness_secs);
         for r in rules {
-            let Some((dir, limit)) = r.limit() else {
-                continue;
-            };
             let rule = RuleRef::Threshold {
                 rule_id: r.id.clone(),
             };
@@ -1006,13 +994,7 @@ impl AlertEngine {
                 .slots
                 .get(&rule.key())
                 .is_some_and(|s| s.tracker.active.is_some());
-            let kind = if !value.is_finite() {
-                None
-            } else if raised {
-                threshold::clearing(dir, limit, r.hysteresis, value).then_some(RunKind::Clearing)
-            } else {
-                threshold::breached(dir, limit, value).then_some(RunKind::Breach)
-            };
+            let kind = threshold::evidence(&r, value, raised);
             let run = match (kind, self.state.runs.remove(&r.id)) {
                 (None, _) => None,
                 (Some(k), Some(mut run))
@@ -1353,9 +1335,9 @@ impl AlertEngine {
         // The run behind this transition: breaching readings for a raise, clearing ones for a
         // clear (see `evaluate_thresholds`).
         let want = if ev.transition == Transition::Cleared {
-            RunKind::Clearing
+            Evidence::Clearing
         } else {
-            RunKind::Breach
+            Evidence::Breach
         };
         let run = self.state.runs.get(rule_id).filter(|run| run.kind == want);
         let evidence = run.map(|run| ThresholdEvidence {

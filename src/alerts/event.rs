@@ -1,6 +1,8 @@
 //! [`AlertEvent`]: what the engine emits, one per lifecycle transition. Its JSON form is a
 //! public contract (the payload on `rpm/v1/gw/{gw}/alert`), described by
-//! `schemas/alert-event.v1.json`; a field is only ever added as optional within `v1`.
+//! `schemas/alert-event.v2.json`; a field is only ever added as optional within `v2`.
+//! v2 keeps every v1 field as it was and adds `threshold.evidence` and the presence rules for
+//! NEWS2 (docs/alerts.md "Event contract" has the compatibility note).
 //!
 //! Events identify the patient by the pseudonymous id the engine was built with, never by
 //! NHS Number (the engine refuses ids that look like one). They carry everything a reviewer
@@ -149,7 +151,7 @@ pub struct TechnicalDetail {
     pub outbox_capacity: Option<u64>,
 }
 
-/// One lifecycle transition of one alert. See `schemas/alert-event.v1.json`.
+/// One lifecycle transition of one alert. See `schemas/alert-event.v2.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertEvent {
     /// Always [`SCHEMA_VERSION`].
@@ -176,7 +178,9 @@ pub struct AlertEvent {
     pub device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<Metric>,
-    /// Values behind this transition (may be empty for technical alarms).
+    /// Values behind this transition: for NEWS2, one per scored parameter from a reading (the
+    /// red parameter first); for thresholds, the first and latest reading of the run; may be
+    /// empty for technical alarms.
     pub values: Vec<ObservedValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<ThresholdDetail>,
