@@ -405,6 +405,11 @@ fn assert_complete_news2_event(e: &Value, c: &Case, ids: &BTreeSet<String>) {
     assert_eq!(n["total"], c.total, "{what}");
     assert_eq!(n["band"], c.band, "{what}");
     assert_eq!(n["response"], c.response, "{what}");
+    let response_text = n["response_text"].as_str().unwrap_or_default();
+    assert!(
+        text_of(e).contains(response_text) && !response_text.is_empty(),
+        "{what}"
+    );
     let subs: Vec<u64> = n["sub_scores"]
         .as_array()
         .unwrap()
@@ -429,6 +434,10 @@ fn assert_complete_news2_event(e: &Value, c: &Case, ids: &BTreeSet<String>) {
             "{what}: {v}"
         );
     }
+}
+
+fn text_of(e: &Value) -> &str {
+    e["text"].as_str().unwrap_or_default()
 }
 
 fn print_example(label: &str, e: &Value) {

@@ -111,6 +111,9 @@ pub struct News2Breakdown {
     pub band: Option<RiskBand>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<ClinicalResponse>,
+    /// The RCP Chart 2 / Chart 4 wording of `response`, for a person reading the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_text: Option<&'static str>,
     pub sub_scores: Vec<SubScore>,
     /// Parameters without a fresh valid value (empty when complete).
     pub missing: Vec<News2Parameter>,

@@ -631,6 +631,10 @@ fn single_red_with_low_total_names_total_band_and_response_in_its_event() {
             Some(ClinicalResponse::UrgentWardBasedResponse)
         )
     );
+    assert_eq!(
+        b.response_text,
+        Some(ClinicalResponse::UrgentWardBasedResponse.text())
+    );
     assert!(
         ev.text
             .contains("NEWS2 total 3 (low-medium clinical risk): urgent ward-based response"),
