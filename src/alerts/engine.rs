@@ -587,9 +587,10 @@ impl AlertEngine {
         out
     }
 
-    /// Lets time pass: device silence, persistence and clear delays that elapsed, rejections
-    /// leaving their window, stale pending threshold breaches. Call it regularly (every few
-    /// seconds); it is idempotent for the same `now`.
+    /// Lets time pass: device silence, NEWS2 settle delays and technical-alarm delays that
+    /// elapsed, rejections leaving their window, alerts of removed threshold rules. Threshold
+    /// rules otherwise move only on readings (the data must cover their windows). Call it
+    /// regularly (every few seconds); it is idempotent for the same `now`.
     pub fn tick(&mut self, now: OffsetDateTime) -> Vec<AlertEvent> {
         let mut out = Vec::new();
         // Device silence.

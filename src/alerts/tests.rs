@@ -1025,6 +1025,21 @@ fn threshold_pending_breach_is_dropped_when_its_reading_goes_stale() {
 }
 
 #[test]
+fn threshold_pending_breach_in_state_from_rules_1_0_is_dropped_not_raised_on_time() {
+    // Rules 1.0.0 persisted a pending breach as a tracker waiting for time to pass; 2.0.0
+    // raises only on readings that cover the window, so such a slot must not raise on tick.
+    let old = r#"{"slots":{"threshold:spo2_low":{"rule":{"type":"threshold","rule_id":"spo2_low"},
+        "tracker":{"desired":"high","up_since":"2026-11-23T08:00:00Z","down_since":null},
+        "timing":{"raise_after_secs":60,"settle_after_secs":300},"device":"ox","metric":"spo2",
+        "refs":["obs-1"]}}}"#;
+    let state: EngineState = serde_json::from_str(old).unwrap();
+    let mut e =
+        AlertEngine::with_state("pt-7f3a", with_rule(spo2_rule()).config().clone(), state).unwrap();
+    assert!(e.tick(at(120)).is_empty());
+    assert!(e.active_alerts().is_empty());
+}
+
+#[test]
 fn threshold_alert_clears_when_its_rule_is_removed_from_config() {
     let mut e = with_rule(spo2_rule());
     feed(&mut e, T0, num(Metric::Spo2, 85.0));
