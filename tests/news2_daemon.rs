@@ -448,18 +448,60 @@ fn print_example(label: &str, e: &Value) {
 // 1. Full sets written at once
 // ---------------------------------------------------------------------------------------------
 
-/// Issue 13 points 1, 2, 5 and 6; clinical.md §2.6 (cases), §2.3 (bands and responses).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worked_cases_written_as_full_sets_are_scored_together_with_band_and_values_in_every_event()
-{
-    let b = Broker::start(Acl::gateways(&["gw-sets"]));
-    let (rx, _sub) = subscribe(&b, "sub-sets", "rpm/v1/gw/gw-sets/+").await;
-    let patients: Vec<Patient> = CASES.iter().map(|c| patient(c.id, "")).collect();
-    let g = Gateway::new(&b, "gw-sets", &patients);
+/// How the cases reach the gateway.
+enum Feed {
+    /// One line per case holding the whole set: one frame, one commit.
+    WholeLine,
+    /// One line per parameter, every line of a case stamped with the same device time, each
+    /// written only once the previous one is committed and delivered (so every message is
+    /// its own ingest batch), with `news2_set_hold_secs = 60` so the test does not depend on
+    /// how fast this machine is.
+    OneMessagePerParameter,
+}
+
+/// Runs the ten cases through a fresh gateway `gw`; returns every alert event once each case
+/// has its NEWS2 total and its seven reading Observations at the platform and the outbox is
+/// drained.
+async fn run_cases(gw: &str, feed: Feed) -> (Received, Vec<Value>) {
+    let b = Broker::start(Acl::gateways(&[gw]));
+    let (rx, _sub) = subscribe(&b, &format!("sub-{gw}"), &format!("rpm/v1/gw/{gw}/+")).await;
+    let alerts = match feed {
+        Feed::WholeLine => "",
+        Feed::OneMessagePerParameter => "news2_set_hold_secs = 60",
+    };
+    let patients: Vec<Patient> = CASES.iter().map(|c| patient(c.id, alerts)).collect();
+    let g = Gateway::new(&b, gw, &patients);
     let d = Daemon::start(&g.config);
-    for c in &CASES {
-        // One line holding the whole set: one frame, one commit.
-        g.write(c.id, &[Value::Array(c.readings())]);
+    match feed {
+        Feed::WholeLine => {
+            for c in &CASES {
+                g.write(c.id, &[Value::Array(c.readings())]);
+            }
+        }
+        Feed::OneMessagePerParameter => {
+            let taken = (time::OffsetDateTime::now_utc() - time::Duration::seconds(5))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            for step in 0..PARAMS.len() {
+                for c in &CASES {
+                    let mut line = c.readings()[step].clone();
+                    line["device_time"] = json!(taken);
+                    g.write(c.id, &[line]);
+                }
+                wait_for(
+                    &d,
+                    &rx,
+                    60,
+                    &format!("message {} of every case", step + 1),
+                    || {
+                        CASES
+                            .iter()
+                            .all(|c| reading_ids(&rx, c.id).len() == step + 1)
+                    },
+                )
+                .await;
+            }
+        }
     }
     wait_for(
         &d,
@@ -475,14 +517,20 @@ async fn worked_cases_written_as_full_sets_are_scored_together_with_band_and_val
     .await;
     g.drained().await;
     d.stop().await;
-
     let all = events(&rx);
+    (rx, all)
+}
+
+/// What the platform must get when every case is scored as one whole set (issue 13 points 1,
+/// 2, 4, 5): one total per case, the expected alerts, and every NEWS2 event with no parameter
+/// missing, the total, band, response and the values behind the score.
+fn assert_scored_as_whole_sets(rx: &Received, all: &[Value]) {
     for c in &CASES {
-        let totals = news2_totals(&rx, c.id);
+        let totals = news2_totals(rx, c.id);
         assert_eq!(totals.len(), 1, "{}: one score for one set", c.id);
         assert_eq!(totals[0]["valueQuantity"]["value"], c.total, "{}", c.id);
-        let ids = reading_ids(&rx, c.id);
-        let ev = events_of(&all, c.id);
+        let ids = reading_ids(rx, c.id);
+        let ev = events_of(all, c.id);
         assert_eq!(raised(&ev), c.expected_alerts(), "{}", c.id);
         for e in ev.iter().filter(|e| e["kind"] == "news2") {
             assert_complete_news2_event(e, c, &ids);
@@ -495,31 +543,40 @@ async fn worked_cases_written_as_full_sets_are_scored_together_with_band_and_val
         }
     }
     // The single red with a low total names its band and response (issue 13 point 2).
-    let red = &events_of(&all, "c05")[0];
+    let red = &events_of(all, "c05")[0];
     assert!(
-        red["text"]
-            .as_str()
-            .unwrap()
+        text_of(red)
             .contains("NEWS2 total 3 (low-medium clinical risk): urgent ward-based response"),
         "{red:#}"
     );
-    assert_schema_valid(&all);
-    print_example("single red (case 05)", red);
-    let medium = events_of(&all, "c07");
-    print_example(
-        "medium (case 07)",
-        medium
-            .iter()
+    assert_schema_valid(all);
+}
+
+/// Issue 13 points 1, 2, 5 and 6; clinical.md §2.6 (cases), §2.3 (bands and responses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_cases_written_as_full_sets_are_scored_together_with_band_and_values_in_every_event()
+{
+    let (rx, all) = run_cases("gw-sets", Feed::WholeLine).await;
+    assert_scored_as_whole_sets(&rx, &all);
+    let aggregate = |p: &str| {
+        events_of(&all, p)
+            .into_iter()
             .find(|e| e["rule"] == "news2:aggregate")
-            .unwrap(),
-    );
-    let high = events_of(&all, "c09");
-    print_example(
-        "high (case 09)",
-        high.iter()
-            .find(|e| e["rule"] == "news2:aggregate")
-            .unwrap(),
-    );
+            .unwrap()
+    };
+    print_example("single red (case 05)", &events_of(&all, "c05")[0]);
+    print_example("medium (case 07)", &aggregate("c07"));
+    print_example("high (case 09)", &aggregate("c09"));
+}
+
+/// Issue 13 point 1, "an observation set with one effective time from one device": a monitor
+/// that sends each parameter as its own message, all stamped with the same device time. Each
+/// message is committed on its own, yet each case is scored as one set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worked_cases_sent_one_message_per_parameter_with_one_device_time_are_scored_as_whole_sets()
+{
+    let (rx, all) = run_cases("gw-split", Feed::OneMessagePerParameter).await;
+    assert_scored_as_whole_sets(&rx, &all);
 }
 
 // ---------------------------------------------------------------------------------------------

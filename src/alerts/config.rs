@@ -168,6 +168,7 @@ impl Default for TechnicalConfig {
 /// on_oxygen = false
 /// news2_freshness_secs = 1800
 /// news2_settle_secs = 1800
+/// news2_set_hold_secs = 2     # one device's set sent as several messages: wait this long for the rest
 /// # rules omitted: default_rules(spo2_scale); `rules = []` means no threshold rules at all
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +188,11 @@ pub struct PatientAlertConfig {
     /// de-escalates or clears.
     #[serde(default = "default_news2_settle_secs")]
     pub news2_settle_secs: u64,
+    /// How long (gateway time) readings from one device with one device time wait for the
+    /// rest of their observation set before NEWS2 scores what arrived (0 = never wait).
+    /// Threshold rules never wait.
+    #[serde(default = "default_news2_set_hold_secs")]
+    pub news2_set_hold_secs: u64,
     /// Threshold rules. Omitted in config: [`default_rules`] for the patient's `spo2_scale`.
     pub rules: Vec<ThresholdRule>,
     pub technical: TechnicalConfig,
@@ -205,6 +211,8 @@ struct RawPatientAlertConfig {
     news2_freshness_secs: u64,
     #[serde(default = "default_news2_settle_secs")]
     news2_settle_secs: u64,
+    #[serde(default = "default_news2_set_hold_secs")]
+    news2_set_hold_secs: u64,
     #[serde(default)]
     rules: Option<Vec<ThresholdRule>>,
     #[serde(default)]
@@ -218,6 +226,7 @@ impl From<RawPatientAlertConfig> for PatientAlertConfig {
             on_oxygen: r.on_oxygen,
             news2_freshness_secs: r.news2_freshness_secs,
             news2_settle_secs: r.news2_settle_secs,
+            news2_set_hold_secs: r.news2_set_hold_secs,
             rules: r.rules.unwrap_or_else(|| default_rules(r.spo2_scale)),
             technical: r.technical,
         }
@@ -232,6 +241,14 @@ fn default_news2_settle_secs() -> u64 {
     30 * 60
 }
 
+/// Longest accepted `news2_set_hold_secs`: a red score may wait for the rest of its set, not
+/// for a clinician's attention span.
+pub const MAX_SET_HOLD_SECS: u64 = 60;
+
+fn default_news2_set_hold_secs() -> u64 {
+    2
+}
+
 impl Default for PatientAlertConfig {
     /// Scale 1, on air, 30-minute freshness and settle, [`default_home_rules`].
     fn default() -> Self {
@@ -240,6 +257,7 @@ impl Default for PatientAlertConfig {
             on_oxygen: false,
             news2_freshness_secs: default_news2_freshness_secs(),
             news2_settle_secs: default_news2_settle_secs(),
+            news2_set_hold_secs: default_news2_set_hold_secs(),
             rules: default_home_rules(),
             technical: TechnicalConfig::default(),
         }
@@ -327,6 +345,15 @@ impl PatientAlertConfig {
                 reason:
                     "need outbox_clear_percent < outbox_warn_percent <= outbox_high_percent <= 100"
                         .into(),
+            });
+        }
+        if self.news2_set_hold_secs > MAX_SET_HOLD_SECS {
+            problems.push(ConfigProblem {
+                key: "news2_set_hold_secs".into(),
+                value: self.news2_set_hold_secs.to_string(),
+                reason: format!(
+                    "must be at most {MAX_SET_HOLD_SECS} seconds: it delays NEWS2 alerts of a set still arriving"
+                ),
             });
         }
         let mut seen = BTreeSet::new();

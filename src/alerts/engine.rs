@@ -3,7 +3,7 @@
 //! [`Tracker`] per alert key. All state is in [`EngineState`] (serde), so the daemon persists it
 //! with the readings and a restart neither loses nor re-raises an alert.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -208,6 +208,22 @@ pub struct EngineState {
     /// Per threshold rule id: the current run of readings (see [`Run`]).
     #[serde(default)]
     runs: BTreeMap<String, Run>,
+    /// A set from one device with one device time, waiting for the rest of its readings.
+    #[serde(default)]
+    open_set: Option<OpenSet>,
+}
+
+/// An observation set held open: NEWS2 is evaluated when it closes (see
+/// [`AlertEngine::on_observation_set`]). Threshold rules are never held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OpenSet {
+    device: String,
+    #[serde(with = "time::serde::rfc3339")]
+    effective: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+    /// NEWS2 input metrics received so far.
+    metrics: BTreeSet<Metric>,
 }
 
 /// A raised alert, for status pages.
@@ -261,11 +277,12 @@ pub enum News2Status {
 pub struct ReadingOutcome {
     /// Alert transitions this reading caused, in key order.
     pub events: Vec<AlertEvent>,
-    /// A NEWS2 score to publish: present when this reading was a NEWS2 input, the set is complete
-    /// and fresh, and either the sub-scores changed since the last published score or that one
-    /// is older than the freshness window (so a new observation round gets its own score, but a
-    /// 1 Hz oximeter does not produce a score per second).
-    pub news2: Option<News2Score>,
+    /// NEWS2 scores to publish, oldest first: one for each observation set scored here (a held
+    /// set closed by this input, then this set) whose picture is complete and fresh and whose
+    /// sub-scores changed since the last published score, or whose last one is older than the
+    /// freshness window (so a new observation round gets its own score, but a 1 Hz oximeter
+    /// does not produce a score per second).
+    pub news2: Vec<News2Score>,
 }
 
 /// One reading of an observation set: the readings that arrived together (one committed
@@ -439,34 +456,86 @@ impl AlertEngine {
         set: &[SetReading<'_>],
     ) -> ReadingOutcome {
         let mut out = Vec::new();
-        let mut news2_input = false;
+        let mut news2 = Vec::new();
+        let same_time = one_device_one_time(set);
+        // A set held open for the rest of its readings closes when anything else arrives:
+        // it is scored on what it had, before this set's readings are in.
+        let continues = match (&self.state.open_set, &same_time) {
+            (Some(open), Some((device, t))) => open.device == *device && open.effective == *t,
+            _ => false,
+        };
+        if self.state.open_set.is_some() && !continues {
+            self.state.open_set = None;
+            news2.extend(self.score_news2(now, &mut out));
+        }
+        let mut inputs = BTreeSet::new();
         for r in set {
             if let Some(metric) = self.accept(now, r, &mut out) {
-                news2_input |= is_news2_input(metric);
-            }
-        }
-        let mut news2 = None;
-        if news2_input {
-            self.evaluate_news2(now, &mut out);
-            if let News2Status::Complete(score) = self.news2(now) {
-                let subs: Vec<u8> = score.sub_scores.iter().map(|s| s.score).collect();
-                let due = match &self.state.last_news2 {
-                    None => true,
-                    Some(last) => {
-                        last.sub_scores != subs
-                            || now - last.at >= secs(self.cfg.news2_freshness_secs)
-                    }
-                };
-                if due {
-                    self.state.last_news2 = Some(LastNews2 {
-                        sub_scores: subs,
-                        at: now,
-                    });
-                    news2 = Some(score);
+                if is_news2_input(metric) {
+                    inputs.insert(metric);
                 }
             }
         }
+        if inputs.is_empty() {
+            return ReadingOutcome { events: out, news2 };
+        }
+        // Readings from one device with one device time are one observation set even when
+        // the device sent them in several messages: hold its NEWS2 evaluation (at most
+        // `news2_set_hold_secs`) until the rest arrives, unless it already holds every
+        // measured parameter.
+        let hold = self.cfg.news2_set_hold_secs > 0;
+        if let Some((device, effective)) = same_time.filter(|_| hold) {
+            let (since, mut seen) = match self.state.open_set.take() {
+                Some(open) if continues => (open.since, open.metrics),
+                _ => (now, BTreeSet::new()),
+            };
+            seen.extend(inputs);
+            if !covers_measured_news2(&seen) {
+                self.state.open_set = Some(OpenSet {
+                    device: device.to_string(),
+                    effective,
+                    since,
+                    metrics: seen,
+                });
+                return ReadingOutcome { events: out, news2 };
+            }
+        }
+        news2.extend(self.score_news2(now, &mut out));
         ReadingOutcome { events: out, news2 }
+    }
+
+    /// Evaluates NEWS2 on the latest values (alerts into `out`) and returns the score to
+    /// publish, when complete and due (changed, or the last one older than the freshness window).
+    fn score_news2(
+        &mut self,
+        now: OffsetDateTime,
+        out: &mut Vec<AlertEvent>,
+    ) -> Option<News2Score> {
+        self.evaluate_news2(now, out);
+        let News2Status::Complete(score) = self.news2(now) else {
+            return None;
+        };
+        let subs: Vec<u8> = score.sub_scores.iter().map(|s| s.score).collect();
+        let due = match &self.state.last_news2 {
+            None => true,
+            Some(last) => {
+                last.sub_scores != subs || now - last.at >= secs(self.cfg.news2_freshness_secs)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.state.last_news2 = Some(LastNews2 {
+            sub_scores: subs,
+            at: now,
+        });
+        Some(score)
+    }
+
+    /// Whether a set is held open waiting for the rest of its readings (the caller should
+    /// persist the state, so a restart still scores it).
+    pub fn has_open_set(&self) -> bool {
+        self.state.open_set.is_some()
     }
 
     /// One reading of a set: device activity, flag alarms, and, when it is a usable fresh
@@ -587,12 +656,24 @@ impl AlertEngine {
         out
     }
 
-    /// Lets time pass: device silence, NEWS2 settle delays and technical-alarm delays that
-    /// elapsed, rejections leaving their window, alerts of removed threshold rules. Threshold
-    /// rules otherwise move only on readings (the data must cover their windows). Call it
-    /// regularly (every few seconds); it is idempotent for the same `now`.
-    pub fn tick(&mut self, now: OffsetDateTime) -> Vec<AlertEvent> {
+    /// Lets time pass: a set held longer than `news2_set_hold_secs` is scored (its
+    /// events and NEWS2 score are in the outcome), then device silence, NEWS2 settle delays
+    /// and technical-alarm delays that elapsed, rejections leaving their window, alerts of
+    /// removed threshold rules. Threshold rules otherwise move only on readings (the data
+    /// must cover their windows). Call it regularly (every second or so); it is idempotent for
+    /// the same `now`.
+    pub fn tick(&mut self, now: OffsetDateTime) -> ReadingOutcome {
         let mut out = Vec::new();
+        let mut news2 = Vec::new();
+        if self
+            .state
+            .open_set
+            .as_ref()
+            .is_some_and(|open| now - open.since >= secs(self.cfg.news2_set_hold_secs))
+        {
+            self.state.open_set = None;
+            news2.extend(self.score_news2(now, &mut out));
+        }
         // Device silence.
         let devices: Vec<(String, DeviceState)> = self
             .state
@@ -696,7 +777,7 @@ impl AlertEngine {
                 }
             }
         }
-        out
+        ReadingOutcome { events: out, news2 }
     }
 
     /// Reports the outbox depth (undelivered items) and capacity.
@@ -1564,6 +1645,29 @@ fn news2_source(p: News2Parameter, latest: &BTreeMap<Metric, Latest>) -> Option<
         (None, Some(_)) => Some(Metric::HeartRate),
         _ => Some(Metric::PulseRate),
     }
+}
+
+/// `(device, device time)` when every reading of `set` comes from one device with one
+/// explicit, trusted device time: one device's observation set, possibly split over messages.
+fn one_device_one_time<'a>(set: &[SetReading<'a>]) -> Option<(&'a str, OffsetDateTime)> {
+    let first = set.first()?;
+    let t = first.reading.device_time?;
+    set.iter()
+        .all(|r| {
+            r.device == first.device
+                && r.reading.device_time == Some(t)
+                && !r.reading.flags.contains(&Flag::DeviceClockSuspect)
+        })
+        .then_some((first.device, t))
+}
+
+/// Whether `metrics` hold every NEWS2 parameter measured by a device (all but air or oxygen,
+/// which the patient config always gives).
+fn covers_measured_news2(metrics: &BTreeSet<Metric>) -> bool {
+    News2Parameter::ALL
+        .iter()
+        .filter(|p| **p != News2Parameter::AirOrOxygen)
+        .all(|p| news2_candidates(*p).iter().any(|m| metrics.contains(m)))
 }
 
 /// The metrics a parameter may be read from.

@@ -68,8 +68,8 @@ fn feed_set(
         let obs = format!("obs-{}-{}", r.metric, (t - T0).whole_seconds());
         let out = e.on_reading(t, "hub-dev", &r, &obs);
         events.extend(out.events);
-        if out.news2.is_some() {
-            score = out.news2;
+        if let Some(s) = out.news2.into_iter().last() {
+            score = Some(s);
         }
     }
     (events, score)
@@ -246,7 +246,7 @@ fn news2_without_acvpu_is_partial_and_names_consciousness() {
         let obs = format!("o-{}", r.metric);
         assert_eq!(
             e.on_reading(T0, "d", &r, &obs).news2,
-            None,
+            vec![],
             "no score from a partial set"
         );
     }
@@ -407,11 +407,16 @@ fn news2_score_is_yielded_on_change_not_for_every_identical_reading() {
     assert!(first.is_some());
     let again = e.on_reading(at(1), "ox", &num(Metric::Spo2, 97.0), "s2");
     assert_eq!(
-        again.news2, None,
+        again.news2,
+        vec![],
         "same sub-scores within the window: nothing new to publish"
     );
     let changed = e.on_reading(at(2), "ox", &num(Metric::Spo2, 95.0), "s3");
-    let s = changed.news2.expect("a changed sub-score is published");
+    let s = changed
+        .news2
+        .into_iter()
+        .next()
+        .expect("a changed sub-score is published");
     assert_eq!(s.total, 1);
     assert!(s.derived_from.contains(&"s3".to_string()));
     assert_eq!(
@@ -501,9 +506,10 @@ fn news2_aggregate_de_escalates_and_clears_only_after_settle_time() {
     );
     assert!(e
         .tick(at(60 + 1799))
+        .events
         .iter()
         .all(|e| e.rule != "news2:aggregate"));
-    let cleared = e.tick(at(60 + 1800));
+    let cleared = e.tick(at(60 + 1800)).events;
     let agg: Vec<_> = cleared
         .iter()
         .filter(|e| e.rule == "news2:aggregate")
@@ -516,7 +522,7 @@ fn news2_aggregate_de_escalates_and_clears_only_after_settle_time() {
 fn news2_red_score_is_not_cleared_by_the_parameter_going_stale() {
     let mut e = engine(no_rules());
     feed(&mut e, T0, num(Metric::RespiratoryRate, 7.0));
-    assert!(e.tick(at(24 * 3600)).is_empty());
+    assert!(e.tick(at(24 * 3600)).events.is_empty());
     assert_eq!(e.active_alerts().len(), 1);
 }
 
@@ -591,8 +597,8 @@ fn set_arriving_together_is_scored_together_and_no_event_claims_a_parameter_miss
         assert!(!ev.text.contains("no fresh value"), "{}", ev.text);
     }
     assert_eq!(
-        out.news2.map(|s| s.total),
-        Some(20),
+        out.news2.iter().map(|s| s.total).collect::<Vec<_>>(),
+        [20],
         "one score for the set"
     );
 }
@@ -605,9 +611,135 @@ fn spot_readings_one_parameter_at_a_time_still_combine_within_the_freshness_wind
         let t = at(i as i64 * 120); // seven readings over 12 minutes, from separate devices
         last = e
             .on_reading(t, &format!("dev-{i}"), &r, &format!("o{i}"))
-            .news2;
+            .news2
+            .pop();
     }
     assert_eq!(last.map(|s| s.total), Some(0));
+}
+
+/// Feeds `readings` one message at a time from device "mon", all stamped with device time
+/// `t`, received 10 ms apart from `t` on; returns every outcome.
+fn feed_split(
+    e: &mut AlertEngine,
+    t: OffsetDateTime,
+    readings: Vec<Reading>,
+) -> Vec<ReadingOutcome> {
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let now = t + Duration::milliseconds(10 * i as i64);
+            let obs = format!("obs-{}", r.metric);
+            e.on_reading(now, "mon", &r.at(t), &obs)
+        })
+        .collect()
+}
+
+#[test]
+fn set_from_one_device_with_one_time_split_over_messages_is_scored_as_a_whole() {
+    // clinical.md §2.6 case 05 from a monitor that sends each parameter as its own message.
+    let mut e = engine(no_rules());
+    let outs = feed_split(
+        &mut e,
+        T0,
+        set_readings(&set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0)),
+    );
+    let (last, earlier) = outs.split_last().unwrap();
+    assert!(
+        earlier
+            .iter()
+            .all(|o| o.events.is_empty() && o.news2.is_empty()),
+        "nothing is scored before the set is whole: {earlier:#?}"
+    );
+    assert_eq!(last.events.len(), 1, "{:#?}", last.events);
+    let b = last.events[0].news2.as_ref().unwrap();
+    assert_eq!(
+        (b.missing.clone(), b.total, b.band),
+        (vec![], Some(3), Some(RiskBand::LowMedium))
+    );
+    assert_eq!(last.news2.len(), 1);
+}
+
+#[test]
+fn held_set_is_scored_on_tick_after_the_hold_when_the_rest_never_comes() {
+    let mut e = engine(no_rules());
+    let out = e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert!(out.events.is_empty());
+    assert!(
+        e.tick(at(1)).events.is_empty(),
+        "still within news2_set_hold_secs (2 s)"
+    );
+    let ev = e.tick(at(2)).events;
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0].rule, "news2:red:respiration_rate");
+    assert!(ev[0].news2.as_ref().unwrap().missing.len() == 5);
+}
+
+#[test]
+fn held_set_is_scored_on_what_it_had_when_another_set_arrives() {
+    let mut e = engine(no_rules());
+    e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    // A thermometer (another device) closes the monitor's set before its own value counts.
+    let out = e.on_reading(at(1), "thermo", &num(Metric::BodyTemperature, 37.0), "t");
+    let red = out
+        .events
+        .iter()
+        .find(|e| e.rule == "news2:red:respiration_rate")
+        .expect("the held red score is raised");
+    assert!(red
+        .news2
+        .as_ref()
+        .unwrap()
+        .missing
+        .contains(&News2Parameter::Temperature));
+}
+
+#[test]
+fn held_set_survives_a_restart_and_is_scored_after_it() {
+    let mut e = engine(no_rules());
+    e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert!(e.has_open_set());
+    let json = serde_json::to_string(e.state()).unwrap();
+    let mut restored =
+        AlertEngine::with_state("pt-7f3a", no_rules(), serde_json::from_str(&json).unwrap())
+            .unwrap();
+    let ev = restored.tick(at(30)).events;
+    assert_eq!(ev.len(), 1);
+    assert!(!restored.has_open_set());
+}
+
+#[test]
+fn set_hold_of_zero_scores_every_message_at_once() {
+    let mut e = engine(PatientAlertConfig {
+        news2_set_hold_secs: 0,
+        ..no_rules()
+    });
+    let out = e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert_eq!(out.events.len(), 1);
+    assert!(!e.has_open_set());
+}
+
+#[test]
+fn config_refuses_a_set_hold_longer_than_a_minute() {
+    let c: PatientAlertConfig = toml::from_str("news2_set_hold_secs = 61").unwrap();
+    let Err(AlertConfigError::Invalid(problems)) = c.validate() else {
+        panic!("must be refused")
+    };
+    assert_eq!(problems[0].key, "news2_set_hold_secs");
+    let c: PatientAlertConfig = toml::from_str("news2_set_hold_secs = 60").unwrap();
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn readings_without_a_device_time_are_never_held() {
+    let mut e = engine(no_rules());
+    let ev = feed(&mut e, T0, num(Metric::RespiratoryRate, 8.0));
+    assert_eq!(
+        ev.len(),
+        1,
+        "a spot reading stamped on receipt is scored at once"
+    );
+    assert!(!e.has_open_set());
 }
 
 #[test]
@@ -835,7 +967,7 @@ fn threshold_raises_only_when_breaching_readings_cover_the_persistence_window() 
     assert!(threshold_events(feed(&mut e, T0, num(Metric::Spo2, 92.0))).is_empty());
     assert!(threshold_events(feed(&mut e, at(30), num(Metric::Spo2, 92.0))).is_empty());
     assert!(
-        threshold_events(e.tick(at(120))).is_empty(),
+        threshold_events(e.tick(at(120)).events).is_empty(),
         "two readings 30 s apart do not show 60 s below the limit, however long we wait"
     );
     let ev = threshold_events(feed(&mut e, at(75), num(Metric::Spo2, 90.0)));
@@ -879,7 +1011,7 @@ fn threshold_single_spot_reading_never_satisfies_a_persistence_rule() {
     let mut e = with_rule(spo2_rule());
     let mut ev = feed(&mut e, T0, num(Metric::Spo2, 90.0));
     for s in [30, 60, 61, 600, 1700] {
-        ev.extend(e.tick(at(s)));
+        ev.extend(e.tick(at(s)).events);
     }
     assert!(
         threshold_events(ev).is_empty(),
@@ -940,7 +1072,7 @@ fn threshold_clears_only_when_clearing_readings_cover_the_clear_delay() {
     );
     feed(&mut e, at(100), num(Metric::Spo2, 96.0));
     assert!(
-        threshold_events(e.tick(at(1000))).is_empty(),
+        threshold_events(e.tick(at(1000)).events).is_empty(),
         "one normal reading followed by silence does not clear"
     );
     let ev = threshold_events(feed(&mut e, at(400), num(Metric::Spo2, 97.0)));
@@ -970,7 +1102,7 @@ fn threshold_oscillating_near_limit_gives_one_raise_and_one_clear() {
             _ => [96.0, 97.0][(i % 2) as usize],
         };
         events.extend(feed(&mut e, t, num(Metric::Spo2, v)));
-        events.extend(e.tick(t));
+        events.extend(e.tick(t).events);
     }
     let th = threshold_events(events);
     let transitions: Vec<_> = th.iter().map(|e| e.transition).collect();
@@ -1017,7 +1149,7 @@ fn threshold_pending_breach_is_dropped_when_its_reading_goes_stale() {
     r.persist_secs = 3600; // longer than the 30 min freshness window
     let mut e = with_rule(r);
     feed(&mut e, T0, num(Metric::Spo2, 90.0));
-    assert!(threshold_events(e.tick(at(1801))).is_empty());
+    assert!(threshold_events(e.tick(at(1801)).events).is_empty());
     assert!(
         threshold_events(feed(&mut e, at(3600), num(Metric::Spo2, 90.0))).is_empty(),
         "the first reading was stale: the run restarted at 3600 s"
@@ -1035,7 +1167,7 @@ fn threshold_pending_breach_in_state_from_rules_1_0_is_dropped_not_raised_on_tim
     let state: EngineState = serde_json::from_str(old).unwrap();
     let mut e =
         AlertEngine::with_state("pt-7f3a", with_rule(spo2_rule()).config().clone(), state).unwrap();
-    assert!(e.tick(at(120)).is_empty());
+    assert!(e.tick(at(120)).events.is_empty());
     assert!(e.active_alerts().is_empty());
 }
 
@@ -1049,7 +1181,7 @@ fn threshold_alert_clears_when_its_rule_is_removed_from_config() {
     );
     let state = e.state().clone();
     let mut e2 = AlertEngine::with_state("pt-7f3a", no_rules(), state).unwrap();
-    let ev = threshold_events(e2.tick(at(61)));
+    let ev = threshold_events(e2.tick(at(61)).events);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].transition, Transition::Cleared);
     assert!(
@@ -1073,10 +1205,10 @@ fn technical_device_silent_raises_after_interval_and_clears_on_reading() {
     let mut e = engine(no_rules());
     e.register_device(T0, "scale-1", Duration::hours(26));
     assert!(
-        e.tick(at(26 * 3600)).is_empty(),
+        e.tick(at(26 * 3600)).events.is_empty(),
         "exactly the interval is not yet silent"
     );
-    let ev = e.tick(at(26 * 3600 + 1));
+    let ev = e.tick(at(26 * 3600 + 1)).events;
     let s = technical(&ev, TechnicalCondition::DeviceSilent);
     assert_eq!(s.len(), 1);
     assert_eq!(
@@ -1084,7 +1216,7 @@ fn technical_device_silent_raises_after_interval_and_clears_on_reading() {
         (Priority::Medium, Some("scale-1"))
     );
     assert!(
-        e.tick(at(27 * 3600)).is_empty(),
+        e.tick(at(27 * 3600)).events.is_empty(),
         "no second event while silent"
     );
     let back = e
@@ -1114,8 +1246,8 @@ fn technical_sensor_off_raises_only_when_it_persists() {
         "finger back in: cancelled"
     );
     e.on_reading(at(100), "ox", &off, "c");
-    assert!(e.tick(at(219)).is_empty());
-    let ev = technical(&e.tick(at(220)), TechnicalCondition::SensorOff);
+    assert!(e.tick(at(219)).events.is_empty());
+    let ev = technical(&e.tick(at(220)).events, TechnicalCondition::SensorOff);
     assert_eq!((ev.len(), ev[0].priority), (1, Priority::Low));
 }
 
@@ -1124,7 +1256,10 @@ fn technical_probe_disconnected_raises_when_it_persists() {
     let mut e = engine(no_rules());
     let off = Reading::absent(Metric::Spo2, Absent::Nan).with_flags([Flag::ProbeDisconnected]);
     e.on_reading(T0, "ox", &off, "a");
-    let ev = technical(&e.tick(at(120)), TechnicalCondition::ProbeDisconnected);
+    let ev = technical(
+        &e.tick(at(120)).events,
+        TechnicalCondition::ProbeDisconnected,
+    );
     assert_eq!(
         (ev.len(), ev[0].rule.as_str()),
         (1, "technical:probe_disconnected:ox")
@@ -1135,10 +1270,10 @@ fn technical_probe_disconnected_raises_when_it_persists() {
 fn technical_unregistering_a_silent_device_clears_its_alarm() {
     let mut e = engine(no_rules());
     e.register_device(T0, "ox", Duration::minutes(5));
-    assert_eq!(e.tick(at(301)).len(), 1);
+    assert_eq!(e.tick(at(301)).events.len(), 1);
     let c = e.unregister_device(at(400), "ox");
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
-    assert!(e.tick(at(10_000)).is_empty(), "no longer watched");
+    assert!(e.tick(at(10_000)).events.is_empty(), "no longer watched");
 }
 
 #[test]
@@ -1159,8 +1294,8 @@ fn technical_low_battery_raises_at_once_and_clears_after_clear_delay() {
         "flicker: still the same alert"
     );
     e.on_reading(at(30), "ox", &num(Metric::Spo2, 97.0), "d");
-    assert!(e.tick(at(329)).is_empty());
-    let c = technical(&e.tick(at(330)), TechnicalCondition::LowBattery);
+    assert!(e.tick(at(329)).events.is_empty());
+    let c = technical(&e.tick(at(330)).events, TechnicalCondition::LowBattery);
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
 }
 
@@ -1199,8 +1334,11 @@ fn technical_rejection_alarm_clears_after_valid_reading_and_clear_delay() {
         e.on_rejected(at(i), "ox", Metric::Spo2, "x");
     }
     e.on_reading(at(10), "ox", &num(Metric::Spo2, 97.0), "ok");
-    assert!(e.tick(at(309)).is_empty());
-    let c = technical(&e.tick(at(310)), TechnicalCondition::RepeatedRejections);
+    assert!(e.tick(at(309)).events.is_empty());
+    let c = technical(
+        &e.tick(at(310)).events,
+        TechnicalCondition::RepeatedRejections,
+    );
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
 }
 
@@ -1225,7 +1363,7 @@ fn technical_outbox_warns_escalates_once_and_clears_below_clear_level() {
         (1, Transition::DeEscalated, Priority::Medium)
     );
     e.on_outbox_depth(at(340), 100, 1000);
-    let c = e.tick(at(640));
+    let c = e.tick(at(640)).events;
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
     assert_eq!(c[0].technical.as_ref().unwrap().outbox_depth, Some(100));
 }
@@ -1234,8 +1372,8 @@ fn technical_outbox_warns_escalates_once_and_clears_below_clear_level() {
 fn technical_clock_unsynchronised_raises_after_grace_and_clears_when_synced() {
     let mut e = engine(no_rules()); // 600 s grace
     assert!(e.on_clock_sync(T0, false).is_empty());
-    assert!(e.tick(at(599)).is_empty());
-    let r = e.tick(at(600));
+    assert!(e.tick(at(599)).events.is_empty());
+    let r = e.tick(at(600)).events;
     assert_eq!(
         (r.len(), r[0].priority, r[0].device.clone()),
         (1, Priority::Low, None)
@@ -1282,7 +1420,7 @@ fn engine_same_inputs_give_identical_events() {
             &set(25.0, 90.0, false, 185.0, 95.0, Acvpu::A, 38.6),
         )
         .0;
-        ev.extend(e.tick(at(120)));
+        ev.extend(e.tick(at(120)).events);
         serde_json::to_string(&ev).unwrap()
     };
     assert_eq!(run(), run());
@@ -1410,7 +1548,7 @@ fn scale2_patient_in_target_on_air_raises_nothing_from_default_rules() {
         let mut ev = Vec::new();
         for s in (0..=600).step_by(5) {
             ev.extend(feed(&mut e, at(s), num(Metric::Spo2, v)));
-            ev.extend(e.tick(at(s)));
+            ev.extend(e.tick(at(s)).events);
         }
         assert!(ev.is_empty(), "SpO2 {v} % for 10 minutes: {ev:#?}");
     }
@@ -1660,7 +1798,7 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
         )
         .0,
     );
-    events.extend(e.tick(at(600)));
+    events.extend(e.tick(at(600)).events);
     events.extend(
         e.on_reading(
             at(600),
@@ -1675,9 +1813,9 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
     }
     events.extend(e.on_outbox_depth(at(700), 99, 100));
     events.extend(e.on_clock_sync(at(700), false));
-    events.extend(e.tick(at(1400)));
+    events.extend(e.tick(at(1400)).events);
     events.extend(feed_set(&mut e, at(1500), &normal()).0);
-    events.extend(e.tick(at(1500 + 1800)));
+    events.extend(e.tick(at(1500 + 1800)).events);
     let kinds: std::collections::BTreeSet<_> = events
         .iter()
         .map(|e| (format!("{:?}", e.kind), e.transition.as_str()))
@@ -1721,7 +1859,7 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
                 e.on_reading(t, "ox", &num(Metric::PulseRate, s.hr), &format!("p{i}-{k}"))
                     .events,
             );
-            more.extend(e.tick(t));
+            more.extend(e.tick(t).events);
         }
         for x in more {
             timeline.push((t0 / 60, x.rule.clone(), x.transition, x.priority));

@@ -279,11 +279,13 @@ impl CommitHook for AlertHook {
                 })
                 .collect();
             let outcome = engine.on_observation_set(now, &set);
+            // A set held open for the rest of its readings is persisted with this
+            // transaction, so a restart still scores it.
+            raised |= !outcome.events.is_empty() || engine.has_open_set();
             self.dirty.insert(patient.to_string());
-            raised |= !outcome.events.is_empty();
             out.records
                 .extend(self.alert_records(patient, outcome.events));
-            if let Some(s) = &outcome.news2 {
+            for s in &outcome.news2 {
                 out.records.extend(self.news2_record(patient, s));
             }
         }
@@ -312,11 +314,16 @@ impl CommitHook for AlertHook {
             let Some(engine) = self.engines.get_mut(&p) else {
                 continue;
             };
-            let mut events = engine.tick(now);
+            let ticked = engine.tick(now);
+            let mut events = ticked.events;
             events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
             events.extend(engine.on_clock_sync(now, synced));
             self.dirty.insert(p.clone());
             records.extend(self.alert_records(&p, events));
+            // A held observation set scored now (`news2_set_hold_secs` passed).
+            for s in &ticked.news2 {
+                records.extend(self.news2_record(&p, s));
+            }
         }
         let raised = !records.is_empty();
         HookOutput {
