@@ -172,7 +172,7 @@ pub struct PatientConfig {
     pub nhs_number: Option<String>,
     /// The alert rules for this patient: NEWS2 SpO2 scale (a clinician's decision, never
     /// inferred), on oxygen, threshold rules, technical alarm timings (`[patient.alerts]`;
-    /// defaults are `alerts::default_home_rules`, see docs/alerts.md).
+    /// defaults are `alerts::default_rules(spo2_scale)`, see docs/alerts.md).
     #[serde(default)]
     pub alerts: crate::alerts::PatientAlertConfig,
 }

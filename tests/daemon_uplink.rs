@@ -9,13 +9,12 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::daemon::{tail, wait_until, Daemon};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -123,100 +122,6 @@ fn backlog(s: &Value, lane: &str) -> u64 {
     s["backlog"][lane].as_u64().unwrap()
 }
 
-/// A running `vitalgate run`, its stderr collected line by line. Killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -{sig}");
-    }
-
-    async fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {secs} s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM and a clean exit. The signal waits for the daemon's first log line, which
-    /// comes once its handlers are installed: before that, SIGTERM's default action applies.
-    async fn stop(mut self) -> Vec<String> {
-        let log = self.log.clone();
-        wait_until(20, "the daemon's `vitalgate starting` line", || {
-            log.lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("vitalgate starting"))
-        })
-        .await;
-        self.signal("TERM");
-        let st = self.wait_exit(60).await;
-        assert!(
-            st.success(),
-            "daemon exit status {st}; log tail: {:?}",
-            tail(&self.lines())
-        );
-        self.lines()
-    }
-
-    /// SIGKILL: no chance to flush anything. Sent directly (no `kill` process to start), so
-    /// it lands as close as possible to the moment the caller chose.
-    async fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.wait_exit(30).await;
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(lines: &[String]) -> &[String] {
-    &lines[lines.len().saturating_sub(20)..]
-}
-
 fn sim_device(id: &str, scenario: &str, interval_ms: u64, seed: u64) -> String {
     format!(
         "[[device]]\nid = \"{id}\"\npatient = \"p1\"\ndriver = \"sim\"\nscenario = \"{scenario}\"\n\
@@ -288,15 +193,6 @@ fn assert_fhir_observation(p: &[u8]) {
 /// The platform subscriber's view of one topic suffix, in arrival order.
 fn payloads(rx: &Received, suffix: &str) -> Vec<Vec<u8>> {
     rx.on(suffix)
-}
-
-async fn wait_until(secs: u64, what: &str, mut pred: impl FnMut() -> bool) {
-    within(secs, what, async {
-        while !pred() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
 }
 
 // ---------------------------------------------------------------------------------------------

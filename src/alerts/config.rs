@@ -69,7 +69,7 @@ pub enum Direction {
 /// id = "spo2_low"
 /// metric = "spo2"
 /// below = 93            # abnormal when SpO2 < 93 %
-/// persist_secs = 60     # must hold for 60 s before the alert is raised
+/// persist_secs = 60     # readings must show it over 60 s before the alert is raised
 /// hysteresis = 2        # clears only at SpO2 >= 95 %
 /// clear_after_secs = 300
 /// priority = "high"
@@ -89,18 +89,25 @@ pub struct ThresholdRule {
     /// Abnormal when the value is strictly below this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below: Option<f64>,
-    /// How long the abnormal condition must hold, with no normal reading in between, before
-    /// the alert is raised. 0 = on the first abnormal reading (spot-check devices).
+    /// How long consecutive abnormal readings (no normal one in between) must span, by their
+    /// observation times, before the alert is raised: the data must cover it, so a single
+    /// reading never does. 0 = on the first abnormal reading (spot-check devices).
     #[serde(default)]
     pub persist_secs: u64,
     /// Distance back past the limit the value must reach before the alert can clear
     /// (`above = 130, hysteresis = 10` clears at <= 120). Same unit as the limit.
     #[serde(default)]
     pub hysteresis: f64,
-    /// How long values must stay in the clearing zone before the alert clears.
+    /// How long consecutive readings in the clearing zone must span before the alert clears
+    /// (0 = one reading).
     #[serde(default)]
     pub clear_after_secs: u64,
     pub priority: Priority,
+    /// For an SpO2 rule of a Scale 2 patient only: a clinician intends this rule to alarm
+    /// inside the prescribed 88–92 % target range. Without it such a rule is refused (see
+    /// [`PatientAlertConfig::validate`] and docs/alerts.md "SpO2 Scale 2").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inside_scale2_target: bool,
 }
 
 impl ThresholdRule {
@@ -161,10 +168,11 @@ impl Default for TechnicalConfig {
 /// on_oxygen = false
 /// news2_freshness_secs = 1800
 /// news2_settle_secs = 1800
-/// # rules omitted: default_home_rules(); `rules = []` means no threshold rules at all
+/// news2_set_hold_secs = 2     # one device's set sent as several messages: wait this long for the rest
+/// # rules omitted: default_rules(spo2_scale); `rules = []` means no threshold rules at all
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawPatientAlertConfig")]
 pub struct PatientAlertConfig {
     /// NEWS2 SpO2 scale. Set by a clinician; the engine never infers it (clinical.md §2.2).
     #[serde(default)]
@@ -180,10 +188,49 @@ pub struct PatientAlertConfig {
     /// de-escalates or clears.
     #[serde(default = "default_news2_settle_secs")]
     pub news2_settle_secs: u64,
-    #[serde(default = "default_home_rules")]
+    /// How long (gateway time) readings from one device with one device time wait for the
+    /// rest of their observation set before NEWS2 scores what arrived (0 = never wait).
+    /// Threshold rules never wait.
+    #[serde(default = "default_news2_set_hold_secs")]
+    pub news2_set_hold_secs: u64,
+    /// Threshold rules. Omitted in config: [`default_rules`] for the patient's `spo2_scale`.
     pub rules: Vec<ThresholdRule>,
-    #[serde(default)]
     pub technical: TechnicalConfig,
+}
+
+/// [`PatientAlertConfig`] as written: `rules` omitted is told apart from `rules = []`, so the
+/// defaults can follow the patient's SpO2 scale (issue 13 point 3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPatientAlertConfig {
+    #[serde(default)]
+    spo2_scale: Spo2Scale,
+    #[serde(default)]
+    on_oxygen: bool,
+    #[serde(default = "default_news2_freshness_secs")]
+    news2_freshness_secs: u64,
+    #[serde(default = "default_news2_settle_secs")]
+    news2_settle_secs: u64,
+    #[serde(default = "default_news2_set_hold_secs")]
+    news2_set_hold_secs: u64,
+    #[serde(default)]
+    rules: Option<Vec<ThresholdRule>>,
+    #[serde(default)]
+    technical: TechnicalConfig,
+}
+
+impl From<RawPatientAlertConfig> for PatientAlertConfig {
+    fn from(r: RawPatientAlertConfig) -> Self {
+        PatientAlertConfig {
+            spo2_scale: r.spo2_scale,
+            on_oxygen: r.on_oxygen,
+            news2_freshness_secs: r.news2_freshness_secs,
+            news2_settle_secs: r.news2_settle_secs,
+            news2_set_hold_secs: r.news2_set_hold_secs,
+            rules: r.rules.unwrap_or_else(|| default_rules(r.spo2_scale)),
+            technical: r.technical,
+        }
+    }
 }
 
 fn default_news2_freshness_secs() -> u64 {
@@ -194,6 +241,14 @@ fn default_news2_settle_secs() -> u64 {
     30 * 60
 }
 
+/// Longest accepted `news2_set_hold_secs`: a red score may wait for the rest of its set, not
+/// for a clinician's attention span.
+pub const MAX_SET_HOLD_SECS: u64 = 60;
+
+fn default_news2_set_hold_secs() -> u64 {
+    2
+}
+
 impl Default for PatientAlertConfig {
     /// Scale 1, on air, 30-minute freshness and settle, [`default_home_rules`].
     fn default() -> Self {
@@ -202,6 +257,7 @@ impl Default for PatientAlertConfig {
             on_oxygen: false,
             news2_freshness_secs: default_news2_freshness_secs(),
             news2_settle_secs: default_news2_settle_secs(),
+            news2_set_hold_secs: default_news2_set_hold_secs(),
             rules: default_home_rules(),
             technical: TechnicalConfig::default(),
         }
@@ -291,9 +347,21 @@ impl PatientAlertConfig {
                         .into(),
             });
         }
+        if self.news2_set_hold_secs > MAX_SET_HOLD_SECS {
+            problems.push(ConfigProblem {
+                key: "news2_set_hold_secs".into(),
+                value: self.news2_set_hold_secs.to_string(),
+                reason: format!(
+                    "must be at most {MAX_SET_HOLD_SECS} seconds: it delays NEWS2 alerts of a set still arriving"
+                ),
+            });
+        }
         let mut seen = BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             validate_rule(i, r, &mut seen, &mut problems);
+            if self.spo2_scale == Spo2Scale::Scale2 {
+                check_scale2_target(i, r, &mut problems);
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -389,8 +457,53 @@ fn validate_rule(
     }
 }
 
+/// The prescribed SpO2 target range of a NEWS2 Scale 2 patient (clinical.md §2.2: hypercapnic
+/// respiratory failure, target 88–92 %); Scale 2 scores 0 anywhere in it.
+pub const SCALE2_TARGET: (f64, f64) = (88.0, 92.0);
+
+/// Refuses an SpO2 rule that would alarm inside the Scale 2 target range, unless the rule says
+/// a clinician intends it (`inside_scale2_target = true`). Why refuse rather than warn:
+/// docs/alerts.md "SpO2 Scale 2". The problem names both settings.
+fn check_scale2_target(i: usize, r: &ThresholdRule, problems: &mut Vec<ConfigProblem>) {
+    if r.metric != Metric::Spo2 || r.inside_scale2_target {
+        return;
+    }
+    let (lo, hi) = SCALE2_TARGET;
+    let (field, v, alarms_at) = match (r.above, r.below) {
+        (None, Some(b)) if b.is_finite() && b > lo => ("below", b, format!("{lo} %")),
+        (Some(a), None) if a.is_finite() && a < hi => ("above", a, format!("{hi} %")),
+        _ => return,
+    };
+    problems.push(ConfigProblem {
+        key: format!("rules[{i}].{field}"),
+        value: v.to_string(),
+        reason: format!(
+            "contradicts spo2_scale = \"scale_2\": rule {:?} would alarm at {alarms_at}, inside the prescribed Scale 2 target range of {lo}-{hi} % where NEWS2 scores 0; \
+             use {field} = {} (or omit `rules` to get the Scale 2 defaults), or set rules[{i}].inside_scale2_target = true if a clinician intends alarms inside the target range",
+            r.id,
+            if field == "below" { lo } else { hi },
+        ),
+    });
+}
+
+/// The default threshold rules for a patient on `scale`: [`default_home_rules`] for Scale 1;
+/// for Scale 2 the same rules with `spo2_low` moved to the bottom of the prescribed target
+/// range (SpO2 < 88 %, clears at >= 90 %), so no default rule alarms inside 88–92 %.
+pub fn default_rules(scale: Spo2Scale) -> Vec<ThresholdRule> {
+    let mut rules = default_home_rules();
+    if scale == Spo2Scale::Scale2 {
+        for r in rules.iter_mut().filter(|r| r.id == "spo2_low") {
+            // Below the prescribed target, sustained: the Scale 2 counterpart of the Scale 1
+            // rule (one band above the NEWS2 Scale 2 red score, <= 83 %). Same persistence,
+            // hysteresis and priority.
+            r.below = Some(SCALE2_TARGET.0);
+        }
+    }
+    rules
+}
+
 /// Threshold rules a clinician would accept for a home hub, **for a NEWS2 Scale 1 patient**
-/// (replace `spo2_low` for Scale 2 patients, whose target is 88–92 %).
+/// ([`default_rules`] gives Scale 2 patients, whose target is 88–92 %, their own `spo2_low`).
 ///
 /// They complement NEWS2 rather than repeat it: the engine already raises every NEWS2
 /// single-parameter "red" score (RR <= 8 or >= 25, SpO2 <= 91 on Scale 1, SBP <= 90 or >= 220,
@@ -410,6 +523,7 @@ pub fn default_home_rules() -> Vec<ThresholdRule> {
         hysteresis: 0.0,
         clear_after_secs: 0,
         priority: Priority::Medium,
+        inside_scale2_target: false,
     };
     vec![
         // SpO2 <= 92 %: NHS England "pulse oximetry at home" tells patients at 92 % or less

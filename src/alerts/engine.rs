@@ -3,7 +3,7 @@
 //! [`Tracker`] per alert key. All state is in [`EngineState`] (serde), so the daemon persists it
 //! with the readings and a restart neither loses nor re-raises an alert.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -13,7 +13,7 @@ use crate::reading::{Acvpu, Decimal, Flag, Metric, Reading, Unit, Value};
 use super::config::{AlertConfigError, PatientAlertConfig, Priority};
 use super::event::{
     AlertEvent, AlertKind, News2Breakdown, ObservedValue, SubScore, TechnicalCondition,
-    TechnicalDetail, ThresholdDetail, SCHEMA_VERSION,
+    TechnicalDetail, ThresholdDetail, ThresholdEvidence, SCHEMA_VERSION,
 };
 use super::lifecycle::{event_id, Change, Timing, Tracker, Transition};
 use super::news2::{
@@ -21,6 +21,7 @@ use super::news2::{
     score_respiration_rate, score_spo2, score_systolic_bp, score_temperature, ClinicalResponse,
     News2Parameter, RiskBand, Spo2Scale,
 };
+use super::threshold::Evidence;
 use super::{technical, threshold, RULES_VERSION};
 
 /// Flags that make a value not count at all (not fresh for NEWS2, not evaluated by threshold
@@ -143,6 +144,27 @@ impl Latest {
     }
 }
 
+/// Consecutive readings of one threshold rule's metric that all point the same way, with no
+/// reading in between that does not and no gap longer than the freshness window. A rule
+/// with persistence raises (and clears) only when such a run spans the rule's time: the data
+/// must cover the window, a lone spot reading cannot (issue 13 point 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Run {
+    kind: Evidence,
+    first: Latest,
+    last: Latest,
+    readings: u32,
+    /// References of the run's readings: the first and the latest ones, at most [`MAX_REFS`].
+    #[serde(default)]
+    refs: Vec<String>,
+}
+
+impl Run {
+    fn span(&self) -> Duration {
+        self.last.observed_at - self.first.observed_at
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct DeviceState {
     expected_interval_secs: u64,
@@ -183,6 +205,25 @@ pub struct EngineState {
     last_news2: Option<LastNews2>,
     #[serde(default)]
     outbox: Option<(u64, u64)>,
+    /// Per threshold rule id: the current run of readings (see [`Run`]).
+    #[serde(default)]
+    runs: BTreeMap<String, Run>,
+    /// A set from one device with one device time, waiting for the rest of its readings.
+    #[serde(default)]
+    open_set: Option<OpenSet>,
+}
+
+/// An observation set held open: NEWS2 is evaluated when it closes (see
+/// [`AlertEngine::on_observation_set`]). Threshold rules are never held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OpenSet {
+    device: String,
+    #[serde(with = "time::serde::rfc3339")]
+    effective: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+    /// NEWS2 input metrics received so far.
+    metrics: BTreeSet<Metric>,
 }
 
 /// A raised alert, for status pages.
@@ -236,11 +277,23 @@ pub enum News2Status {
 pub struct ReadingOutcome {
     /// Alert transitions this reading caused, in key order.
     pub events: Vec<AlertEvent>,
-    /// A NEWS2 score to publish: present when this reading was a NEWS2 input, the set is complete
-    /// and fresh, and either the sub-scores changed since the last published score or that one
-    /// is older than the freshness window (so a new observation round gets its own score, but a
-    /// 1 Hz oximeter does not produce a score per second).
-    pub news2: Option<News2Score>,
+    /// NEWS2 scores to publish, oldest first: one for each observation set scored here (a held
+    /// set closed by this input, then this set) whose picture is complete and fresh and whose
+    /// sub-scores changed since the last published score, or whose last one is older than the
+    /// freshness window (so a new observation round gets its own score, but a 1 Hz oximeter
+    /// does not produce a score per second).
+    pub news2: Vec<News2Score>,
+}
+
+/// One reading of an observation set: the readings that arrived together (one committed
+/// ingest batch, e.g. a full set written in one line by one device), evaluated as a whole by
+/// [`AlertEngine::on_observation_set`].
+#[derive(Debug, Clone, Copy)]
+pub struct SetReading<'a> {
+    pub device: &'a str,
+    pub reading: &'a Reading,
+    /// The caller's opaque reference to it (e.g. the FHIR Observation id).
+    pub obs_ref: &'a str,
 }
 
 /// The per-patient rules engine. Pure: no IO, no clock (every method takes `now`).
@@ -366,14 +419,9 @@ impl AlertEngine {
         out
     }
 
-    /// Evaluates one reading that ingest accepted. `obs_ref` is the caller's opaque reference
-    /// to it (e.g. the FHIR Observation id), carried into events and NEWS2 scores.
-    ///
-    /// A reading whose value is absent, that fails [`Reading::validate`], or that carries one of
-    /// [`DISQUALIFYING_FLAGS`] counts as device activity and feeds the technical alarms, but is
-    /// not a value: it neither updates NEWS2 nor the threshold rules. A valid reading observed
-    /// more than `news2_freshness_secs` before `now` (e.g. a stored record uploaded late) is
-    /// kept out of the rules too: it is history, not the patient's current state.
+    /// Evaluates one reading that ingest accepted, as an observation set of its own (a
+    /// spot-check device sending one parameter at a time). See
+    /// [`AlertEngine::on_observation_set`].
     pub fn on_reading(
         &mut self,
         now: OffsetDateTime,
@@ -381,9 +429,127 @@ impl AlertEngine {
         reading: &Reading,
         obs_ref: &str,
     ) -> ReadingOutcome {
+        self.on_observation_set(
+            now,
+            &[SetReading {
+                device: device_id,
+                reading,
+                obs_ref,
+            }],
+        )
+    }
+
+    /// Evaluates readings that arrived together (one committed batch, or one device's set with
+    /// one effective time) **as a whole**: every reading first becomes the patient's latest
+    /// value (threshold rules see each reading in order, as persistence needs), then NEWS2 is
+    /// evaluated once on the result. So no event of the set claims a parameter is missing
+    /// when its reading was in the set, and a set yields at most one NEWS2 score.
+    ///
+    /// A reading whose value is absent, that fails [`Reading::validate`], or that carries one of
+    /// [`DISQUALIFYING_FLAGS`] counts as device activity and feeds the technical alarms, but is
+    /// not a value: it neither updates NEWS2 nor the threshold rules. A valid reading observed
+    /// more than `news2_freshness_secs` before `now` (e.g. a stored record uploaded late) is
+    /// kept out of the rules too: it is history, not the patient's current state.
+    pub fn on_observation_set(
+        &mut self,
+        now: OffsetDateTime,
+        set: &[SetReading<'_>],
+    ) -> ReadingOutcome {
         let mut out = Vec::new();
-        self.device_seen(now, device_id, &mut out);
-        self.flag_alarms(now, device_id, reading, obs_ref, &mut out);
+        let mut news2 = Vec::new();
+        let same_time = one_device_one_time(set);
+        // A set held open for the rest of its readings closes when anything else arrives:
+        // it is scored on what it had, before this set's readings are in.
+        let continues = match (&self.state.open_set, &same_time) {
+            (Some(open), Some((device, t))) => open.device == *device && open.effective == *t,
+            _ => false,
+        };
+        if self.state.open_set.is_some() && !continues {
+            self.state.open_set = None;
+            news2.extend(self.score_news2(now, &mut out));
+        }
+        let mut inputs = BTreeSet::new();
+        for r in set {
+            if let Some(metric) = self.accept(now, r, &mut out) {
+                if is_news2_input(metric) {
+                    inputs.insert(metric);
+                }
+            }
+        }
+        if inputs.is_empty() {
+            return ReadingOutcome { events: out, news2 };
+        }
+        // Readings from one device with one device time are one observation set even when
+        // the device sent them in several messages: hold its NEWS2 evaluation (at most
+        // `news2_set_hold_secs`) until the rest arrives, unless it already holds every
+        // measured parameter.
+        let hold = self.cfg.news2_set_hold_secs > 0;
+        if let Some((device, effective)) = same_time.filter(|_| hold) {
+            let (since, mut seen) = match self.state.open_set.take() {
+                Some(open) if continues => (open.since, open.metrics),
+                _ => (now, BTreeSet::new()),
+            };
+            seen.extend(inputs);
+            if !covers_measured_news2(&seen) {
+                self.state.open_set = Some(OpenSet {
+                    device: device.to_string(),
+                    effective,
+                    since,
+                    metrics: seen,
+                });
+                return ReadingOutcome { events: out, news2 };
+            }
+        }
+        news2.extend(self.score_news2(now, &mut out));
+        ReadingOutcome { events: out, news2 }
+    }
+
+    /// Evaluates NEWS2 on the latest values (alerts into `out`) and returns the score to
+    /// publish, when complete and due (changed, or the last one older than the freshness window).
+    fn score_news2(
+        &mut self,
+        now: OffsetDateTime,
+        out: &mut Vec<AlertEvent>,
+    ) -> Option<News2Score> {
+        self.evaluate_news2(now, out);
+        let News2Status::Complete(score) = self.news2(now) else {
+            return None;
+        };
+        let subs: Vec<u8> = score.sub_scores.iter().map(|s| s.score).collect();
+        let due = match &self.state.last_news2 {
+            None => true,
+            Some(last) => {
+                last.sub_scores != subs || now - last.at >= secs(self.cfg.news2_freshness_secs)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.state.last_news2 = Some(LastNews2 {
+            sub_scores: subs,
+            at: now,
+        });
+        Some(score)
+    }
+
+    /// Whether a set is held open waiting for the rest of its readings (the caller should
+    /// persist the state, so a restart still scores it).
+    pub fn has_open_set(&self) -> bool {
+        self.state.open_set.is_some()
+    }
+
+    /// One reading of a set: device activity, flag alarms, and, when it is a usable fresh
+    /// value newer than the metric's latest, the new latest value and its threshold rules.
+    /// Returns the metric when it became the latest value.
+    fn accept(
+        &mut self,
+        now: OffsetDateTime,
+        r: &SetReading<'_>,
+        out: &mut Vec<AlertEvent>,
+    ) -> Option<Metric> {
+        let (device_id, reading, obs_ref) = (r.device, r.reading, r.obs_ref);
+        self.device_seen(now, device_id, out);
+        self.flag_alarms(now, device_id, reading, obs_ref, out);
 
         let usable = reading.validate().is_ok()
             && !matches!(reading.value, Value::Absent(_))
@@ -392,10 +558,7 @@ impl AlertEngine {
                 .iter()
                 .any(|f| DISQUALIFYING_FLAGS.contains(f));
         if !usable {
-            return ReadingOutcome {
-                events: out,
-                news2: None,
-            };
+            return None;
         }
         // A valid value from this device and metric ends a run of rejections.
         let rej_rule = technical_rule(
@@ -417,7 +580,7 @@ impl AlertEngine {
             Some(device_id),
             Some(reading.metric),
             Some(obs_ref),
-            &mut out,
+            out,
         );
 
         let observed_at = match reading.device_time {
@@ -425,28 +588,17 @@ impl AlertEngine {
             _ => now,
         };
         if now - observed_at > secs(self.cfg.news2_freshness_secs) {
-            return ReadingOutcome {
-                events: out,
-                news2: None,
-            };
+            return None;
         }
         let value = match reading.value {
             Value::Number(d) => LatestValue::Number(d),
             Value::Code(c) => LatestValue::Code(c),
-            Value::Absent(_) => {
-                return ReadingOutcome {
-                    events: out,
-                    news2: None,
-                }
-            }
+            Value::Absent(_) => return None,
         };
         if let Some(prev) = self.state.latest.get(&reading.metric) {
             if prev.observed_at > observed_at {
                 // An older reading arriving late: the newer one stays the patient's state.
-                return ReadingOutcome {
-                    events: out,
-                    news2: None,
-                };
+                return None;
             }
         }
         self.state.latest.insert(
@@ -459,31 +611,8 @@ impl AlertEngine {
                 device: device_id.to_string(),
             },
         );
-
-        self.evaluate_thresholds(now, reading.metric, device_id, obs_ref, &mut out);
-
-        let mut news2 = None;
-        if is_news2_input(reading.metric) {
-            self.evaluate_news2(now, Some(obs_ref), &mut out);
-            if let News2Status::Complete(score) = self.news2(now) {
-                let subs: Vec<u8> = score.sub_scores.iter().map(|s| s.score).collect();
-                let due = match &self.state.last_news2 {
-                    None => true,
-                    Some(last) => {
-                        last.sub_scores != subs
-                            || now - last.at >= secs(self.cfg.news2_freshness_secs)
-                    }
-                };
-                if due {
-                    self.state.last_news2 = Some(LastNews2 {
-                        sub_scores: subs,
-                        at: now,
-                    });
-                    news2 = Some(score);
-                }
-            }
-        }
-        ReadingOutcome { events: out, news2 }
+        self.evaluate_thresholds(now, reading.metric, device_id, obs_ref, out);
+        Some(reading.metric)
     }
 
     /// Records that ingest rejected a reading from `device_id` for `metric` (implausible value,
@@ -527,11 +656,24 @@ impl AlertEngine {
         out
     }
 
-    /// Lets time pass: device silence, persistence and clear delays that elapsed, rejections
-    /// leaving their window, stale pending threshold breaches. Call it regularly (every few
-    /// seconds); it is idempotent for the same `now`.
-    pub fn tick(&mut self, now: OffsetDateTime) -> Vec<AlertEvent> {
+    /// Lets time pass: a set held longer than `news2_set_hold_secs` is scored (its
+    /// events and NEWS2 score are in the outcome), then device silence, NEWS2 settle delays
+    /// and technical-alarm delays that elapsed, rejections leaving their window, alerts of
+    /// removed threshold rules. Threshold rules otherwise move only on readings (the data
+    /// must cover their windows). Call it regularly (every second or so); it is idempotent for
+    /// the same `now`.
+    pub fn tick(&mut self, now: OffsetDateTime) -> ReadingOutcome {
         let mut out = Vec::new();
+        let mut news2 = Vec::new();
+        if self
+            .state
+            .open_set
+            .as_ref()
+            .is_some_and(|open| now - open.since >= secs(self.cfg.news2_set_hold_secs))
+        {
+            self.state.open_set = None;
+            news2.extend(self.score_news2(now, &mut out));
+        }
         // Device silence.
         let devices: Vec<(String, DeviceState)> = self
             .state
@@ -590,7 +732,7 @@ impl AlertEngine {
             let (device, metric) = (slot.device.clone(), slot.metric);
             match &rule {
                 RuleRef::Threshold { rule_id } => {
-                    let Some(r) = self.cfg.rules.iter().find(|r| &r.id == rule_id) else {
+                    if !self.cfg.rules.iter().any(|r| &r.id == rule_id) {
                         // Rule removed from the configuration: its alert clears now.
                         self.drive(
                             now,
@@ -603,24 +745,17 @@ impl AlertEngine {
                             &mut out,
                         );
                         continue;
-                    };
-                    let timing = Timing {
-                        raise_after_secs: r.persist_secs,
-                        settle_after_secs: r.clear_after_secs,
-                    };
+                    }
+                    // Threshold rules move only on readings (the data must cover persistence
+                    // and clear delays), never on time alone: a raised alert holds, and a
+                    // slot without one (pending evidence from state written by an older
+                    // version, which raised on time) is dropped.
                     let raised = slot.tracker.active.is_some();
-                    let stale =
-                        self.state.latest.get(&r.metric).is_none_or(|l| {
-                            now - l.observed_at > secs(self.cfg.news2_freshness_secs)
-                        });
-                    // A pending breach whose evidence went stale is dropped; a raised alert is
-                    // never cleared by staleness.
-                    let desired = (stale && !raised).then_some(None);
                     self.drive(
                         now,
                         rule,
-                        desired,
-                        timing,
+                        (!raised).then_some(None),
+                        Timing::default(),
                         device.as_deref(),
                         metric,
                         None,
@@ -642,7 +777,7 @@ impl AlertEngine {
                 }
             }
         }
-        out
+        ReadingOutcome { events: out, news2 }
     }
 
     /// Reports the outbox depth (undelivered items) and capacity.
@@ -861,6 +996,7 @@ impl AlertEngine {
                 total: Some(s.total),
                 band: Some(s.band),
                 response: Some(s.response),
+                response_text: Some(s.response.text()),
                 sub_scores: s.sub_scores,
                 missing: Vec::new(),
             },
@@ -869,18 +1005,14 @@ impl AlertEngine {
                 total: None,
                 band: None,
                 response: None,
+                response_text: None,
                 sub_scores: p.sub_scores,
                 missing: p.missing,
             },
         }
     }
 
-    fn evaluate_news2(
-        &mut self,
-        now: OffsetDateTime,
-        obs_ref: Option<&str>,
-        out: &mut Vec<AlertEvent>,
-    ) {
+    fn evaluate_news2(&mut self, now: OffsetDateTime, out: &mut Vec<AlertEvent>) {
         let timing = Timing {
             raise_after_secs: 0,
             settle_after_secs: self.cfg.news2_settle_secs,
@@ -925,11 +1057,15 @@ impl AlertEngine {
             timing,
             None,
             None,
-            obs_ref,
+            None,
             out,
         );
     }
 
+    /// Feeds the metric's new latest value to each of its threshold rules. A rule is driven
+    /// by its [`Run`]: not raised, it raises once a run of breaching readings spans
+    /// `persist_secs`; raised, it clears once a run of readings in the clearing zone spans
+    /// `clear_after_secs`; any reading that does not continue the run restarts it.
     fn evaluate_thresholds(
         &mut self,
         now: OffsetDateTime,
@@ -938,12 +1074,10 @@ impl AlertEngine {
         obs_ref: &str,
         out: &mut Vec<AlertEvent>,
     ) {
-        let Some(value) = self
-            .state
-            .latest
-            .get(&metric)
-            .and_then(|l| l.number().map(|(d, u)| u.to_canonical(d.to_f64())))
-        else {
+        let Some(latest) = self.state.latest.get(&metric).cloned() else {
+            return;
+        };
+        let Some(value) = latest.number().map(|(d, u)| u.to_canonical(d.to_f64())) else {
             return;
         };
         let rules: Vec<_> = self
@@ -953,6 +1087,7 @@ impl AlertEngine {
             .filter(|r| r.metric == metric)
             .cloned()
             .collect();
+        let max_gap = secs(self.cfg.news2_freshness_secs);
         for r in rules {
             let rule = RuleRef::Threshold {
                 rule_id: r.id.clone(),
@@ -962,16 +1097,45 @@ impl AlertEngine {
                 .slots
                 .get(&rule.key())
                 .is_some_and(|s| s.tracker.active.is_some());
-            let desired = threshold::desired_level(&r, value, raised);
-            let timing = Timing {
-                raise_after_secs: r.persist_secs,
-                settle_after_secs: r.clear_after_secs,
+            let kind = threshold::evidence(&r, value, raised);
+            let run = match (kind, self.state.runs.remove(&r.id)) {
+                (None, _) => None,
+                (Some(k), Some(mut run))
+                    if run.kind == k && latest.observed_at - run.last.observed_at <= max_gap =>
+                {
+                    run.last = latest.clone();
+                    run.readings = run.readings.saturating_add(1);
+                    if run.refs.len() >= MAX_REFS {
+                        run.refs.remove(1);
+                    }
+                    run.refs.push(latest.obs_ref.clone());
+                    Some(run)
+                }
+                (Some(k), _) => Some(Run {
+                    kind: k,
+                    first: latest.clone(),
+                    last: latest.clone(),
+                    readings: 1,
+                    refs: vec![latest.obs_ref.clone()],
+                }),
             };
+            let need = if raised {
+                r.clear_after_secs
+            } else {
+                r.persist_secs
+            };
+            let covered = run.as_ref().is_some_and(|run| run.span() >= secs(need));
+            // Raised: hold unless a clearing run covers the clear delay. Not raised: raise
+            // only when a breaching run covers the persistence.
+            let desired = (raised != covered).then_some(r.priority);
+            if let Some(run) = run {
+                self.state.runs.insert(r.id.clone(), run);
+            }
             self.drive(
                 now,
                 rule,
                 Some(desired),
-                timing,
+                Timing::default(),
                 Some(device),
                 Some(metric),
                 Some(obs_ref),
@@ -1190,6 +1354,7 @@ impl AlertEngine {
                     .iter()
                     .filter_map(|s| s.obs_ref.clone())
                     .collect();
+                ev.values = self.news2_values(&b, None);
                 let text = match (b.total, b.band, b.response) {
                     (Some(total), Some(band), Some(resp)) => format!(
                         "NEWS2 total {total} ({} clinical risk): {}. Sub-scores: {}",
@@ -1198,7 +1363,7 @@ impl AlertEngine {
                         sub_score_list(&b.sub_scores)
                     ),
                     _ => format!(
-                        "NEWS2 set incomplete (missing: {}); last complete score stands",
+                        "NEWS2 set incomplete (no fresh value for: {}); last complete score stands",
                         param_list(&b.missing)
                     ),
                 };
@@ -1207,34 +1372,42 @@ impl AlertEngine {
             }
             RuleRef::News2Red { parameter } => {
                 let b = self.breakdown(now);
-                if let Some(m) = news2_source(*parameter, &self.state.latest) {
-                    if let Some(l) = self.state.latest.get(&m) {
-                        ev.values.push(l.observed(m));
-                    }
-                }
+                ev.values = self.news2_values(&b, Some(*parameter));
                 let sub = b.sub_scores.iter().find(|s| s.parameter == *parameter);
                 let mut text = match sub {
                     Some(s) => format!(
-                        "NEWS2 {} scores {} (value {}){}",
+                        "NEWS2 {} scores {} (value {})",
                         parameter.label(),
                         s.score,
                         s.value,
-                        if s.score == 3 {
-                            format!(
-                                ": a 3 in a single parameter needs an {}",
-                                ClinicalResponse::UrgentWardBasedResponse.text()
-                            )
-                        } else {
-                            String::new()
-                        }
                     ),
                     None => format!("NEWS2 {} not measured recently", parameter.label()),
                 };
-                if !b.missing.is_empty() {
-                    text.push_str(&format!(
-                        ". Not scored (no fresh value): {}",
-                        param_list(&b.missing)
-                    ));
+                let red = sub.is_some_and(|s| s.score == 3);
+                match (b.total, b.band, b.response) {
+                    (Some(total), Some(band), Some(resp)) => {
+                        if red {
+                            text.push_str(": a 3 in a single parameter");
+                        }
+                        text.push_str(&format!(
+                            "; NEWS2 total {total} ({} clinical risk): {}. Sub-scores: {}",
+                            band_label(band),
+                            resp.text(),
+                            sub_score_list(&b.sub_scores)
+                        ));
+                    }
+                    _ => {
+                        if red {
+                            text.push_str(&format!(
+                                ": a 3 in a single parameter means at least low-medium clinical risk, {}",
+                                ClinicalResponse::UrgentWardBasedResponse.text()
+                            ));
+                        }
+                        text.push_str(&format!(
+                            ". No NEWS2 total: no fresh value for {}",
+                            param_list(&b.missing)
+                        ));
+                    }
                 }
                 ev.news2 = Some(b);
                 text
@@ -1248,13 +1421,13 @@ impl AlertEngine {
     }
 
     fn threshold_body(&self, ev: &mut AlertEvent, rule_id: &str, slot: &Slot) -> String {
-        let latest = slot
-            .metric
-            .and_then(|m| self.state.latest.get(&m).map(|l| (m, l)));
-        if let Some((m, l)) = latest {
-            ev.values.push(l.observed(m));
-        }
         let Some(r) = self.cfg.rules.iter().find(|r| r.id == rule_id) else {
+            if let Some((m, l)) = slot
+                .metric
+                .and_then(|m| self.state.latest.get(&m).map(|l| (m, l)))
+            {
+                ev.values.push(l.observed(m));
+            }
             return format!("threshold rule {rule_id} is no longer configured");
         };
         let Some((dir, limit)) = r.limit() else {
@@ -1262,6 +1435,34 @@ impl AlertEngine {
         };
         let unit = r.metric.canonical_unit().map(|u| u.ucum().to_string());
         let clear_at = threshold::clear_at(dir, limit, r.hysteresis);
+        // The run behind this transition: breaching readings for a raise, clearing ones for a
+        // clear (see `evaluate_thresholds`).
+        let want = if ev.transition == Transition::Cleared {
+            Evidence::Clearing
+        } else {
+            Evidence::Breach
+        };
+        let run = self.state.runs.get(rule_id).filter(|run| run.kind == want);
+        let evidence = run.map(|run| ThresholdEvidence {
+            readings: run.readings,
+            first_observed_at: run.first.observed_at,
+            last_observed_at: run.last.observed_at,
+            span_secs: u64::try_from(run.span().whole_seconds()).unwrap_or(0),
+        });
+        match run {
+            Some(run) => {
+                ev.values.push(run.first.observed(r.metric));
+                if run.readings > 1 {
+                    ev.values.push(run.last.observed(r.metric));
+                }
+                ev.obs_refs = run.refs.clone();
+            }
+            None => {
+                if let Some(l) = self.state.latest.get(&r.metric) {
+                    ev.values.push(l.observed(r.metric));
+                }
+            }
+        }
         ev.threshold = Some(ThresholdDetail {
             rule_id: r.id.clone(),
             direction: dir,
@@ -1271,35 +1472,63 @@ impl AlertEngine {
             persist_secs: r.persist_secs,
             clear_after_secs: r.clear_after_secs,
             unit: unit.clone(),
+            evidence: evidence.clone(),
         });
         let u = unit.unwrap_or_default();
-        let value = latest
-            .map(|(_, l)| match (l.value, l.unit) {
-                (LatestValue::Number(d), Some(du)) => format!("{d} {}", du.ucum()),
-                _ => "?".into(),
-            })
+        let shown = |l: &Latest| match (l.value, l.unit) {
+            (LatestValue::Number(d), Some(du)) => format!("{d} {}", du.ucum()),
+            _ => "?".into(),
+        };
+        let latest = run
+            .map(|run| shown(&run.last))
+            .or_else(|| self.state.latest.get(&r.metric).map(shown))
             .unwrap_or_else(|| "?".into());
         let (word, back) = match dir {
             super::config::Direction::Above => ("above", "at or below"),
             super::config::Direction::Below => ("below", "at or above"),
         };
+        let seen = match &evidence {
+            Some(e) => readings_over(e.readings, e.span_secs),
+            None => "no readings".into(),
+        };
         match ev.transition {
             Transition::Cleared => format!(
-                "{} {value}, back {back} {clear_at} {u} for {} s (rule {})",
-                r.metric, r.clear_after_secs, r.id
+                "{} back {back} {clear_at} {u}: {seen}, latest {latest} (rule {}: clears when readings cover {} s)",
+                r.metric, r.id, r.clear_after_secs
             ),
             _ => {
-                let held = if r.persist_secs == 0 {
-                    String::new()
+                let needs = if r.persist_secs == 0 {
+                    "raises on a single reading".to_string()
                 } else {
-                    format!(" for at least {} s", r.persist_secs)
+                    format!("raises when readings cover {} s", r.persist_secs)
                 };
                 format!(
-                    "{} {value} {word} {limit} {u}{held} (rule {}; clears {back} {clear_at} {u})",
+                    "{} {word} {limit} {u}: {seen}, latest {latest} (rule {}: {needs}; clears {back} {clear_at} {u})",
                     r.metric, r.id
                 )
             }
         }
+    }
+
+    /// The observed values behind a NEWS2 breakdown (one per scored parameter that came from
+    /// a reading, in Chart 1 order), `first` first.
+    fn news2_values(
+        &self,
+        b: &News2Breakdown,
+        first: Option<News2Parameter>,
+    ) -> Vec<ObservedValue> {
+        let mut order: Vec<&SubScore> = b.sub_scores.iter().collect();
+        order.sort_by_key(|s| Some(s.parameter) != first);
+        order
+            .into_iter()
+            .filter_map(|s| {
+                let r = s.obs_ref.as_deref()?;
+                news2_candidates(s.parameter).iter().find_map(|m| {
+                    let l = self.state.latest.get(m)?;
+                    (l.obs_ref == r).then(|| l.observed(*m))
+                })
+            })
+            .collect()
     }
 
     fn technical_body(
@@ -1444,6 +1673,51 @@ fn news2_source(p: News2Parameter, latest: &BTreeMap<Metric, Latest>) -> Option<
         (Some(pr), Some(hr)) if hr.observed_at > pr.observed_at => Some(Metric::HeartRate),
         (None, Some(_)) => Some(Metric::HeartRate),
         _ => Some(Metric::PulseRate),
+    }
+}
+
+/// `(device, device time)` when every reading of `set` comes from one device with one
+/// explicit, trusted device time: one device's observation set, possibly split over messages.
+fn one_device_one_time<'a>(set: &[SetReading<'a>]) -> Option<(&'a str, OffsetDateTime)> {
+    let first = set.first()?;
+    let t = first.reading.device_time?;
+    set.iter()
+        .all(|r| {
+            r.device == first.device
+                && r.reading.device_time == Some(t)
+                && !r.reading.flags.contains(&Flag::DeviceClockSuspect)
+        })
+        .then_some((first.device, t))
+}
+
+/// Whether `metrics` hold every NEWS2 parameter measured by a device (all but air or oxygen,
+/// which the patient config always gives).
+fn covers_measured_news2(metrics: &BTreeSet<Metric>) -> bool {
+    News2Parameter::ALL
+        .iter()
+        .filter(|p| **p != News2Parameter::AirOrOxygen)
+        .all(|p| news2_candidates(*p).iter().any(|m| metrics.contains(m)))
+}
+
+/// The metrics a parameter may be read from.
+fn news2_candidates(p: News2Parameter) -> &'static [Metric] {
+    match p {
+        News2Parameter::RespirationRate => &[Metric::RespiratoryRate],
+        News2Parameter::OxygenSaturation => &[Metric::Spo2],
+        News2Parameter::AirOrOxygen => &[Metric::InspiredOxygen],
+        News2Parameter::SystolicBp => &[Metric::SystolicBp],
+        News2Parameter::Pulse => &[Metric::PulseRate, Metric::HeartRate],
+        News2Parameter::Consciousness => &[Metric::Acvpu],
+        News2Parameter::Temperature => &[Metric::BodyTemperature],
+    }
+}
+
+/// "1 reading" / "2 readings over 75 s": what the data shows, never more.
+fn readings_over(n: u32, span_secs: u64) -> String {
+    if n == 1 {
+        "1 reading".into()
+    } else {
+        format!("{n} readings over {span_secs} s")
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`AlertEvent`]: what the engine emits, one per lifecycle transition. Its JSON form is a
 //! public contract (the payload on `rpm/v1/gw/{gw}/alert`), described by
-//! `schemas/alert-event.v1.json`; a field is only ever added as optional within `v1`.
+//! `schemas/alert-event.v2.json`; a field is only ever added as optional within `v2`.
+//! v2 keeps every v1 field as it was and adds `threshold.evidence` and the presence rules for
+//! NEWS2 (docs/alerts.md "Event contract" has the compatibility note).
 //!
 //! Events identify the patient by the pseudonymous id the engine was built with, never by
 //! NHS Number (the engine refuses ids that look like one). They carry everything a reviewer
@@ -18,7 +20,7 @@ use super::lifecycle::Transition;
 use super::news2::{ClinicalResponse, News2Parameter, RiskBand, Spo2Scale};
 
 /// Schema identifier carried in every event (`schema_version`).
-pub const SCHEMA_VERSION: &str = "alert-event.v1";
+pub const SCHEMA_VERSION: &str = "alert-event.v2";
 
 /// What raised the alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -65,6 +67,23 @@ pub struct ThresholdDetail {
     /// Canonical unit of `limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// What the readings behind this transition show (absent only when the rule was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<ThresholdEvidence>,
+}
+
+/// The run of consecutive readings behind a threshold transition: beyond the limit for a
+/// raise, in the clearing zone for a clear. A rule with persistence raises only when
+/// `span_secs >= persist_secs` (the data covers the window); the text says exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdEvidence {
+    pub readings: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_observed_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_observed_at: OffsetDateTime,
+    /// Seconds from the first to the last reading (observation times).
+    pub span_secs: u64,
 }
 
 /// One scored NEWS2 parameter.
@@ -92,6 +111,9 @@ pub struct News2Breakdown {
     pub band: Option<RiskBand>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<ClinicalResponse>,
+    /// The RCP Chart 2 / Chart 4 wording of `response`, for a person reading the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_text: Option<&'static str>,
     pub sub_scores: Vec<SubScore>,
     /// Parameters without a fresh valid value (empty when complete).
     pub missing: Vec<News2Parameter>,
@@ -136,7 +158,7 @@ pub struct TechnicalDetail {
     pub outbox_capacity: Option<u64>,
 }
 
-/// One lifecycle transition of one alert. See `schemas/alert-event.v1.json`.
+/// One lifecycle transition of one alert. See `schemas/alert-event.v2.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertEvent {
     /// Always [`SCHEMA_VERSION`].
@@ -163,7 +185,9 @@ pub struct AlertEvent {
     pub device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<Metric>,
-    /// Values behind this transition (may be empty for technical alarms).
+    /// Values behind this transition: for NEWS2, one per scored parameter from a reading (the
+    /// red parameter first); for thresholds, the first and latest reading of the run; may be
+    /// empty for technical alarms.
     pub values: Vec<ObservedValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<ThresholdDetail>,

@@ -5,7 +5,7 @@
 //! see peers.md §7), so it is self-contained, versioned ([`RULES_VERSION`]) and pure: no IO, no
 //! tasks, no clock. Every entry point takes `now: OffsetDateTime`; the same inputs in the same
 //! order always give the same events and the same alert ids. Rationale and defaults for the
-//! clinical safety case: `docs/alerts.md`. Event contract: `schemas/alert-event.v1.json`.
+//! clinical safety case: `docs/alerts.md`. Event contract: `schemas/alert-event.v2.json`.
 //!
 //! # Map
 //!
@@ -19,6 +19,14 @@
 //!
 //! # How the engine reads its inputs
 //!
+//! - **Observation sets.** [`AlertEngine::on_observation_set`] takes the readings that arrived
+//!   together (the daemon passes each patient's readings of one committed ingest batch; a
+//!   device message with one effective time is one frame and always committed whole). Every
+//!   reading becomes the latest value first (threshold rules see each, in order), then NEWS2 is
+//!   evaluated once, so no event of the set claims a parameter of the set is missing.
+//!   [`AlertEngine::on_reading`] is a set of one: spot-check devices sending one parameter at a
+//!   time combine within the freshness window as before, and a red score is never held back
+//!   waiting for the rest of a set.
 //! - **Which value counts.** Only readings that pass [`crate::reading::Reading::validate`], carry a
 //!   number or ACVPU code (never a [`crate::reading::Value::Absent`]) and no
 //!   [`engine::DISQUALIFYING_FLAGS`] (sensor off, probe disconnected, sensor fault, searching,
@@ -36,17 +44,25 @@
 //! - **NEWS2 total only when complete.** A total, band and response exist only when all seven
 //!   parameters are fresh (clinical.md §2.5). A single-parameter score of 3 raises its own
 //!   alert (`news2:red:{parameter}`, medium) whether or not the set is complete, and its event
-//!   names the parameters that are missing. The aggregate alert (`news2:aggregate`) is medium
+//!   names the parameters that are missing. Every NEWS2 event of a complete set carries the
+//!   total, band and response (a red event names the band that results, e.g. low-medium) and
+//!   the observed values behind the score. The aggregate alert (`news2:aggregate`) is medium
 //!   for 5–6 and high for >= 7 (escalating and de-escalating in place); totals 0–4 raise nothing
 //!   (ward-based response, i.e. routine review).
+//! - **Threshold persistence is what the readings show.** A rule raises when consecutive
+//!   breaching readings span `persist_secs` by their observation times, and clears when
+//!   consecutive clearing readings span `clear_after_secs`; time alone never moves it, so a
+//!   single spot reading never satisfies a persistence. Texts state the readings and the span
+//!   ("2 readings over 75 s"). Defaults follow the patient's SpO2 scale
+//!   ([`config::default_rules`]).
 //! - **Absence never clears.** A stale or missing parameter keeps the last evidence: clinical
 //!   alerts clear only on fresh normal values (after the settle / clear delay). Silence is a
 //!   technical alarm of its own.
 //!
 //! # NEWS2 scores for publication
 //!
-//! [`AlertEngine::on_reading`] returns a [`ReadingOutcome`] whose `news2` is set when the reading
-//! was a NEWS2 input and leaves a complete fresh set whose sub-scores changed (or whose last
+//! [`AlertEngine::on_observation_set`] returns a [`ReadingOutcome`] whose `news2` is set when the
+//! set held a NEWS2 input and leaves a complete fresh picture whose sub-scores changed (or whose last
 //! published score is older than the freshness window). It carries the sub-scores, SNOMED codes
 //! and the ObsRefs it was derived from, for the FHIR total-score Observation.
 //! [`AlertEngine::news2`] gives the current picture at any time.
@@ -71,11 +87,12 @@ pub mod threshold;
 mod tests;
 
 pub use config::{
-    default_home_rules, AlertConfigError, ConfigProblem, Direction, PatientAlertConfig, Priority,
-    TechnicalConfig, ThresholdRule,
+    default_home_rules, default_rules, AlertConfigError, ConfigProblem, Direction,
+    PatientAlertConfig, Priority, TechnicalConfig, ThresholdRule,
 };
 pub use engine::{
     ActiveAlert, AlertEngine, EngineState, News2Partial, News2Score, News2Status, ReadingOutcome,
+    SetReading,
 };
 pub use event::{AlertEvent, AlertKind, TechnicalCondition, SCHEMA_VERSION};
 pub use lifecycle::Transition;
@@ -84,7 +101,7 @@ pub use news2::{ClinicalResponse, News2Parameter, RiskBand, Spo2Scale};
 /// Version of the rule set (scoring, defaults, lifecycle semantics). Carried in every event.
 /// Bump it on any change that could change an event for the same inputs, and record the
 /// change in docs/alerts.md.
-pub const RULES_VERSION: &str = "vitalgate-alerts/1.0.0";
+pub const RULES_VERSION: &str = "vitalgate-alerts/2.0.0";
 
 /// An opaque reference the caller gives each reading (e.g. the FHIR Observation id).
 pub type ObsRef = String;

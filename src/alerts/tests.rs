@@ -68,8 +68,8 @@ fn feed_set(
         let obs = format!("obs-{}-{}", r.metric, (t - T0).whole_seconds());
         let out = e.on_reading(t, "hub-dev", &r, &obs);
         events.extend(out.events);
-        if out.news2.is_some() {
-            score = out.news2;
+        if let Some(s) = out.news2.into_iter().last() {
+            score = Some(s);
         }
     }
     (events, score)
@@ -246,7 +246,7 @@ fn news2_without_acvpu_is_partial_and_names_consciousness() {
         let obs = format!("o-{}", r.metric);
         assert_eq!(
             e.on_reading(T0, "d", &r, &obs).news2,
-            None,
+            vec![],
             "no score from a partial set"
         );
     }
@@ -407,11 +407,16 @@ fn news2_score_is_yielded_on_change_not_for_every_identical_reading() {
     assert!(first.is_some());
     let again = e.on_reading(at(1), "ox", &num(Metric::Spo2, 97.0), "s2");
     assert_eq!(
-        again.news2, None,
+        again.news2,
+        vec![],
         "same sub-scores within the window: nothing new to publish"
     );
     let changed = e.on_reading(at(2), "ox", &num(Metric::Spo2, 95.0), "s3");
-    let s = changed.news2.expect("a changed sub-score is published");
+    let s = changed
+        .news2
+        .into_iter()
+        .next()
+        .expect("a changed sub-score is published");
     assert_eq!(s.total, 1);
     assert!(s.derived_from.contains(&"s3".to_string()));
     assert_eq!(
@@ -501,9 +506,10 @@ fn news2_aggregate_de_escalates_and_clears_only_after_settle_time() {
     );
     assert!(e
         .tick(at(60 + 1799))
+        .events
         .iter()
         .all(|e| e.rule != "news2:aggregate"));
-    let cleared = e.tick(at(60 + 1800));
+    let cleared = e.tick(at(60 + 1800)).events;
     let agg: Vec<_> = cleared
         .iter()
         .filter(|e| e.rule == "news2:aggregate")
@@ -516,7 +522,7 @@ fn news2_aggregate_de_escalates_and_clears_only_after_settle_time() {
 fn news2_red_score_is_not_cleared_by_the_parameter_going_stale() {
     let mut e = engine(no_rules());
     feed(&mut e, T0, num(Metric::RespiratoryRate, 7.0));
-    assert!(e.tick(at(24 * 3600)).is_empty());
+    assert!(e.tick(at(24 * 3600)).events.is_empty());
     assert_eq!(e.active_alerts().len(), 1);
 }
 
@@ -532,6 +538,363 @@ fn news2_single_3_with_low_total_raises_only_the_red_alert_not_the_aggregate() {
     let rules: Vec<&str> = ev.iter().map(|e| e.rule.as_str()).collect();
     assert_eq!(rules, ["news2:red:respiration_rate"]);
     assert_eq!(score.map(|s| s.band), Some(RiskBand::LowMedium));
+}
+
+// ---- issue 13: sets scored together, band on every NEWS2 event, values behind the score ---------
+
+/// The readings of a §2.6 set (oxygen as inspired_oxygen 2 l/min, air as 0 l/min).
+fn set_readings(s: &Set) -> Vec<Reading> {
+    vec![
+        num(Metric::RespiratoryRate, s.rr),
+        num(Metric::Spo2, s.spo2),
+        num(Metric::InspiredOxygen, if s.o2 { 2.0 } else { 0.0 }),
+        num(Metric::SystolicBp, s.sbp),
+        num(Metric::PulseRate, s.hr),
+        Reading::acvpu(s.acvpu),
+        num(Metric::BodyTemperature, s.temp),
+    ]
+}
+
+/// Feeds a full set as ONE observation set (one committed batch).
+fn feed_together(e: &mut AlertEngine, t: OffsetDateTime, s: &Set) -> ReadingOutcome {
+    let readings = set_readings(s);
+    let refs: Vec<String> = readings
+        .iter()
+        .map(|r| format!("obs-{}-{}", r.metric, (t - T0).whole_seconds()))
+        .collect();
+    let set: Vec<SetReading<'_>> = readings
+        .iter()
+        .zip(&refs)
+        .map(|(reading, obs_ref)| SetReading {
+            device: "hub-dev",
+            reading,
+            obs_ref,
+        })
+        .collect();
+    e.on_observation_set(t, &set)
+}
+
+#[test]
+fn set_arriving_together_is_scored_together_and_no_event_claims_a_parameter_missing() {
+    // clinical.md §2.6 case 10: six red parameters in one write.
+    let mut e = engine(no_rules());
+    let out = feed_together(
+        &mut e,
+        T0,
+        &set(30.0, 85.0, true, 85.0, 140.0, Acvpu::U, 34.5),
+    );
+    let reds: Vec<&str> = out
+        .events
+        .iter()
+        .filter(|e| e.rule.starts_with("news2:red:"))
+        .map(|e| e.rule.as_str())
+        .collect();
+    assert_eq!(reds.len(), 6, "{reds:?}");
+    for ev in &out.events {
+        let b = ev.news2.as_ref().unwrap();
+        assert!(b.missing.is_empty(), "{}: {:?}", ev.rule, b.missing);
+        assert_eq!(b.total, Some(20), "{}", ev.rule);
+        assert!(!ev.text.contains("no fresh value"), "{}", ev.text);
+    }
+    assert_eq!(
+        out.news2.iter().map(|s| s.total).collect::<Vec<_>>(),
+        [20],
+        "one score for the set"
+    );
+}
+
+#[test]
+fn spot_readings_one_parameter_at_a_time_still_combine_within_the_freshness_window() {
+    let mut e = engine(no_rules());
+    let mut last = None;
+    for (i, r) in set_readings(&normal()).into_iter().enumerate() {
+        let t = at(i as i64 * 120); // seven readings over 12 minutes, from separate devices
+        last = e
+            .on_reading(t, &format!("dev-{i}"), &r, &format!("o{i}"))
+            .news2
+            .pop();
+    }
+    assert_eq!(last.map(|s| s.total), Some(0));
+}
+
+/// Feeds `readings` one message at a time from device "mon", all stamped with device time
+/// `t`, received 10 ms apart from `t` on; returns every outcome.
+fn feed_split(
+    e: &mut AlertEngine,
+    t: OffsetDateTime,
+    readings: Vec<Reading>,
+) -> Vec<ReadingOutcome> {
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let now = t + Duration::milliseconds(10 * i as i64);
+            let obs = format!("obs-{}", r.metric);
+            e.on_reading(now, "mon", &r.at(t), &obs)
+        })
+        .collect()
+}
+
+#[test]
+fn set_from_one_device_with_one_time_split_over_messages_is_scored_as_a_whole() {
+    // clinical.md §2.6 case 05 from a monitor that sends each parameter as its own message.
+    let mut e = engine(no_rules());
+    let outs = feed_split(
+        &mut e,
+        T0,
+        set_readings(&set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0)),
+    );
+    let (last, earlier) = outs.split_last().unwrap();
+    assert!(
+        earlier
+            .iter()
+            .all(|o| o.events.is_empty() && o.news2.is_empty()),
+        "nothing is scored before the set is whole: {earlier:#?}"
+    );
+    assert_eq!(last.events.len(), 1, "{:#?}", last.events);
+    let b = last.events[0].news2.as_ref().unwrap();
+    assert_eq!(
+        (b.missing.clone(), b.total, b.band),
+        (vec![], Some(3), Some(RiskBand::LowMedium))
+    );
+    assert_eq!(last.news2.len(), 1);
+}
+
+#[test]
+fn held_set_is_scored_on_tick_after_the_hold_when_the_rest_never_comes() {
+    let mut e = engine(no_rules());
+    let out = e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert!(out.events.is_empty());
+    assert!(
+        e.tick(at(1)).events.is_empty(),
+        "still within news2_set_hold_secs (2 s)"
+    );
+    let ev = e.tick(at(2)).events;
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0].rule, "news2:red:respiration_rate");
+    assert!(ev[0].news2.as_ref().unwrap().missing.len() == 5);
+}
+
+#[test]
+fn held_set_is_scored_on_what_it_had_when_another_set_arrives() {
+    let mut e = engine(no_rules());
+    e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    // A thermometer (another device) closes the monitor's set before its own value counts.
+    let out = e.on_reading(at(1), "thermo", &num(Metric::BodyTemperature, 37.0), "t");
+    let red = out
+        .events
+        .iter()
+        .find(|e| e.rule == "news2:red:respiration_rate")
+        .expect("the held red score is raised");
+    assert!(red
+        .news2
+        .as_ref()
+        .unwrap()
+        .missing
+        .contains(&News2Parameter::Temperature));
+}
+
+#[test]
+fn held_set_survives_a_restart_and_is_scored_after_it() {
+    let mut e = engine(no_rules());
+    e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert!(e.has_open_set());
+    let json = serde_json::to_string(e.state()).unwrap();
+    let mut restored =
+        AlertEngine::with_state("pt-7f3a", no_rules(), serde_json::from_str(&json).unwrap())
+            .unwrap();
+    let ev = restored.tick(at(30)).events;
+    assert_eq!(ev.len(), 1);
+    assert!(!restored.has_open_set());
+}
+
+#[test]
+fn set_hold_of_zero_scores_every_message_at_once() {
+    let mut e = engine(PatientAlertConfig {
+        news2_set_hold_secs: 0,
+        ..no_rules()
+    });
+    let out = e.on_reading(T0, "mon", &num(Metric::RespiratoryRate, 8.0).at(T0), "rr");
+    assert_eq!(out.events.len(), 1);
+    assert!(!e.has_open_set());
+}
+
+#[test]
+fn config_refuses_a_set_hold_longer_than_a_minute() {
+    let c: PatientAlertConfig = toml::from_str("news2_set_hold_secs = 61").unwrap();
+    let Err(AlertConfigError::Invalid(problems)) = c.validate() else {
+        panic!("must be refused")
+    };
+    assert_eq!(problems[0].key, "news2_set_hold_secs");
+    let c: PatientAlertConfig = toml::from_str("news2_set_hold_secs = 60").unwrap();
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn readings_without_a_device_time_are_never_held() {
+    let mut e = engine(no_rules());
+    let ev = feed(&mut e, T0, num(Metric::RespiratoryRate, 8.0));
+    assert_eq!(
+        ev.len(),
+        1,
+        "a spot reading stamped on receipt is scored at once"
+    );
+    assert!(!e.has_open_set());
+}
+
+#[test]
+fn single_red_with_low_total_names_total_band_and_response_in_its_event() {
+    // clinical.md §2.6 case 05 (RR 8): total 3, a single 3 -> low-medium, urgent ward-based.
+    let mut e = engine(no_rules());
+    let out = feed_together(
+        &mut e,
+        T0,
+        &set(8.0, 97.0, false, 120.0, 80.0, Acvpu::A, 37.0),
+    );
+    assert_eq!(out.events.len(), 1, "{:#?}", out.events);
+    let ev = &out.events[0];
+    assert_eq!(ev.rule, "news2:red:respiration_rate");
+    let b = ev.news2.as_ref().unwrap();
+    assert_eq!(
+        (b.total, b.band, b.response),
+        (
+            Some(3),
+            Some(RiskBand::LowMedium),
+            Some(ClinicalResponse::UrgentWardBasedResponse)
+        )
+    );
+    assert_eq!(
+        b.response_text,
+        Some(ClinicalResponse::UrgentWardBasedResponse.text())
+    );
+    assert!(
+        ev.text
+            .contains("NEWS2 total 3 (low-medium clinical risk): urgent ward-based response"),
+        "{}",
+        ev.text
+    );
+}
+
+#[test]
+fn red_event_from_a_partial_set_says_the_band_is_at_least_low_medium_and_what_is_missing() {
+    let mut e = engine(no_rules());
+    let ev = feed(&mut e, T0, num(Metric::RespiratoryRate, 8.0));
+    assert!(
+        ev[0].text.contains("at least low-medium clinical risk"),
+        "{}",
+        ev[0].text
+    );
+    assert!(
+        ev[0]
+            .text
+            .contains("No NEWS2 total: no fresh value for SpO2, systolic BP"),
+        "{}",
+        ev[0].text
+    );
+}
+
+#[test]
+fn every_news2_event_of_a_complete_set_carries_total_band_and_response() {
+    let mut e = engine(no_rules());
+    let out = feed_together(
+        &mut e,
+        T0,
+        &set(25.0, 93.0, false, 105.0, 95.0, Acvpu::A, 37.0),
+    ); // case 09: 7, red RR
+    let rules: Vec<&str> = out.events.iter().map(|e| e.rule.as_str()).collect();
+    assert_eq!(rules, ["news2:red:respiration_rate", "news2:aggregate"]);
+    for ev in &out.events {
+        let b = ev.news2.as_ref().unwrap();
+        assert_eq!(
+            (b.total, b.band, b.response),
+            (
+                Some(7),
+                Some(RiskBand::High),
+                Some(ClinicalResponse::EmergencyResponse)
+            ),
+            "{}",
+            ev.rule
+        );
+    }
+}
+
+#[test]
+fn aggregate_event_lists_the_observed_values_with_units_and_observation_ids() {
+    let mut e = engine(no_rules());
+    let out = feed_together(
+        &mut e,
+        T0,
+        &set(18.0, 96.0, false, 100.0, 111.0, Acvpu::A, 38.1),
+    ); // case 07: 5
+    let agg = out
+        .events
+        .iter()
+        .find(|e| e.rule == "news2:aggregate")
+        .unwrap();
+    let got: Vec<(String, String, Option<String>, String)> = agg
+        .values
+        .iter()
+        .map(|v| {
+            (
+                v.metric.to_string(),
+                v.value.clone(),
+                v.unit.clone(),
+                v.obs_ref.clone(),
+            )
+        })
+        .collect();
+    let want = [
+        (
+            "respiratory_rate",
+            "18",
+            Some("/min"),
+            "obs-respiratory_rate-0",
+        ),
+        ("spo2", "96", Some("%"), "obs-spo2-0"),
+        (
+            "inspired_oxygen",
+            "0",
+            Some("l/min"),
+            "obs-inspired_oxygen-0",
+        ),
+        ("systolic_bp", "100", Some("mm[Hg]"), "obs-systolic_bp-0"),
+        ("pulse_rate", "111", Some("/min"), "obs-pulse_rate-0"),
+        ("acvpu", "A", None, "obs-acvpu-0"),
+        (
+            "body_temperature",
+            "38.1",
+            Some("Cel"),
+            "obs-body_temperature-0",
+        ),
+    ];
+    let want: Vec<(String, String, Option<String>, String)> = want
+        .iter()
+        .map(|(m, v, u, r)| {
+            (
+                m.to_string(),
+                v.to_string(),
+                u.map(str::to_string),
+                r.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let refs: Vec<&str> = agg.values.iter().map(|v| v.obs_ref.as_str()).collect();
+    assert_eq!(agg.obs_refs, refs);
+}
+
+#[test]
+fn red_event_lists_its_own_value_first() {
+    let mut e = engine(no_rules());
+    let out = feed_together(
+        &mut e,
+        T0,
+        &set(16.0, 97.0, false, 120.0, 80.0, Acvpu::C, 37.0),
+    ); // case 06
+    let ev = &out.events[0];
+    assert_eq!(ev.rule, "news2:red:consciousness");
+    assert_eq!(ev.values[0].value, "C");
+    assert_eq!(ev.values.len(), 7, "{:#?}", ev.values);
 }
 
 #[test]
@@ -578,6 +941,7 @@ fn spo2_rule() -> ThresholdRule {
         hysteresis: 2.0,
         clear_after_secs: 300,
         priority: Priority::High,
+        inside_scale2_target: false,
     }
 }
 
@@ -594,13 +958,19 @@ fn threshold_events(ev: Vec<AlertEvent>) -> Vec<AlertEvent> {
         .collect()
 }
 
+// Issue 13 point 4: persistence is judged on the readings' observation times, never on the
+// gateway clock alone; the text says what the readings show.
+
 #[test]
-fn threshold_raises_only_after_breach_persists() {
-    let mut e = with_rule(spo2_rule());
+fn threshold_raises_only_when_breaching_readings_cover_the_persistence_window() {
+    let mut e = with_rule(spo2_rule()); // below 93, persist 60 s
     assert!(threshold_events(feed(&mut e, T0, num(Metric::Spo2, 92.0))).is_empty());
     assert!(threshold_events(feed(&mut e, at(30), num(Metric::Spo2, 92.0))).is_empty());
-    assert!(threshold_events(e.tick(at(59))).is_empty());
-    let ev = threshold_events(e.tick(at(60)));
+    assert!(
+        threshold_events(e.tick(at(120)).events).is_empty(),
+        "two readings 30 s apart do not show 60 s below the limit, however long we wait"
+    );
+    let ev = threshold_events(feed(&mut e, at(75), num(Metric::Spo2, 90.0)));
     assert_eq!(ev.len(), 1);
     assert_eq!(
         (ev[0].transition, ev[0].priority),
@@ -608,10 +978,72 @@ fn threshold_raises_only_after_breach_persists() {
     );
     assert_eq!(
         ev[0].obs_refs,
-        vec!["obs-spo2-0".to_string(), "obs-spo2-30".to_string()]
+        vec!["obs-spo2-0", "obs-spo2-30", "obs-spo2-75"],
+        "the readings of the run"
     );
     let t = ev[0].threshold.as_ref().unwrap();
     assert_eq!((t.limit, t.clear_at), (93.0, 95.0));
+    let evidence = t.evidence.as_ref().unwrap();
+    assert_eq!((evidence.readings, evidence.span_secs), (3, 75));
+    assert_eq!(
+        (evidence.first_observed_at, evidence.last_observed_at),
+        (T0, at(75))
+    );
+    let shown: Vec<&str> = ev[0].values.iter().map(|v| v.value.as_str()).collect();
+    assert_eq!(shown, ["92", "90"], "first and latest reading of the run");
+}
+
+#[test]
+fn threshold_text_states_readings_and_span_never_a_duration_the_data_cannot_show() {
+    let mut e = with_rule(spo2_rule());
+    feed(&mut e, T0, num(Metric::Spo2, 92.0));
+    let ev = threshold_events(feed(&mut e, at(75), num(Metric::Spo2, 90.0)));
+    let text = &ev[0].text;
+    assert!(
+        text.contains("below 93 %: 2 readings over 75 s, latest 90 %"),
+        "{text}"
+    );
+    assert!(!text.contains("for at least"), "{text}");
+}
+
+#[test]
+fn threshold_single_spot_reading_never_satisfies_a_persistence_rule() {
+    let mut e = with_rule(spo2_rule());
+    let mut ev = feed(&mut e, T0, num(Metric::Spo2, 90.0));
+    for s in [30, 60, 61, 600, 1700] {
+        ev.extend(e.tick(at(s)).events);
+    }
+    assert!(
+        threshold_events(ev).is_empty(),
+        "one reading cannot show 60 s below 93 %"
+    );
+}
+
+#[test]
+fn threshold_repeat_spot_reading_after_the_window_raises_naming_both_readings() {
+    // A spot-check oximeter: the patient re-measures 10 minutes later, still low.
+    let mut e = with_rule(spo2_rule());
+    feed(&mut e, T0, num(Metric::Spo2, 91.0));
+    let ev = threshold_events(feed(&mut e, at(600), num(Metric::Spo2, 90.0)));
+    assert_eq!(ev.len(), 1);
+    assert!(
+        ev[0].text.contains("2 readings over 600 s"),
+        "{}",
+        ev[0].text
+    );
+}
+
+#[test]
+fn threshold_readings_further_apart_than_the_freshness_window_do_not_form_one_run() {
+    let mut e = with_rule(spo2_rule()); // freshness 30 min
+    feed(&mut e, T0, num(Metric::Spo2, 90.0));
+    let ev = threshold_events(feed(&mut e, at(1801), num(Metric::Spo2, 90.0)));
+    assert!(ev.is_empty(), "{ev:#?}");
+    assert_eq!(
+        threshold_events(feed(&mut e, at(1861), num(Metric::Spo2, 90.0))).len(),
+        1,
+        "the new run covers 60 s"
+    );
 }
 
 #[test]
@@ -621,10 +1053,38 @@ fn threshold_transient_dip_interrupted_by_normal_value_does_not_raise() {
     feed(&mut e, at(30), num(Metric::Spo2, 97.0));
     feed(&mut e, at(50), num(Metric::Spo2, 90.0));
     assert!(
-        threshold_events(e.tick(at(100))).is_empty(),
-        "breach restarted at 50 s"
+        threshold_events(feed(&mut e, at(100), num(Metric::Spo2, 90.0))).is_empty(),
+        "the run restarted at 50 s"
     );
-    assert_eq!(threshold_events(e.tick(at(110))).len(), 1);
+    assert_eq!(
+        threshold_events(feed(&mut e, at(110), num(Metric::Spo2, 90.0))).len(),
+        1
+    );
+}
+
+#[test]
+fn threshold_clears_only_when_clearing_readings_cover_the_clear_delay() {
+    let mut e = with_rule(spo2_rule()); // clears at >= 95 held 300 s
+    feed(&mut e, T0, num(Metric::Spo2, 90.0));
+    assert_eq!(
+        threshold_events(feed(&mut e, at(60), num(Metric::Spo2, 90.0))).len(),
+        1
+    );
+    feed(&mut e, at(100), num(Metric::Spo2, 96.0));
+    assert!(
+        threshold_events(e.tick(at(1000)).events).is_empty(),
+        "one normal reading followed by silence does not clear"
+    );
+    let ev = threshold_events(feed(&mut e, at(400), num(Metric::Spo2, 97.0)));
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].transition, Transition::Cleared);
+    assert!(
+        ev[0]
+            .text
+            .contains("back at or above 95 %: 2 readings over 300 s, latest 97 %"),
+        "{}",
+        ev[0].text
+    );
 }
 
 #[test]
@@ -642,7 +1102,7 @@ fn threshold_oscillating_near_limit_gives_one_raise_and_one_clear() {
             _ => [96.0, 97.0][(i % 2) as usize],
         };
         events.extend(feed(&mut e, t, num(Metric::Spo2, v)));
-        events.extend(e.tick(t));
+        events.extend(e.tick(t).events);
     }
     let th = threshold_events(events);
     let transitions: Vec<_> = th.iter().map(|e| e.transition).collect();
@@ -689,21 +1149,39 @@ fn threshold_pending_breach_is_dropped_when_its_reading_goes_stale() {
     r.persist_secs = 3600; // longer than the 30 min freshness window
     let mut e = with_rule(r);
     feed(&mut e, T0, num(Metric::Spo2, 90.0));
-    assert!(threshold_events(e.tick(at(1801))).is_empty());
+    assert!(threshold_events(e.tick(at(1801)).events).is_empty());
     assert!(
-        threshold_events(e.tick(at(3600))).is_empty(),
-        "the pending breach was dropped"
+        threshold_events(feed(&mut e, at(3600), num(Metric::Spo2, 90.0))).is_empty(),
+        "the first reading was stale: the run restarted at 3600 s"
     );
+}
+
+#[test]
+fn threshold_pending_breach_in_state_from_rules_1_0_is_dropped_not_raised_on_time() {
+    // Rules 1.0.0 persisted a pending breach as a tracker waiting for time to pass; 2.0.0
+    // raises only on readings that cover the window, so such a slot must not raise on tick.
+    let old = r#"{"slots":{"threshold:spo2_low":{"rule":{"type":"threshold","rule_id":"spo2_low"},
+        "tracker":{"desired":"high","up_since":"2026-11-23T08:00:00Z","down_since":null},
+        "timing":{"raise_after_secs":60,"settle_after_secs":300},"device":"ox","metric":"spo2",
+        "refs":["obs-1"]}}}"#;
+    let state: EngineState = serde_json::from_str(old).unwrap();
+    let mut e =
+        AlertEngine::with_state("pt-7f3a", with_rule(spo2_rule()).config().clone(), state).unwrap();
+    assert!(e.tick(at(120)).events.is_empty());
+    assert!(e.active_alerts().is_empty());
 }
 
 #[test]
 fn threshold_alert_clears_when_its_rule_is_removed_from_config() {
     let mut e = with_rule(spo2_rule());
     feed(&mut e, T0, num(Metric::Spo2, 85.0));
-    assert_eq!(threshold_events(e.tick(at(60))).len(), 1);
+    assert_eq!(
+        threshold_events(feed(&mut e, at(60), num(Metric::Spo2, 85.0))).len(),
+        1
+    );
     let state = e.state().clone();
     let mut e2 = AlertEngine::with_state("pt-7f3a", no_rules(), state).unwrap();
-    let ev = threshold_events(e2.tick(at(61)));
+    let ev = threshold_events(e2.tick(at(61)).events);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].transition, Transition::Cleared);
     assert!(
@@ -727,10 +1205,10 @@ fn technical_device_silent_raises_after_interval_and_clears_on_reading() {
     let mut e = engine(no_rules());
     e.register_device(T0, "scale-1", Duration::hours(26));
     assert!(
-        e.tick(at(26 * 3600)).is_empty(),
+        e.tick(at(26 * 3600)).events.is_empty(),
         "exactly the interval is not yet silent"
     );
-    let ev = e.tick(at(26 * 3600 + 1));
+    let ev = e.tick(at(26 * 3600 + 1)).events;
     let s = technical(&ev, TechnicalCondition::DeviceSilent);
     assert_eq!(s.len(), 1);
     assert_eq!(
@@ -738,7 +1216,7 @@ fn technical_device_silent_raises_after_interval_and_clears_on_reading() {
         (Priority::Medium, Some("scale-1"))
     );
     assert!(
-        e.tick(at(27 * 3600)).is_empty(),
+        e.tick(at(27 * 3600)).events.is_empty(),
         "no second event while silent"
     );
     let back = e
@@ -768,8 +1246,8 @@ fn technical_sensor_off_raises_only_when_it_persists() {
         "finger back in: cancelled"
     );
     e.on_reading(at(100), "ox", &off, "c");
-    assert!(e.tick(at(219)).is_empty());
-    let ev = technical(&e.tick(at(220)), TechnicalCondition::SensorOff);
+    assert!(e.tick(at(219)).events.is_empty());
+    let ev = technical(&e.tick(at(220)).events, TechnicalCondition::SensorOff);
     assert_eq!((ev.len(), ev[0].priority), (1, Priority::Low));
 }
 
@@ -778,7 +1256,10 @@ fn technical_probe_disconnected_raises_when_it_persists() {
     let mut e = engine(no_rules());
     let off = Reading::absent(Metric::Spo2, Absent::Nan).with_flags([Flag::ProbeDisconnected]);
     e.on_reading(T0, "ox", &off, "a");
-    let ev = technical(&e.tick(at(120)), TechnicalCondition::ProbeDisconnected);
+    let ev = technical(
+        &e.tick(at(120)).events,
+        TechnicalCondition::ProbeDisconnected,
+    );
     assert_eq!(
         (ev.len(), ev[0].rule.as_str()),
         (1, "technical:probe_disconnected:ox")
@@ -789,10 +1270,10 @@ fn technical_probe_disconnected_raises_when_it_persists() {
 fn technical_unregistering_a_silent_device_clears_its_alarm() {
     let mut e = engine(no_rules());
     e.register_device(T0, "ox", Duration::minutes(5));
-    assert_eq!(e.tick(at(301)).len(), 1);
+    assert_eq!(e.tick(at(301)).events.len(), 1);
     let c = e.unregister_device(at(400), "ox");
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
-    assert!(e.tick(at(10_000)).is_empty(), "no longer watched");
+    assert!(e.tick(at(10_000)).events.is_empty(), "no longer watched");
 }
 
 #[test]
@@ -813,8 +1294,8 @@ fn technical_low_battery_raises_at_once_and_clears_after_clear_delay() {
         "flicker: still the same alert"
     );
     e.on_reading(at(30), "ox", &num(Metric::Spo2, 97.0), "d");
-    assert!(e.tick(at(329)).is_empty());
-    let c = technical(&e.tick(at(330)), TechnicalCondition::LowBattery);
+    assert!(e.tick(at(329)).events.is_empty());
+    let c = technical(&e.tick(at(330)).events, TechnicalCondition::LowBattery);
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
 }
 
@@ -853,8 +1334,11 @@ fn technical_rejection_alarm_clears_after_valid_reading_and_clear_delay() {
         e.on_rejected(at(i), "ox", Metric::Spo2, "x");
     }
     e.on_reading(at(10), "ox", &num(Metric::Spo2, 97.0), "ok");
-    assert!(e.tick(at(309)).is_empty());
-    let c = technical(&e.tick(at(310)), TechnicalCondition::RepeatedRejections);
+    assert!(e.tick(at(309)).events.is_empty());
+    let c = technical(
+        &e.tick(at(310)).events,
+        TechnicalCondition::RepeatedRejections,
+    );
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
 }
 
@@ -879,7 +1363,7 @@ fn technical_outbox_warns_escalates_once_and_clears_below_clear_level() {
         (1, Transition::DeEscalated, Priority::Medium)
     );
     e.on_outbox_depth(at(340), 100, 1000);
-    let c = e.tick(at(640));
+    let c = e.tick(at(640)).events;
     assert_eq!((c.len(), c[0].transition), (1, Transition::Cleared));
     assert_eq!(c[0].technical.as_ref().unwrap().outbox_depth, Some(100));
 }
@@ -888,8 +1372,8 @@ fn technical_outbox_warns_escalates_once_and_clears_below_clear_level() {
 fn technical_clock_unsynchronised_raises_after_grace_and_clears_when_synced() {
     let mut e = engine(no_rules()); // 600 s grace
     assert!(e.on_clock_sync(T0, false).is_empty());
-    assert!(e.tick(at(599)).is_empty());
-    let r = e.tick(at(600));
+    assert!(e.tick(at(599)).events.is_empty());
+    let r = e.tick(at(600)).events;
     assert_eq!(
         (r.len(), r[0].priority, r[0].device.clone()),
         (1, Priority::Low, None)
@@ -905,7 +1389,7 @@ fn engine_state_round_trip_keeps_alert_ids_and_does_not_re_raise() {
     let mut e = with_rule(spo2_rule());
     e.register_device(T0, "ox", Duration::minutes(5));
     feed(&mut e, T0, num(Metric::Spo2, 88.0));
-    let raised = threshold_events(e.tick(at(60)));
+    let raised = threshold_events(feed(&mut e, at(60), num(Metric::Spo2, 88.0)));
     assert_eq!(raised.len(), 1);
     feed(&mut e, at(70), num(Metric::RespiratoryRate, 7.0)); // a NEWS2 red alert too
 
@@ -920,7 +1404,7 @@ fn engine_state_round_trip_keeps_alert_ids_and_does_not_re_raise() {
         "no re-raise"
     );
     feed(&mut restored, at(90), num(Metric::Spo2, 97.0));
-    let cleared = threshold_events(restored.tick(at(390)));
+    let cleared = threshold_events(feed(&mut restored, at(390), num(Metric::Spo2, 97.0)));
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].transition, Transition::Cleared);
     assert_eq!(cleared[0].alert_id, raised[0].alert_id);
@@ -936,7 +1420,7 @@ fn engine_same_inputs_give_identical_events() {
             &set(25.0, 90.0, false, 185.0, 95.0, Acvpu::A, 38.6),
         )
         .0;
-        ev.extend(e.tick(at(120)));
+        ev.extend(e.tick(at(120)).events);
         serde_json::to_string(&ev).unwrap()
     };
     assert_eq!(run(), run());
@@ -1027,11 +1511,123 @@ fn config_validation_names_every_bad_key() {
     );
 }
 
+// ---- issue 13 point 3: threshold defaults follow the patient's SpO2 scale -----------------------
+
+fn scale2(rules: &str) -> PatientAlertConfig {
+    toml::from_str(&format!("spo2_scale = \"scale_2\"\n{rules}")).unwrap()
+}
+
+#[test]
+fn config_scale2_without_rules_gets_spo2_low_below_the_88_to_92_target() {
+    let c = scale2("");
+    assert_eq!(c.validate(), Ok(()));
+    assert_eq!(c.rules, default_rules(Spo2Scale::Scale2));
+    let spo2: Vec<_> = c
+        .rules
+        .iter()
+        .filter(|r| r.metric == Metric::Spo2)
+        .collect();
+    assert_eq!(spo2.len(), 1);
+    assert_eq!(
+        (spo2[0].id.as_str(), spo2[0].below),
+        ("spo2_low", Some(88.0))
+    );
+    let c: PatientAlertConfig = toml::from_str("spo2_scale = \"scale_1\"").unwrap();
+    assert_eq!(
+        c.rules,
+        default_home_rules(),
+        "Scale 1 keeps the home rules"
+    );
+}
+
+#[test]
+fn scale2_patient_in_target_on_air_raises_nothing_from_default_rules() {
+    // The issue's case: 90 % on air, NEWS2 SpO2 0 on Scale 2; before, spo2_low (< 93) raised high.
+    for v in [88.0, 89.0, 90.0, 91.0, 92.0] {
+        let mut e = engine(scale2(""));
+        let mut ev = Vec::new();
+        for s in (0..=600).step_by(5) {
+            ev.extend(feed(&mut e, at(s), num(Metric::Spo2, v)));
+            ev.extend(e.tick(at(s)).events);
+        }
+        assert!(ev.is_empty(), "SpO2 {v} % for 10 minutes: {ev:#?}");
+    }
+}
+
+#[test]
+fn scale2_patient_below_target_raises_spo2_low_once_readings_cover_60_s() {
+    let mut e = engine(scale2(""));
+    let mut ev = Vec::new();
+    for s in (0..=60).step_by(15) {
+        ev.extend(threshold_events(feed(
+            &mut e,
+            at(s),
+            num(Metric::Spo2, 86.0),
+        )));
+    }
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0].time, at(60));
+    assert!(
+        ev[0]
+            .text
+            .contains("below 88 %: 5 readings over 60 s, latest 86 %"),
+        "{}",
+        ev[0].text
+    );
+}
+
+#[test]
+fn config_refuses_a_scale1_spo2_rule_for_a_scale2_patient_naming_both_settings() {
+    let c = scale2(
+        "[[rules]]\nid = \"spo2_low\"\nmetric = \"spo2\"\nbelow = 93\npersist_secs = 60\npriority = \"high\"\n",
+    );
+    let Err(AlertConfigError::Invalid(problems)) = c.validate() else {
+        panic!("must be refused")
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "rules[0].below");
+    assert_eq!(problems[0].value, "93");
+    let text = problems[0].to_string();
+    assert!(text.contains("spo2_scale = \"scale_2\""), "{text}");
+    assert!(text.contains("88-92 %"), "{text}");
+    assert!(text.contains("inside_scale2_target = true"), "{text}");
+}
+
+#[test]
+fn config_refuses_an_above_rule_that_alarms_inside_the_scale2_target() {
+    let c =
+        scale2("[[rules]]\nid = \"spo2_hi\"\nmetric = \"spo2\"\nabove = 90\npriority = \"low\"\n");
+    let Err(AlertConfigError::Invalid(problems)) = c.validate() else {
+        panic!("must be refused")
+    };
+    assert_eq!(problems[0].key, "rules[0].above");
+}
+
+#[test]
+fn config_accepts_scale2_rules_at_the_target_edges_or_explicitly_intended_inside() {
+    let edges = scale2(
+        "[[rules]]\nid = \"lo\"\nmetric = \"spo2\"\nbelow = 88\npriority = \"high\"\n\
+         [[rules]]\nid = \"hi\"\nmetric = \"spo2\"\nabove = 92\npriority = \"low\"\n",
+    );
+    assert_eq!(edges.validate(), Ok(()));
+    let intended = scale2(
+        "[[rules]]\nid = \"lo\"\nmetric = \"spo2\"\nbelow = 90\npriority = \"medium\"\ninside_scale2_target = true\n",
+    );
+    assert_eq!(intended.validate(), Ok(()));
+    let scale1: PatientAlertConfig = toml::from_str(
+        "[[rules]]\nid = \"lo\"\nmetric = \"spo2\"\nbelow = 93\npriority = \"high\"\n",
+    )
+    .unwrap();
+    assert_eq!(scale1.validate(), Ok(()), "Scale 1 has no such target");
+}
+
 // ---- event schema ------------------------------------------------------------------------------
 
 /// A deliberately small JSON Schema checker for the keywords our schema uses (type, const, enum,
-/// required, properties, additionalProperties: false, items, minimum, maximum, minLength, $ref to
-/// #/$defs). Returns every violation as "path: problem".
+/// required, properties, additionalProperties: false, items, maxItems, minimum, maximum,
+/// minLength, dependentRequired, allOf, anyOf, not, if/then/else, $ref to #/$defs). Returns
+/// every violation as "path: problem". (The daemon tests check events with Python's
+/// `jsonschema`, an independent full validator.)
 fn check_schema(
     root: &serde_json::Value,
     schema: &serde_json::Value,
@@ -1115,10 +1711,56 @@ fn check_schema(
             check_schema(root, items, x, &format!("{path}[{i}]"), errs);
         }
     }
+    if let (Some(max), Some(arr)) = (schema.get("maxItems").and_then(J::as_u64), v.as_array()) {
+        if arr.len() as u64 > max {
+            errs.push(format!("{path}: more than {max} items"));
+        }
+    }
+    if let (Some(deps), Some(obj)) = (
+        schema.get("dependentRequired").and_then(J::as_object),
+        v.as_object(),
+    ) {
+        for (k, needs) in deps {
+            for n in needs.as_array().into_iter().flatten().filter_map(J::as_str) {
+                if obj.contains_key(k) && !obj.contains_key(n) {
+                    errs.push(format!("{path}: {k} without {n}"));
+                }
+            }
+        }
+    }
+    let holds = |s: &serde_json::Value| {
+        let mut e = Vec::new();
+        check_schema(root, s, v, path, &mut e);
+        e.is_empty()
+    };
+    for sub in schema
+        .get("allOf")
+        .and_then(J::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check_schema(root, sub, v, path, errs);
+    }
+    if let Some(any) = schema.get("anyOf").and_then(J::as_array) {
+        if !any.iter().any(holds) {
+            errs.push(format!("{path}: matches none of anyOf"));
+        }
+    }
+    if let Some(not) = schema.get("not") {
+        if holds(not) {
+            errs.push(format!("{path}: matches `not` {not}"));
+        }
+    }
+    if let Some(cond) = schema.get("if") {
+        let branch = if holds(cond) { "then" } else { "else" };
+        if let Some(s) = schema.get(branch) {
+            check_schema(root, s, v, path, errs);
+        }
+    }
 }
 
 fn schema() -> serde_json::Value {
-    let text = include_str!("../../schemas/alert-event.v1.json");
+    let text = include_str!("../../schemas/alert-event.v2.json");
     serde_json::from_str(text).unwrap()
 }
 
@@ -1156,7 +1798,7 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
         )
         .0,
     );
-    events.extend(e.tick(at(600)));
+    events.extend(e.tick(at(600)).events);
     events.extend(
         e.on_reading(
             at(600),
@@ -1171,9 +1813,9 @@ fn schema_accepts_every_kind_of_event_the_engine_produces() {
     }
     events.extend(e.on_outbox_depth(at(700), 99, 100));
     events.extend(e.on_clock_sync(at(700), false));
-    events.extend(e.tick(at(1400)));
+    events.extend(e.tick(at(1400)).events);
     events.extend(feed_set(&mut e, at(1500), &normal()).0);
-    events.extend(e.tick(at(1500 + 1800)));
+    events.extend(e.tick(at(1500 + 1800)).events);
     let kinds: std::collections::BTreeSet<_> = events
         .iter()
         .map(|e| (format!("{:?}", e.kind), e.transition.as_str()))
@@ -1217,7 +1859,7 @@ fn deteriorating_patient_raises_alerts_in_clinical_order() {
                 e.on_reading(t, "ox", &num(Metric::PulseRate, s.hr), &format!("p{i}-{k}"))
                     .events,
             );
-            more.extend(e.tick(t));
+            more.extend(e.tick(t).events);
         }
         for x in more {
             timeline.push((t0 / 60, x.rule.clone(), x.transition, x.priority));

@@ -230,29 +230,63 @@ impl AlertHook {
     }
 }
 
+/// One reading of a committed batch, with its device and Observation id.
+struct BatchReading<'a> {
+    device: &'a str,
+    reading: &'a crate::reading::Reading,
+    obs_ref: String,
+}
+
 impl CommitHook for AlertHook {
+    /// Each patient's readings in the batch are one observation set, evaluated as a whole
+    /// (`AlertEngine::on_observation_set`): a full set written at once is scored together.
     fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
         let mut out = HookOutput::default();
         let mut raised = false;
+        // Patients in order of first appearance; each with its readings and their Observation ids.
+        let mut sets: Vec<(&str, Vec<BatchReading<'_>>)> = Vec::new();
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
+            if !self.engines.contains_key(&r.patient_id) {
+                continue;
+            }
             let obs_ref = super::publish::observation_id(&self.gateway, r).to_string();
-            let Some(engine) = self.engines.get_mut(&r.patient_id) else {
+            let set = match sets.iter_mut().position(|(p, _)| *p == r.patient_id) {
+                Some(i) => &mut sets[i].1,
+                None => {
+                    sets.push((&r.patient_id, Vec::new()));
+                    &mut sets.last_mut().expect("just pushed").1
+                }
+            };
+            for reading in &r.readings {
+                set.push(BatchReading {
+                    device: &r.device_id,
+                    reading,
+                    obs_ref: obs_ref.clone(),
+                });
+            }
+        }
+        for (patient, set) in sets {
+            let Some(engine) = self.engines.get_mut(patient) else {
                 continue;
             };
-            let mut events = Vec::new();
-            let mut scores = Vec::new();
-            for reading in &r.readings {
-                let outcome = engine.on_reading(now, &r.device_id, reading, &obs_ref);
-                events.extend(outcome.events);
-                scores.extend(outcome.news2);
-            }
-            self.dirty.insert(r.patient_id.clone());
-            raised |= !events.is_empty();
+            let set: Vec<alerts::SetReading<'_>> = set
+                .iter()
+                .map(|b| alerts::SetReading {
+                    device: b.device,
+                    reading: b.reading,
+                    obs_ref: &b.obs_ref,
+                })
+                .collect();
+            let outcome = engine.on_observation_set(now, &set);
+            // A set held open for the rest of its readings is persisted with this
+            // transaction, so a restart still scores it.
+            raised |= !outcome.events.is_empty() || engine.has_open_set();
+            self.dirty.insert(patient.to_string());
             out.records
-                .extend(self.alert_records(&r.patient_id, events));
-            for s in &scores {
-                out.records.extend(self.news2_record(&r.patient_id, s));
+                .extend(self.alert_records(patient, outcome.events));
+            for s in &outcome.news2 {
+                out.records.extend(self.news2_record(patient, s));
             }
         }
         out.state = self.persist(raised);
@@ -307,11 +341,16 @@ impl CommitHook for AlertHook {
             let Some(engine) = self.engines.get_mut(&p) else {
                 continue;
             };
-            let mut events = engine.tick(now);
+            let ticked = engine.tick(now);
+            let mut events = ticked.events;
             events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
             events.extend(engine.on_clock_sync(now, synced));
             self.dirty.insert(p.clone());
             records.extend(self.alert_records(&p, events));
+            // A held observation set scored now (`news2_set_hold_secs` passed).
+            for s in &ticked.news2 {
+                records.extend(self.news2_record(&p, s));
+            }
         }
         let raised = !records.is_empty();
         HookOutput {

@@ -20,6 +20,8 @@ use rumqttc::{TlsConfiguration, Transport};
 use tempfile::TempDir;
 use vitalgate::uplink::UplinkConfig;
 
+pub mod daemon;
+
 pub const PLATFORM_CN: &str = "platform";
 
 /// Timeout for every await in the tests.
