@@ -26,6 +26,7 @@ pub mod demo;
 pub mod drivers;
 pub mod fhir;
 pub mod ingest;
+pub mod live;
 pub mod nhs_number;
 pub mod reading;
 pub mod status;

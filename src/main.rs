@@ -105,10 +105,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Print what the gateway holds as JSON: backlog, oldest undelivered, last ack, devices, keys.
+    /// Is the gateway healthy? A short summary on a terminal, JSON with --json or when piped:
+    /// backlog, oldest undelivered, last ack, devices, patients, uplink, keys.
+    ///
+    /// Exit codes (a monitoring probe): 0 healthy, 1 degraded (a device silent, backlog older
+    /// than [status] backlog_max_age_s, uplink down longer than [status] uplink_down_max_s),
+    /// 2 unreachable (the daemon's live socket does not answer) or a configuration error.
     Status {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// JSON even on a terminal.
+        #[arg(long)]
+        json: bool,
     },
     /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
     Keygen {
@@ -130,6 +138,16 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
+/// Ends with this exit code, having already said why (`status`: 1 degraded, 2 unreachable).
+#[derive(Debug)]
+struct ExitWith(u8);
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for ExitWith {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is the live view: only warnings and errors in between.
@@ -140,6 +158,9 @@ fn main() -> ExitCode {
     });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
+            ExitCode::from(e.downcast_ref::<ExitWith>().map_or(1, |c| c.0))
+        }
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<config::ConfigError>().is_some();
@@ -229,11 +250,19 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             scenario,
             seed,
         } => simulate(driver, link, interval_ms, &faults, &scenario, seed),
-        Command::Status { config } => {
+        Command::Status { config, json } => {
+            use std::io::IsTerminal;
             let cfg = Config::load(&config)?;
-            let status = vitalgate::daemon::status_json(&cfg)?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
+            let report = vitalgate::live::report::status(&cfg);
+            if json || !std::io::stdout().is_terminal() {
+                println!("{}", serde_json::to_string_pretty(&report.document)?);
+            } else {
+                print!("{}", report.human());
+            }
+            match report.health.verdict.exit_code() {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
         }
         Command::Keygen { out, config } => {
             let path = match (out, config) {

@@ -1,0 +1,281 @@
+//! What the live view learns inside ingest: a [`CommitHook`] that wraps the alert hook,
+//! forwards every call to it unchanged, and reads what it produced (alert events, NEWS2
+//! totals) and what was committed (each device's latest values).
+//!
+//! It sees exactly the records that commit in the same transaction, so the screen can never
+//! show an alert the outbox does not hold. It adds nothing to a transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value as Json;
+use time::OffsetDateTime;
+
+use super::model::{AlertLive, News2Live, ValueLive};
+use crate::alerts::news2::risk_band;
+use crate::alerts::{AlertEngine, EngineState, News2Status, Priority, RiskBand};
+use crate::config::Config;
+use crate::ingest::{CommitHook, HookOutput, Rejection};
+use crate::reading::Value;
+use crate::store::Record;
+
+/// Clinical picture per patient and latest values per device, shared with the collector.
+#[derive(Debug, Default)]
+pub struct Clinical {
+    /// device id -> metric -> latest value.
+    pub values: BTreeMap<String, BTreeMap<String, ValueLive>>,
+    /// patient id -> latest NEWS2.
+    pub news2: BTreeMap<String, News2Live>,
+    /// patient id -> alert id -> open alert.
+    pub open: BTreeMap<String, BTreeMap<String, AlertLive>>,
+    /// Everything seen since start, for the demo's closing summary.
+    pub tally: Tally,
+}
+
+/// Counts since start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    /// Alerts raised, by kind (`news2`, `threshold`, `technical`) and priority.
+    pub raised: BTreeMap<(String, Priority), u64>,
+    /// Alert events of any transition.
+    pub events: u64,
+    /// patient id -> NEWS2 bands scored, in the order first seen.
+    pub bands: BTreeMap<String, Vec<RiskBand>>,
+    /// patient id -> highest NEWS2 total scored.
+    pub highest_news2: BTreeMap<String, u8>,
+}
+
+impl Tally {
+    /// Alerts raised of a kind, any priority.
+    pub fn raised_of(&self, kind: &str) -> u64 {
+        self.raised
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Shared handle to [`Clinical`].
+#[derive(Debug, Clone, Default)]
+pub struct ClinicalCell(Arc<Mutex<Clinical>>);
+
+impl ClinicalCell {
+    pub fn lock(&self) -> MutexGuard<'_, Clinical> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seeds open alerts and NEWS2 from the engines' saved state, so a restarted daemon shows
+    /// what is still raised before any new reading arrives.
+    pub fn seed(
+        &self,
+        config: &Config,
+        saved: &std::collections::HashMap<String, EngineState>,
+        now: OffsetDateTime,
+    ) {
+        let mut c = self.lock();
+        for p in &config.patients {
+            let Some(state) = saved.get(&p.id) else {
+                continue;
+            };
+            let Ok(engine) = AlertEngine::with_state(p.id.clone(), p.alerts.clone(), state.clone())
+            else {
+                continue;
+            };
+            let open = c.open.entry(p.id.clone()).or_default();
+            for a in engine.active_alerts() {
+                let kind = serde_json::to_value(a.kind)
+                    .ok()
+                    .and_then(|k| k.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                open.insert(
+                    a.alert_id.clone(),
+                    AlertLive {
+                        alert_id: a.alert_id,
+                        rule: a.rule,
+                        kind,
+                        priority: a.priority,
+                        raised_at: a.raised_at,
+                        text: String::new(),
+                    },
+                );
+            }
+            if let News2Status::Complete(s) = engine.news2(now) {
+                c.news2.insert(
+                    p.id.clone(),
+                    News2Live {
+                        total: s.total,
+                        band: s.band,
+                        at: s.computed_at,
+                    },
+                );
+            }
+        }
+    }
+
+    fn observe_output(&self, out: &HookOutput) {
+        if out.records.is_empty() {
+            return;
+        }
+        let mut c = self.lock();
+        for rec in &out.records {
+            match rec {
+                Record::Alert(a) => c.alert_event(&a.patient_id, &a.event),
+                Record::Derived(d) => {
+                    if let Some(n) = news2_of(&d.observation) {
+                        c.news2_scored(&d.patient_id, n);
+                    }
+                }
+                Record::Reading(_) => {}
+            }
+        }
+    }
+
+    fn observe_committed(&self, accepted: &[Record], now: OffsetDateTime) {
+        let mut c = self.lock();
+        for rec in accepted {
+            let Record::Reading(r) = rec else { continue };
+            let device = c.values.entry(r.device_id.clone()).or_default();
+            for reading in &r.readings {
+                let value = match reading.value {
+                    Value::Number(d) => d.to_string(),
+                    Value::Code(code) => format!("{code:?}"),
+                    Value::Absent(_) => "absent".to_owned(),
+                };
+                let metric = reading.metric.as_str().to_owned();
+                device.insert(
+                    metric.clone(),
+                    ValueLive {
+                        metric,
+                        value,
+                        unit: reading
+                            .unit
+                            .map(|u| u.ucum().to_owned())
+                            .unwrap_or_default(),
+                        at: now,
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl Clinical {
+    fn alert_event(&mut self, patient: &str, event: &Json) {
+        let text = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+        let time = |k: &str| {
+            event[k]
+                .as_str()
+                .and_then(|t| {
+                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+                })
+                .unwrap_or_else(OffsetDateTime::now_utc)
+        };
+        let Ok(priority) = serde_json::from_value::<Priority>(event["priority"].clone()) else {
+            return;
+        };
+        let (alert_id, kind) = (text("alert_id"), text("kind"));
+        self.tally.events += 1;
+        let open = self.open.entry(patient.to_owned()).or_default();
+        match event["transition"].as_str() {
+            Some("cleared") => {
+                open.remove(&alert_id);
+            }
+            Some(transition) => {
+                if transition == "raised" {
+                    *self
+                        .tally
+                        .raised
+                        .entry((kind.clone(), priority))
+                        .or_default() += 1;
+                }
+                open.insert(
+                    alert_id.clone(),
+                    AlertLive {
+                        alert_id,
+                        rule: text("rule"),
+                        kind,
+                        priority,
+                        raised_at: time("raised_at"),
+                        text: text("text"),
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn news2_scored(&mut self, patient: &str, n: News2Live) {
+        let bands = self.tally.bands.entry(patient.to_owned()).or_default();
+        if !bands.contains(&n.band) {
+            bands.push(n.band);
+        }
+        let high = self
+            .tally
+            .highest_news2
+            .entry(patient.to_owned())
+            .or_default();
+        *high = (*high).max(n.total);
+        self.news2.insert(patient.to_owned(), n);
+    }
+}
+
+/// The NEWS2 total, band and time of a derived total-score Observation (its sub-scores are
+/// its components; a 3 in any makes the band at least low-medium).
+fn news2_of(obs: &Json) -> Option<News2Live> {
+    let is_total = obs["code"]["coding"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["code"].as_str() == Some(crate::fhir::codes::NEWS2_TOTAL.code))
+    });
+    if !is_total {
+        return None;
+    }
+    let total = u8::try_from(obs["valueQuantity"]["value"].as_u64()?).ok()?;
+    let any_three = obs["component"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|p| p["valueQuantity"]["value"].as_u64() == Some(3))
+    });
+    let at = obs["effectiveDateTime"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(OffsetDateTime::now_utc);
+    Some(News2Live {
+        total,
+        band: risk_band(total, any_three),
+        at,
+    })
+}
+
+/// Wraps a hook (the alert hook) and tells [`ClinicalCell`] what it produced and what was
+/// committed.
+pub struct Tap {
+    inner: Box<dyn CommitHook>,
+    cell: ClinicalCell,
+}
+
+impl Tap {
+    pub fn new(inner: Box<dyn CommitHook>, cell: ClinicalCell) -> Tap {
+        Tap { inner, cell }
+    }
+}
+
+impl CommitHook for Tap {
+    fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
+        let out = self.inner.on_batch(accepted, now);
+        self.cell.observe_committed(accepted, now);
+        self.cell.observe_output(&out);
+        out
+    }
+
+    fn on_reject(&mut self, r: &Rejection) -> HookOutput {
+        let out = self.inner.on_reject(r);
+        self.cell.observe_output(&out);
+        out
+    }
+
+    fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
+        let out = self.inner.on_tick(now, backlog);
+        self.cell.observe_output(&out);
+        out
+    }
+}
