@@ -31,5 +31,6 @@ pub mod nhs_number;
 pub mod reading;
 pub mod status;
 pub mod store;
+pub mod top;
 pub mod transport;
 pub mod uplink;

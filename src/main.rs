@@ -50,6 +50,13 @@ enum Command {
         /// Broker: auto (Mosquitto when installed, else the embedded one), embedded or mosquitto.
         #[arg(long, default_value = "auto", value_parser = ["auto", "embedded", "mosquitto"])]
         broker: String,
+        /// Simulated time runs this many times faster (0.1 to 20): the patients' courses and
+        /// their readings come faster; alert timers stay on the real clock.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Show the demo through `vitalgate top` (q ends it).
+        #[arg(long)]
+        top: bool,
     },
     /// Validate a configuration file and print the effective configuration (identifiers
     /// redacted); exits 2 on any problem.
@@ -118,6 +125,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live terminal dashboard of the running daemon (over its local socket): devices, latest
+    /// values, NEWS2 and open alerts per patient, outbox, uplink, clock, storage.
+    /// Keys: q quits, arrows select, ? help. NO_COLOR turns colour off.
+    Top {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
     Keygen {
         /// Where to write the key (default: the key_file of the config, else /etc/vitalgate/master.key).
@@ -151,10 +165,12 @@ impl std::error::Error for ExitWith {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is the live view: only warnings and errors in between.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
+    // Alert events are shown by the demo's platform view, so not logged there too; with
+    // --top, and for `top` itself, nothing may write over the dashboard.
+    init_logging(match cli.command {
+        Command::Demo { top: true, .. } | Command::Top { .. } => "off",
+        Command::Demo { .. } => "warn,vitalgate::alert=off",
+        _ => "info",
     });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,7 +243,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             seconds,
             state_dir,
             broker,
-        } => demo(seconds, state_dir, &broker),
+            speed,
+            top,
+        } => {
+            if !vitalgate::demo::SPEED_RANGE.contains(&speed) {
+                return Err(UsageError(format!("--speed {speed}: use 0.1 to 20")).into());
+            }
+            demo(seconds, state_dir, &broker, speed, top)
+        }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             println!("# {}: valid", config.display());
@@ -263,6 +286,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 0 => Ok(()),
                 code => Err(ExitWith(code).into()),
             }
+        }
+        Command::Top { config } => {
+            let cfg = Config::load(&config)?;
+            let socket = vitalgate::live::socket_path(&cfg.gateway.state_dir);
+            let options = vitalgate::top::TopOptions {
+                thresholds: cfg.status.clone(),
+                ..vitalgate::top::TopOptions::from_env()
+            };
+            vitalgate::top::run(&socket, options).map_err(|e| UsageError(e.to_string()))?;
+            Ok(())
         }
         Command::Keygen { out, config } => {
             let path = match (out, config) {
@@ -549,7 +582,13 @@ fn simulate(
     })
 }
 
-fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyhow::Result<()> {
+fn demo(
+    seconds: Option<u64>,
+    state_dir: Option<PathBuf>,
+    broker: &str,
+    speed: f64,
+    top: bool,
+) -> anyhow::Result<()> {
     let broker: vitalgate::demo::BrokerChoice = broker.parse().map_err(UsageError)?;
     if broker == vitalgate::demo::BrokerChoice::Mosquitto
         && vitalgate::demo::broker::find_mosquitto().is_none()
@@ -562,6 +601,8 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyho
             seconds,
             state_dir,
             broker,
+            speed: Some(speed),
+            top,
         },
         shutdown,
     ))?;

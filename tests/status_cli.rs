@@ -152,3 +152,73 @@ fn live_socket_is_mode_0660_and_owned_by_the_service_user() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.uid(), std::fs::metadata(g.dir.path()).unwrap().uid());
 }
+
+/// Issue 17, acceptance 4: a 50 s demo (under the 60 s promised) tells the whole story: the
+/// deteriorating patient crosses NEWS2 bands up to HIGH and raises clinical alerts, the faulty
+/// probe raises technical alarms, and the closing summary counts them.
+#[test]
+fn demo_within_a_minute_crosses_news2_bands_and_counts_clinical_and_technical_alerts() {
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--seconds", "50", "--broker", "embedded"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let course = stdout
+        .lines()
+        .find(|l| l.contains("demo-patient-deteriorating") && l.contains("bands"))
+        .unwrap_or_else(|| panic!("no NEWS2 course in the summary:\n{stdout}"));
+    assert!(
+        course.contains("low -> ") && course.ends_with("HIGH"),
+        "{course}"
+    );
+    let counts = stdout
+        .lines()
+        .find(|l| l.starts_with("alerts raised:"))
+        .unwrap_or_else(|| panic!("no alert count:\n{stdout}"));
+    let number_before = |what: &str| -> u64 {
+        let head = &counts[..counts.find(what).unwrap_or_else(|| panic!("{counts}"))];
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert!(number_before(" clinical") >= 1, "{counts}");
+    assert!(number_before(" technical") >= 1, "{counts}");
+    assert!(counts.contains("high"), "{counts}");
+}
+
+/// Issue 17, acceptance 4: `--speed 4` runs the simulated course four times faster, so 15 s
+/// reach the HIGH band (at speed 1 the course is not yet half-way).
+#[test]
+fn demo_speed_runs_the_deteriorating_course_faster() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--seconds",
+            "15",
+            "--speed",
+            "4",
+            "--broker",
+            "embedded",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let course = stdout
+        .lines()
+        .find(|l| l.contains("demo-patient-deteriorating") && l.contains("bands"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(course.ends_with("HIGH"), "{course}");
+}
+
+#[test]
+fn demo_speed_outside_its_range_is_a_usage_error() {
+    let out = run(&["demo", "--speed", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--speed 0"),
+        "{}",
+        text(&out.stderr)
+    );
+}

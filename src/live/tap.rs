@@ -35,8 +35,8 @@ pub struct Clinical {
 /// Counts since start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
-    /// Alerts raised, by kind (`news2`, `threshold`, `technical`) and priority.
-    pub raised: BTreeMap<(String, Priority), u64>,
+    /// Every alert raised since start: alert id -> (kind, highest priority it reached).
+    pub raised: BTreeMap<String, (String, Priority)>,
     /// Alert events of any transition.
     pub events: u64,
     /// patient id -> NEWS2 bands scored, in the order first seen.
@@ -46,13 +46,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Alerts raised of a kind, any priority.
-    pub fn raised_of(&self, kind: &str) -> u64 {
+    /// Alerts raised of one of `kinds` whose highest priority was `priority`.
+    pub fn raised_at(&self, kinds: &[&str], priority: Priority) -> u64 {
         self.raised
-            .iter()
-            .filter(|((k, _), _)| k == kind)
-            .map(|(_, n)| n)
-            .sum()
+            .values()
+            .filter(|(k, p)| *p == priority && kinds.contains(&k.as_str()))
+            .count() as u64
     }
 }
 
@@ -181,14 +180,13 @@ impl Clinical {
             Some("cleared") => {
                 open.remove(&alert_id);
             }
-            Some(transition) => {
-                if transition == "raised" {
-                    *self
-                        .tally
-                        .raised
-                        .entry((kind.clone(), priority))
-                        .or_default() += 1;
-                }
+            Some(_) => {
+                let seen = self
+                    .tally
+                    .raised
+                    .entry(alert_id.clone())
+                    .or_insert((kind.clone(), priority));
+                seen.1 = seen.1.max(priority);
                 open.insert(
                     alert_id.clone(),
                     AlertLive {
