@@ -23,6 +23,7 @@ pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod drivers;
 pub mod fhir;
 pub mod ingest;

@@ -132,6 +132,13 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Self-check, one line per check with its fix: config, key, certificates, broker (a real
+    /// TLS 1.3 mutual-TLS handshake), serial devices, Bluetooth, clock, disk, systemd unit.
+    /// Exits 0 only if no check failed.
+    Doctor {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
     Keygen {
         /// Where to write the key (default: the key_file of the config, else /etc/vitalgate/master.key).
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
     init_logging(match cli.command {
         Command::Demo { top: true, .. } | Command::Top { .. } => "off",
         Command::Demo { .. } => "warn,vitalgate::alert=off",
+        Command::Doctor { .. } => "warn",
         _ => "info",
     });
     match dispatch(cli.command) {
@@ -296,6 +304,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             vitalgate::top::run(&socket, options).map_err(|e| UsageError(e.to_string()))?;
             Ok(())
+        }
+        Command::Doctor { config } => {
+            let findings = vitalgate::doctor::run(&config, &vitalgate::doctor::Host::system());
+            for f in &findings {
+                println!("{f}");
+            }
+            match vitalgate::doctor::exit_code(&findings) {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
         }
         Command::Keygen { out, config } => {
             let path = match (out, config) {
