@@ -46,7 +46,7 @@ impl Live {
             .clone()
     }
 
-    fn publish(&self, state: LiveState) {
+    pub(crate) fn publish(&self, state: LiveState) {
         *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 }

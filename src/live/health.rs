@@ -143,7 +143,7 @@ pub fn human_secs(s: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::live::model::*;
 
@@ -151,7 +151,7 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
     }
 
-    fn healthy() -> LiveState {
+    pub(crate) fn healthy() -> LiveState {
         LiveState {
             protocol: PROTOCOL,
             gateway: "gw".into(),

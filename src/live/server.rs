@@ -216,3 +216,96 @@ fn respond(line: &str, live: &Live) -> Response {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::client::{LiveClient, LiveError};
+
+    async fn serving(live: &Live) -> (tempfile::TempDir, PathBuf, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let token = CancellationToken::new();
+        tokio::spawn(serve(live.clone(), path.clone(), token.clone()));
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (dir, path, token)
+    }
+
+    #[tokio::test]
+    async fn live_socket_answers_the_latest_state_and_again_on_the_same_connection() {
+        let live = Live::default();
+        live.publish(crate::live::health::tests::healthy());
+        let (_dir, path, token) = serving(&live).await;
+        let got = tokio::task::spawn_blocking(move || {
+            let mut c = LiveClient::connect(&path).unwrap();
+            (c.state().unwrap(), c.state().unwrap())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.0.gateway, "gw");
+        assert_eq!(got.0, got.1);
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_socket_says_starting_before_the_first_state() {
+        let (_dir, path, token) = serving(&Live::default()).await;
+        let err = tokio::task::spawn_blocking(move || LiveClient::connect(&path).unwrap().state())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, LiveError::Refused { ref message, .. } if message.contains("starting")),
+            "{err}"
+        );
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_socket_answers_a_malformed_request_with_an_error_and_drops_an_endless_line() {
+        use std::io::{BufRead, Write};
+        let (_dir, path, token) = serving(&Live::default()).await;
+        let (answer, after_flood) = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"hello\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            // A line with no end: the server closes the connection instead of buffering it.
+            let flood = vec![b'x'; MAX_LINE * 4];
+            let _ = s.write_all(&flood);
+            let mut rest = String::new();
+            let n = std::io::BufReader::new(s).read_line(&mut rest);
+            (line, n.map(|n| n == 0).unwrap_or(true))
+        })
+        .await
+        .unwrap();
+        let r: Response = serde_json::from_str(&answer).unwrap();
+        assert!(!r.ok && r.error.unwrap().contains("{\"get\":\"state\"}"));
+        assert!(
+            after_flood,
+            "the connection stayed open after an oversized line"
+        );
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_socket_is_removed_when_the_daemon_stops() {
+        let (_dir, path, token) = serving(&Live::default()).await;
+        token.cancel();
+        for _ in 0..100 {
+            if !path.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} still exists", path.display());
+    }
+}

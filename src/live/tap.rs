@@ -277,3 +277,83 @@ impl CommitHook for Tap {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AlertRecord, DerivedRecord};
+    use serde_json::json;
+
+    /// A hook that outputs the given records once.
+    struct Emits(Vec<Record>);
+    impl CommitHook for Emits {
+        fn on_batch(&mut self, _: &[Record], _: OffsetDateTime) -> HookOutput {
+            HookOutput::records(std::mem::take(&mut self.0))
+        }
+    }
+
+    fn event(transition: &str, priority: &str) -> Record {
+        Record::Alert(AlertRecord {
+            patient_id: "p1".into(),
+            event: json!({
+                "alert_id": "a-1", "transition": transition, "priority": priority,
+                "kind": "news2", "rule": "news2:aggregate", "text": "NEWS2 total 7",
+                "raised_at": "2026-11-23T10:00:00Z",
+            }),
+        })
+    }
+
+    fn feed(cell: &ClinicalCell, records: Vec<Record>) -> HookOutput {
+        let mut tap = Tap::new(Box::new(Emits(records)), cell.clone());
+        tap.on_batch(&[], OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn tap_passes_the_inner_hook_output_through_unchanged() {
+        let out = feed(&ClinicalCell::default(), vec![event("raised", "medium")]);
+        assert_eq!(out.records, vec![event("raised", "medium")]);
+    }
+
+    #[test]
+    fn tap_keeps_an_alert_open_until_it_clears_and_counts_it_at_its_highest_priority() {
+        let cell = ClinicalCell::default();
+        feed(
+            &cell,
+            vec![event("raised", "medium"), event("escalated", "high")],
+        );
+        let open = cell.lock().open["p1"]["a-1"].clone();
+        assert_eq!(open.priority, Priority::High);
+        assert_eq!(open.text, "NEWS2 total 7");
+        feed(&cell, vec![event("cleared", "high")]);
+        let c = cell.lock();
+        assert!(c.open["p1"].is_empty());
+        assert_eq!(c.tally.raised_at(&["news2"], Priority::High), 1);
+        assert_eq!(c.tally.raised_at(&["news2"], Priority::Medium), 0);
+    }
+
+    #[test]
+    fn tap_reads_the_news2_total_and_band_from_the_derived_observation() {
+        let cell = ClinicalCell::default();
+        let obs = json!({
+            "code": {"coding": [{"code": crate::fhir::codes::NEWS2_TOTAL.code}]},
+            "valueQuantity": {"value": 4},
+            "component": [{"valueQuantity": {"value": 3}}],
+            "effectiveDateTime": "2026-11-23T10:00:00Z",
+        });
+        feed(
+            &cell,
+            vec![Record::Derived(DerivedRecord {
+                patient_id: "p1".into(),
+                observation: obs,
+            })],
+        );
+        let c = cell.lock();
+        assert_eq!(c.news2["p1"].total, 4);
+        assert_eq!(
+            c.news2["p1"].band,
+            RiskBand::LowMedium,
+            "a single 3 makes it low-medium"
+        );
+        assert_eq!(c.tally.bands["p1"], vec![RiskBand::LowMedium]);
+    }
+}
