@@ -151,7 +151,7 @@ pub fn summary(tally: &crate::live::Tally) -> Vec<String> {
     let (technical, technical_parts) = by_priority(&["technical"]);
     let paren = |s: String| if s.is_empty() { s } else { format!(" ({s})") };
     let mut lines = vec![format!(
-        "alerts raised: {clinical} clinical{}, {technical} technical alarms{}",
+        "alerts raised: {clinical} clinical{}, {technical} technical{}",
         paren(clinical_parts),
         paren(technical_parts)
     )];

@@ -282,3 +282,67 @@ pub fn systemd_unit(host: &Host) -> Finding {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Outcome;
+
+    fn host(dir: &Path) -> Host {
+        Host {
+            timesync_flag: dir.join("synchronized"),
+            bluetooth_class: dir.join("bluetooth"),
+            proc: dir.join("proc"),
+            systemd_run: dir.join("systemd"),
+            unit: "vitalgate.service".into(),
+        }
+    }
+
+    fn with_ble() -> Config {
+        Config::parse(
+            "[gateway]\nid = \"g\"\n[[patient]]\nid = \"p1\"\n[[device]]\nid = \"cuff\"\npatient = \"p1\"\ndriver = \"ble-blood-pressure\"\naddress = \"A4:C1:38:12:34:56\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bluetooth_check_fails_without_an_adapter_then_without_bluetoothd_then_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let f = bluetooth(&with_ble(), &h);
+        assert_eq!(f.outcome, Outcome::Fail);
+        assert!(f.detail.contains("no Bluetooth adapter"), "{f}");
+        std::fs::create_dir_all(h.bluetooth_class.join("hci0")).unwrap();
+        let f = bluetooth(&with_ble(), &h);
+        assert!(
+            f.outcome == Outcome::Fail && f.detail.contains("bluetoothd is not running"),
+            "{f}"
+        );
+        std::fs::create_dir_all(h.proc.join("412")).unwrap();
+        std::fs::write(h.proc.join("412/comm"), "bluetoothd\n").unwrap();
+        assert_eq!(bluetooth(&with_ble(), &h).outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn bluetooth_check_does_not_apply_without_ble_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse("[gateway]\nid = \"g\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(bluetooth(&cfg, &host(dir.path())).outcome, Outcome::Skip);
+    }
+
+    #[test]
+    fn clock_check_follows_timesyncd_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        assert_eq!(clock(&h).outcome, Outcome::Fail);
+        std::fs::write(&h.timesync_flag, "").unwrap();
+        assert_eq!(clock(&h).outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn systemd_check_does_not_apply_off_systemd() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(systemd_unit(&host(dir.path())).outcome, Outcome::Skip);
+    }
+}

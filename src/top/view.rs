@@ -179,16 +179,17 @@ fn uplink_line(s: &LiveState, paint: &Paint) -> Line<'static> {
                 u.delivered
             )));
             if let Some(t) = u.cert_not_after {
-                let days = (t - s.now).whole_days();
-                spans.push(if days < 0 {
+                let left = (t - s.now).whole_seconds();
+                let text = format!("  cert {} left", human_secs(left.max(0) as u64));
+                spans.push(if left <= 0 {
                     Span::styled(
                         "  cert EXPIRED",
                         paint.fg(Color::Red).add_modifier(Modifier::BOLD),
                     )
-                } else if days < 30 {
-                    Span::styled(format!("  cert {days} d"), paint.fg(Color::Yellow))
+                } else if left < 30 * 86_400 {
+                    Span::styled(text, paint.fg(Color::Yellow))
                 } else {
-                    Span::raw(format!("  cert {days} d"))
+                    Span::raw(text)
                 });
             }
         }
