@@ -47,6 +47,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub ble: BleSection,
+    /// `[status]`: when `vitalgate status` reports degraded (see `live::health`).
+    #[serde(default)]
+    pub status: crate::live::StatusThresholds,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -465,6 +468,9 @@ impl Config {
             }
         }
 
+        for (key, message) in self.status.problems() {
+            problem(key, message);
+        }
         if self.gateway.id.is_none()
             && self.uplink.as_ref().is_none_or(|u| u.gateway_id.is_none())
             && self.uplink.is_none()

@@ -50,6 +50,13 @@ enum Command {
         /// Broker: auto (Mosquitto when installed, else the embedded one), embedded or mosquitto.
         #[arg(long, default_value = "auto", value_parser = ["auto", "embedded", "mosquitto"])]
         broker: String,
+        /// Simulated time runs this many times faster (0.1 to 20): the patients' courses and
+        /// their readings come faster; alert timers stay on the real clock.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Show the demo through `vitalgate top` (q ends it).
+        #[arg(long)]
+        top: bool,
     },
     /// Validate a configuration file and print the effective configuration (identifiers
     /// redacted); exits 2 on any problem.
@@ -105,8 +112,30 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Print what the gateway holds as JSON: backlog, oldest undelivered, last ack, devices, keys.
+    /// Is the gateway healthy? A short summary on a terminal, JSON with --json or when piped:
+    /// backlog, oldest undelivered, last ack, devices, patients, uplink, keys.
+    ///
+    /// Exit codes (a monitoring probe): 0 healthy, 1 degraded (a device silent, backlog older
+    /// than [status] backlog_max_age_s, uplink down longer than [status] uplink_down_max_s),
+    /// 2 unreachable (the daemon's live socket does not answer) or a configuration error.
     Status {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// JSON even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live terminal dashboard of the running daemon (over its local socket): devices, latest
+    /// values, NEWS2 and open alerts per patient, outbox, uplink, clock, storage.
+    /// Keys: q quits, arrows select, ? help. NO_COLOR turns colour off.
+    Top {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Self-check, one line per check with its fix: config, key, certificates, broker (a real
+    /// TLS 1.3 mutual-TLS handshake), serial devices, Bluetooth, clock, disk, systemd unit.
+    /// Exits 0 only if no check failed.
+    Doctor {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -130,16 +159,32 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
+/// Ends with this exit code, having already said why (`status`: 1 degraded, 2 unreachable).
+#[derive(Debug)]
+struct ExitWith(u8);
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for ExitWith {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's screen is the live view: only warnings and errors in between.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
+    // Alert events are shown by the demo's platform view, so not logged there too; with
+    // --top, and for `top` itself, nothing may write over the dashboard.
+    init_logging(match cli.command {
+        Command::Demo { top: true, .. } | Command::Top { .. } => "off",
+        Command::Demo { .. } => "warn,vitalgate::alert=off",
+        Command::Doctor { .. } => "warn",
+        _ => "info",
     });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
+            ExitCode::from(e.downcast_ref::<ExitWith>().map_or(1, |c| c.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
@@ -230,7 +275,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             seconds,
             state_dir,
             broker,
-        } => demo(seconds, state_dir, &broker),
+            speed,
+            top,
+        } => {
+            if !vitalgate::demo::SPEED_RANGE.contains(&speed) {
+                return Err(UsageError(format!("--speed {speed}: use 0.1 to 20")).into());
+            }
+            demo(seconds, state_dir, &broker, speed, top)
+        }
         Command::CheckConfig { config } => {
             let cfg = Config::load_and_check(&config, Some(time::OffsetDateTime::now_utc()))?;
             println!("# {}: valid", config.display());
@@ -253,11 +305,39 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             scenario,
             seed,
         } => simulate(driver, link, interval_ms, &faults, &scenario, seed),
-        Command::Status { config } => {
+        Command::Status { config, json } => {
+            use std::io::IsTerminal;
             let cfg = Config::load(&config)?;
-            let status = vitalgate::daemon::status_json(&cfg)?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            let report = vitalgate::live::report::status(&cfg);
+            if json || !std::io::stdout().is_terminal() {
+                println!("{}", serde_json::to_string_pretty(&report.document)?);
+            } else {
+                print!("{}", report.human());
+            }
+            match report.health.verdict.exit_code() {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
+        }
+        Command::Top { config } => {
+            let cfg = Config::load(&config)?;
+            let socket = vitalgate::live::socket_path(&cfg.gateway.state_dir);
+            let options = vitalgate::top::TopOptions {
+                thresholds: cfg.status.clone(),
+                ..vitalgate::top::TopOptions::from_env()
+            };
+            vitalgate::top::run(&socket, options).map_err(|e| UsageError(e.to_string()))?;
             Ok(())
+        }
+        Command::Doctor { config } => {
+            let findings = vitalgate::doctor::run(&config, &vitalgate::doctor::Host::system());
+            for f in &findings {
+                println!("{f}");
+            }
+            match vitalgate::doctor::exit_code(&findings) {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
         }
         Command::Keygen { out, config } => {
             let path = match (out, &config) {
@@ -578,7 +658,13 @@ fn simulate(
     })
 }
 
-fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyhow::Result<()> {
+fn demo(
+    seconds: Option<u64>,
+    state_dir: Option<PathBuf>,
+    broker: &str,
+    speed: f64,
+    top: bool,
+) -> anyhow::Result<()> {
     let broker: vitalgate::demo::BrokerChoice = broker.parse().map_err(UsageError)?;
     if broker == vitalgate::demo::BrokerChoice::Mosquitto
         && vitalgate::demo::broker::find_mosquitto().is_none()
@@ -591,6 +677,8 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyho
             seconds,
             state_dir,
             broker,
+            speed: Some(speed),
+            top,
         },
         shutdown,
     ))?;

@@ -68,6 +68,8 @@ pub struct RunOptions {
     /// The process's own shutdown, when `run` is one generation of a reloading supervisor:
     /// a generation that ends for a reload does not tell systemd it is stopping.
     pub process_shutdown: Option<CancellationToken>,
+    /// The live state (`live.sock`, `status`, `top`); the demo passes its own to read the tally.
+    pub live: Option<crate::live::Live>,
 }
 
 /// Calls several hooks in order.
@@ -216,6 +218,9 @@ pub async fn run(
         max_wait: Duration::from_millis(config.ingest.max_batch_wait_ms),
     };
     let saved = alerting::load_states(&outbox, &config)?;
+    let live = opts.live.take().unwrap_or_default();
+    live.clinical()
+        .seed(&config, &saved, OffsetDateTime::now_utc());
     let ble_devices = devices::ble_devices(&config);
     let ble_seqs = crate::transport::ble::load_last_seqs(&outbox, &ble_devices);
     let alert_hook = alerting::AlertHook::new(
@@ -227,8 +232,10 @@ pub async fn run(
     )
     .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
-    let mut hooks: Vec<Box<dyn CommitHook>> =
-        vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
+    let mut hooks: Vec<Box<dyn CommitHook>> = vec![
+        Box::new(crate::live::Tap::new(Box::new(alert_hook), live.clinical())),
+        Box::new(heartbeat.hook()),
+    ];
     hooks.extend(std::mem::take(&mut opts.hooks));
     let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks)))
         .map_err(DaemonError::Thread)?;
@@ -349,6 +356,23 @@ pub async fn run(
             }
         });
     }
+
+    // The live state and its socket (live/): `vitalgate status` and `top` read it.
+    crate::live::spawn(
+        live,
+        crate::live::Sources {
+            gateway: gateway_id.clone(),
+            started_at,
+            registry: registry.clone(),
+            counters: counters.clone(),
+            uplink: uplink_status.clone(),
+            outbox_path: outbox_path.clone(),
+            state_dir: state_dir.clone(),
+            capacity: config.store.capacity,
+        },
+        retention_token.clone(),
+        &tracker,
+    );
 
     // systemd (systemd.rs): READY=1, then STATUS= and WATCHDOG=1 while the writer ticks.
     if let Some(n) = opts.notifier.clone() {

@@ -112,6 +112,62 @@ pub struct DemoOptions {
     pub state_dir: Option<PathBuf>,
     /// Which broker to run.
     pub broker: BrokerChoice,
+    /// Simulated time runs this many times faster than the wall clock (every simulated
+    /// device ticks this much more often, so the patients' courses run faster; the alert
+    /// engine's own timers stay on the gateway clock). 1.0 when unset.
+    pub speed: Option<f64>,
+    /// Show the run through `vitalgate top` instead of the platform's line stream.
+    pub top: bool,
+}
+
+/// Fastest and slowest `--speed`.
+pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.1..=20.0;
+
+/// Applies `--speed` to every simulated device's interval (at least 1 ms).
+pub fn apply_speed(cfg: &mut Config, speed: f64) {
+    for d in cfg.devices.iter_mut().filter(|d| d.driver == "sim") {
+        let ms = d.interval_ms.unwrap_or(1000) as f64 / speed;
+        d.interval_ms = Some(ms.round().max(1.0) as u64);
+    }
+}
+
+/// The closing summary: alerts raised, by kind and the highest priority each reached, and
+/// each patient's NEWS2 course.
+pub fn summary(tally: &crate::live::Tally) -> Vec<String> {
+    use crate::alerts::Priority;
+    let by_priority = |kinds: &[&str]| -> (u64, String) {
+        let mut parts = Vec::new();
+        let mut total = 0;
+        for p in [Priority::High, Priority::Medium, Priority::Low] {
+            let n = tally.raised_at(kinds, p);
+            total += n;
+            if n > 0 {
+                parts.push(format!("{n} {}", p.as_str()));
+            }
+        }
+        (total, parts.join(", "))
+    };
+    let (clinical, clinical_parts) = by_priority(&["news2", "threshold"]);
+    let (technical, technical_parts) = by_priority(&["technical"]);
+    let paren = |s: String| if s.is_empty() { s } else { format!(" ({s})") };
+    let mut lines = vec![format!(
+        "alerts raised: {clinical} clinical{}, {technical} technical{}",
+        paren(clinical_parts),
+        paren(technical_parts)
+    )];
+    for (patient, bands) in &tally.bands {
+        let course: Vec<&str> = bands
+            .iter()
+            .map(|b| crate::live::report::band_text(*b))
+            .collect();
+        lines.push(format!(
+            "  {:<28} NEWS2 up to {}, bands {}",
+            patient,
+            tally.highest_news2.get(patient).copied().unwrap_or(0),
+            course.join(" -> ")
+        ));
+    }
+    lines
 }
 
 /// A private (0700) temporary directory, removed on drop.
@@ -203,6 +259,7 @@ async fn start_uplink(
     mosquitto: Option<&Path>,
     cfg: &Config,
     gateway_id: &str,
+    print: bool,
 ) -> Result<Uplink, DemoError> {
     let dir = TempDir::new("pki")?;
     let pki = certs::DemoPki::generate(&dir.0, gateway_id, OffsetDateTime::now_utc())?;
@@ -242,6 +299,7 @@ async fn start_uplink(
         &prefix,
         directory,
         style,
+        print,
         platform_stop.clone(),
     )
     .await
@@ -273,6 +331,34 @@ async fn start_uplink(
     })
 }
 
+/// Runs `vitalgate top` on the demo's live socket in a thread of its own; `q` there ends the
+/// demo, and the demo's end (the returned flag) ends it.
+fn start_top(
+    cfg: &Config,
+    speed: f64,
+    shutdown: CancellationToken,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<Result<(), crate::top::TopError>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let socket = crate::live::socket_path(&cfg.gateway.state_dir);
+    let options = crate::top::TopOptions {
+        banner: Some(format!(
+            " demo x{speed}: watch deteriorating's NEWS2 climb; q ends the demo"
+        )),
+        stop: Some(stop.clone()),
+        thresholds: cfg.status.clone(),
+        ..crate::top::TopOptions::from_env()
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let r = crate::top::run(&socket, options);
+        shutdown.cancel();
+        r
+    });
+    (stop, task)
+}
+
 /// Runs the demo until `shutdown` is cancelled or `opts.seconds` have passed.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
     let (state_dir, _temp_state) = match opts.state_dir {
@@ -283,6 +369,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         }
     };
     let mut cfg = Config::demo(&state_dir).map_err(|e| DemoError::Config(e.to_string()))?;
+    let speed = opts.speed.unwrap_or(1.0);
+    apply_speed(&mut cfg, speed);
     let gateway_id = cfg.gateway_id().map_err(DemoError::Config)?;
     let master = MasterKey::ephemeral().map_err(|e| DemoError::Key(e.to_string()))?;
 
@@ -297,7 +385,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         BrokerChoice::Auto => broker::find_mosquitto(),
         BrokerChoice::Mosquitto => Some(broker::find_mosquitto().ok_or(DemoError::NoMosquitto)?),
     };
-    let mut uplink = match start_uplink(mosquitto.as_deref(), &cfg, &gateway_id).await {
+    let mut uplink = match start_uplink(mosquitto.as_deref(), &cfg, &gateway_id, !opts.top).await {
         Ok(u) => {
             println!("  broker   {}", u.broker.describe());
             println!(
@@ -332,12 +420,30 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             }
         });
     }
-    let view = view::DemoView::start(cfg.clone(), uplink.is_some(), shutdown.clone());
+    let live = crate::live::Live::default();
+    let mut hooks: Vec<Box<dyn crate::ingest::CommitHook>> = Vec::new();
+    let mut top = None;
+    if opts.top {
+        top = Some(start_top(&cfg, speed, shutdown.clone()));
+    } else {
+        hooks.push(Box::new(view::DemoView::start(
+            cfg.clone(),
+            uplink.is_some(),
+            shutdown.clone(),
+        )));
+    }
     let run_opts = crate::daemon::RunOptions {
-        hooks: vec![Box::new(view)],
+        hooks,
+        live: Some(live.clone()),
         ..Default::default()
     };
     let result = crate::daemon::run(cfg.clone(), master, shutdown, run_opts).await;
+    if let Some((stop, task)) = top {
+        stop.store(true, Ordering::Relaxed);
+        if let Ok(Err(e)) = task.await {
+            println!("top: {e}");
+        }
+    }
 
     // The daemon has stopped and published its offline status: let the platform print it.
     let mut received = None;
@@ -361,6 +467,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     }
     if let Some((obs, alerts)) = received {
         println!("platform received {obs} observations and {alerts} alert events");
+    }
+    for line in summary(&live.clinical().lock().tally) {
+        println!("{line}");
     }
     if let Ok(s) = crate::store::outbox::stats_readonly(&cfg.outbox_path()) {
         println!(

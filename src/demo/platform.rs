@@ -349,6 +349,7 @@ pub async fn start(
     prefix: &str,
     dir: Directory,
     style: Style,
+    print: bool,
     shutdown: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<Received>), DemoError> {
     let tls_cfg = UplinkConfig {
@@ -399,7 +400,11 @@ pub async fn start(
                         Some("alert") => counts.alerts.fetch_add(1, Ordering::Relaxed),
                         _ => 0,
                     };
-                    let lines = describe(&topic, &p.payload, p.retain, &dir, style);
+                    let lines = if print {
+                        describe(&topic, &p.payload, p.retain, &dir, style)
+                    } else {
+                        Vec::new()
+                    };
                     use std::io::Write;
                     let mut out = std::io::stdout().lock();
                     for l in lines {

@@ -8,7 +8,9 @@
 //!   and temperature rise, SpO2 and systolic pressure fall, and new confusion appears near the
 //!   end. Gives the alert engine a patient whose NEWS2 climbs through every band.
 //! - `faulty`: stable vitals from a troublesome device: the probe falls off, the battery runs
-//!   low, and now and then an implausible value arrives (for technical alarms and rejection).
+//!   low (from tick 10), and a burst of three implausible heart rates arrives every 50 ticks
+//!   (ticks 20-22, 70-72, ...: rejected at ingest; three in a row raise the
+//!   repeated-rejections alarm, isolated ones are cleared by the valid readings between).
 //!
 //! Pure: time is an argument, randomness comes from a seeded generator, so a run is repeatable.
 
@@ -28,8 +30,9 @@ pub enum Scenario {
     Faulty,
 }
 
-/// Ticks over which `deteriorating` goes from well to very unwell.
-pub const DEFAULT_RAMP_TICKS: u64 = 600;
+/// Ticks over which `deteriorating` goes from well to very unwell: 45 s at the demo's
+/// 500 ms, so a newcomer sees the NEWS2 bands crossed and the alerts raised within a minute.
+pub const DEFAULT_RAMP_TICKS: u64 = 90;
 
 /// One simulated patient with one set of devices.
 #[derive(Debug, Clone)]
@@ -125,7 +128,7 @@ impl SimPatient {
 
         // Pulse oximeter, every tick.
         let (probe_off, battery_low) = match self.scenario {
-            Scenario::Faulty => (n % 20 == 7 || n % 20 == 8, n >= 30),
+            Scenario::Faulty => (n % 20 == 7 || n % 20 == 8, n >= 10),
             _ => (false, false),
         };
         let mut ox = if probe_off {
@@ -155,7 +158,7 @@ impl SimPatient {
         frames.push(ox);
 
         // Monitor: heart and respiration rate, every tick.
-        let hr = if self.scenario == Scenario::Faulty && n % 50 == 25 {
+        let hr = if self.scenario == Scenario::Faulty && (20..=22).contains(&(n % 50)) {
             Decimal::int(400) // implausible: rejected at ingest, counted, alarmed when repeated
         } else {
             int(self.hr)
@@ -262,8 +265,8 @@ mod tests {
 
     #[test]
     fn sim_deteriorating_patient_ends_unwell() {
-        let ticks = run(Scenario::Deteriorating, 800);
-        let last = &ticks[790]; // a spot-check tick
+        let ticks = run(Scenario::Deteriorating, DEFAULT_RAMP_TICKS + 20);
+        let last = &ticks[DEFAULT_RAMP_TICKS as usize + 10]; // a spot-check tick
         assert!(value(last, Metric::HeartRate).unwrap() > 115.0);
         assert!(value(last, Metric::Spo2).unwrap() < 92.0);
         assert!(value(last, Metric::SystolicBp).unwrap() < 100.0);
@@ -291,5 +294,33 @@ mod tests {
             && matches!(r.value, crate::reading::Value::Absent(Absent::Missing))));
         assert!(all.iter().any(|r| r.flags.contains(&Flag::LowBattery)));
         assert!(all.iter().any(|r| r.validate().is_err()));
+    }
+
+    /// Issue 17, acceptance 4: the demo's faulty probe must alarm within its first minute:
+    /// low battery from tick 10, three implausible values in a row (the repeated-rejections
+    /// default) by tick 23.
+    #[test]
+    fn sim_faulty_device_shows_its_faults_within_thirty_ticks() {
+        let ticks = run(Scenario::Faulty, 23);
+        let flat = || ticks.iter().flatten().flatten();
+        assert!(flat().any(|r| r.flags.contains(&Flag::LowBattery)));
+        assert!(flat().filter(|r| r.validate().is_err()).count() >= 3);
+    }
+
+    /// Issue 17, acceptance 4: at the demo's 500 ms the course is run in 45 s.
+    #[test]
+    fn sim_deteriorating_course_is_complete_after_the_ramp() {
+        let mut p = SimPatient::new(Scenario::Deteriorating, 1);
+        for _ in 0..DEFAULT_RAMP_TICKS {
+            p.next(t0());
+        }
+        assert_eq!(p.progress(), 1.0);
+        let demo = crate::config::Config::demo(std::path::Path::new("/tmp/vg")).unwrap();
+        let sick = demo
+            .devices
+            .iter()
+            .find(|d| d.scenario == Some(Scenario::Deteriorating))
+            .unwrap();
+        assert!(DEFAULT_RAMP_TICKS * sick.interval_ms.unwrap() <= 45_000);
     }
 }
