@@ -118,6 +118,31 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check or export the audit log (`audit.log` in the state directory).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every entry's MAC and link, and the head kept in the outbox. Exits 0 when
+    /// intact, 1 when broken (naming the first bad entry by sequence number and line).
+    Verify {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print entries as JSON lines, as stored (each with its MAC), with
+    /// SINCE <= time < UNTIL. Times: RFC 3339 or a date (midnight UTC).
+    Export {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, value_parser = vitalgate::audit::cli::parse_time)]
+        since: Option<time::OffsetDateTime>,
+        #[arg(long, value_parser = vitalgate::audit::cli::parse_time)]
+        until: Option<time::OffsetDateTime>,
+    },
 }
 
 /// An error that exits with 2 (usage or configuration).
@@ -236,18 +261,57 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out, config } => {
-            let path = match (out, config) {
+            let cfg = config.map(|c| Config::load(&c)).transpose()?;
+            let state_dir = cfg.as_ref().map(|c| c.gateway.state_dir.clone());
+            let path = match (out, cfg) {
                 (Some(p), _) => p,
-                (None, Some(c)) => Config::load(&c)?.store.key_file,
+                (None, Some(c)) => c.store.key_file,
                 (None, None) => PathBuf::from("/etc/vitalgate/master.key"),
             };
             MasterKey::generate_file(&path).map_err(|e| UsageError(e.to_string()))?;
-            if let Some(dir) = path.parent() {
-                if let Ok(log) = vitalgate::audit::AuditLog::open(dir) {
+            // Audited under the new key, in the state directory when the config names one.
+            let dir = state_dir.or_else(|| path.parent().map(PathBuf::from));
+            if let (Some(dir), Ok(key)) = (dir, MasterKey::load(&path)) {
+                if let Ok(log) = vitalgate::audit::AuditLog::open(&dir, &key) {
                     log.note("keygen", serde_json::json!({"path": path}));
                 }
             }
             eprintln!("wrote a new master key to {} (mode 0600); back it up: without it the outbox cannot be read", path.display());
+            Ok(())
+        }
+        Command::Audit { action } => audit(action),
+    }
+}
+
+/// `vitalgate audit verify|export`; the work is in `vitalgate::audit::cli`.
+fn audit(action: AuditAction) -> anyhow::Result<()> {
+    match action {
+        AuditAction::Verify { config } => {
+            let cfg = Config::load(&config)?;
+            let master =
+                MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let dir = &cfg.gateway.state_dir;
+            let v = vitalgate::audit::cli::verify(dir, &cfg.outbox_path(), &master)?;
+            let path = dir.join(vitalgate::audit::FILE_NAME);
+            vitalgate::audit::cli::write_report(&path, &v, &mut std::io::stdout().lock())?;
+            match v.walk.breaks.first() {
+                None => Ok(()),
+                Some(first) => anyhow::bail!("audit log broken: first bad {first}"),
+            }
+        }
+        AuditAction::Export {
+            config,
+            since,
+            until,
+        } => {
+            let cfg = Config::load(&config)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let done =
+                vitalgate::audit::cli::export(&cfg.gateway.state_dir, since, until, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            for line in done.unreadable {
+                eprintln!("audit.log: line {line}: not an audit entry; skipped");
+            }
             Ok(())
         }
     }

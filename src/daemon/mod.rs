@@ -66,6 +66,8 @@ pub struct RunOptions {
     /// The process's own shutdown, when `run` is one generation of a reloading supervisor:
     /// a generation that ends for a reload does not tell systemd it is stopping.
     pub process_shutdown: Option<CancellationToken>,
+    /// The process's one audit writer, shared across reloads (opened here when `None`).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Calls several hooks in order.
@@ -114,7 +116,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
-    let audit = Arc::new(AuditLog::open(&state_dir)?);
+    let own_audit = opts.audit.is_none();
+    let audit = match opts.audit.take() {
+        Some(a) => a,
+        None => Arc::new(AuditLog::open(&state_dir, &master)?),
+    };
 
     let outbox_path = config.outbox_path();
     let (outbox, report) = match Outbox::open(&outbox_path, &master) {
@@ -129,6 +135,11 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    // The audit chain is checked against its head in the outbox (a break is an alarm and an
+    // audit entry, never a reason not to run).
+    if let Err(e) = audit.attach(Box::new(Outbox::open_secondary(&outbox_path, &master)?)) {
+        tracing::error!(error = %e, "audit log cannot be checked at start");
+    }
     if let Some(aside) = &report.corrupt_moved_to {
         audit.note(
             "outbox_corrupt_set_aside",
@@ -143,6 +154,7 @@ pub async fn run(
     }
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
+    audit.note_started(crate::audit::events::started(&config, &gateway_id));
 
     // Offsets of followed files, committed with their readings.
     let mut cursors = std::collections::HashMap::new();
@@ -206,7 +218,8 @@ pub async fn run(
         uplink_status.clone(),
         OffsetDateTime::now_utc(),
     )
-    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
+    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?
+    .with_audit(audit.clone());
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
     let mut hooks: Vec<Box<dyn CommitHook>> =
         vec![Box::new(alert_hook), Box::new(heartbeat.hook())];
@@ -376,6 +389,10 @@ pub async fn run(
         }
     }
     let _ = status::write_snapshot(&state_dir, &snapshot(false));
+    if own_audit {
+        audit.note("daemon_stopped", serde_json::json!({}));
+    }
+    audit.detach();
     tracing::info!("stopped");
     Ok(())
 }
