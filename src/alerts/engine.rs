@@ -683,6 +683,20 @@ impl AlertEngine {
         out
     }
 
+    /// Reports whether the audit log's start check found a new break (raised at once).
+    pub fn on_audit_chain(&mut self, now: OffsetDateTime, broken: bool) -> Vec<AlertEvent> {
+        let mut out = Vec::new();
+        let c = TechnicalCondition::AuditChainBroken;
+        let timing = Timing {
+            raise_after_secs: 0,
+            settle_after_secs: 0,
+        };
+        let desired = broken.then_some(c.priority());
+        let rule = technical_rule(c, None, None);
+        self.drive(now, rule, Some(desired), timing, None, None, None, &mut out);
+        out
+    }
+
     /// NEWS2 at `now` from the latest fresh valid reading of each parameter: complete with a
     /// total, or partial naming what is missing.
     pub fn news2(&self, now: OffsetDateTime) -> News2Status {
@@ -1344,6 +1358,11 @@ impl AlertEngine {
                 ev.transition,
                 "gateway clock not synchronised: reading times may be wrong; check network time (NTP)",
                 "gateway clock synchronised",
+            ),
+            TechnicalCondition::AuditChainBroken => on_off(
+                ev.transition,
+                "audit log altered: entries were changed, removed or reordered; run `vitalgate audit verify` and report to information governance",
+                "audit log break recorded in the chain; `vitalgate audit verify` still names it",
             ),
         };
         ev.technical = Some(d);

@@ -108,6 +108,8 @@ pub enum TechnicalCondition {
     RepeatedRejections,
     OutboxNearFull,
     ClockNotSynchronised,
+    /// The audit log is not what the hub wrote (see `crate::audit`).
+    AuditChainBroken,
 }
 
 /// Facts behind a technical alarm; only the fields relevant to the condition are present.

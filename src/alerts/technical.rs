@@ -11,6 +11,7 @@
 //! | implausible values | `technical:repeated_rejections:{device}:{metric}` | medium | `rejections_to_alarm` rejections within `rejection_window_secs` | a valid reading of that metric from that device, or the window passing without enough rejections, held `clear_after_secs` |
 //! | outbox near full | `technical:outbox_near_full` | medium, high at `outbox_high_percent` | depth >= `outbox_warn_percent` of capacity | depth < `outbox_clear_percent`, held `clear_after_secs` |
 //! | clock not synchronised | `technical:clock_not_synchronised` | low | caller reports unsynchronised for `clock_unsynced_after_secs` | caller reports synchronised |
+//! | audit chain broken | `technical:audit_chain_broken` | medium | the start check found a break not recorded before | the next start (the break is then recorded in the chain) |
 //!
 //! Device silence is the dead-man alarm of remote monitoring: a patient whose device stopped
 //! sending is a patient nobody is watching, hence medium. It is judged on gateway time (`now`
@@ -35,6 +36,7 @@ impl TechnicalCondition {
             TechnicalCondition::RepeatedRejections => "repeated_rejections",
             TechnicalCondition::OutboxNearFull => "outbox_near_full",
             TechnicalCondition::ClockNotSynchronised => "clock_not_synchronised",
+            TechnicalCondition::AuditChainBroken => "audit_chain_broken",
         }
     }
 
@@ -43,7 +45,8 @@ impl TechnicalCondition {
         match self {
             TechnicalCondition::DeviceSilent
             | TechnicalCondition::RepeatedRejections
-            | TechnicalCondition::OutboxNearFull => Priority::Medium,
+            | TechnicalCondition::OutboxNearFull
+            | TechnicalCondition::AuditChainBroken => Priority::Medium,
             TechnicalCondition::SensorOff
             | TechnicalCondition::ProbeDisconnected
             | TechnicalCondition::LowBattery

@@ -153,6 +153,8 @@ impl AuditLog {
     /// head to `store` after every append. Never fails for a broken log: that is reported.
     pub fn attach(&self, mut store: Box<dyn HeadStore>) -> Result<StartCheck, AuditError> {
         let mut state = self.lock();
+        // The previous pipeline's head writer flushes and ends before the head is read.
+        drop(state.head.take());
         let head = match store.load() {
             Ok(h) => h,
             Err(e) => {
@@ -173,7 +175,6 @@ impl AuditLog {
         state.unterminated = w.unterminated;
         // The outbox accepted the key, so it is the hub's: lines it does not verify are breaks.
         state.writable = true;
-        state.head = None; // the previous generation's writer flushes and ends first
         state.head = Some(
             head::HeadWriter::start(store).map_err(|source| AuditError::Io {
                 path: self.path.clone(),

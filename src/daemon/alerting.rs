@@ -287,6 +287,7 @@ impl CommitHook for AlertHook {
 
     fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
         let synced = super::clock_synced();
+        let audit_broken = self.audit.as_ref().is_some_and(|a| a.chain_broken());
         let mut records = Vec::new();
         let patients: Vec<String> = self.engines.keys().cloned().collect();
         for p in patients {
@@ -296,6 +297,7 @@ impl CommitHook for AlertHook {
             let mut events = engine.tick(now);
             events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
             events.extend(engine.on_clock_sync(now, synced));
+            events.extend(engine.on_audit_chain(now, audit_broken));
             self.dirty.insert(p.clone());
             records.extend(self.alert_records(&p, events));
         }

@@ -389,10 +389,11 @@ pub async fn run(
         }
     }
     let _ = status::write_snapshot(&state_dir, &snapshot(false));
+    // The owner of the writer records the stop while the head still follows the file.
     if own_audit {
         audit.note("daemon_stopped", serde_json::json!({}));
+        audit.detach();
     }
-    audit.detach();
     tracing::info!("stopped");
     Ok(())
 }

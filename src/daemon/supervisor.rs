@@ -115,5 +115,6 @@ pub async fn serve(
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };
     audit.note("daemon_stopped", stopped);
+    audit.detach();
     result
 }
