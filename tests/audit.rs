@@ -432,3 +432,28 @@ fn export_prints_the_entries_between_since_and_until_as_json_lines() {
     let bad = hub.cli(&["audit", "export", "--since", "yesterday"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn a_plain_sha_log_is_checked_then_continued_as_a_mac_chain_naming_its_old_head() {
+    let hub = Hub::new();
+    // The log as earlier versions wrote it: one keygen entry, SHA-256 chained, no key.
+    let mut e: line::Entry = serde_json::from_str(&hub.lines()[0]).unwrap();
+    e.mac = None;
+    e.hash = Some(line::legacy_hash(&e));
+    let old_head = e.hash.clone().unwrap();
+    hub.write_lines(&[serde_json::to_string(&e).unwrap()]);
+
+    hub.run_once();
+    let entries: Vec<line::Entry> = hub
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries[1].event, "audit_chain_migrated");
+    assert_eq!((entries[1].seq, &entries[1].prev), (2, &old_head));
+    assert_eq!(entries[1].details["legacy_head_hash"], old_head);
+    assert!(entries[1..].iter().all(|e| e.mac.is_some()));
+    let out = hub.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("1 in the old unkeyed format"));
+}
