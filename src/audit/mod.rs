@@ -23,6 +23,7 @@ pub mod events;
 pub mod head;
 pub mod line;
 pub mod walk;
+pub mod watch;
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -301,6 +301,13 @@ pub async fn run(
         });
     }
 
+    // Rows the publisher quarantines are audited (audit/watch.rs).
+    tracker.spawn(crate::audit::watch::quarantine(
+        Outbox::open_secondary(&outbox_path, &master)?,
+        audit.clone(),
+        retention_token.clone(),
+    ));
+
     // Status snapshot.
     let snapshot = {
         let registry = registry.clone();
