@@ -360,10 +360,8 @@ fn one_writer_across_refused_reloads_keeps_the_sequence_strictly_increasing() {
 fn an_applied_config_audits_bindings_and_patients_without_their_nhs_numbers() {
     let hub = Hub::new();
     let mut d = hub.start();
-    let extra = format!(
-        "[[patient]]\nid = \"p2\"\nnhs_number = \"401 023 2137\"\n\n[[device]]\nid = \"ox2\"\npatient = \"p2\"\ndriver = \"sim\"\ninterval_ms = 500\n"
-    );
-    std::fs::write(&hub.config, config_text(hub.dir.path(), &extra)).unwrap();
+    let extra = "[[patient]]\nid = \"p2\"\nnhs_number = \"401 023 2137\"\n\n[[device]]\nid = \"ox2\"\npatient = \"p2\"\ndriver = \"sim\"\ninterval_ms = 500\n";
+    std::fs::write(&hub.config, config_text(hub.dir.path(), extra)).unwrap();
     d.signal("HUP");
     wait_for("the binding in the audit log", || {
         std::fs::read_to_string(hub.log())
