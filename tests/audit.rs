@@ -455,3 +455,21 @@ fn a_plain_sha_log_is_checked_then_continued_as_a_mac_chain_naming_its_old_head(
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("1 in the old unkeyed format"));
 }
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_a_log_the_next_start_accepts() {
+    let hub = Hub::new();
+    for _ in 0..3 {
+        let mut d = hub.start();
+        d.signal("KILL");
+        d.0.wait().unwrap();
+    }
+    hub.run_once();
+    assert!(
+        hub.recorded_breaks().is_empty(),
+        "{:?}",
+        hub.recorded_breaks()
+    );
+    let out = hub.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

@@ -59,8 +59,6 @@ pub enum AuditError {
     },
     #[error("cannot derive the audit MAC key from the master key: {0}")]
     Key(#[from] crate::store::KeyError),
-    #[error("{path}: no entry of the audit log verifies under this master key; nothing is appended until the hub's own key is in use")]
-    NotThisKey { path: PathBuf },
 }
 
 /// What the check at start found (see [`AuditLog::attach`]).
@@ -82,7 +80,6 @@ struct State {
     mac_from: Option<u64>,
     /// Writes heads to the outbox while attached.
     head: Option<head::HeadWriter>,
-    writable: bool,
     /// The file lacks its final newline (a write cut short): the next append adds it first.
     unterminated: bool,
     started: bool,
@@ -106,6 +103,9 @@ impl AuditLog {
     /// Opens (creating the directory; the file is created 0600 on first append) the log in
     /// `dir`, continuing its chain. Nothing is checked against the outbox until [`attach`].
     ///
+    /// Under a key that is not the hub's (a start refused for a wrong key), entries are still
+    /// appended: they are evidence, and the hub's key later reports them as breaks.
+    ///
     /// [`attach`]: AuditLog::attach
     pub fn open(dir: &Path, master: &MasterKey) -> Result<AuditLog, AuditError> {
         let path = dir.join(FILE_NAME);
@@ -125,7 +125,6 @@ impl AuditLog {
                 prev,
                 mac_from: w.mac_from,
                 head: None,
-                writable: w.key_fits(),
                 unterminated: w.unterminated,
                 started: false,
             }),
@@ -174,8 +173,6 @@ impl AuditLog {
         state.prev = prev;
         state.mac_from = head.as_ref().map(|h| h.mac_from).or(w.mac_from);
         state.unterminated = w.unterminated;
-        // The outbox accepted the key, so it is the hub's: lines it does not verify are breaks.
-        state.writable = true;
         state.head = Some(
             head::HeadWriter::start(store).map_err(|source| AuditError::Io {
                 path: self.path.clone(),
@@ -250,11 +247,6 @@ impl AuditLog {
     /// no NHS Numbers.
     pub fn record(&self, event: &str, details: serde_json::Value) -> Result<u64, AuditError> {
         let mut state = self.lock();
-        if !state.writable {
-            return Err(AuditError::NotThisKey {
-                path: self.path.clone(),
-            });
-        }
         self.append(&mut state, event, details)
     }
 

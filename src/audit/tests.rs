@@ -156,14 +156,25 @@ fn a_plain_sha_chain_is_verified_then_continued_as_a_mac_chain_naming_the_old_he
 }
 
 #[test]
-fn nothing_is_appended_under_a_key_that_verifies_no_entry() {
+fn an_entry_written_under_another_key_is_a_break_for_the_hubs_key() {
     let dir = tempfile::tempdir().unwrap();
-    log_with(dir.path(), &key(), 1);
+    let hub_key = key();
+    let (_, head) = log_with(dir.path(), &hub_key, 1);
     let other = AuditLog::open(dir.path(), &key()).unwrap();
-    assert!(matches!(
-        other.record("wrong_key_refused", serde_json::json!({})),
-        Err(AuditError::NotThisKey { .. })
-    ));
+    assert_eq!(
+        other
+            .record("wrong_key_refused", serde_json::json!({}))
+            .unwrap(),
+        2
+    );
+    let log = AuditLog::open(dir.path(), &hub_key).unwrap();
+    let check = log.attach(Box::new(head)).unwrap();
+    log.detach();
+    assert_eq!(check.new_breaks.len(), 1, "{:?}", check.new_breaks);
+    assert_eq!(
+        (check.new_breaks[0].line, check.new_breaks[0].seq),
+        (2, Some(2))
+    );
 }
 
 #[test]
