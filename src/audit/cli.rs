@@ -113,13 +113,16 @@ pub fn export(
         path: path.clone(),
         source,
     };
-    let text = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(e)),
-    };
+    let mut lines = walk::open_lines(&path).map_err(io)?;
     let mut done = Exported::default();
-    for (i, raw) in text.split(|b| *b == b'\n').enumerate() {
+    while let Some(next) = lines.next_line().map_err(io)? {
+        let (n, raw) = match next {
+            Ok((n, raw, _)) => (n, raw),
+            Err(n) => {
+                done.unreadable.push(n);
+                continue;
+            }
+        };
         if raw.is_empty() {
             continue;
         }
@@ -127,7 +130,7 @@ pub fn export(
             .ok()
             .and_then(|t| serde_json::from_str::<Entry>(t).ok().map(|e| (t, e)));
         let Some((line, e)) = entry else {
-            done.unreadable.push(i + 1);
+            done.unreadable.push(n);
             continue;
         };
         if since.is_some_and(|s| e.time < s) || until.is_some_and(|u| e.time >= u) {

@@ -83,6 +83,9 @@ struct State {
     /// The file lacks its final newline (a write cut short): the next append adds it first.
     unterminated: bool,
     started: bool,
+    /// The whole log was checked by an earlier `attach` of this writer (a reload's pipeline
+    /// only re-attaches the head).
+    checked: bool,
 }
 
 /// The open audit log: the process's one writer.
@@ -127,6 +130,7 @@ impl AuditLog {
                 head: None,
                 unterminated: w.unterminated,
                 started: false,
+                checked: false,
             }),
             path,
             key,
@@ -155,6 +159,22 @@ impl AuditLog {
         let mut state = self.lock();
         // The previous pipeline's head writer flushes and ends before the head is read.
         drop(state.head.take());
+        if state.checked {
+            let writer = head::HeadWriter::start(store).map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+            if let (Some(mac_from), Some(seq)) = (state.mac_from, state.next_seq.checked_sub(1)) {
+                writer.send(Head {
+                    seq,
+                    mac: state.prev.clone(),
+                    mac_from,
+                });
+            }
+            state.head = Some(writer);
+            return Ok(StartCheck::default());
+        }
+        state.checked = true;
         let head = match store.load() {
             Ok(h) => h,
             Err(e) => {

@@ -187,3 +187,48 @@ fn audit_file_is_private() {
         0o600
     );
 }
+
+#[test]
+fn a_torn_last_line_is_a_break_and_the_next_entry_starts_on_a_line_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = key();
+    let (log, head) = log_with(dir.path(), &master, 2);
+    let mut text = std::fs::read_to_string(log.path()).unwrap();
+    text.push_str("{\"seq\":3,\"ti");
+    std::fs::write(log.path(), text).unwrap();
+    let log = AuditLog::open(dir.path(), &master).unwrap();
+    let check = log.attach(Box::new(head.clone())).unwrap();
+    log.detach();
+    assert_eq!(check.new_breaks.len(), 1);
+    assert_eq!(check.new_breaks[0].line, 3);
+    assert!(
+        check.new_breaks[0].why.contains("incomplete"),
+        "{:?}",
+        check.new_breaks
+    );
+    let lines: Vec<String> = std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let recorded: line::Entry = serde_json::from_str(&lines[3]).unwrap();
+    assert_eq!(
+        (recorded.seq, recorded.event.as_str()),
+        (3, walk::BROKEN_EVENT)
+    );
+}
+
+#[test]
+fn an_over_long_line_is_a_break_without_being_held_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = key();
+    let (log, head) = log_with(dir.path(), &master, 1);
+    let mut text = std::fs::read_to_string(log.path()).unwrap();
+    text.push_str(&"x".repeat(walk::MAX_LINE + 10));
+    text.push('\n');
+    std::fs::write(log.path(), text).unwrap();
+    let w = walk_of(&log, &master, &head);
+    assert_eq!(w.breaks.len(), 1);
+    assert_eq!((w.breaks[0].line, w.lines), (2, 2));
+    assert!(w.breaks[0].why.contains("longer than"), "{:?}", w.breaks);
+}

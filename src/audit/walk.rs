@@ -6,6 +6,7 @@
 //! next authentic line, so every break is listed once (the daemon records them in the chain,
 //! and a break already recorded is not raised again at the next start).
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use ring::hmac;
@@ -91,101 +92,163 @@ impl Walk {
     }
 }
 
-/// Walks the log at `path` (a missing file is an empty log).
-pub fn walk(path: &Path, key: &hmac::Key, head: Option<&Head>) -> std::io::Result<Walk> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+/// The longest line read as an entry (entries are a few hundred bytes); longer ones are
+/// breaks, skipped without holding them in memory.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// The file's lines one at a time: (1-based number, bytes without the newline, whether the
+/// newline was there), or `Err(n)` for a line longer than [`MAX_LINE`].
+pub struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    n: usize,
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(reader: R) -> Self {
+        Lines {
+            reader,
+            buf: Vec::new(),
+            n: 0,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn next_line(&mut self) -> std::io::Result<Option<Result<(usize, &[u8], bool), usize>>> {
+        self.buf.clear();
+        let read = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        self.n += 1;
+        let terminated = self.buf.last() == Some(&b'\n');
+        if !terminated && self.buf.len() > MAX_LINE {
+            // Skip the rest of the over-long line.
+            loop {
+                self.buf.clear();
+                let more = (&mut self.reader)
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut self.buf)?;
+                if more == 0 || self.buf.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            return Ok(Some(Err(self.n)));
+        }
+        if terminated {
+            self.buf.pop();
+        }
+        Ok(Some(Ok((self.n, &self.buf, terminated))))
+    }
+}
+
+/// Opens the log for reading; a missing file reads as empty.
+pub fn open_lines(path: &Path) -> std::io::Result<Lines<Box<dyn BufRead>>> {
+    let reader: Box<dyn BufRead> = match std::fs::File::open(path) {
+        Ok(f) => Box::new(BufReader::new(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Box::new(std::io::empty()),
         Err(e) => return Err(e),
     };
-    let mut w = Walk {
-        unterminated: !bytes.is_empty() && !bytes.ends_with(b"\n"),
-        ..Walk::default()
-    };
-    let mut body = &bytes[..];
-    if body.ends_with(b"\n") {
-        body = &body[..body.len() - 1];
-    }
+    Ok(Lines::new(reader))
+}
+
+/// Walks the log at `path` (a missing file is an empty log), one line at a time.
+pub fn walk(path: &Path, key: &hmac::Key, head: Option<&Head>) -> std::io::Result<Walk> {
+    let mut lines = open_lines(path)?;
+    let mut w = Walk::default();
     // The link the next line must make: (seq, mac or hash) of the line before, `None` after
     // a line that is not authentic (the chain is picked up again at the next one).
     let mut expect: Option<(u64, String)> = None;
     let mut head_match: Option<(usize, bool)> = None;
-    if !bytes.is_empty() {
-        for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
-            let n = i + 1;
-            w.lines = n;
-            let mut bad = |seq: Option<u64>, why: String| {
-                w.breaks.push(Break { line: n, seq, why });
-            };
-            let Ok(text) = std::str::from_utf8(raw) else {
-                bad(None, "not UTF-8 text: not an audit entry".into());
+    while let Some(next) = lines.next_line()? {
+        let (n, raw, terminated) = match next {
+            Ok(l) => l,
+            Err(n) => {
+                w.lines = n;
+                w.breaks.push(Break {
+                    line: n,
+                    seq: None,
+                    why: format!("longer than {MAX_LINE} bytes: not an audit entry"),
+                });
                 expect = None;
                 continue;
-            };
-            let e: Entry = match serde_json::from_str(text) {
-                Ok(e) => e,
-                Err(err) => {
-                    let why = if n == w.lines && w.unterminated {
-                        format!("incomplete entry (a write cut short, or an edit): {err}")
-                    } else {
-                        format!("not an audit entry: {err}")
-                    };
-                    bad(None, why);
-                    expect = None;
-                    continue;
-                }
-            };
-            w.max_seq = w.max_seq.max(e.seq);
-            let seq = Some(e.seq);
-            let own = if let Some(mac) = &e.mac {
-                w.mac_lines += 1;
-                if !line::mac_verifies(key, text) {
-                    bad(seq, "its MAC does not match: changed after it was written, or written without the hub's key".into());
-                    expect = None;
-                    continue;
-                }
-                w.mac_verified += 1;
-                w.mac_from.get_or_insert(e.seq);
-                if let Some(h) = head.filter(|h| h.seq == e.seq) {
-                    head_match = Some((n, h.mac == *mac));
-                }
-                if e.event == BROKEN_EVENT {
-                    acknowledge(&e.details, &mut w.acknowledged);
-                }
-                mac.clone()
-            } else if let Some(hash) = &e.hash {
-                if let Some(from) = w.mac_from {
-                    bad(seq, format!("it carries no MAC, yet the chain carries MACs from seq {from}: written without the hub's key"));
-                    expect = None;
-                    continue;
-                }
-                if let Some(h) = head.filter(|h| e.seq >= h.mac_from) {
-                    bad(seq, format!("it carries no MAC, yet the outbox records MACs from seq {}: rewritten without the hub's key", h.mac_from));
-                    expect = None;
-                    continue;
-                }
-                if line::legacy_hash(&e) != *hash {
-                    bad(
-                        seq,
-                        "its hash does not match: changed after it was written".into(),
-                    );
-                    expect = None;
-                    continue;
-                }
-                w.legacy += 1;
-                hash.clone()
-            } else {
-                bad(seq, "it carries neither a MAC nor a hash".into());
-                expect = None;
-                continue;
-            };
-            if let Some(why) = link_problem(n, &e, expect.as_ref()) {
-                bad(seq, why);
             }
-            w.entries += 1;
-            expect = Some((e.seq, own.clone()));
-            w.last = Some((e.seq, own));
+        };
+        w.lines = n;
+        w.unterminated = !terminated;
+        let mut bad = |seq: Option<u64>, why: String| {
+            w.breaks.push(Break { line: n, seq, why });
+        };
+        let Ok(text) = std::str::from_utf8(raw) else {
+            bad(None, "not UTF-8 text: not an audit entry".into());
+            expect = None;
+            continue;
+        };
+        let e: Entry = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(err) => {
+                let why = if !terminated {
+                    format!("incomplete entry (a write cut short, or an edit): {err}")
+                } else {
+                    format!("not an audit entry: {err}")
+                };
+                bad(None, why);
+                expect = None;
+                continue;
+            }
+        };
+        w.max_seq = w.max_seq.max(e.seq);
+        let seq = Some(e.seq);
+        let own = if let Some(mac) = &e.mac {
+            w.mac_lines += 1;
+            if !line::mac_verifies(key, text) {
+                bad(seq, "its MAC does not match: changed after it was written, or written without the hub's key".into());
+                expect = None;
+                continue;
+            }
+            w.mac_verified += 1;
+            w.mac_from.get_or_insert(e.seq);
+            if let Some(h) = head.filter(|h| h.seq == e.seq) {
+                head_match = Some((n, h.mac == *mac));
+            }
+            if e.event == BROKEN_EVENT {
+                acknowledge(&e.details, &mut w.acknowledged);
+            }
+            mac.clone()
+        } else if let Some(hash) = &e.hash {
+            if let Some(from) = w.mac_from {
+                bad(seq, format!("it carries no MAC, yet the chain carries MACs from seq {from}: written without the hub's key"));
+                expect = None;
+                continue;
+            }
+            if let Some(h) = head.filter(|h| e.seq >= h.mac_from) {
+                bad(seq, format!("it carries no MAC, yet the outbox records MACs from seq {}: rewritten without the hub's key", h.mac_from));
+                expect = None;
+                continue;
+            }
+            if line::legacy_hash(&e) != *hash {
+                bad(
+                    seq,
+                    "its hash does not match: changed after it was written".into(),
+                );
+                expect = None;
+                continue;
+            }
+            w.legacy += 1;
+            hash.clone()
+        } else {
+            bad(seq, "it carries neither a MAC nor a hash".into());
+            expect = None;
+            continue;
+        };
+        if let Some(why) = link_problem(n, &e, expect.as_ref()) {
+            bad(seq, why);
         }
+        w.entries += 1;
+        expect = Some((e.seq, own.clone()));
+        w.last = Some((e.seq, own));
     }
     if let Some(h) = head {
         let last_seq = w.last.as_ref().map_or(0, |l| l.0);
