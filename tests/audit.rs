@@ -132,6 +132,9 @@ impl Hub {
                     .any(|l| l.contains("alert_raised") && l.contains("audit_chain_broken"))
         });
         assert!(d.0.try_wait().unwrap().is_none(), "the daemon stopped");
+        wait_for("status to report the broken chain", || {
+            self.status()["audit"]["chain_broken"] == true
+        });
         d.stop();
         let recorded = self.recorded_breaks();
         assert_eq!(recorded[0]["breaks"][0]["seq"], seq);
@@ -141,6 +144,11 @@ impl Hub {
             alarms.iter().any(|a| a["transition"] == "raised"),
             "no technical alarm raised: {alarms:?}"
         );
+    }
+
+    /// `vitalgate status` as JSON.
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.cli(&["status"]).stdout).unwrap_or_default()
     }
 
     fn recorded_breaks(&self) -> Vec<serde_json::Value> {
@@ -472,4 +480,18 @@ fn a_daemon_killed_with_sigkill_leaves_a_log_the_next_start_accepts() {
     );
     let out = hub.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn status_shows_the_audit_head_of_the_running_daemon() {
+    let hub = Hub::new();
+    let mut d = hub.start();
+    wait_for("the head in status", || {
+        let last = hub.lines().last().cloned().unwrap();
+        let e: line::Entry = serde_json::from_str(&last).unwrap();
+        let s = hub.status();
+        s["audit"]["last_seq"] == e.seq && s["audit"]["last_mac"] == e.mac.unwrap()
+    });
+    assert_eq!(hub.status()["audit"]["chain_broken"], false);
+    d.stop();
 }

@@ -147,6 +147,17 @@ impl AuditLog {
         self.broken.clone()
     }
 
+    /// For `status`: the last entry written (the head) and whether a break was found.
+    pub fn status(&self) -> serde_json::Value {
+        let state = self.lock();
+        let last = state.mac_from.map(|_| state.next_seq.saturating_sub(1));
+        serde_json::json!({
+            "last_seq": last,
+            "last_mac": last.map(|_| state.prev.clone()),
+            "chain_broken": self.chain_broken(),
+        })
+    }
+
     /// Whether this process found the chain broken (see [`AuditLog::broken_flag`]).
     pub fn chain_broken(&self) -> bool {
         self.broken.load(Ordering::SeqCst)

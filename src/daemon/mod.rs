@@ -315,6 +315,7 @@ pub async fn run(
         let gateway = gateway_id.clone();
         let uplink_status = uplink_status.clone();
         let key_source = serde_json::to_value(master.source()).unwrap_or_default();
+        let audit = audit.clone();
         move |running: bool| {
             serde_json::json!({
                 "gateway": gateway,
@@ -328,6 +329,7 @@ pub async fn run(
                 "devices": registry.snapshot(OffsetDateTime::now_utc()),
                 "ingest": counters.snapshot(),
                 "uplink": uplink_status.as_ref().map(|s| serde_json::to_value(&*s.borrow()).unwrap_or_default()),
+                "audit": audit.status(),
             })
         }
     };
@@ -484,5 +486,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         }),
         "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
         "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
+        "audit": snapshot.as_ref().and_then(|s| s.get("audit")).cloned(),
     }))
 }
