@@ -495,3 +495,29 @@ fn status_shows_the_audit_head_of_the_running_daemon() {
     assert_eq!(hub.status()["audit"]["chain_broken"], false);
     d.stop();
 }
+
+#[test]
+fn a_refused_reload_whose_error_quotes_an_nhs_number_is_audited_without_it() {
+    let hub = Hub::new();
+    let mut d = hub.start();
+    let good = std::fs::read_to_string(&hub.config).unwrap();
+    // An NHS Number typed as a TOML integer: the parse error quotes the value.
+    std::fs::write(
+        &hub.config,
+        good.replace(&format!("\"{NHS}\""), "9434765919"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    wait_for("the refusal in the audit log", || {
+        hub.count("config_reload_refused") == 1
+    });
+    std::fs::write(&hub.config, &good).unwrap();
+    d.stop();
+    let log = std::fs::read_to_string(hub.log()).unwrap();
+    assert!(log.contains("***-***-5919"), "{log}");
+    assert!(
+        !log.contains("9434765919"),
+        "NHS Number in the audit log:\n{log}"
+    );
+    assert!(hub.cli(&["audit", "verify"]).status.success());
+}

@@ -85,3 +85,77 @@ pub fn alert(event: &AlertEvent) -> (String, Value) {
         }),
     )
 }
+
+/// Replaces anything in `details` that reads as a valid NHS Number (10 digits, plain or
+/// spaced 3-3-4, passing Modulus 11) with its redacted form. Details are built from ids and
+/// counts; this is the backstop for text that quotes input, e.g. a refused config's parse
+/// error that names the value it could not read.
+pub fn scrub_nhs_numbers(details: &mut Value) {
+    match details {
+        Value::String(s) => {
+            if let Some(clean) = scrub_text(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub_nhs_numbers),
+        Value::Object(map) => map.values_mut().for_each(scrub_nhs_numbers),
+        Value::Number(n) => {
+            let text = n.to_string();
+            if let Some(clean) = scrub_text(&text) {
+                *details = Value::String(clean);
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+fn scrub_text(s: &str) -> Option<String> {
+    static CANDIDATE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\d{3}[ -]?\d{3}[ -]?\d{4}").expect("a valid literal pattern")
+    });
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    let mut last = 0;
+    for m in CANDIDATE.find_iter(s) {
+        let digit_before = m.start() > 0 && bytes[m.start() - 1].is_ascii_digit();
+        let digit_after = bytes.get(m.end()).is_some_and(u8::is_ascii_digit);
+        let digits: String = m.as_str().chars().filter(char::is_ascii_digit).collect();
+        if digit_before || digit_after || crate::nhs_number::NhsNumber::parse(&digits).is_err() {
+            continue;
+        }
+        out.push_str(&s[last..m.start()]);
+        out.push_str(&crate::config::redact_nhs_number(&digits));
+        last = m.end();
+    }
+    (last > 0).then(|| {
+        out.push_str(&s[last..]);
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhs_numbers_are_redacted_wherever_they_appear_and_other_numbers_are_kept() {
+        let mut details = json!({
+            "problems": ["patient[0].nhs_number: invalid type: integer `9434765919`, expected a string"],
+            "spaced": "943 476 5919 and 943-476-5919",
+            "number": 9434765919u64,
+            "not_mod_11": "9434765918",
+            "longer": "19434765919",
+            "rows": 10,
+        });
+        scrub_nhs_numbers(&mut details);
+        assert_eq!(
+            details["problems"][0],
+            "patient[0].nhs_number: invalid type: integer `***-***-5919`, expected a string"
+        );
+        assert_eq!(details["spaced"], "***-***-5919 and ***-***-5919");
+        assert_eq!(details["number"], "***-***-5919");
+        assert_eq!(details["not_mod_11"], "9434765918");
+        assert_eq!(details["longer"], "19434765919");
+        assert_eq!(details["rows"], 10);
+    }
+}

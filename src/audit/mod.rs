@@ -312,6 +312,8 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
+        let mut details = details;
+        events::scrub_nhs_numbers(&mut details);
         let seq = state.next_seq;
         let time = OffsetDateTime::now_utc();
         let (line, mac) = line::seal(&self.key, seq, time, event, &details, &state.prev)
