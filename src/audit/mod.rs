@@ -57,6 +57,8 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: audit log broken: first bad {first}")]
+    Broken { path: PathBuf, first: Break },
     #[error("cannot derive the audit MAC key from the master key: {0}")]
     Key(#[from] crate::store::KeyError),
 }
@@ -342,6 +344,23 @@ impl AuditLog {
         }
         tracing::info!(audit_seq = seq, event, "audit");
         Ok(seq)
+    }
+}
+
+/// Checks the log file at `path` alone (no outbox head) under `master`; returns the number of
+/// authentic entries, or the first break. `vitalgate audit verify` also checks the head.
+pub fn verify(path: &Path, master: &MasterKey) -> Result<u64, AuditError> {
+    let key = master.audit_mac_key(line::MAC_KEY_LABEL)?;
+    let w = walk::walk(path, &key, None).map_err(|source| AuditError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match w.breaks.into_iter().next() {
+        None => Ok(w.entries),
+        Some(first) => Err(AuditError::Broken {
+            path: path.to_path_buf(),
+            first,
+        }),
     }
 }
 

@@ -178,6 +178,24 @@ fn an_entry_written_under_another_key_is_a_break_for_the_hubs_key() {
 }
 
 #[test]
+fn verify_counts_an_intact_file_and_names_the_first_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = key();
+    let (log, _) = log_with(dir.path(), &master, 3);
+    assert_eq!(verify(log.path(), &master).unwrap(), 3);
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(log.path(), kept.join("\n") + "\n").unwrap();
+    let e = verify(log.path(), &master).unwrap_err().to_string();
+    assert!(e.contains("first bad entry seq 3 (line 2)"), "{e}");
+}
+
+#[test]
 fn audit_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
