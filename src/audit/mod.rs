@@ -114,10 +114,13 @@ impl AuditLog {
     /// [`attach`]: AuditLog::attach
     pub fn open(dir: &Path, master: &MasterKey) -> Result<AuditLog, AuditError> {
         let path = dir.join(FILE_NAME);
-        std::fs::create_dir_all(dir).map_err(|source| AuditError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        // Private like the rest of the state directory (the daemon may open the log first).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| AuditError::Io {
+                path: path.clone(),
+                source,
+            })?;
         let key = master.audit_mac_key(line::MAC_KEY_LABEL)?;
         let w = walk::walk(&path, &key, None).map_err(|source| AuditError::Read {
             path: path.clone(),

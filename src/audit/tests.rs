@@ -196,6 +196,18 @@ fn verify_counts_an_intact_file_and_names_the_first_break() {
 }
 
 #[test]
+fn a_state_directory_created_for_the_log_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    AuditLog::open(&state, &key()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
+
+#[test]
 fn audit_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
