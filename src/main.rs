@@ -147,6 +147,31 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check or export the audit log (`audit.log` in the state directory).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every entry's MAC and link, and the head kept in the outbox. Exits 0 when
+    /// intact, 1 when broken (naming the first bad entry by sequence number and line).
+    Verify {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print entries as JSON lines, as stored (each with its MAC), with
+    /// SINCE <= time < UNTIL. Times: RFC 3339 or a date (midnight UTC).
+    Export {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, value_parser = vitalgate::audit::cli::parse_time)]
+        since: Option<time::OffsetDateTime>,
+        #[arg(long, value_parser = vitalgate::audit::cli::parse_time)]
+        until: Option<time::OffsetDateTime>,
+    },
 }
 
 /// An error that exits with 2 (usage or configuration).
@@ -350,6 +375,41 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             eprintln!("wrote a new master key to {} (mode 0600); back it up: without it the outbox cannot be read", path.display());
             Ok(())
         }
+        Command::Audit { action } => audit(action),
+    }
+}
+
+/// `vitalgate audit verify|export`; the work is in `vitalgate::audit::cli`.
+fn audit(action: AuditAction) -> anyhow::Result<()> {
+    match action {
+        AuditAction::Verify { config } => {
+            let cfg = Config::load(&config)?;
+            let master =
+                MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let dir = &cfg.gateway.state_dir;
+            let v = vitalgate::audit::cli::verify(dir, &cfg.outbox_path(), &master)?;
+            let path = dir.join(vitalgate::audit::FILE_NAME);
+            vitalgate::audit::cli::write_report(&path, &v, &mut std::io::stdout().lock())?;
+            match v.walk.breaks.first() {
+                None => Ok(()),
+                Some(first) => anyhow::bail!("audit log broken: first bad {first}"),
+            }
+        }
+        AuditAction::Export {
+            config,
+            since,
+            until,
+        } => {
+            let cfg = Config::load(&config)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let done =
+                vitalgate::audit::cli::export(&cfg.gateway.state_dir, since, until, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            for line in done.unreadable {
+                eprintln!("audit.log: line {line}: not an audit entry; skipped");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -377,7 +437,15 @@ fn keygen_audit(config: Option<&std::path::Path>, key: &std::path::Path) {
         .recursive(true)
         .mode(0o700)
         .create(&dir);
-    let recorded = vitalgate::audit::AuditLog::open(&dir).and_then(|log| {
+    // Audited under the new key: the log's MACs are keyed from the master key.
+    let master = match MasterKey::load(key) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("keygen: not audited: {e}");
+            return;
+        }
+    };
+    let recorded = vitalgate::audit::AuditLog::open(&dir, &master).and_then(|log| {
         log.record("keygen", serde_json::json!({"path": key}))?;
         Ok(log.path().to_path_buf())
     });

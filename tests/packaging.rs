@@ -287,7 +287,11 @@ fn keygen_audits_in_the_config_state_dir_not_next_to_the_key() {
     let log = std::fs::read_to_string(state.join("audit.log")).expect("audit.log in the state dir");
     assert!(log.contains("\"keygen\""), "{log}");
     assert_eq!(
-        vitalgate::audit::verify(&state.join("audit.log")).unwrap(),
+        vitalgate::audit::verify(
+            &state.join("audit.log"),
+            &vitalgate::store::MasterKey::load(&key).unwrap()
+        )
+        .unwrap(),
         1
     );
 }

@@ -818,6 +818,12 @@ impl AlertEngine {
         out
     }
 
+    /// Reports whether the audit log's start check found a new break (raised at once, cleared
+    /// at once when a later start finds the break already recorded).
+    pub fn on_audit_chain(&mut self, now: OffsetDateTime, broken: bool) -> Vec<AlertEvent> {
+        self.on_storage(now, TechnicalCondition::AuditChainBroken, broken)
+    }
+
     /// Reports a storage condition of the gateway (`StorageFull`, `StorageError`): raised
     /// at once when `active`, cleared at once when not.
     pub fn on_storage(
@@ -1602,6 +1608,11 @@ impl AlertEngine {
                 ev.transition,
                 "gateway storage error: readings could not be stored and were lost; see the gateway's journal",
                 "gateway storage working again",
+            ),
+            TechnicalCondition::AuditChainBroken => on_off(
+                ev.transition,
+                "audit log altered: entries were changed, removed or reordered; run `vitalgate audit verify` and report to information governance",
+                "audit log break recorded in the chain; `vitalgate audit verify` still names it",
             ),
         };
         ev.technical = Some(d);

@@ -134,6 +134,8 @@ pub enum TechnicalCondition {
     StorageFull,
     /// A batch could not be stored for a permanent reason (a constraint, the schema).
     StorageError,
+    /// The audit log is not what the hub wrote (see `crate::audit`).
+    AuditChainBroken,
 }
 
 /// Facts behind a technical alarm; only the fields relevant to the condition are present.

@@ -13,6 +13,7 @@
 //! | clock not synchronised | `technical:clock_not_synchronised` | low | caller reports unsynchronised for `clock_unsynced_after_secs` | caller reports synchronised |
 //! | storage full | `technical:storage_full` | high | the outbox's file system is full (readings held in memory, devices held back) | a commit succeeds again |
 //! | storage error | `technical:storage_error` | high | a batch was given up on a permanent error (readings not stored) | the next batch commits |
+//! | audit chain broken | `technical:audit_chain_broken` | medium | the start check found a break not recorded before | the next start (the break is then recorded in the chain) |
 //!
 //! Device silence is the dead-man alarm of remote monitoring: a patient whose device stopped
 //! sending is a patient nobody is watching, hence medium. It is judged on gateway time (`now`
@@ -39,6 +40,7 @@ impl TechnicalCondition {
             TechnicalCondition::ClockNotSynchronised => "clock_not_synchronised",
             TechnicalCondition::StorageFull => "storage_full",
             TechnicalCondition::StorageError => "storage_error",
+            TechnicalCondition::AuditChainBroken => "audit_chain_broken",
         }
     }
 
@@ -47,7 +49,8 @@ impl TechnicalCondition {
         match self {
             TechnicalCondition::DeviceSilent
             | TechnicalCondition::RepeatedRejections
-            | TechnicalCondition::OutboxNearFull => Priority::Medium,
+            | TechnicalCondition::OutboxNearFull
+            | TechnicalCondition::AuditChainBroken => Priority::Medium,
             TechnicalCondition::SensorOff
             | TechnicalCondition::ProbeDisconnected
             | TechnicalCondition::LowBattery

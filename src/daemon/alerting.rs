@@ -65,6 +65,8 @@ pub struct AlertHook {
     last_persist: Instant,
     uplink: Option<watch::Receiver<UplinkStatus>>,
     annunciator: Option<Vec<String>>,
+    /// Every alert transition is audited; a broken audit chain is a technical alarm.
+    audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
 
 impl AlertHook {
@@ -107,7 +109,14 @@ impl AlertHook {
             last_persist: Instant::now(),
             uplink,
             annunciator: config.alerts.annunciator_command.clone(),
+            audit: None,
         })
+    }
+
+    /// Audits every alert transition in `audit`, and raises the audit-chain alarm from it.
+    pub fn with_audit(mut self, audit: std::sync::Arc<crate::audit::AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     fn alert_records(&mut self, patient: &str, events: Vec<AlertEvent>) -> Vec<Record> {
@@ -118,6 +127,10 @@ impl AlertHook {
             .into_iter()
             .filter_map(|event| {
                 self.annunciate(&event);
+                if let Some(audit) = &self.audit {
+                    let (name, details) = crate::audit::events::alert(&event);
+                    audit.note(&name, details);
+                }
                 match serde_json::to_value(&event) {
                     Ok(json) => Some(Record::Alert(AlertRecord {
                         patient_id: patient.to_string(),
@@ -335,6 +348,7 @@ impl CommitHook for AlertHook {
 
     fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
         let synced = super::clock_synced();
+        let audit_broken = self.audit.as_ref().is_some_and(|a| a.chain_broken());
         let mut records = Vec::new();
         let patients: Vec<String> = self.engines.keys().cloned().collect();
         for p in patients {
@@ -345,6 +359,7 @@ impl CommitHook for AlertHook {
             let mut events = ticked.events;
             events.extend(engine.on_outbox_depth(now, backlog, self.capacity));
             events.extend(engine.on_clock_sync(now, synced));
+            events.extend(engine.on_audit_chain(now, audit_broken));
             self.dirty.insert(p.clone());
             records.extend(self.alert_records(&p, events));
             // A held observation set scored now (`news2_set_hold_secs` passed).

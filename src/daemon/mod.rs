@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub process_shutdown: Option<CancellationToken>,
     /// The live state (`live.sock`, `status`, `top`); the demo passes its own to read the tally.
     pub live: Option<crate::live::Live>,
+    /// The process's one audit writer, shared across reloads (opened here when `None`).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Calls several hooks in order.
@@ -133,9 +135,19 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
-    // One daemon per state dir, before anything in it is opened (instance_lock.rs).
-    let _instance = instance_lock::InstanceLock::acquire(&state_dir)?;
-    let audit = Arc::new(AuditLog::open(&state_dir)?);
+    // One daemon per state dir, before anything in it is opened (instance_lock.rs). Under
+    // `serve` the supervisor holds the lock (it opens the audit log first); a run that opens
+    // its own audit log (demo, tests) takes it here.
+    let own_audit = opts.audit.is_none();
+    let _instance = if own_audit {
+        Some(instance_lock::InstanceLock::acquire(&state_dir)?)
+    } else {
+        None
+    };
+    let audit = match opts.audit.take() {
+        Some(a) => a,
+        None => Arc::new(AuditLog::open(&state_dir, &master)?),
+    };
 
     let outbox_path = config.outbox_path();
     let (outbox, report) = match Outbox::open(&outbox_path, &master) {
@@ -150,6 +162,11 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    // The audit chain is checked against its head in the outbox (a break is an alarm and an
+    // audit entry, never a reason not to run).
+    if let Err(e) = audit.attach(Box::new(Outbox::open_secondary(&outbox_path, &master)?)) {
+        tracing::error!(error = %e, "audit log cannot be checked at start");
+    }
     if let Some(aside) = &report.corrupt_moved_to {
         audit.note(
             "outbox_corrupt_set_aside",
@@ -164,6 +181,7 @@ pub async fn run(
     }
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
+    audit.note_started(crate::audit::events::started(&config, &gateway_id));
 
     // Offsets of followed files, committed with their readings.
     let mut cursors = std::collections::HashMap::new();
@@ -230,7 +248,8 @@ pub async fn run(
         uplink_status.clone(),
         OffsetDateTime::now_utc(),
     )
-    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?;
+    .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?
+    .with_audit(audit.clone());
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
     let mut hooks: Vec<Box<dyn CommitHook>> = vec![
         Box::new(crate::live::Tap::new(Box::new(alert_hook), live.clinical())),
@@ -317,6 +336,13 @@ pub async fn run(
         });
     }
 
+    // Rows the publisher quarantines are audited (audit/watch.rs).
+    tracker.spawn(crate::audit::watch::quarantine(
+        Outbox::open_secondary(&outbox_path, &master)?,
+        audit.clone(),
+        retention_token.clone(),
+    ));
+
     // Status snapshot.
     let snapshot = {
         let registry = registry.clone();
@@ -324,6 +350,7 @@ pub async fn run(
         let gateway = gateway_id.clone();
         let uplink_status = uplink_status.clone();
         let key_source = serde_json::to_value(master.source()).unwrap_or_default();
+        let audit = audit.clone();
         move |running: bool| {
             serde_json::json!({
                 "gateway": gateway,
@@ -337,6 +364,7 @@ pub async fn run(
                 "devices": registry.snapshot(OffsetDateTime::now_utc()),
                 "ingest": counters.snapshot(),
                 "uplink": uplink_status.as_ref().map(|s| serde_json::to_value(&*s.borrow()).unwrap_or_default()),
+                "audit": audit.status(),
             })
         }
     };
@@ -427,6 +455,11 @@ pub async fn run(
         }
     }
     let _ = status::write_snapshot(&state_dir, &snapshot(false));
+    // The owner of the writer records the stop while the head still follows the file.
+    if own_audit {
+        audit.note("daemon_stopped", serde_json::json!({}));
+        audit.detach();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -511,5 +544,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         }),
         "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
         "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
+        "audit": snapshot.as_ref().and_then(|s| s.get("audit")).cloned(),
     }))
 }

@@ -30,7 +30,17 @@ pub async fn serve(
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
     notifier: Option<Arc<dyn super::systemd::Notifier>>,
 ) -> Result<(), DaemonError> {
-    loop {
+    // One daemon per state dir (taken before the audit log is opened, so a second instance
+    // writes nothing into the first one's log), and one audit writer for the whole process:
+    // every generation and reload shares it.
+    let mut _instance = super::instance_lock::InstanceLock::acquire(&config.gateway.state_dir)?;
+    let mut audit = Arc::new(AuditLog::open(&config.gateway.state_dir, &master)?);
+    let result = loop {
+        if audit.path().parent() != Some(config.gateway.state_dir.as_path()) {
+            super::create_private_dir(&config.gateway.state_dir)?;
+            _instance = super::instance_lock::InstanceLock::acquire(&config.gateway.state_dir)?;
+            audit = Arc::new(AuditLog::open(&config.gateway.state_dir, &master)?);
+        }
         let generation = shutdown.child_token();
         let certs = Arc::new(Notify::new());
         let next: Arc<Mutex<Option<Config>>> = Arc::default();
@@ -43,20 +53,17 @@ pub async fn serve(
                 generation.clone(),
             );
             let current = config.clone();
-            let audit_dir = config.gateway.state_dir.clone();
+            let audit = audit.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = generation.cancelled() => return,
                         _ = reload.notified() => {}
                     }
-                    let audit = AuditLog::open(&audit_dir).ok();
                     match Config::load_and_check(&path, None) {
                         Err(e) => {
                             tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
-                            if let Some(a) = &audit {
-                                a.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>()}));
-                            }
+                            audit.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>()}));
                         }
                         Ok(new) if new == current => {
                             tracing::info!("config unchanged; reloading certificates and keys");
@@ -66,8 +73,11 @@ pub async fn serve(
                             tracing::info!(
                                 "config changed; restarting the pipeline at a safe point"
                             );
-                            if let Some(a) = &audit {
-                                a.note("config_applied", serde_json::json!({"file": path}));
+                            audit.note("config_applied", serde_json::json!({"file": path}));
+                            for (event, details) in
+                                crate::audit::events::config_changes(&current, &new)
+                            {
+                                audit.note(event, details);
                             }
                             *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
                             generation.cancel();
@@ -83,6 +93,7 @@ pub async fn serve(
             ready: Some(tx),
             notifier: notifier.clone(),
             process_shutdown: Some(shutdown.clone()),
+            audit: Some(audit.clone()),
             ..Default::default()
         };
         if let Some(ready) = ready.take() {
@@ -95,14 +106,20 @@ pub async fn serve(
         let result = run(config.clone(), master.duplicate(), generation.clone(), opts).await;
         generation.cancel();
         let _ = watcher.await;
-        result?;
-        if shutdown.is_cancelled() {
-            return Ok(());
+        if result.is_err() || shutdown.is_cancelled() {
+            break result;
         }
         let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
         match new {
             Some(new) => config = new,
-            None => return Ok(()),
+            None => break Ok(()),
         }
-    }
+    };
+    let stopped = match &result {
+        Ok(()) => serde_json::json!({}),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    audit.note("daemon_stopped", stopped);
+    audit.detach();
+    result
 }

@@ -431,6 +431,22 @@ fn open_with(
     Ok(())
 }
 
+/// Salt for the audit log's key derivation: its own, so no outbox data key can equal it.
+const AUDIT_HKDF_SALT: &[u8] = b"vitalgate/audit/v1";
+
+impl MasterKey {
+    /// The audit log's HMAC-SHA256 key: HKDF-SHA256 of the master key with the audit salt and
+    /// `label` as info. Only the derived key leaves this module; it cannot yield the master key.
+    pub fn audit_mac_key(&self, label: &[u8]) -> Result<ring::hmac::Key, KeyError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, AUDIT_HKDF_SALT).extract(&self.bytes[..]);
+        let info = [label];
+        // `expand` fails only for lengths HKDF cannot produce; an HMAC-SHA256 key is 32 bytes.
+        prk.expand(&info, ring::hmac::HMAC_SHA256)
+            .map(ring::hmac::Key::from)
+            .map_err(|_| KeyError::Derive)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

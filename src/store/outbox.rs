@@ -892,6 +892,23 @@ impl Outbox {
             .map(|_| ())
     }
 
+    /// The audit log's head (`crate::audit`), kept here so a truncated log file is detected.
+    /// An opaque blob (a BLOB keeps `meta`'s integer affinity from touching it).
+    pub fn audit_head(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        audit_head_of(&self.conn).map_err(self.sql_err())
+    }
+
+    /// Replaces the audit log's head; written after the log line itself is on disk.
+    pub fn set_audit_head(&self, head: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [head],
+            )
+            .map(|_| ())
+            .map_err(self.sql_err())
+    }
+
     /// Direct access for tests that tamper with rows on disk.
     #[doc(hidden)]
     pub fn connection(&self) -> &Connection {
@@ -931,6 +948,35 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
         })
         .map_err(err)?;
     stats_of(&conn, path, current)
+}
+
+/// The audit log's head read without the key (`vitalgate audit verify` beside a running
+/// daemon); `None` when the outbox or the head does not exist yet.
+pub fn audit_head_readonly(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version == 0 {
+        return Ok(None);
+    }
+    audit_head_of(&conn).map_err(err)
+}
+
+fn audit_head_of(conn: &Connection) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'audit_head'", [], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxStats, StoreError> {
