@@ -10,6 +10,7 @@
 //! Bluetooth LE central (btleplug on BlueZ).
 
 pub mod ble;
+pub mod mllp;
 pub mod serial;
 pub mod simulator;
 pub mod stream;
