@@ -46,6 +46,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub ble: BleSection,
+    /// Ward monitors: HL7 v2 ORU^R01 over MLLP (`[hl7]`, `[[hl7.bed]]`; see docs/hl7.md).
+    #[serde(default)]
+    pub hl7: Option<crate::hl7::config::Hl7Config>,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -452,6 +455,12 @@ impl Config {
                         format!("{} {}", e.value, e.reason),
                     );
                 }
+            }
+        }
+
+        if let Some(h) = &self.hl7 {
+            for (k, m) in h.problems(&patient_ids) {
+                problem(format!("hl7.{k}"), m);
             }
         }
 

@@ -30,6 +30,7 @@ pub async fn serve(
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
     notifier: Option<Arc<dyn super::systemd::Notifier>>,
 ) -> Result<(), DaemonError> {
+    let hl7 = Arc::new(super::hl7::Hl7Shared::default()); // held readings outlive a reload
     loop {
         let generation = shutdown.child_token();
         let certs = Arc::new(Notify::new());
@@ -83,6 +84,7 @@ pub async fn serve(
             ready: Some(tx),
             notifier: notifier.clone(),
             process_shutdown: Some(shutdown.clone()),
+            hl7: Some(hl7.clone()),
             ..Default::default()
         };
         if let Some(ready) = ready.take() {

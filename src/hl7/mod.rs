@@ -14,6 +14,7 @@
 
 pub mod ack;
 pub mod codes;
+pub mod config;
 pub mod escape;
 pub mod oru;
 pub mod time;

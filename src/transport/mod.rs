@@ -11,6 +11,7 @@
 
 pub mod ble;
 pub mod mllp;
+pub mod mllp_server;
 pub mod serial;
 pub mod simulator;
 pub mod stream;
