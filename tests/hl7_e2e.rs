@@ -88,10 +88,6 @@ impl Gateway {
         }
     }
 
-    fn readings_backlog(&self) -> u64 {
-        self.status()["backlog"]["readings"].as_u64().unwrap_or(0)
-    }
-
     /// Connects once the listener is up.
     async fn connect(&self) -> TcpStream {
         within(30, "the MLLP listener", async {
