@@ -607,3 +607,88 @@ fn check_config_names_each_hl7_problem() {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
 }
+
+/// Issue 16 point 6: `vitalgate simulate hl7-monitor --to HOST:PORT` sends a monitor's stream
+/// that the gateway stores under the bound bed's patient, one `CA` per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hl7_monitor_simulator_feeds_a_bound_bed() {
+    let g = local_gateway("", &bed("3West^301^1", "p1"));
+    let _d = Daemon::start(&g.config);
+    drop(g.connect().await); // the listener is up
+    let to = format!("127.0.0.1:{}", g.port);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "simulate",
+                "hl7-monitor",
+                "--to",
+                &to,
+                "--count",
+                "3",
+                "--interval-ms",
+                "50",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "simulator: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.ends_with(" CA")), "{lines:?}");
+    let st = g
+        .status_until(30, "the simulated readings", |s| {
+            s["hl7"]["messages"]["stored"] == 3
+        })
+        .await;
+    assert!(
+        st["backlog"]["readings"].as_u64().unwrap() >= 3 * 4,
+        "{st:#}"
+    );
+    let devices = st["devices"].as_array().unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["patient"] == "p1" && d["id"] == "hl7-00A0370098006640-1.3"),
+        "{st:#}"
+    );
+}
+
+#[test]
+fn simulate_hl7_monitor_without_to_or_with_a_bad_eui_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "hl7-monitor",
+            "--to",
+            "127.0.0.1:9",
+            "--eui64",
+            "xyz",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["simulate", "nonin-fmt2", "--to", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,6 +10,7 @@
 //! Bluetooth LE central (btleplug on BlueZ).
 
 pub mod ble;
+pub mod hl7_simulator;
 pub mod mllp;
 pub mod mllp_server;
 pub mod serial;
