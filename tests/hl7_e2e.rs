@@ -692,3 +692,117 @@ fn simulate_hl7_monitor_without_to_or_with_a_bad_eui_is_a_usage_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 16 point 1: with `[hl7] tls`, a monitor presenting a certificate from the
+/// configured CA is served over TLS 1.3; one without a certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_monitors_with_a_client_certificate_are_served() {
+    use std::sync::Arc;
+    let ca = Ca::new("ward-ca");
+    let g = Gateway::new(String::new());
+    let d = g.dir.path();
+    let (scert, skey) = ca.server();
+    let (ccert, ckey) = ca.client("monitor-301", false);
+    for (name, pem) in [
+        ("ca.pem", &ca.cert_pem),
+        ("server.pem", &scert),
+        ("server.key", &skey),
+        ("client.pem", &ccert),
+        ("client.key", &ckey),
+    ] {
+        std::fs::write(d.join(name), pem).unwrap();
+    }
+    g.write(
+        &format!(
+            "tls = {{ cert_file = \"{0}/server.pem\", key_file = \"{0}/server.key\", client_ca_file = \"{0}/ca.pem\" }}\n",
+            d.display()
+        ),
+        &bed("3West^301^1", "p1"),
+    );
+    let _daemon = Daemon::start(&g.config);
+    let with_cert = vitalgate::uplink::tls::load(
+        &vitalgate::uplink::UplinkConfig {
+            broker: "localhost".into(),
+            ca_file: d.join("ca.pem"),
+            cert_file: d.join("client.pem"),
+            key_file: d.join("client.key"),
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .config;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = g.connect().await;
+    let mut tls = tokio_rustls::TlsConnector::from(with_cert)
+        .connect(server_name.clone(), tcp)
+        .await
+        .expect("handshake with a client certificate");
+    tls.write_all(&frame(&oru(
+        "T1",
+        "3West^301^1",
+        "00A0370098006601",
+        1,
+        "\r",
+    )))
+    .await
+    .unwrap();
+    let mut d2 = vitalgate::transport::mllp::Deframer::new(1 << 20);
+    let mut ev = Vec::new();
+    let mut buf = [0u8; 4096];
+    within(30, "the ACK over TLS", async {
+        while ev.is_empty() {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            d2.feed(&buf[..n], &mut ev);
+        }
+    })
+    .await;
+    let vitalgate::transport::mllp::Event::Frame(ack) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert!(String::from_utf8_lossy(ack).contains("MSA|CA|T1"));
+
+    // No client certificate: the handshake (or the first read after it) fails.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let no_cert = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = g.connect().await;
+    let refused = match tokio_rustls::TlsConnector::from(Arc::new(no_cert))
+        .connect(server_name, tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s
+                .write_all(&frame(&oru(
+                    "T2",
+                    "3West^301^1",
+                    "00A0370098006601",
+                    2,
+                    "\r",
+                )))
+                .await;
+            matches!(
+                within(30, "a refusal", s.read(&mut buf)).await,
+                Ok(0) | Err(_)
+            )
+        }
+    };
+    assert!(
+        refused,
+        "a monitor without a certificate must not be served"
+    );
+    g.status_until(30, "the TLS failure counted", |s| {
+        s["hl7"]["connections"]["tls_failures"] == 1
+    })
+    .await;
+}
