@@ -311,3 +311,13 @@ fn h3_python_hl7_ack_block_reads_as_aa_for_its_message() {
     assert_eq!(msa.field(1).unwrap().raw_value(), "AA");
     assert_eq!(msa.field(2).unwrap().raw_value(), "HL7MSG00001");
 }
+
+/// Security: PID-3 (an NHS Number or MRN) never appears in a decoded message's Debug output.
+#[test]
+fn a_decoded_message_debug_output_never_shows_patient_identifiers() {
+    let msg = mindray_live().replace("2eefgghy^^^Hospital^PI", "9434765919^^^NHS^NH");
+    let oru = hl7::decode(&msg, ZONE).unwrap();
+    let shown = format!("{oru:?}");
+    assert!(!shown.contains("9434765919"), "{shown}");
+    assert!(shown.contains("1 redacted"), "{shown}");
+}

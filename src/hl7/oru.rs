@@ -118,8 +118,8 @@ impl Row {
     }
 }
 
-/// A decoded ORU^R01.
-#[derive(Debug, Clone, PartialEq)]
+/// A decoded ORU^R01. Its `Debug` shows how many PID-3 identifiers it holds, never them.
+#[derive(Clone, PartialEq)]
 pub struct Oru {
     pub header: Header,
     /// PV1-3 as sent (`3West^301^1`), the bed.
@@ -129,6 +129,21 @@ pub struct Oru {
     /// PID-3 identifiers (CX.1 of each repetition). Patient data: never logged.
     pub patient_ids: Vec<String>,
     pub rows: Vec<Row>,
+}
+
+impl std::fmt::Debug for Oru {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oru")
+            .field("header", &self.header)
+            .field("location", &self.location)
+            .field("device", &self.device)
+            .field(
+                "patient_ids",
+                &format_args!("[{} redacted]", self.patient_ids.len()),
+            )
+            .field("rows", &self.rows)
+            .finish()
+    }
 }
 
 impl Oru {
