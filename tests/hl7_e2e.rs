@@ -471,6 +471,13 @@ async fn an_unbound_monitor_is_held_shown_in_status_and_released_when_its_bed_is
                 .starts_with("hl7-00A0370098006699")),
         "{st:#}"
     );
+    // The reloaded listener serves the now-bound monitor directly.
+    let mut s = g.connect().await;
+    s.write_all(&frame(&oru("U2", "4East^9^2", "00A0370098006699", 2, "\r")))
+        .await
+        .unwrap();
+    let (code, id, _) = read_ack(&mut s).await;
+    assert_eq!((code.as_str(), id.as_str()), ("CA", "U2"));
 }
 
 /// Issue 16 point 3, protocols.md §4 pitfall 10: the Mindray demo-mode sample is refused
