@@ -321,3 +321,26 @@ fn a_decoded_message_debug_output_never_shows_patient_identifiers() {
     assert!(!shown.contains("9434765919"), "{shown}");
     assert!(shown.contains("1 redacted"), "{shown}");
 }
+
+/// Blank lines between segments (an export that ends segments with CR and LF separately, or a
+/// stray empty line) are not segments and do not make the message unreadable.
+#[test]
+fn blank_lines_between_segments_are_ignored() {
+    let live = mindray_live();
+    let blank = live.replace("\rOBX|2|", "\r\r\n\rOBX|2|");
+    assert_eq!(
+        hl7::decode(&blank, ZONE).unwrap(),
+        hl7::decode(&live, ZONE).unwrap()
+    );
+}
+
+/// A segment the parser cannot read never silently truncates the message: the rest would be
+/// lost while the monitor is told it was stored.
+#[test]
+fn an_unparsable_segment_refuses_the_message_instead_of_truncating_it() {
+    let broken = mindray_live().replace("\rOBX|4|", "\r|bad|\rOBX|4|");
+    match hl7::decode(&broken, ZONE) {
+        Err(Refusal::Malformed { at, .. }) => assert_eq!(at, "segment 8"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -165,10 +165,13 @@ impl Oru {
 }
 
 /// Segment terminators normalised to CR (monitors and simulators send LF or CRLF too), and
-/// trailing terminators removed (an empty last segment is not a segment).
+/// empty lines removed (a blank line is not a segment; `hl7-parser` would stop there).
 fn normalise(text: &str) -> String {
     let t = text.replace("\r\n", "\r").replace('\n', "\r");
-    t.trim_end_matches('\r').to_string()
+    t.split('\r')
+        .filter(|seg| !seg.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\r")
 }
 
 fn raw<'a>(seg: &'a Segment<'_>, n: usize) -> &'a str {
@@ -236,6 +239,15 @@ pub fn decode(text: &str, zone: MonitorZone) -> Result<Oru, Refusal> {
         ));
     }
     let msg = Message::parse(&text).map_err(|e| Refusal::NotHl7(e.to_string()))?;
+    // hl7-parser returns what it could read and stops silently at a segment it cannot
+    // parse: a message it did not read to the end is refused, never half-stored.
+    let parsed = msg.segments().count();
+    if parsed != text.split('\r').count() {
+        return Err(Refusal::Malformed {
+            at: format!("segment {}", parsed + 1),
+            reason: "cannot be parsed (a segment is a 3-character name, then fields)".into(),
+        });
+    }
     let sep = msg.separators;
     let msh = msg
         .segment("MSH")
