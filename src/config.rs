@@ -50,6 +50,9 @@ pub struct Config {
     /// `[status]`: when `vitalgate status` reports degraded (see `live::health`).
     #[serde(default)]
     pub status: crate::live::StatusThresholds,
+    /// Ward monitors: HL7 v2 ORU^R01 over MLLP (`[hl7]`, `[[hl7.bed]]`; see docs/hl7.md).
+    #[serde(default)]
+    pub hl7: Option<crate::hl7::config::Hl7Config>,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -526,6 +529,12 @@ impl Config {
                         format!("{} {}", e.value, e.reason),
                     );
                 }
+            }
+        }
+
+        if let Some(h) = &self.hl7 {
+            for (k, m) in h.problems(&patient_ids) {
+                problem(format!("hl7.{k}"), m);
             }
         }
 

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod doctor;
 pub mod drivers;
 pub mod fhir;
+pub mod hl7;
 pub mod ingest;
 pub mod live;
 pub mod nhs_number;

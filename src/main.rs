@@ -89,13 +89,26 @@ enum Command {
     /// stdout), then sends the driver's frames with a simulated patient's values until stopped.
     ///
     /// Drivers: nonin-fmt2, nonin-fmt7, nonin-fmt8, contec-cms50d, contec-cms50d-legacy,
-    /// masimo-ascii.
+    /// masimo-ascii. `hl7-monitor --to HOST:PORT` is a bedside monitor sending HL7 v2
+    /// ORU^R01 over MLLP to a gateway's `[hl7]` listener instead (one line per ACK).
     Simulate {
-        /// Serial driver whose protocol to speak.
+        /// Serial driver whose protocol to speak, or `hl7-monitor`.
         driver: String,
-        /// Create a pseudo-terminal (the only device kind so far; required).
-        #[arg(long, required = true)]
+        /// Create a pseudo-terminal (serial drivers; required for them).
+        #[arg(long, required_unless_present = "to")]
         pty: bool,
+        /// hl7-monitor: the gateway's MLLP listener.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "pty")]
+        to: Option<String>,
+        /// hl7-monitor: the bed, as PV1-3.
+        #[arg(long, default_value = "3West^301^1")]
+        location: String,
+        /// hl7-monitor: the monitor's EUI-64 (MSH-3, OBX-18).
+        #[arg(long, default_value = "00A0370098006640")]
+        eui64: String,
+        /// hl7-monitor: stop after this many acknowledged messages.
+        #[arg(long)]
+        count: Option<u64>,
         /// Also make a symlink here pointing at the pty (a stable path, like /dev/serial/by-id).
         #[arg(long, value_name = "PATH")]
         link: Option<PathBuf>,
@@ -323,12 +336,33 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         } => decode(driver, frames, text, list, devices),
         Command::Simulate {
             driver,
+            to: Some(to),
+            location,
+            eui64,
+            count,
+            interval_ms,
+            scenario,
+            seed,
+            ..
+        } => simulate_hl7(
+            driver,
+            to,
+            location,
+            eui64,
+            count,
+            interval_ms,
+            &scenario,
+            seed,
+        ),
+        Command::Simulate {
+            driver,
             pty: _,
             link,
             interval_ms,
             faults,
             scenario,
             seed,
+            ..
         } => simulate(driver, link, interval_ms, &faults, &scenario, seed),
         Command::Status { config, json } => {
             use std::io::IsTerminal;
@@ -724,6 +758,58 @@ fn simulate(
         tracing::info!(frames, "simulator stopped");
         Ok(())
     })
+}
+
+/// `simulate hl7-monitor --to HOST:PORT`: a bedside monitor over MLLP.
+#[allow(clippy::too_many_arguments)]
+fn simulate_hl7(
+    driver: String,
+    to: String,
+    location: String,
+    eui64: String,
+    count: Option<u64>,
+    interval_ms: u64,
+    scenario: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use vitalgate::transport::hl7_simulator::{run, Hl7SimError, Hl7SimOptions};
+    if driver != "hl7-monitor" {
+        return Err(UsageError(format!(
+            "--to is for `simulate hl7-monitor`, not {driver:?}; serial drivers take --pty"
+        ))
+        .into());
+    }
+    let scenario = match scenario {
+        "stable" => vitalgate::drivers::sim::Scenario::Stable,
+        "deteriorating" => vitalgate::drivers::sim::Scenario::Deteriorating,
+        "faulty" => vitalgate::drivers::sim::Scenario::Faulty,
+        other => {
+            return Err(UsageError(format!(
+                "unknown scenario {other:?}; use stable, deteriorating or faulty"
+            ))
+            .into())
+        }
+    };
+    let opts = Hl7SimOptions {
+        to,
+        location,
+        eui64,
+        interval: std::time::Duration::from_millis(interval_ms),
+        scenario,
+        seed,
+        count,
+    };
+    let (rt, token) = runtime_with_signals(None)?;
+    let report = rt.block_on(run(opts, token)).map_err(|e| match e {
+        Hl7SimError::BadEui(_) => anyhow::Error::new(UsageError(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    tracing::info!(
+        sent = report.sent,
+        acknowledged = report.acknowledged,
+        "simulator stopped"
+    );
+    Ok(())
 }
 
 fn demo(

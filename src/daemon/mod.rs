@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub live: Option<crate::live::Live>,
     /// The process's one audit writer, shared across reloads (opened here when `None`).
     pub audit: Option<Arc<AuditLog>>,
+    /// HL7 counters and readings held from unbound monitors, kept across reloads (a new
+    /// generation releases what its config now binds); `None` starts afresh.
+    pub hl7: Option<Arc<hl7::Hl7Shared>>,
 }
 
 /// Calls several hooks in order.
@@ -279,6 +282,15 @@ pub async fn run(
         &devices_token,
         &tracker,
     );
+    let hl7_shared = opts.hl7.clone().unwrap_or_default();
+    hl7::spawn(
+        &config,
+        &ingest,
+        &registry,
+        hl7_shared.clone(),
+        &devices_token,
+        &tracker,
+    );
     // Time-based alert rules (device silent, persistence, outbox depth) run once a second.
     {
         let ingest = ingest.clone();
@@ -351,6 +363,7 @@ pub async fn run(
         let uplink_status = uplink_status.clone();
         let key_source = serde_json::to_value(master.source()).unwrap_or_default();
         let audit = audit.clone();
+        let hl7_listen = config.hl7.as_ref().map(|h| h.listen.clone());
         move |running: bool| {
             serde_json::json!({
                 "gateway": gateway,
@@ -365,6 +378,7 @@ pub async fn run(
                 "ingest": counters.snapshot(),
                 "uplink": uplink_status.as_ref().map(|s| serde_json::to_value(&*s.borrow()).unwrap_or_default()),
                 "audit": audit.status(),
+                "hl7": hl7_listen.as_ref().map(|l| hl7_shared.status(l)),
             })
         }
     };
@@ -481,6 +495,7 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 
 pub mod alerting;
 pub mod devices;
+pub mod hl7;
 pub mod instance_lock;
 pub mod publish;
 pub mod supervisor;
@@ -545,5 +560,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
         "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
         "audit": snapshot.as_ref().and_then(|s| s.get("audit")).cloned(),
+        "hl7": snapshot.as_ref().and_then(|s| s.get("hl7")).cloned(),
     }))
 }

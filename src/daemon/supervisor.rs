@@ -35,6 +35,7 @@ pub async fn serve(
     // every generation and reload shares it.
     let mut _instance = super::instance_lock::InstanceLock::acquire(&config.gateway.state_dir)?;
     let mut audit = Arc::new(AuditLog::open(&config.gateway.state_dir, &master)?);
+    let hl7 = Arc::new(super::hl7::Hl7Shared::default()); // held readings outlive a reload
     let result = loop {
         if audit.path().parent() != Some(config.gateway.state_dir.as_path()) {
             super::create_private_dir(&config.gateway.state_dir)?;
@@ -94,6 +95,7 @@ pub async fn serve(
             notifier: notifier.clone(),
             process_shutdown: Some(shutdown.clone()),
             audit: Some(audit.clone()),
+            hl7: Some(hl7.clone()),
             ..Default::default()
         };
         if let Some(ready) = ready.take() {

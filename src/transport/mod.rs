@@ -11,6 +11,9 @@
 //! Bluetooth LE central (btleplug on BlueZ).
 
 pub mod ble;
+pub mod hl7_simulator;
+pub mod mllp;
+pub mod mllp_server;
 pub mod serial;
 pub mod simulator;
 pub mod stream;

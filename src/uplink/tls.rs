@@ -165,7 +165,8 @@ fn pem_reason(e: &pem::Error) -> &'static str {
     }
 }
 
-fn certs_from_pem(
+/// The certificates of a PEM document (also the HL7 listener's, `transport::mllp_server`).
+pub(crate) fn certs_from_pem(
     pem: &[u8],
     file: &Path,
     what: &'static str,
@@ -185,7 +186,8 @@ fn certs_from_pem(
     Ok(certs)
 }
 
-fn key_from_pem(pem: &[u8], file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The private key of a PEM document, never quoting it.
+pub(crate) fn key_from_pem(pem: &[u8], file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         pem::Error::NoItemsFound => TlsError::NoKey {
             file: file.to_owned(),
