@@ -722,7 +722,8 @@ async fn with_mutual_tls_only_monitors_with_a_client_certificate_are_served() {
         ("client.pem", &ccert),
         ("client.key", &ckey),
     ] {
-        std::fs::write(d.join(name), pem).unwrap();
+        // Keys 0600, as secure_file requires of a private key.
+        write_secret(&d.join(name), pem);
     }
     g.write(
         &format!(

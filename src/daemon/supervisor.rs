@@ -33,6 +33,7 @@ pub async fn serve(
     // One daemon per state dir (taken before the audit log is opened, so a second instance
     // writes nothing into the first one's log), and one audit writer for the whole process:
     // every generation and reload shares it.
+    super::create_private_dir(&config.gateway.state_dir)?;
     let mut _instance = super::instance_lock::InstanceLock::acquire(&config.gateway.state_dir)?;
     let mut audit = Arc::new(AuditLog::open(&config.gateway.state_dir, &master)?);
     let hl7 = Arc::new(super::hl7::Hl7Shared::default()); // held readings outlive a reload
