@@ -1042,6 +1042,24 @@ mod tests {
         assert!(r.is_empty() && !e.is_empty());
     }
 
+    #[test]
+    fn nonin_fmt8_garbage_ending_like_a_control_reply_is_resynced_once_frames_follow() {
+        // Found by `nonin_decoders_resync_after_any_garbage`: `02 00 08` reads as the start
+        // of a control reply of 8 data bytes, so the decoder waits for its ETX; the frames
+        // after it show it was not one, and every one of them decodes.
+        let garbage = [0x80u8, 0, 0, 0, 2, 0, 8];
+        let s = sample(Some(95), Some(130), vec![]);
+        let want = vec![
+            Reading::canonical(Metric::Spo2, Decimal::int(95)),
+            Reading::canonical(Metric::PulseRate, Decimal::int(130)),
+        ];
+        let frame = encode_fmt8(&s, &Faults::default());
+        assert_eq!(
+            check_resync(&mut Fmt8Decoder, &garbage, &frame, &want),
+            Ok(())
+        );
+    }
+
     proptest! {
         #[test]
         fn nonin_decoders_never_panic_and_consume_within_len(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
