@@ -32,11 +32,18 @@ impl Hub {
     fn new() -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
-        assert!(run(&["keygen", "--out", key.to_str().unwrap()])
-            .status
-            .success());
         let config = dir.path().join("vitalgate.toml");
         std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+        // keygen audits in the state dir its --config names (never next to the key).
+        assert!(run(&[
+            "keygen",
+            "--out",
+            key.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap()
+        ])
+        .status
+        .success());
         Hub { dir, config }
     }
 

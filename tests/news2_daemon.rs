@@ -783,6 +783,15 @@ fn check_config(rule_extra: &str) -> std::process::Output {
         ),
     )
     .unwrap();
+    // check-config also checks the files run needs: the master key must exist.
+    let keygen = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("master.key"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
     Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&config)

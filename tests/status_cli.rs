@@ -45,7 +45,7 @@ fn status_exits_1_degraded_when_the_uplink_is_down_longer_than_the_limit() {
     let g = Gateway::new(&sim_device("ox-1", "stable", 500));
     std::fs::write(g.path("ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(g.path("gw.pem"), cert).unwrap();
-    std::fs::write(g.path("gw.key"), key).unwrap();
+    support::write_secret(&g.path("gw.key"), &key);
     // Nothing listens on this port: the uplink never connects.
     let port = support::free_port();
     let mut config = std::fs::read_to_string(&g.config).unwrap();

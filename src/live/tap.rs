@@ -276,6 +276,23 @@ impl CommitHook for Tap {
         self.cell.observe_output(&out);
         out
     }
+
+    // Every hook method is forwarded: a default body here would silently swallow what the
+    // wrapped hook does (the storage_full alarm was lost that way; tests/full_disk.rs).
+    fn on_storage(
+        &mut self,
+        now: OffsetDateTime,
+        alarm: crate::ingest::StorageAlarm,
+        active: bool,
+    ) -> HookOutput {
+        let out = self.inner.on_storage(now, alarm, active);
+        self.cell.observe_output(&out);
+        out
+    }
+
+    fn on_stalled(&mut self, now: OffsetDateTime) {
+        self.inner.on_stalled(now);
+    }
 }
 
 #[cfg(test)]
