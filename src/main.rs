@@ -40,6 +40,10 @@ enum Command {
         config: PathBuf,
     },
     /// Run the whole pipeline with simulated patients and no set-up, showing what is stored.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(about = "Not in this build (built without the `demo` feature): exits 2")
+    )]
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -198,6 +202,10 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// How long `run` waits, after its pipeline has stopped, for leftover blocking tasks before
+/// exiting anyway (well inside the unit's TimeoutStopSec=15s).
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
@@ -215,7 +223,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
-            rt.block_on(vitalgate::daemon::supervisor::serve(
+            let served = rt.block_on(vitalgate::daemon::supervisor::serve(
                 config,
                 cfg,
                 master,
@@ -223,7 +231,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reload,
                 None,
                 Some(Arc::new(notifier)),
-            ))?;
+            ));
+            // serve() returns once ingest has committed and the uplink said offline. Dropping
+            // the runtime would then wait without limit for blocking-pool stragglers (a stuck
+            // device read, a file operation on a hung mount): never let one hold SIGTERM.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            served?;
             Ok(())
         }
         Command::Demo {
@@ -578,6 +591,7 @@ fn simulate(
     })
 }
 
+#[cfg(feature = "demo")]
 fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyhow::Result<()> {
     let broker: vitalgate::demo::BrokerChoice = broker.parse().map_err(UsageError)?;
     if broker == vitalgate::demo::BrokerChoice::Mosquitto
@@ -595,4 +609,16 @@ fn demo(seconds: Option<u64>, state_dir: Option<PathBuf>, broker: &str) -> anyho
         shutdown,
     ))?;
     Ok(())
+}
+
+/// A production build (the Debian packages: `--no-default-features`) carries no demo CA or
+/// broker; asking for the demo is a usage error (2) that says how to get it.
+#[cfg(not(feature = "demo"))]
+fn demo(_seconds: Option<u64>, _state_dir: Option<PathBuf>, _broker: &str) -> anyhow::Result<()> {
+    Err(UsageError(
+        "this vitalgate was built without the demo (cargo feature `demo`; the Debian packages leave it out). \
+Run the demo from a source checkout: cargo run --release -- demo"
+            .into(),
+    )
+    .into())
 }
