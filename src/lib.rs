@@ -16,12 +16,14 @@
 //! - [`fhir`]: Reading -> UK Core Observation JSON.
 //! - [`uplink`]: MQTT session and publisher.
 //! - [`daemon`]: wires the tasks together for `vitalgate run` and `vitalgate demo`.
-//! - [`demo`]: `vitalgate demo`: certificates, its own broker, a platform subscriber, the view.
+//! - `demo` (cargo feature `demo`, in the default features, left out of the Debian packages):
+//!   `vitalgate demo`: certificates, its own broker, a platform subscriber, the view.
 
 pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod doctor;
 pub mod drivers;

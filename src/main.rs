@@ -40,6 +40,10 @@ enum Command {
         config: PathBuf,
     },
     /// Run the whole pipeline with simulated patients and no set-up, showing what is stored.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(about = "Not in this build (built without the `demo` feature): exits 2")
+    )]
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -281,6 +285,10 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// How long `run` waits, after its pipeline has stopped, for leftover blocking tasks before
+/// exiting anyway (well inside the unit's TimeoutStopSec=15s).
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
@@ -298,7 +306,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
-            rt.block_on(vitalgate::daemon::supervisor::serve(
+            let served = rt.block_on(vitalgate::daemon::supervisor::serve(
                 config,
                 cfg,
                 master,
@@ -306,7 +314,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 reload,
                 None,
                 Some(Arc::new(notifier)),
-            ))?;
+            ));
+            // serve() returns once ingest has committed and the uplink said offline. Dropping
+            // the runtime would then wait without limit for blocking-pool stragglers (a stuck
+            // device read, a file operation on a hung mount): never let one hold SIGTERM.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            served?;
             Ok(())
         }
         Command::Demo {
@@ -316,6 +329,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             speed,
             top,
         } => {
+            #[cfg(feature = "demo")]
             if !vitalgate::demo::SPEED_RANGE.contains(&speed) {
                 return Err(UsageError(format!("--speed {speed}: use 0.1 to 20")).into());
             }
@@ -812,6 +826,7 @@ fn simulate_hl7(
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 fn demo(
     seconds: Option<u64>,
     state_dir: Option<PathBuf>,
@@ -837,4 +852,22 @@ fn demo(
         shutdown,
     ))?;
     Ok(())
+}
+
+/// A production build (the Debian packages: `--no-default-features`) carries no demo CA or
+/// broker; asking for the demo is a usage error (2) that says how to get it.
+#[cfg(not(feature = "demo"))]
+fn demo(
+    _seconds: Option<u64>,
+    _state_dir: Option<PathBuf>,
+    _broker: &str,
+    _speed: f64,
+    _top: bool,
+) -> anyhow::Result<()> {
+    Err(UsageError(
+        "this vitalgate was built without the demo (cargo feature `demo`; the Debian packages leave it out). \
+Run the demo from a source checkout: cargo run --release -- demo"
+            .into(),
+    )
+    .into())
 }

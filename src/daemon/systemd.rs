@@ -13,7 +13,8 @@
 //!   thread or a wedged runtime all stop the pings, and systemd restarts the service after
 //!   `WatchdogSec=`; a full disk does not (a restart would not make space, and would drop
 //!   what the writer holds);
-//! - the status line says `storage=FULL` while the outbox's file system is full;
+//! - the status line says `storage=FULL` while the outbox's file system is full, and names the
+//!   uplink's technical conditions (`platform_not_subscribed`);
 //! - `STOPPING=1` when shutdown begins.
 //!
 //! What it deliberately does not do: it never links libsystemd (the `systemd` crate is
@@ -283,6 +284,12 @@ pub fn status_line(
     if storage_full {
         line.push_str(" storage=FULL");
     }
+    // The uplink's technical conditions (e.g. `platform_not_subscribed`: the broker accepts
+    // but nobody receives), so `systemctl status` says why the outbox is not draining.
+    for condition in uplink.map(|u| u.conditions.as_slice()).unwrap_or_default() {
+        line.push(' ');
+        line.push_str(condition);
+    }
     if writer_stale {
         line.push_str(" ingest=STALLED");
     }
@@ -501,6 +508,16 @@ mod tests {
         assert!(
             status_line(Some(5), Some(&uplink(true, 7)), 1, 1, false, false)
                 .ends_with(" in_flight=7")
+        );
+    }
+
+    #[test]
+    fn status_line_names_platform_not_subscribed() {
+        let mut up = uplink(true, 0);
+        up.conditions = vec![crate::uplink::publisher::PLATFORM_NOT_SUBSCRIBED];
+        assert_eq!(
+            status_line(Some(40), Some(&up), 1, 1, false, false),
+            "outbox=40 uplink=up devices=1/1 platform_not_subscribed"
         );
     }
 
