@@ -27,14 +27,17 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, MAIN_DB};
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, MAIN_DB,
+};
 use time::OffsetDateTime;
 
+use super::counts::{Counts, Delta};
 use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
 use super::record::{Lane, Record};
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -90,6 +93,15 @@ const MIGRATIONS: &[&str] = &[
          nonce BLOB NOT NULL,
          ciphertext BLOB NOT NULL,
          PRIMARY KEY (owner, key)) WITHOUT ROWID;",
+    // 2 -> 3: row counts kept in `meta` with the rows (see `counts`), counted once here.
+    "INSERT OR REPLACE INTO meta (key, value)
+         SELECT 'undelivered_alerts', COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0;
+     INSERT OR REPLACE INTO meta (key, value)
+         SELECT 'undelivered_readings', COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1;
+     INSERT OR REPLACE INTO meta (key, value)
+         SELECT 'delivered_held', COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL;
+     INSERT OR REPLACE INTO meta (key, value)
+         SELECT 'refused', COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL;",
 ];
 
 /// A known plaintext sealed under each data key, to tell a wrong master key at start.
@@ -172,7 +184,17 @@ pub struct OpenReport {
     /// `user_version` before migration (0 for a new database).
     pub migrated_from: i64,
     pub created: bool,
+    /// Whether the whole file was checked (`PRAGMA quick_check`): always, except after a
+    /// clean stop ([`Outbox::close_clean`]), whose marker this open has cleared.
+    pub full_check: bool,
 }
+
+/// The `meta` key of the clean-stop marker: set (1) by [`Outbox::close_clean`] as the last
+/// write of a stopping daemon, cleared by the next open before anything else is written.
+/// Present at open means nothing wrote the file since a clean, synced stop, so the start-up
+/// check can skip reading the whole file; absent (a crash, a kill, a power cut, an older
+/// build) means a full `quick_check`.
+const CLEAN_STOP: &str = "clean_stop";
 
 /// Counts for `status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -254,7 +276,7 @@ impl Outbox {
                 create_private_file(path)?;
                 report.created = true;
             }
-            Probe::Healthy => {}
+            Probe::Healthy { full_check } => report.full_check = full_check,
             Probe::Corrupt(why) => {
                 let aside = set_aside(path)?;
                 tracing::error!(
@@ -291,9 +313,34 @@ impl Outbox {
             tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
+        // From here on the file may change: the next start must check it in full unless
+        // this one stops cleanly.
+        conn.execute("DELETE FROM meta WHERE key = ?1", [CLEAN_STOP])
+            .map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
         outbox.seal_legacy_state()?;
         Ok((outbox, report))
+    }
+
+    /// The last write of a stopping daemon, once every other connection is done: empties
+    /// the WAL into the database (`wal_checkpoint(TRUNCATE)`, synced) and sets the clean-stop
+    /// marker, so the next start skips the full-file check (see [`OpenReport::full_check`]).
+    /// Not calling it is always safe: the next open then checks the whole file.
+    pub fn close_clean(self) -> Result<(), StoreError> {
+        let err = self.sql_err();
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(&err)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, 1)",
+                [CLEAN_STOP],
+            )
+            .map_err(&err)?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(&err)?;
+        Ok(())
     }
 
     /// Opens a second connection to an outbox that [`Outbox::open`] already prepared (the
@@ -561,6 +608,7 @@ impl Outbox {
                 )
                 .map_err(err)?;
             let mut id = self.next_id;
+            let mut counts = Delta::default();
             for record in records {
                 let plaintext = record.encode().map_err(StoreError::Encode)?;
                 let identity = RecordIdentity {
@@ -584,8 +632,10 @@ impl Outbox {
                     ])
                     .map_err(err)?;
                 ids.push(id);
+                counts.undelivered(record.lane() as i64, 1);
                 id += 1;
             }
+            counts.apply(&tx).map_err(err)?;
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('next_id', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [id],
@@ -699,8 +749,24 @@ impl Outbox {
             params![id, reason, now],
         )
         .map_err(err)?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id])
+        let mut counts = Delta::default();
+        let removed: Option<(i64, bool, bool)> = tx
+            .query_row(
+                "DELETE FROM outbox WHERE id = ?1 RETURNING lane, delivered_at IS NULL, refused_at IS NOT NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
             .map_err(err)?;
+        match removed {
+            Some((lane, true, refused)) => {
+                counts.undelivered(lane, -1);
+                counts.refused -= i64::from(refused);
+            }
+            Some((_, false, _)) => counts.delivered_held -= 1,
+            None => {}
+        }
+        counts.apply(&tx).map_err(err)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('quarantined_total', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
             [],
@@ -727,15 +793,27 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         {
+            let mut counts = Delta::default();
             // One statement per run of consecutive ids, not one per id: a drain acknowledges
             // rows in id order, so a flush is mostly a single run. Every id of a run is in
             // `ids`, so no row outside `ids` is ever marked.
             let mut st = tx.prepare_cached(MARK_DELIVERED).map_err(err)?;
             for (first, last) in consecutive_runs(ids) {
-                st.execute(params![first, last, at]).map_err(err)?;
+                let mut marked = st.query(params![first, last, at]).map_err(err)?;
+                while let Some(row) = marked.next().map_err(err)? {
+                    let lane: i64 = row.get(0).map_err(err)?;
+                    let refused: bool = row.get(1).map_err(err)?;
+                    counts.undelivered(lane, -1);
+                    counts.delivered_held += 1;
+                    counts.refused -= i64::from(refused);
+                }
             }
+            counts.apply(&tx).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -766,37 +844,65 @@ impl Outbox {
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.conn
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let newly: usize = tx
             .execute(
-                "UPDATE outbox SET refused_at = ?2, refused_reason = ?3 WHERE id = ?1",
-                params![id, ms(at), reason],
+                "UPDATE outbox SET refused_at = ?2 WHERE id = ?1 AND refused_at IS NULL AND delivered_at IS NULL",
+                params![id, ms(at)],
             )
-            .map(|_| ())
-            .map_err(self.sql_err())
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE outbox SET refused_at = ?2, refused_reason = ?3 WHERE id = ?1",
+            params![id, ms(at), reason],
+        )
+        .map_err(err)?;
+        Delta {
+            refused: newly as i64,
+            ..Delta::default()
+        }
+        .apply(&tx)
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// Deletes rows delivered before `cutoff` (the retention rule). Never touches undelivered
     /// rows. The caller audits the count.
     pub fn purge_delivered_before(&mut self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-        self.conn
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let purged = tx
             .execute(
                 "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
                 [ms(cutoff)],
             )
-            .map(|n| n as u64)
-            .map_err(self.sql_err())
+            .map_err(err)?;
+        Delta {
+            delivered_held: -(purged as i64),
+            ..Delta::default()
+        }
+        .apply(&tx)
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(purged as u64)
     }
 
-    /// Number of undelivered rows (both lanes).
+    /// Number of undelivered rows (both lanes), from the counts kept with the rows: O(1)
+    /// whatever the backlog.
     pub fn backlog(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(self.sql_err())
+        let counts = Counts::read(&self.conn).map_err(self.sql_err())?;
+        Ok(counts.backlog(Lane::Alert) + counts.backlog(Lane::Reading))
     }
 
     pub fn stats(&self) -> Result<OutboxStats, StoreError> {
@@ -954,21 +1060,22 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
         let it = st.query_map([], |r| r.get(0)).map_err(e)?;
         it.collect::<Result<_, _>>().map_err(e)?
     };
+    // Every figure is O(1) or one index seek: `status` must cost the same with a backlog of
+    // millions (counts kept with the rows; the oldest undelivered row is the first of each
+    // lane's undelivered index, ids growing with time).
+    let counts = Counts::read(conn).map_err(e)?;
     Ok(OutboxStats {
-        backlog_alerts: count(
-            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0",
-        )?,
-        backlog_readings: count(
-            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1",
-        )?,
+        backlog_alerts: counts.backlog(Lane::Alert),
+        backlog_readings: counts.backlog(Lane::Reading),
         oldest_undelivered: opt_time(
-            "SELECT MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+            "SELECT MIN(t) FROM (
+                 SELECT (SELECT created_at FROM outbox WHERE lane = 0 AND delivered_at IS NULL ORDER BY id LIMIT 1) AS t
+                 UNION ALL
+                 SELECT (SELECT created_at FROM outbox WHERE lane = 1 AND delivered_at IS NULL ORDER BY id LIMIT 1))",
         )?,
         last_ack: opt_time("SELECT MAX(delivered_at) FROM outbox WHERE delivered_at IS NOT NULL")?,
-        delivered_held: count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL")?,
-        refused: count(
-            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL",
-        )?,
+        delivered_held: counts.delivered_held,
+        refused: counts.refused,
         quarantined: count("SELECT COUNT(*) FROM quarantine")?,
         corrupt_files_set_aside: count_set_aside(path),
         current_key_id: current_key,
@@ -1138,7 +1245,10 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 /// What is at the outbox's path before it is opened.
 enum Probe {
     Missing,
-    Healthy,
+    /// Fit to open; `full_check` says whether `quick_check` read the whole file.
+    Healthy {
+        full_check: bool,
+    },
     /// SQLite opened it and it failed `quick_check` (or is not a database): why.
     Corrupt(String),
 }
@@ -1213,8 +1323,23 @@ fn probe(path: &Path) -> Result<Probe, StoreError> {
     if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(2)) {
         return classify(e);
     }
+    // After a clean stop nothing has written the file since it was synced: reading the
+    // schema and the marker (which fails on a damaged header or schema) is enough, so a
+    // start costs the same with a backlog of millions. Rows are still authenticated one by
+    // one when read (AES-GCM), and quarantined if damaged.
+    match conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [CLEAN_STOP], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+    {
+        Ok(Some(1)) => return Ok(Probe::Healthy { full_check: false }),
+        Ok(_) => {}
+        Err(e) if e.to_string().starts_with("no such table") => {}
+        Err(e) => return classify(e),
+    }
     match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
-        Ok(answer) if answer == "ok" => Ok(Probe::Healthy),
+        Ok(answer) if answer == "ok" => Ok(Probe::Healthy { full_check: true }),
         Ok(answer) => Ok(Probe::Corrupt(answer)),
         Err(e) => classify(e),
     }
@@ -1272,7 +1397,8 @@ fn count_set_aside(path: &Path) -> u64 {
 /// Marks one run of ids delivered. It must seek by rowid: a scan of the undelivered index
 /// instead would cost the whole backlog for every run (tested by its query plan).
 const MARK_DELIVERED: &str =
-    "UPDATE outbox SET delivered_at = ?3 WHERE id BETWEEN ?1 AND ?2 AND delivered_at IS NULL";
+    "UPDATE outbox SET delivered_at = ?3 WHERE id BETWEEN ?1 AND ?2 AND delivered_at IS NULL
+     RETURNING lane, refused_at IS NOT NULL";
 
 /// `ids` as ascending runs of consecutive integers `(first, last)`, duplicates ignored:
 /// `[5, 3, 4, 9]` gives `[(3, 5), (9, 9)]`.
