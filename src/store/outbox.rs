@@ -328,11 +328,13 @@ impl Outbox {
             tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
-        // From here on the file may change: the next start must check it in full unless
-        // this one stops cleanly.
-        conn.execute("DELETE FROM meta WHERE key = ?1", [CLEAN_STOP])
-            .map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
+        // The key is right (a wrong one changes nothing): from here on the file may change,
+        // so the next start must check it in full unless this one stops cleanly.
+        outbox
+            .conn
+            .execute("DELETE FROM meta WHERE key = ?1", [CLEAN_STOP])
+            .map_err(outbox.sql_err())?;
         outbox.seal_legacy_state()?;
         Ok((outbox, report))
     }
