@@ -42,6 +42,9 @@ use crate::store::{Outbox, ReadingRecord, Record, StoreError};
 /// growing memory without limit.
 pub const QUEUE_CAPACITY: usize = 4096;
 
+/// How long the writer waits, once per batch, for more frames when the queue runs empty.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Longest wait between two attempts at a failing commit.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// First wait after a failed commit; doubled after each failure up to [`RETRY_MAX`].
@@ -334,6 +337,7 @@ impl Writer {
             let mut batch = vec![first];
             let mut readings = batch[0].readings.len();
             let mut tick = false;
+            let mut lingered = false;
             while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
                 match self.rx.try_recv() {
                     Ok(Message::Frame(frame)) => {
@@ -341,6 +345,14 @@ impl Writer {
                         batch.push(frame);
                     }
                     Ok(Message::Tick) => tick = true,
+                    Err(_) if !lingered => {
+                        // Devices on the same clock (1 Hz monitors started together) send
+                        // within a millisecond or two of each other: waiting that long once
+                        // puts them in one transaction instead of several, each of which
+                        // writes its own pages to the WAL (SD-card wear; issue 18).
+                        lingered = true;
+                        std::thread::sleep(LINGER.min(self.policy.max_wait));
+                    }
                     Err(_) => break,
                 }
             }

@@ -1,7 +1,8 @@
 //! Status: what the gateway holds and how its parts are doing.
 //!
-//! The daemon keeps a [`Registry`] of device states and writes a snapshot (`status.json`,
-//! mode 0600) to the state dir every few seconds and at shutdown. `vitalgate status` combines
+//! The daemon keeps a [`Registry`] of device states in memory and writes a snapshot
+//! (`status.json`, mode 0600) to the state dir only when it changes ([`SnapshotWriter`]) and
+//! at shutdown: a hub's SD card is not rewritten every few seconds to say the same thing. `vitalgate status` combines
 //! that snapshot with counts read straight from the outbox (no key needed), so it works
 //! whether or not the daemon is running, and says which.
 
@@ -149,6 +150,54 @@ fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(&out)
 }
 
+/// Writes the snapshot only when what it says has changed: a device, uplink or storage state,
+/// an error, or a counter reaching a new power of two (so the file follows the order of
+/// magnitude of the counts, not every reading). Timestamps alone and in-flight gauges are
+/// no change. Checked against the last snapshot written, in memory.
+#[derive(Debug, Default)]
+pub struct SnapshotWriter {
+    last: Option<serde_json::Value>,
+}
+
+impl SnapshotWriter {
+    /// Writes `value` if it differs in substance from the last one written; says whether it did.
+    pub fn write_if_changed(
+        &mut self,
+        dir: &Path,
+        value: &serde_json::Value,
+    ) -> std::io::Result<bool> {
+        let substance = substance(value);
+        if self.last.as_ref() == Some(&substance) {
+            return Ok(false);
+        }
+        write_snapshot(dir, value)?;
+        self.last = Some(substance);
+        Ok(true)
+    }
+}
+
+/// Fields that change all the time without the state changing.
+const VOLATILE: &[&str] = &["updated_at", "last_data_at", "last_ack", "in_flight"];
+
+/// `value` without [`VOLATILE`] fields and with every count replaced by its bit length.
+fn substance(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), substance(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(substance).collect()),
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => Value::from(u64::BITS - u.leading_zeros()),
+            None => value.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
 /// Reads the snapshot, if any.
 pub fn read_snapshot(dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join(SNAPSHOT_FILE)).ok()?;
@@ -158,4 +207,60 @@ pub fn read_snapshot(dir: &Path) -> Option<serde_json::Value> {
 /// Whether the process that wrote a snapshot is still alive (Linux `/proc`).
 pub fn pid_alive(pid: u64) -> bool {
     PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotWriter;
+    use serde_json::json;
+
+    fn doc(readings: u64, state: &str, at: &str) -> serde_json::Value {
+        json!({"updated_at": at, "devices": [{"id": "d1", "state": state, "readings": readings, "last_data_at": at}]})
+    }
+
+    #[test]
+    fn a_snapshot_that_says_the_same_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::default();
+        assert!(w
+            .write_if_changed(dir.path(), &doc(5, "connected", "t1"))
+            .unwrap());
+        assert!(!w
+            .write_if_changed(dir.path(), &doc(6, "connected", "t2"))
+            .unwrap());
+        assert!(!w
+            .write_if_changed(dir.path(), &doc(7, "connected", "t3"))
+            .unwrap());
+        let on_disk = super::read_snapshot(dir.path()).unwrap();
+        assert_eq!(on_disk["devices"][0]["readings"], 5);
+    }
+
+    #[test]
+    fn a_state_change_or_a_count_reaching_a_new_power_of_two_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::default();
+        assert!(w
+            .write_if_changed(dir.path(), &doc(0, "starting", "t1"))
+            .unwrap());
+        assert!(w
+            .write_if_changed(dir.path(), &doc(0, "connected", "t2"))
+            .unwrap());
+        assert!(w
+            .write_if_changed(dir.path(), &doc(1, "connected", "t3"))
+            .unwrap());
+        assert!(!w
+            .write_if_changed(dir.path(), &doc(1, "connected", "t4"))
+            .unwrap());
+        assert!(w
+            .write_if_changed(dir.path(), &doc(2, "connected", "t5"))
+            .unwrap());
+        assert!(!w
+            .write_if_changed(dir.path(), &doc(3, "connected", "t6"))
+            .unwrap());
+        assert!(w
+            .write_if_changed(dir.path(), &doc(4, "no_data", "t7"))
+            .unwrap());
+        let on_disk = super::read_snapshot(dir.path()).unwrap();
+        assert_eq!(on_disk["devices"][0]["state"], "no_data");
+    }
 }

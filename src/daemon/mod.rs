@@ -5,7 +5,7 @@
 //! - one task per device (transport + decoder, or the simulator), feeding ingest;
 //! - the ingest writer thread (the only writer of readings);
 //! - the retention task (purges delivered rows after `retention_days`, audited);
-//! - the status task (writes `status.json`).
+//! - the status task (writes `status.json` when it changes).
 //!
 //! Shutdown order matters for durability: devices stop first, then every ingest handle is
 //! dropped so the writer commits what it holds and ends, then the final status is written.
@@ -387,8 +387,10 @@ pub async fn run(
         let dir = state_dir.clone();
         let token = retention_token.clone();
         tracker.spawn(async move {
+            // Checked in memory every STATUS_EVERY; written only on change (status.rs).
+            let mut writer = status::SnapshotWriter::default();
             loop {
-                if let Err(e) = status::write_snapshot(&dir, &snapshot(true)) {
+                if let Err(e) = writer.write_if_changed(&dir, &snapshot(true)) {
                     tracing::warn!(error = %e, "cannot write status snapshot");
                 }
                 tokio::select! {
@@ -445,27 +447,48 @@ pub async fn run(
     devices_token.cancel();
     retention_token.cancel();
     tracker.close();
+    // Set only when every connection to the outbox is known to be closed (clean stop marker).
+    let mut all_stopped = true;
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+        all_stopped = false;
     }
     // Every ingest handle is gone once the device tasks ended: the writer drains and stops.
     // Bounded: a task that never let go of its handle must not keep SIGTERM from completing
     // (what the writer still holds then dies with the process, as with SIGKILL; WAL keeps
     // every committed transaction).
-    match tokio::time::timeout(SHUTDOWN_GRACE, tokio::task::spawn_blocking(move || writer.join())).await {
-        Ok(Ok(Ok(_outbox))) => {}
-        Ok(_) => tracing::error!("ingest writer ended abnormally"),
-        Err(_) => tracing::error!("ingest writer still running {SHUTDOWN_GRACE:?} after the devices stopped (a task still holds ingest): stopping without it; what it holds was NOT stored"),
-    }
+    let outbox = match tokio::time::timeout(
+        SHUTDOWN_GRACE,
+        tokio::task::spawn_blocking(move || writer.join()),
+    )
+    .await
+    {
+        Ok(Ok(Ok(outbox))) => Some(outbox),
+        Ok(_) => {
+            tracing::error!("ingest writer ended abnormally");
+            None
+        }
+        Err(_) => {
+            tracing::error!("ingest writer still running {SHUTDOWN_GRACE:?} after the devices stopped (a task still holds ingest): stopping without it; what it holds was NOT stored");
+            None
+        }
+    };
     // Last, the uplink: it stops sending, waits briefly for outstanding PUBACKs, publishes
     // its retained offline status and disconnects.
     uplink_token.cancel();
     if let Some(task) = uplink_task {
         if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
             tracing::warn!("uplink did not stop within {SHUTDOWN_GRACE:?}");
+            all_stopped = false;
+        }
+    }
+    // Last write to the outbox: the next start may skip the full-file check (store::outbox).
+    if let (Some(outbox), true) = (outbox, all_stopped) {
+        if let Err(e) = outbox.close_clean() {
+            tracing::warn!(error = %e, "outbox not marked cleanly stopped; the next start checks it in full");
         }
     }
     let _ = status::write_snapshot(&state_dir, &snapshot(false));

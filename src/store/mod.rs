@@ -4,6 +4,7 @@
 //! Only this module knows SQL and AES-GCM. Everything above it hands in [`Record`]s and gets
 //! [`Record`]s back.
 
+mod counts;
 pub mod crypto;
 pub mod outbox;
 pub mod record;

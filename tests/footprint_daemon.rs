@@ -1,0 +1,137 @@
+//! Issue 18 (footprint), acceptance 1 and 7, end to end on the real binary: a daemon stopped
+//! with SIGTERM leaves its outbox marked cleanly stopped, so the next start skips the
+//! full-file check; one killed with SIGKILL does not, so the next start checks in full. And
+//! the status snapshot is not rewritten while nothing but timestamps changes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vitalgate::store::{MasterKey, Outbox};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
+
+/// A state dir, a key file and a config of one simulated device every `interval_ms`.
+fn setup(interval_ms: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let st = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cfg = format!(
+        r#"
+[gateway]
+id = "footprint-test-gw"
+state_dir = "{dir}/state"
+devices_dirs = []
+
+[store]
+key_file = "{key}"
+
+[[patient]]
+id = "p1"
+
+[[device]]
+id = "sim-1"
+patient = "p1"
+driver = "sim"
+scenario = "stable"
+interval_ms = {interval_ms}
+"#,
+        dir = dir.path().display(),
+        key = key.display()
+    );
+    let path = dir.path().join("vitalgate.toml");
+    std::fs::write(&path, cfg).unwrap();
+    (dir, path, key)
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn snapshot(state: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(state.join("status.json")).ok()?).ok()
+}
+
+/// Waits (generously) until the daemon's snapshot says a reading was committed.
+fn wait_committed(state: &Path, child: &mut Child) {
+    let t0 = Instant::now();
+    while snapshot(state)
+        .and_then(|s| s["ingest"]["readings_committed"].as_u64())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(t0.elapsed() < Duration::from_secs(60), "nothing committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm_and_wait(child: &mut Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = child.wait().unwrap();
+    assert!(st.success(), "exit status {st}");
+}
+
+fn reopen(state: &Path, key: &Path) -> vitalgate::store::OpenReport {
+    let key = MasterKey::load(key).unwrap();
+    let (_outbox, report) = Outbox::open(&state.join("outbox.db"), &key).unwrap();
+    report
+}
+
+#[test]
+fn after_sigterm_the_next_start_skips_the_full_check_and_after_sigkill_it_does_not() {
+    let (dir, config, key) = setup(100);
+    let state = dir.path().join("state");
+
+    let mut child = spawn(&config);
+    wait_committed(&state, &mut child);
+    sigterm_and_wait(&mut child);
+    assert!(!reopen(&state, &key).full_check, "after a clean stop");
+
+    let mut child = spawn(&config);
+    wait_committed(&state, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(reopen(&state, &key).full_check, "after SIGKILL");
+}
+
+#[test]
+fn the_status_snapshot_is_not_rewritten_while_only_timestamps_change() {
+    // One reading set a minute: between two sets nothing but clocks move.
+    let (dir, config, _key) = setup(60_000);
+    let state = dir.path().join("state");
+    let mut child = spawn(&config);
+    wait_committed(&state, &mut child);
+    // Let the first set's counts and the device's state settle into one snapshot.
+    std::thread::sleep(Duration::from_secs(5));
+    let written = |p: &Path| {
+        std::fs::metadata(p.join("status.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = written(&state);
+    std::thread::sleep(Duration::from_secs(6)); // three of the old 2 s rewrites
+    let after = written(&state);
+    sigterm_and_wait(&mut child);
+    assert_eq!(before, after, "status.json rewritten with nothing changed");
+    let last = snapshot(&state).unwrap();
+    assert_eq!(last["running"], false, "the snapshot at stop is written");
+}
