@@ -46,6 +46,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub ble: BleSection,
+    /// Remote configuration: the fleet keys this hub trusts (local-only; see docs/fleet.md).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -578,6 +581,7 @@ impl Config {
                 );
             }
         }
+        out.extend(self.fleet.problems());
         out
     }
 

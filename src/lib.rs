@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod demo;
 pub mod drivers;
 pub mod fhir;
+pub mod fleet;
 pub mod ingest;
 pub mod nhs_number;
 pub mod reading;
