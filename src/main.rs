@@ -110,6 +110,12 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Fleet operator tools: signing keys, signed configuration documents and commands
+    /// (docs/fleet.md).
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
     Keygen {
         /// Where to write the key (default: the key_file of the config, else /etc/vitalgate/master.key).
@@ -118,6 +124,87 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Create a fleet signing key pair in DIR: fleet.key (PKCS#8, mode 0600) and fleet.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Sign a configuration overlay (TOML) for one gateway; the document goes to stdout.
+    Sign {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "GW")]
+        gateway: String,
+        /// Strictly increasing per gateway.
+        #[arg(long, value_name = "N")]
+        version: u64,
+        /// The hub refuses the document after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+        overlay: PathBuf,
+    },
+    /// Sign a command (ping, resync, reload, restart-uplink) for one gateway; the document
+    /// goes to stdout, its id to stderr.
+    Command {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "GW")]
+        gateway: String,
+        /// The hub refuses the command after this many seconds (at most a day).
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        expires_in: i64,
+        name: String,
+        args: Vec<String>,
+    },
+}
+
+/// `vitalgate fleet ...`: the handlers live in `vitalgate::fleet::cli`.
+fn fleet(action: FleetAction) -> anyhow::Result<()> {
+    use vitalgate::fleet::cli;
+    let usage = |e: cli::CliError| UsageError(e.to_string());
+    let now = time::OffsetDateTime::now_utc();
+    match action {
+        FleetAction::Keygen { out } => {
+            let g = cli::keygen(&out).map_err(usage)?;
+            println!("{}", g.key_id);
+            eprintln!(
+                "wrote {} (mode 0600, keep it offline) and {} (give it to hubs as [fleet] trusted_keys); key id {}",
+                g.private_key.display(),
+                g.public_key.display(),
+                g.key_id
+            );
+        }
+        FleetAction::Sign {
+            key,
+            gateway,
+            version,
+            expires_in,
+            overlay,
+        } => {
+            let expires =
+                expires_in.map(|s| time::Duration::seconds(s.min(i64::MAX as u64) as i64));
+            let doc = cli::sign(&key, &gateway, version, &overlay, expires, now).map_err(usage)?;
+            println!("{doc}");
+        }
+        FleetAction::Command {
+            key,
+            gateway,
+            expires_in,
+            name,
+            args,
+        } => {
+            let lifetime = time::Duration::seconds(expires_in);
+            let (doc, p) =
+                cli::command(&key, &gateway, &name, args, lifetime, now).map_err(usage)?;
+            println!("{doc}");
+            eprintln!("command id {} (answered on cmd/result)", p.id);
+        }
+    }
+    Ok(())
 }
 
 /// An error that exits with 2 (usage or configuration).
@@ -235,6 +322,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
+        Command::Fleet { action } => fleet(action),
         Command::Keygen { out, config } => {
             let path = match (out, config) {
                 (Some(p), _) => p,

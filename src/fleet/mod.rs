@@ -8,10 +8,14 @@
 //!   rejects one document with a typed [`document::Rejection`].
 //! - [`state`]: the applied document persisted by atomic rename (no rollback across restarts).
 //! - [`report`]: the `config/reported` payload.
+//! - [`command`]: signed commands on `cmd` and their judgement.
+//! - [`cli`]: the operator's `vitalgate fleet ...` commands.
 //!
 //! The core (`jws`, `overlay`, `document`, `report`) does no IO and never reads the clock.
 //! Why JWS and not COSE: docs/fleet.md.
 
+pub mod cli;
+pub mod command;
 pub mod document;
 pub mod jws;
 pub mod keys;
