@@ -459,5 +459,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         }),
         "ingest": snapshot.as_ref().and_then(|s| s.get("ingest")).cloned(),
         "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
+        "fleet": crate::fleet::agent::status_json(&config.gateway.state_dir),
     }))
 }

@@ -7,29 +7,43 @@
 //! - If it changed, the pipeline is stopped at a safe point (devices stop, ingest commits
 //!   what it holds, the uplink closes cleanly) and started again with the new config; the
 //!   outbox, alert state and file offsets carry over because they live in the outbox.
+//! - A fleet configuration document accepted by the agent ([`crate::fleet::agent`]) arrives
+//!   as an [`ApplyRequest`] and takes the same path as a changed config; the agent is told
+//!   once the new pipeline runs. The effective config is always the local file with the
+//!   fleet overlay in force laid over it, also after a SIGHUP: a local config that conflicts
+//!   with the overlay is refused like an invalid one.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{run, DaemonError, RunOptions};
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::fleet::agent::{self, ApplyRequest};
 use crate::store::MasterKey;
+
+type Done = oneshot::Sender<Result<(), String>>;
 
 /// Runs the daemon from the config at `path` until `shutdown`, reloading on `reload`.
 /// `ready` is told once, when the first pipeline is up.
 pub async fn serve(
     path: PathBuf,
-    mut config: Config,
+    local: Config,
     master: MasterKey,
     shutdown: CancellationToken,
     reload: Arc<Notify>,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
     notifier: Option<Arc<dyn super::systemd::Notifier>>,
 ) -> Result<(), DaemonError> {
+    let fleet = agent::start(local, &shutdown);
+    let mut config = fleet.effective;
+    let view = fleet.view;
+    let applies = Arc::new(tokio::sync::Mutex::new(fleet.apply));
+    // The agent's request waiting for the next generation to be up.
+    let pending: Arc<Mutex<Option<Done>>> = Arc::default();
     loop {
         let generation = shutdown.child_token();
         let certs = Arc::new(Notify::new());
@@ -42,16 +56,48 @@ pub async fn serve(
                 next.clone(),
                 generation.clone(),
             );
+            let (view, applies, pending) = (view.clone(), applies.clone(), pending.clone());
             let current = config.clone();
             let audit_dir = config.gateway.state_dir.clone();
             tokio::spawn(async move {
+                let mut applies = applies.lock().await;
+                let mut agent_alive = true;
                 loop {
                     tokio::select! {
                         _ = generation.cancelled() => return,
                         _ = reload.notified() => {}
+                        request = applies.recv(), if agent_alive => {
+                            let Some(ApplyRequest { config: new, done }) = request else {
+                                agent_alive = false;
+                                continue;
+                            };
+                            if new == current {
+                                let _ = done.send(Ok(()));
+                                continue;
+                            }
+                            tracing::info!("fleet configuration accepted; restarting the pipeline at a safe point");
+                            *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+                            *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
+                            generation.cancel();
+                            return;
+                        }
                     }
                     let audit = AuditLog::open(&audit_dir).ok();
-                    match Config::load(&path) {
+                    let loaded = Config::load(&path).and_then(|local| {
+                        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let effective =
+                            v.effective_for(&local)
+                                .map_err(|why| crate::config::ConfigError {
+                                    file: path.clone(),
+                                    problems: vec![crate::config::Problem {
+                                        key: String::new(),
+                                        message: why,
+                                    }],
+                                })?;
+                        view.lock().unwrap_or_else(|p| p.into_inner()).local = local;
+                        Ok(effective)
+                    });
+                    match loaded {
                         Err(e) => {
                             tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
                             if let Some(a) = &audit {
@@ -85,10 +131,17 @@ pub async fn serve(
             process_shutdown: Some(shutdown.clone()),
             ..Default::default()
         };
-        if let Some(ready) = ready.take() {
+        {
+            let first = ready.take();
+            let pending = pending.clone();
             tokio::spawn(async move {
                 if rx.await.is_ok() {
-                    let _ = ready.send(());
+                    if let Some(ready) = first {
+                        let _ = ready.send(());
+                    }
+                    if let Some(done) = pending.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        let _ = done.send(Ok(()));
+                    }
                 }
             });
         }

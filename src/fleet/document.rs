@@ -69,6 +69,9 @@ pub enum Rejection {
     LocalOnly(OverlayError),
     #[error("the configuration is invalid: {0}")]
     Invalid(OverlayError),
+    /// Valid, but it could not be persisted (the hub keeps the running config).
+    #[error("the document could not be stored: {0}")]
+    Storage(String),
 }
 
 impl Rejection {
@@ -87,6 +90,7 @@ impl Rejection {
             Rejection::Expired { .. } => "expired",
             Rejection::LocalOnly(_) => "local_only_key",
             Rejection::Invalid(_) => "invalid",
+            Rejection::Storage(_) => "storage_failed",
         }
     }
 
@@ -497,6 +501,7 @@ mod tests {
             .code(),
             Rejection::LocalOnly(OverlayError::LocalOnly(vec![])).code(),
             Rejection::Invalid(OverlayError::Invalid(vec![])).code(),
+            Rejection::Storage(String::new()).code(),
         ];
         let set: std::collections::HashSet<_> = codes.iter().collect();
         assert_eq!(set.len(), codes.len());

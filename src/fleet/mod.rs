@@ -9,11 +9,13 @@
 //! - [`state`]: the applied document persisted by atomic rename (no rollback across restarts).
 //! - [`report`]: the `config/reported` payload.
 //! - [`command`]: signed commands on `cmd` and their judgement.
+//! - [`agent`]: the hub's side: judge, persist, apply through the supervisor, report, audit.
 //! - [`cli`]: the operator's `vitalgate fleet ...` commands.
 //!
 //! The core (`jws`, `overlay`, `document`, `report`) does no IO and never reads the clock.
 //! Why JWS and not COSE: docs/fleet.md.
 
+pub mod agent;
 pub mod cli;
 pub mod command;
 pub mod document;
