@@ -488,3 +488,90 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
         "the running document was reported as rejected"
     );
 }
+
+impl Daemon {
+    /// Waits until the log holds `needle`.
+    async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log: {:#?}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The overlay of version `v` in the kill test: odd versions bind two devices, even one.
+fn overlay_of(v: u64) -> &'static str {
+    if v % 2 == 1 {
+        REBIND
+    } else {
+        SHRINK
+    }
+}
+
+fn devices_of(v: u64) -> &'static [&'static str] {
+    if v == 0 || v % 2 == 0 {
+        &["d1"]
+    } else {
+        &["d1", "d2"]
+    }
+}
+
+async fn stored_version_becomes(h: &Hub, v: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = vitalgate::fleet::state::load(h.state())
+            .unwrap()
+            .map_or(0, |a| a.version);
+        if got == v {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stored version {got}, want {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() {
+    use rand::Rng;
+    let h = Hub::new().await;
+    let mut rng = rand::thread_rng();
+    let mut hits = [0u32; 2];
+    for v in 1..=20u64 {
+        let mut d = Daemon::start(&h.config);
+        d.wait_log("fleet link connected").await;
+        // The retained document v-1 reaches the restarted hub: it runs v-1, stored or not
+        // before the last kill.
+        stored_version_becomes(&h, v - 1).await;
+        devices_become(&h, devices_of(v - 1)).await;
+
+        let doc = h.sign(v, overlay_of(v));
+        h.desire(doc.clone()).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
+        d.kill();
+
+        let stored = vitalgate::fleet::state::load(h.state())
+            .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
+        let version = stored.as_ref().map_or(0, |a| a.version);
+        assert!(
+            version == v - 1 || version == v,
+            "apply {v}: stored version {version} is neither the old nor the new one"
+        );
+        if let Some(a) = stored.filter(|a| a.version == v) {
+            assert_eq!(a.document, doc, "apply {v}: a mix of two documents");
+        }
+        hits[usize::from(version == v)] += 1;
+    }
+    eprintln!(
+        "kills before the new document was stored: {}, after: {}",
+        hits[0], hits[1]
+    );
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link connected").await;
+    stored_version_becomes(&h, 20).await;
+    devices_become(&h, devices_of(20)).await;
+}
