@@ -147,7 +147,7 @@ enum FleetAction {
         expires_in: Option<u64>,
         overlay: PathBuf,
     },
-    /// Sign a command (ping, resync, reload, restart-uplink) for one gateway; the document
+    /// Sign a command (ping, reload, restart-uplink) for one gateway; the document
     /// goes to stdout, its id to stderr.
     Command {
         #[arg(long, value_name = "KEY")]

@@ -575,3 +575,206 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
     stored_version_becomes(&h, 20).await;
     devices_become(&h, devices_of(20)).await;
 }
+
+// ---- Commands (acceptance 6) ----
+
+use vitalgate::fleet::command::CommandPayload;
+
+impl Hub {
+    /// Publishes `doc` on this hub's `cmd` topic.
+    async fn command(&self, doc: impl Into<Vec<u8>>) {
+        self.ops
+            .publish(
+                format!("rpm/v1/gw/{GW}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                doc.into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn ping(&self) -> CommandPayload {
+        CommandPayload::new(
+            GW,
+            "ping",
+            vec![],
+            OffsetDateTime::now_utc(),
+            time::Duration::minutes(5),
+        )
+    }
+}
+
+/// A hub running, with the platform reading `cmd/result`.
+async fn commanded(name: &str) -> (Hub, Daemon, Received) {
+    let h = Hub::new().await;
+    let rx = subscribe(&h.broker, name, &format!("rpm/v1/gw/{GW}/cmd/result"))
+        .await
+        .0;
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link connected").await;
+    (h, d, rx)
+}
+
+/// Waits for `n` answers on `cmd/result`; returns them all.
+async fn answers(rx: &Received, d: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<Value> = rx
+            .on("/cmd/result")
+            .iter()
+            .filter_map(|p| serde_json::from_slice(p).ok())
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} answers; log: {:#?}",
+            got.len(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_is_answered_once_with_its_id_and_audited() {
+    let (h, d, rx) = commanded("platform-ping").await;
+    let ping = h.ping();
+    h.command(ping.sign(&h.key)).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["id"], ping.id.as_str());
+    assert_eq!(a[0]["result"], "ok");
+    assert_eq!(a[0]["answer"]["version"], env!("CARGO_PKG_VERSION"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.on("/cmd/result").len(), 1, "answered more than once");
+    assert!(h
+        .audit_events()
+        .iter()
+        .any(|e| e["event"] == "fleet_command" && e["details"]["id"] == ping.id.as_str()));
+}
+
+/// One refused command end to end: answered with `code` and the id, audited.
+async fn refused_command(code: &str, make: impl FnOnce(&Hub) -> (String, Vec<u8>)) {
+    let (h, d, rx) = commanded(&format!("platform-cmd-{code}")).await;
+    let (id, doc) = make(&h);
+    h.command(doc).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["result"], "refused", "{}", a[0]);
+    assert_eq!(a[0]["reason"], code, "{}", a[0]);
+    assert_eq!(a[0]["id"], id.as_str(), "{}", a[0]);
+    assert!(
+        h.audit_events()
+            .iter()
+            .any(|e| e["event"] == "fleet_command_refused" && e["details"]["reason"] == code),
+        "{:?}",
+        h.audit_events()
+    );
+    assert!(!h
+        .audit_events()
+        .iter()
+        .any(|e| e["event"] == "fleet_command"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_command_is_refused_answered_and_audited() {
+    refused_command("unknown_command", |h| {
+        let mut p = h.ping();
+        p.name = "format-disk".into();
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_command_is_refused_answered_and_audited() {
+    use base64::Engine;
+    refused_command("unsupported_algorithm", |h| {
+        let p = h.ping();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = br#"{"alg":"none","kid":"x","typ":"vitalgate-command+jws"}"#;
+        let doc = format!("{}.{}.", b64(header), b64(&serde_json::to_vec(&p).unwrap()));
+        (p.id.clone(), doc.into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_command_is_refused_answered_and_audited() {
+    refused_command("expired", |h| {
+        let mut p = h.ping();
+        p.expires_at = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrongly_addressed_command_is_refused_answered_and_audited() {
+    refused_command("wrong_gateway", |h| {
+        let mut p = h.ping();
+        p.gateway = "other-gw".into();
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_command_is_refused_also_after_a_restart() {
+    let (h, mut d, rx) = commanded("platform-cmd-replay").await;
+    let ping = h.ping();
+    let doc = ping.sign(&h.key);
+    h.command(doc.clone()).await;
+    answers(&rx, &d, 1).await;
+    h.command(doc.clone()).await;
+    let a = answers(&rx, &d, 2).await;
+    assert_eq!(a[1]["reason"], "replayed", "{}", a[1]);
+    d.kill();
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link connected").await;
+    h.command(doc).await;
+    let a = answers(&rx, &d, 3).await;
+    assert_eq!(a[2]["reason"], "replayed", "{}", a[2]);
+    assert_eq!(a[2]["id"], ping.id.as_str());
+    let runs = h
+        .audit_events()
+        .iter()
+        .filter(|e| e["event"] == "fleet_command")
+        .count();
+    assert_eq!(runs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_uplink_command_makes_the_publisher_reconnect() {
+    let (h, d, rx) = commanded("platform-cmd-restart").await;
+    let connects = || h.status()["uplink"]["connects"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connects() < 1 {
+        assert!(Instant::now() < deadline, "publisher never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut p = h.ping();
+    p.name = "restart-uplink".into();
+    h.command(p.sign(&h.key)).await;
+    assert_eq!(answers(&rx, &d, 1).await[0]["result"], "ok");
+    while connects() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "publisher did not reconnect; log: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_takes_the_sighup_path() {
+    let (h, d, rx) = commanded("platform-cmd-reload").await;
+    let mut p = h.ping();
+    p.name = "reload".into();
+    h.command(p.sign(&h.key)).await;
+    assert_eq!(answers(&rx, &d, 1).await[0]["result"], "ok");
+    d.wait_log("config unchanged; reloading certificates and keys")
+        .await;
+}

@@ -195,9 +195,8 @@ fn fleet_command_prints_a_signed_command_the_hub_accepts() {
         key.to_str().unwrap(),
         "--gateway",
         "gw-7",
-        "resync",
-        "2026-12-01T00:00:00Z",
-        "2026-12-02T00:00:00Z",
+        "restart-uplink",
+        "reason=certificate-renewed",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let trusted = [PublicKey::load(&keys.join("fleet.pub")).unwrap()];
@@ -209,8 +208,11 @@ fn fleet_command_prints_a_signed_command_the_hub_accepts() {
         |_| false,
     )
     .unwrap();
-    assert_eq!(c.payload.name, "resync");
-    assert_eq!(c.payload.args.len(), 2);
+    assert_eq!(c.payload.name, "restart-uplink");
+    assert_eq!(
+        c.payload.args,
+        vec!["reason=certificate-renewed".to_string()]
+    );
     assert!(text(&o.stderr).contains(&c.payload.id));
 }
 

@@ -38,7 +38,13 @@ pub async fn serve(
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
     notifier: Option<Arc<dyn super::systemd::Notifier>>,
 ) -> Result<(), DaemonError> {
-    let fleet = agent::start(local, &shutdown);
+    // Lives across generations: `restart-uplink` notifies it whichever pipeline runs.
+    let certs = Arc::new(Notify::new());
+    let controls = agent::Controls {
+        reload: reload.clone(),
+        restart_uplink: certs.clone(),
+    };
+    let fleet = agent::start(local, controls, &shutdown);
     let mut config = fleet.effective;
     let view = fleet.view;
     let applies = Arc::new(tokio::sync::Mutex::new(fleet.apply));
@@ -46,7 +52,6 @@ pub async fn serve(
     let pending: Arc<Mutex<Option<Done>>> = Arc::default();
     loop {
         let generation = shutdown.child_token();
-        let certs = Arc::new(Notify::new());
         let next: Arc<Mutex<Option<Config>>> = Arc::default();
         let watcher = {
             let (path, reload, certs, next, generation) = (
@@ -125,7 +130,7 @@ pub async fn serve(
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let opts = RunOptions {
-            reload: Some(certs),
+            reload: Some(certs.clone()),
             ready: Some(tx),
             notifier: notifier.clone(),
             process_shutdown: Some(shutdown.clone()),

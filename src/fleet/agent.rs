@@ -14,13 +14,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::command::{self, AcceptedCommand, RefusedCommand};
 use super::document::{Judge, Rejected, Rejection, Running, Verdict};
 use super::keys::PublicKey;
 use super::overlay::Overlay;
+use super::replay::ReplayStore;
 use super::report::Report;
 use super::state::{self, Applied};
 use crate::audit::AuditLog;
@@ -73,6 +75,20 @@ pub struct Agent {
     /// The last report, re-published on every (re)connection (it is retained, but a broker
     /// may have lost it).
     last_report: Option<Report>,
+    /// Nonces of accepted commands; `Err` when the store cannot be read (every command is
+    /// then refused: an empty store would let remembered commands run again).
+    replay: Result<ReplayStore, String>,
+    /// Notified by `reload` (the SIGHUP path).
+    reload: Arc<Notify>,
+    /// Notified by `restart-uplink` (the publisher reloads its TLS files and reconnects).
+    restart_uplink: Arc<Notify>,
+}
+
+/// What the agent can make the daemon do for a command.
+#[derive(Clone, Default)]
+pub struct Controls {
+    pub reload: Arc<Notify>,
+    pub restart_uplink: Arc<Notify>,
 }
 
 impl Agent {
@@ -82,6 +98,7 @@ impl Agent {
         state_dir: PathBuf,
         view: Arc<Mutex<FleetView>>,
         apply: mpsc::Sender<ApplyRequest>,
+        controls: Controls,
     ) -> Agent {
         let last_report = {
             let v = view.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +107,10 @@ impl Agent {
                 .filter(|_| v.overlay.is_some())
                 .map(|a| Report::applied(&gateway, a))
         };
+        let replay = ReplayStore::open(&state_dir).map_err(|e| e.to_string());
+        if let Err(e) = &replay {
+            tracing::error!(error = %e, "fleet: the command replay store is unreadable; every command will be refused");
+        }
         Agent {
             gateway,
             trusted,
@@ -97,6 +118,9 @@ impl Agent {
             view,
             apply,
             last_report,
+            replay,
+            reload: controls.reload,
+            restart_uplink: controls.restart_uplink,
         }
     }
 
@@ -126,7 +150,7 @@ impl Agent {
                     .on_desired(&doc, &shutdown)
                     .await
                     .map(|r| Outbound::Reported(r.to_json())),
-                Inbound::Command(_) => None,
+                Inbound::Command(doc) => Some(Outbound::CommandResult(self.on_command(&doc))),
             };
             if let Some(out) = out {
                 if outbound.send(out).await.is_err() {
@@ -231,6 +255,91 @@ impl Agent {
         }
     }
 
+    /// Judges and runs one command; the `cmd/result` payload.
+    pub fn on_command(&mut self, doc: &[u8]) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc();
+        let judged = match &self.replay {
+            Ok(store) => command::judge(doc, &self.gateway, &self.trusted, now, |n| store.seen(n)),
+            Err(e) => Err(Box::new(RefusedCommand {
+                refusal: command::CommandRefusal::Payload(format!("replay store unavailable: {e}")),
+                id: None,
+                claimed_id: None,
+                key_id: None,
+            })),
+        };
+        let accepted = match judged {
+            Ok(c) => c,
+            Err(r) => return self.refuse_command(&r, now),
+        };
+        let recorded = match &mut self.replay {
+            Ok(store) => store
+                .record(&accepted.payload.nonce, accepted.payload.expires_at, now)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        if let Err(e) = recorded {
+            let r = RefusedCommand {
+                refusal: command::CommandRefusal::Payload(format!(
+                    "cannot remember the command, so it is not run: {e}"
+                )),
+                id: Some(accepted.payload.id.clone()),
+                claimed_id: None,
+                key_id: Some(accepted.key_id.clone()),
+            };
+            return self.refuse_command(&r, now);
+        }
+        self.run_command(&accepted, now)
+    }
+
+    fn run_command(&mut self, c: &AcceptedCommand, now: OffsetDateTime) -> Vec<u8> {
+        let p = &c.payload;
+        let answer = match p.name.as_str() {
+            "ping" => {
+                let (running, _) = self.running();
+                serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "running_version": running, "time": crate::status::rfc3339(now)})
+            }
+            "reload" => {
+                self.reload.notify_one();
+                serde_json::json!({"reloading": true})
+            }
+            "restart-uplink" => {
+                self.restart_uplink.notify_one();
+                serde_json::json!({"restarting": true})
+            }
+            // `command::judge` accepts only known names.
+            other => serde_json::json!({"ignored": other}),
+        };
+        info!(id = %p.id, name = %p.name, key_id = %c.key_id, "fleet command run");
+        audit(
+            &self.state_dir,
+            "fleet_command",
+            serde_json::json!({"id": p.id, "name": p.name, "args": p.args, "key_id": c.key_id}),
+        );
+        serde_json::to_vec(&serde_json::json!({
+            "gateway": self.gateway, "id": p.id, "name": p.name, "result": "ok",
+            "answer": answer, "at": crate::status::rfc3339(now),
+        }))
+        .unwrap_or_default()
+    }
+
+    fn refuse_command(&mut self, r: &RefusedCommand, now: OffsetDateTime) -> Vec<u8> {
+        let detail = super::redact(&r.refusal.to_string());
+        warn!(reason = r.refusal.code(), detail = %detail, "fleet command refused");
+        audit(
+            &self.state_dir,
+            "fleet_command_refused",
+            serde_json::json!({"reason": r.refusal.code(), "detail": detail, "id": r.id, "claimed_id": r.claimed_id, "key_id": r.key_id}),
+        );
+        serde_json::to_vec(&serde_json::json!({
+            "gateway": self.gateway,
+            "id": r.id.as_ref().or(r.claimed_id.as_ref()),
+            "id_verified": r.id.is_some(),
+            "result": "refused", "reason": r.refusal.code(), "detail": detail,
+            "at": crate::status::rfc3339(now),
+        }))
+        .unwrap_or_default()
+    }
+
     fn refuse(&mut self, r: &Rejected, running_version: u64) -> Report {
         let detail = r.reason.detail();
         warn!(reason = r.reason.code(), detail = %detail, "fleet configuration rejected; the running configuration stays");
@@ -278,7 +387,7 @@ pub struct Started {
 
 /// Lays the stored document over `local` and, when `[fleet] trusted_keys` and `[uplink]` are
 /// configured, starts the agent and its MQTT session (stopped by `shutdown`).
-pub fn start(local: Config, shutdown: &CancellationToken) -> Started {
+pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) -> Started {
     let state_dir = local.gateway.state_dir.clone();
     let trusted = match local.fleet.load_keys() {
         Ok(k) => k,
@@ -351,7 +460,14 @@ pub fn start(local: Config, shutdown: &CancellationToken) -> Started {
                 out_rx,
                 shutdown.clone(),
             ));
-            let agent = Agent::new(gateway, trusted, state_dir, view.clone(), apply_tx);
+            let agent = Agent::new(
+                gateway,
+                trusted,
+                state_dir,
+                view.clone(),
+                apply_tx,
+                controls,
+            );
             tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone()));
         }
         (None, false, _) => {
@@ -381,7 +497,7 @@ fn jws_overlay(a: &Applied, trusted: &[PublicKey]) -> Option<Overlay> {
 /// The last report, for `vitalgate status`.
 pub const REPORT_FILE: &str = "fleet-reported.json";
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");

@@ -14,8 +14,9 @@ use super::jws::{self, EnvelopeError, TYPE_COMMAND};
 use super::keys::{PublicKey, SigningKey};
 use super::MAX_DOCUMENT_BYTES;
 
-/// The commands a hub runs.
-pub const KNOWN: &[&str] = &["ping", "resync", "reload", "restart-uplink"];
+/// The commands a hub runs. (`resync` needs an outbox operation that re-opens delivered rows
+/// of a time range; it comes with the store's owner, see docs/fleet.md.)
+pub const KNOWN: &[&str] = &["ping", "reload", "restart-uplink"];
 
 /// Longest a command may stay valid: bounds the replay store and a delayed delivery.
 pub const MAX_LIFETIME: time::Duration = time::Duration::hours(24);
@@ -127,7 +128,11 @@ pub struct AcceptedCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedCommand {
     pub refusal: CommandRefusal,
+    /// The id, once the signature verified.
     pub id: Option<String>,
+    /// The id the payload claims, unverified (so an unsigned sender can still match the
+    /// answer); at most 64 characters, NHS-Number-shaped digits masked.
+    pub claimed_id: Option<String>,
     pub key_id: Option<String>,
 }
 
@@ -139,15 +144,16 @@ pub fn judge(
     trusted: &[PublicKey],
     now: OffsetDateTime,
     seen: impl Fn(&str) -> bool,
-) -> Result<AcceptedCommand, RefusedCommand> {
+) -> Result<AcceptedCommand, Box<RefusedCommand>> {
     let mut r = RefusedCommand {
         refusal: CommandRefusal::Replayed,
         id: None,
+        claimed_id: None,
         key_id: None,
     };
     let refuse = |mut r: RefusedCommand, why| {
         r.refusal = why;
-        Err(r)
+        Err(Box::new(r))
     };
     if document.len() > MAX_COMMAND_BYTES {
         let why = CommandRefusal::TooLarge {
@@ -157,6 +163,14 @@ pub fn judge(
         return refuse(r, why);
     }
     r.key_id = jws::claimed_key_id(document);
+    r.claimed_id = jws::claimed_payload(document)
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .and_then(|v| {
+            v.get("id")?
+                .as_str()
+                .map(|id| id.chars().take(64).collect::<String>())
+        })
+        .map(|id| super::redact(&id));
     let v = match jws::verify(document, TYPE_COMMAND, trusted) {
         Ok(v) => v,
         Err(e) => return refuse(r, CommandRefusal::Envelope(e)),

@@ -77,6 +77,13 @@ pub fn claimed_key_id(document: &[u8]) -> Option<String> {
     Some(header.kid)
 }
 
+/// The payload a document carries, without verifying anything (only to echo a command id
+/// in a refusal, marked as unverified).
+pub fn claimed_payload(document: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(document).ok()?;
+    URL_SAFE_NO_PAD.decode(text.trim().split('.').nth(1)?).ok()
+}
+
 /// Verifies a JWS compact document of type `typ` against `trusted`.
 pub fn verify(
     document: &[u8],

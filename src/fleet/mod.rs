@@ -8,7 +8,7 @@
 //!   rejects one document with a typed [`document::Rejection`].
 //! - [`state`]: the applied document persisted by atomic rename (no rollback across restarts).
 //! - [`report`]: the `config/reported` payload.
-//! - [`command`]: signed commands on `cmd` and their judgement.
+//! - [`command`]: signed commands on `cmd` and their judgement; [`replay`]: their nonces.
 //! - [`agent`]: the hub's side: judge, persist, apply through the supervisor, report, audit.
 //! - [`cli`]: the operator's `vitalgate fleet ...` commands.
 //!
@@ -22,6 +22,7 @@ pub mod document;
 pub mod jws;
 pub mod keys;
 pub mod overlay;
+pub mod replay;
 pub mod report;
 pub mod state;
 
