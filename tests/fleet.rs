@@ -490,6 +490,15 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
 }
 
 impl Daemon {
+    fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// Waits until the log holds `needle`.
     async fn wait_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -543,7 +552,7 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
     let mut hits = [0u32; 2];
     for v in 1..=20u64 {
         let mut d = Daemon::start(&h.config);
-        d.wait_log("fleet link connected").await;
+        d.wait_log("fleet link subscribed").await;
         // The retained document v-1 reaches the restarted hub: it runs v-1, stored or not
         // before the last kill.
         stored_version_becomes(&h, v - 1).await;
@@ -571,7 +580,7 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
         hits[0], hits[1]
     );
     let d = Daemon::start(&h.config);
-    d.wait_log("fleet link connected").await;
+    d.wait_log("fleet link subscribed").await;
     stored_version_becomes(&h, 20).await;
     devices_become(&h, devices_of(20)).await;
 }
@@ -612,7 +621,7 @@ async fn commanded(name: &str) -> (Hub, Daemon, Received) {
         .await
         .0;
     let d = Daemon::start(&h.config);
-    d.wait_log("fleet link connected").await;
+    d.wait_log("fleet link subscribed").await;
     (h, d, rx)
 }
 
@@ -732,7 +741,7 @@ async fn replayed_command_is_refused_also_after_a_restart() {
     assert_eq!(a[1]["reason"], "replayed", "{}", a[1]);
     d.kill();
     let d = Daemon::start(&h.config);
-    d.wait_log("fleet link connected").await;
+    d.wait_log("fleet link subscribed").await;
     h.command(doc).await;
     let a = answers(&rx, &d, 3).await;
     assert_eq!(a[2]["reason"], "replayed", "{}", a[2]);
@@ -777,4 +786,111 @@ async fn reload_command_takes_the_sighup_path() {
     assert_eq!(answers(&rx, &d, 1).await[0]["result"], "ok");
     d.wait_log("config unchanged; reloading certificates and keys")
         .await;
+}
+
+// ---- Clustered brokers (acceptance 8) ----
+
+/// A second Mosquitto with the first one's CA, server certificate and ACL: another node of
+/// the same "cluster" (same CA, same server name), on its own port. Killed on drop.
+struct Sibling {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sibling {
+    fn start(a: &Broker) -> Sibling {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let ad = a.dir.path().display();
+        let conf = format!(
+            "{user}per_listener_settings false\nallow_anonymous false\nacl_file {ad}/acl\n\
+             listener {port} 127.0.0.1\ncafile {ad}/ca.pem\ncertfile {ad}/server.pem\n\
+             keyfile {ad}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+             tls_version tlsv1.3\n",
+            user = if root { "user root\n" } else { "" },
+        );
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sibling broker did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sibling {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_fails_over_to_the_next_broker_of_the_cluster() {
+    let h = Hub::new().await;
+    let mut first = Sibling::start(&h.broker);
+    // brokers = [first, h.broker]: the hub starts on `first`, which then dies.
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(
+        &format!("broker = \"127.0.0.1\"\nport = {}\n", h.broker.port),
+        &format!(
+            "brokers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            first.port, h.broker.port
+        ),
+    );
+    assert!(text.contains("brokers = "));
+    std::fs::write(&h.config, text).unwrap();
+    let (obs, _task) = subscribe(
+        &h.broker,
+        "platform-failover",
+        &format!("rpm/v1/gw/{GW}/obs"),
+    )
+    .await;
+    let results = subscribe(
+        &h.broker,
+        "platform-failover-cmd",
+        &format!("rpm/v1/gw/{GW}/cmd/result"),
+    )
+    .await
+    .0;
+    let d = Daemon::start(&h.config);
+    d.wait_log("uplink connected").await;
+    d.wait_log("fleet link subscribed").await;
+    assert_eq!(obs.len(), 0, "the hub should be on the first broker");
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    obs.wait_for("/obs", 3, 60).await;
+    // The fleet session moved too (a command published before it subscribed on the second
+    // broker would have no subscriber there).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.count_log("fleet link subscribed") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "fleet link did not fail over: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ping = h.ping();
+    h.command(ping.sign(&h.key)).await;
+    assert_eq!(answers(&results, &d, 1).await[0]["id"], ping.id.as_str());
 }

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
@@ -85,14 +85,18 @@ pub async fn run(
         Duration::from_millis(cfg.backoff_initial_ms),
         Duration::from_secs(cfg.backoff_max_s),
     );
+    let mut turn = 0usize; // `uplink.brokers`: the next address after a failed connection
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match tls::load(&cfg, time::OffsetDateTime::now_utc()) {
+        let at = cfg.at_address(turn);
+        match tls::load(&at, time::OffsetDateTime::now_utc()) {
             Ok(t) => {
-                if session(&cfg, t, &inbound, &mut outbound, &shutdown).await {
+                if session(&at, t, &inbound, &mut outbound, &shutdown).await {
                     backoff.reset();
+                } else {
+                    turn += 1;
                 }
             }
             Err(e) => warn!(error = %e, "fleet link: cannot load TLS material"),
@@ -143,10 +147,10 @@ async fn session(
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = connacked_tx.send(true);
-                        for t in [&topics.desired, &topics.cmd] {
-                            if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
-                                warn!(error = %e, topic = %t, "fleet link: cannot subscribe");
-                            }
+                        let filters = [&topics.desired, &topics.cmd]
+                            .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce));
+                        if let Err(e) = client.subscribe_many(filters).await {
+                            warn!(error = %e, "fleet link: cannot subscribe");
                         }
                         info!(gateway = %gateway, "fleet link connected");
                         if inbound
@@ -170,6 +174,9 @@ async fn session(
                         if inbound.send(msg).await.is_err() {
                             return;
                         }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        info!(reasons = ?ack.return_codes, "fleet link subscribed");
                     }
                     Ok(_) => {}
                     Err(e) => {
