@@ -160,6 +160,15 @@ enum FleetAction {
         name: String,
         args: Vec<String>,
     },
+    /// Subscribe as the platform to every gateway's status and config/reported and print a
+    /// live table (PLATFORM.toml holds an [uplink] table with the platform's certificate).
+    Watch {
+        #[arg(long, value_name = "PLATFORM.toml")]
+        config: PathBuf,
+        /// Stop after this many seconds and print the table once more (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 /// `vitalgate fleet ...`: the handlers live in `vitalgate::fleet::cli`.
@@ -202,6 +211,27 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
                 cli::command(&key, &gateway, &name, args, lifetime, now).map_err(usage)?;
             println!("{doc}");
             eprintln!("command id {} (answered on cmd/result)", p.id);
+        }
+        FleetAction::Watch { config, seconds } => {
+            use std::io::IsTerminal;
+            let cfg = vitalgate::fleet::watch::load_config(&config)
+                .map_err(|e| UsageError(e.to_string()))?;
+            let (rt, shutdown) = runtime_with_signals(None)?;
+            if let Some(s) = seconds {
+                let stop = shutdown.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(s)).await;
+                    stop.cancel();
+                });
+            }
+            let terminal = std::io::stdout().is_terminal();
+            rt.block_on(vitalgate::fleet::watch::run(
+                cfg,
+                std::io::stdout(),
+                terminal,
+                shutdown,
+            ))
+            .map_err(|e| UsageError(e.to_string()))?;
         }
     }
     Ok(())

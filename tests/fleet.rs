@@ -894,3 +894,50 @@ async fn hub_fails_over_to_the_next_broker_of_the_cluster() {
     h.command(ping.sign(&h.key)).await;
     assert_eq!(answers(&results, &d, 1).await[0]["id"], ping.id.as_str());
 }
+
+// ---- Operator's live view (acceptance 7) ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_watch_shows_each_gateway_state_and_config_version() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-watch").await;
+    let d = Daemon::start(&h.config);
+    h.desire(h.sign(1, REBIND)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    let platform = h.state().join("platform.toml");
+    std::fs::write(
+        &platform,
+        format!(
+            "[uplink]\nbroker = \"127.0.0.1\"\nport = {}\nserver_name = \"localhost\"\n\
+             ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            h.broker.port,
+            h.broker.path("ca.pem").display(),
+            h.broker.path("platform.pem").display(),
+            h.broker.path("platform.key").display(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["fleet", "watch", "--seconds", "3", "--config"])
+            .arg(&platform)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last_table = text.rsplit("GATEWAY").next().unwrap();
+    let row: Vec<&str> = last_table
+        .lines()
+        .find(|l| l.starts_with(GW))
+        .unwrap_or_else(|| panic!("no row for {GW}: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], [GW, "online", "1", "applied"], "{text}");
+}

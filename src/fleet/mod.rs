@@ -10,6 +10,7 @@
 //! - [`report`]: the `config/reported` payload.
 //! - [`command`]: signed commands on `cmd` and their judgement; [`replay`]: their nonces.
 //! - [`agent`]: the hub's side: judge, persist, apply through the supervisor, report, audit.
+//! - [`watch`]: `vitalgate fleet watch`, the platform's live table of gateways.
 //! - [`cli`]: the operator's `vitalgate fleet ...` commands.
 //!
 //! The core (`jws`, `overlay`, `document`, `report`) does no IO and never reads the clock.
@@ -25,6 +26,7 @@ pub mod overlay;
 pub mod replay;
 pub mod report;
 pub mod state;
+pub mod watch;
 
 use std::path::PathBuf;
 
