@@ -941,3 +941,37 @@ async fn fleet_watch_shows_each_gateway_state_and_config_version() {
         .collect();
     assert_eq!(&row[..4], [GW, "online", "1", "applied"], "{text}");
 }
+
+// ---- SIGHUP with an overlay in force ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_keeps_the_overlay_and_refuses_a_local_change_that_conflicts_with_it() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-sighup").await;
+    let d = Daemon::start(&h.config);
+    // The overlay owns the patients (p1, p2); devices stay local (d1 -> p1).
+    let patients_only = "[[patient]]\nid = \"p1\"\n[[patient]]\nid = \"p2\"\n";
+    h.desire(h.sign(1, patients_only)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+
+    // A local device bound to a patient only the local file knows: valid alone, not with
+    // the overlay (which replaces the patients).
+    let local = std::fs::read_to_string(&h.config).unwrap();
+    let conflicting = local.replace(
+        "[[patient]]\nid = \"p1\"",
+        "[[patient]]\nid = \"p9\"\n[[device]]\nid = \"d9\"\npatient = \"p9\"\ndriver = \"sim\"\n[[patient]]\nid = \"p1\"",
+    );
+    assert_ne!(conflicting, local);
+    std::fs::write(&h.config, &conflicting).unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    d.wait_log("conflicts with fleet configuration version 1")
+        .await;
+    devices_become(&h, &["d1"]).await;
+    assert!(h.status()["fleet"]["applied"]["version"]
+        .as_u64()
+        .is_some_and(|v| v == 1));
+}
