@@ -203,9 +203,16 @@ impl Agent {
                 .trim_end_matches(['\n', '\r'])
                 .to_owned(),
         };
-        if let Err(e) = state::save(&self.state_dir, &applied) {
+        // fsync off the runtime's worker threads (the publisher shares them).
+        let saved = {
+            let (dir, a) = (self.state_dir.clone(), applied.clone());
+            tokio::task::spawn_blocking(move || state::save(&dir, &a).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        };
+        if let Err(e) = saved {
             let r = Rejected {
-                reason: Rejection::Storage(e.to_string()),
+                reason: Rejection::Storage(e),
                 version: Some(accepted.version),
                 sha256: Some(accepted.sha256.clone()),
                 key_id: Some(accepted.key_id.clone()),
