@@ -53,6 +53,9 @@ pub struct Config {
     /// Ward monitors: HL7 v2 ORU^R01 over MLLP (`[hl7]`, `[[hl7.bed]]`; see docs/hl7.md).
     #[serde(default)]
     pub hl7: Option<crate::hl7::config::Hl7Config>,
+    /// Remote configuration: the fleet keys this hub trusts (local-only; see docs/fleet.md).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -536,6 +539,9 @@ impl Config {
             for (k, m) in h.problems(&patient_ids) {
                 problem(format!("hl7.{k}"), m);
             }
+        }
+        for p in self.fleet.problems() {
+            problem(p.key().to_string(), p.message().to_string());
         }
 
         let mut device_ids = HashSet::new();

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod doctor;
 pub mod drivers;
 pub mod fhir;
+pub mod fleet;
 pub mod hl7;
 pub mod ingest;
 pub mod live;

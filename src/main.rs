@@ -156,6 +156,12 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Fleet operator tools: signing keys, signed configuration documents and commands
+    /// (docs/fleet.md).
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Create a new 256-bit master key file (mode 0600). Refuses to overwrite.
     Keygen {
         /// Where to write the key (default: the key_file of the config, else /etc/vitalgate/master.key).
@@ -189,6 +195,117 @@ enum AuditAction {
         #[arg(long, value_parser = vitalgate::audit::cli::parse_time)]
         until: Option<time::OffsetDateTime>,
     },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Create a fleet signing key pair in DIR: fleet.key (PKCS#8, mode 0600) and fleet.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Sign a configuration overlay (TOML) for one gateway; the document goes to stdout.
+    Sign {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "GW")]
+        gateway: String,
+        /// Strictly increasing per gateway.
+        #[arg(long, value_name = "N")]
+        version: u64,
+        /// The hub refuses the document after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+        overlay: PathBuf,
+    },
+    /// Sign a command (ping, reload, restart-uplink) for one gateway; the document
+    /// goes to stdout, its id to stderr.
+    Command {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "GW")]
+        gateway: String,
+        /// The hub refuses the command after this many seconds (at most a day).
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        expires_in: i64,
+        name: String,
+        args: Vec<String>,
+    },
+    /// Subscribe as the platform to every gateway's status and config/reported and print a
+    /// live table (PLATFORM.toml holds an [uplink] table with the platform's certificate).
+    Watch {
+        #[arg(long, value_name = "PLATFORM.toml")]
+        config: PathBuf,
+        /// Stop after this many seconds and print the table once more (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+/// `vitalgate fleet ...`: the handlers live in `vitalgate::fleet::cli`.
+fn fleet(action: FleetAction) -> anyhow::Result<()> {
+    use vitalgate::fleet::cli;
+    let usage = |e: cli::CliError| UsageError(e.to_string());
+    let now = time::OffsetDateTime::now_utc();
+    match action {
+        FleetAction::Keygen { out } => {
+            let g = cli::keygen(&out).map_err(usage)?;
+            println!("{}", g.key_id);
+            eprintln!(
+                "wrote {} (mode 0600, keep it offline) and {} (give it to hubs as [fleet] trusted_keys); key id {}",
+                g.private_key.display(),
+                g.public_key.display(),
+                g.key_id
+            );
+        }
+        FleetAction::Sign {
+            key,
+            gateway,
+            version,
+            expires_in,
+            overlay,
+        } => {
+            let expires =
+                expires_in.map(|s| time::Duration::seconds(s.min(i64::MAX as u64) as i64));
+            let doc = cli::sign(&key, &gateway, version, &overlay, expires, now).map_err(usage)?;
+            println!("{doc}");
+        }
+        FleetAction::Command {
+            key,
+            gateway,
+            expires_in,
+            name,
+            args,
+        } => {
+            let lifetime = time::Duration::seconds(expires_in);
+            let (doc, p) =
+                cli::command(&key, &gateway, &name, args, lifetime, now).map_err(usage)?;
+            println!("{doc}");
+            eprintln!("command id {} (answered on cmd/result)", p.id);
+        }
+        FleetAction::Watch { config, seconds } => {
+            use std::io::IsTerminal;
+            let cfg = vitalgate::fleet::watch::load_config(&config)
+                .map_err(|e| UsageError(e.to_string()))?;
+            let (rt, shutdown) = runtime_with_signals(None)?;
+            if let Some(s) = seconds {
+                let stop = shutdown.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(s)).await;
+                    stop.cancel();
+                });
+            }
+            let terminal = std::io::stdout().is_terminal();
+            rt.block_on(vitalgate::fleet::watch::run(
+                cfg,
+                std::io::stdout(),
+                terminal,
+                shutdown,
+            ))
+            .map_err(|e| UsageError(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// An error that exits with 2 (usage or configuration).
@@ -412,6 +529,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 code => Err(ExitWith(code).into()),
             }
         }
+        Command::Fleet { action } => fleet(action),
         Command::Keygen { out, config } => {
             let path = match (out, &config) {
                 (Some(p), _) => p,

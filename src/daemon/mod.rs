@@ -584,5 +584,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         "uplink": snapshot.as_ref().and_then(|s| s.get("uplink")).cloned(),
         "audit": snapshot.as_ref().and_then(|s| s.get("audit")).cloned(),
         "hl7": snapshot.as_ref().and_then(|s| s.get("hl7")).cloned(),
+        "fleet": crate::fleet::agent::status_json(&config.gateway.state_dir),
     }))
 }

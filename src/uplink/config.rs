@@ -16,6 +16,9 @@ pub struct UplinkConfig {
     pub broker: String,
     /// Broker TLS port.
     pub port: u16,
+    /// A broker cluster behind several addresses (`"host:port"`), tried in turn with backoff;
+    /// every one is verified against the same CA and server name. Instead of `broker`/`port`.
+    pub brokers: Vec<String>,
     /// Name the broker certificate must carry, when it differs from `broker`.
     pub server_name: Option<String>,
     /// PEM file holding the platform CA: the only trusted root.
@@ -67,6 +70,7 @@ impl Default for UplinkConfig {
         Self {
             broker: String::new(),
             port: 8883,
+            brokers: Vec::new(),
             server_name: None,
             ca_file: PathBuf::from("/etc/vitalgate/ca.pem"),
             cert_file: PathBuf::from("/etc/vitalgate/client.pem"),
@@ -109,21 +113,81 @@ fn err(key: &'static str, value: impl std::fmt::Debug, reason: &str) -> ConfigEr
     }
 }
 
+/// `host:port` or `[v6]:port` split; None when malformed or the port is 0.
+fn split_address(a: &str) -> Option<(&str, u16)> {
+    let (host, port) = a.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && !host.contains(':') || a.starts_with('['))
+        .then_some((host, port))
+        .filter(|(_, p)| *p != 0)
+}
+
 /// A topic level must not be empty nor contain `/`, `+`, `#` or NUL.
 pub(crate) fn valid_topic_level(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
 }
 
 impl UplinkConfig {
-    /// The name the broker certificate is checked against.
+    /// The name the broker certificate is checked against: `server_name`, else the host of
+    /// `broker` (or of the first of `brokers`), the same whichever address is connected.
     pub fn effective_server_name(&self) -> &str {
-        self.server_name.as_deref().unwrap_or(&self.broker)
+        if let Some(n) = &self.server_name {
+            return n;
+        }
+        match self.brokers.first() {
+            Some(first) => split_address(first).map_or(first.as_str(), |(h, _)| h),
+            None => &self.broker,
+        }
+    }
+
+    /// The addresses to connect to, in order: `brokers`, else `broker`:`port`.
+    pub fn addresses(&self) -> Vec<(String, u16)> {
+        if self.brokers.is_empty() {
+            return vec![(self.broker.clone(), self.port)];
+        }
+        self.brokers
+            .iter()
+            .filter_map(|a| split_address(a).map(|(h, p)| (h.to_owned(), p)))
+            .collect()
+    }
+
+    /// This config aimed at `addresses()[turn % n]`, with the server name pinned so every
+    /// address is verified against the same name.
+    pub fn at_address(&self, turn: usize) -> UplinkConfig {
+        let mut c = self.clone();
+        c.server_name = Some(self.effective_server_name().to_owned());
+        let all = self.addresses();
+        if let Some((host, port)) = all.get(turn % all.len().max(1)) {
+            c.broker = host.clone();
+            c.port = *port;
+        }
+        c
     }
 
     /// Checks every key and returns all problems at once.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();
-        if self.broker.trim().is_empty() {
+        for a in &self.brokers {
+            if split_address(a).is_none() {
+                errs.push(err(
+                    "brokers",
+                    a,
+                    "each address is \"host:port\" (\"[v6 address]:port\" for IPv6), port 1..=65535",
+                ));
+            }
+        }
+        if !self.brokers.is_empty() && !self.broker.trim().is_empty() {
+            errs.push(err(
+                "brokers",
+                &self.brokers,
+                "set either `broker` (and `port`) or `brokers`, not both",
+            ));
+        }
+        if self.broker.trim().is_empty() && self.brokers.is_empty() {
             errs.push(err(
                 "broker",
                 &self.broker,
@@ -298,6 +362,48 @@ mod tests {
             msg,
             "uplink.keep_alive_s = 1: must be 5..=65535 seconds (20-30 detects dead links on cellular)"
         );
+    }
+
+    #[test]
+    fn brokers_are_tried_in_turn_under_one_server_name() {
+        let c: UplinkConfig =
+            toml::from_str("brokers = [\"mqtt-a.example:8883\", \"10.0.0.2:8884\"]").unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let first = c.at_address(0);
+        let second = c.at_address(1);
+        assert_eq!(
+            (first.broker.as_str(), first.port),
+            ("mqtt-a.example", 8883)
+        );
+        assert_eq!((second.broker.as_str(), second.port), ("10.0.0.2", 8884));
+        assert_eq!(second.effective_server_name(), "mqtt-a.example");
+        assert_eq!(c.at_address(2).broker, "mqtt-a.example");
+    }
+
+    #[test]
+    fn malformed_broker_address_is_refused() {
+        for bad in ["mqtt.example", "mqtt.example:0", ":8883", "::1:8883"] {
+            let c = UplinkConfig {
+                brokers: vec![bad.into()],
+                ..UplinkConfig::default()
+            };
+            let keys: Vec<&str> = c.validate().unwrap_err().iter().map(|e| e.key).collect();
+            assert_eq!(keys, vec!["brokers"], "{bad}");
+        }
+        let v6 = UplinkConfig {
+            brokers: vec!["[::1]:8883".into()],
+            ..UplinkConfig::default()
+        };
+        assert_eq!(v6.validate(), Ok(()));
+    }
+
+    #[test]
+    fn broker_and_brokers_together_are_refused() {
+        let c = UplinkConfig {
+            brokers: vec!["a:1".into()],
+            ..valid()
+        };
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //!   status payloads, reconnect delays.
 //!
 //! The outbox is the queue; this module keeps at most the in-flight window in memory and
-//! never marks a row delivered without its own successful PUBACK. It does not yet handle fleet
-//! configuration or commands (`config/desired`, `cmd`): those come with their own issue.
+//! never marks a row delivered without its own successful PUBACK. Fleet configuration and
+//! commands (`config/desired`, `cmd`) travel on a session of their own ([`fleet_link`]).
 
 pub mod backoff;
 pub mod config;
+pub mod fleet_link;
 pub mod publisher;
 pub mod session;
 pub mod source;

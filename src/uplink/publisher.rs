@@ -259,6 +259,8 @@ impl<S: OutboxSource> Uplink<S> {
             Duration::from_millis(cfg.backoff_initial_ms),
             Duration::from_secs(cfg.backoff_max_s),
         );
+        // `uplink.brokers`: the next address after a connection that got no ConnAck.
+        let (base, mut turn) = (cfg.clone(), 0usize);
         let mut pump = Pump {
             topics: Topics::new(&cfg.topic_prefix, "-"),
             max_packet: cfg.max_packet_size as usize,
@@ -302,6 +304,7 @@ impl<S: OutboxSource> Uplink<S> {
                 }
             }
             if let Some(t) = tls.clone() {
+                pump.cfg = base.at_address(turn);
                 match pump.session(&t, &wake, &reload, &shutdown).await {
                     End::Shutdown => break,
                     End::Reload(new) => {
@@ -316,6 +319,8 @@ impl<S: OutboxSource> Uplink<S> {
                     End::Failed { connacked, acked } => {
                         if acked || connacked {
                             backoff.reset();
+                        } else {
+                            turn += 1;
                         }
                     }
                 }

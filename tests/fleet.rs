@@ -1,0 +1,977 @@
+//! Fleet configuration end to end (issue #14, acceptance 1-4 and 9): the REAL daemon
+//! (`vitalgate run`), a real Mosquitto with mutual TLS 1.3 and an ACL, an operator client
+//! publishing signed documents on `config/desired` (retained), and the platform reading
+//! `config/reported`. Documents are signed with the library's own signer (`vitalgate fleet
+//! sign` is tests/fleet_cli.rs).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use serde_json::Value;
+use support::*;
+use time::OffsetDateTime;
+use vitalgate::fleet::document::ConfigPayload;
+use vitalgate::fleet::keys::{self, SigningKey};
+use vitalgate::uplink::UplinkConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
+const GW: &str = "fleet-gw";
+const OPS: &str = "fleet-ops";
+
+/// A hub with a fleet key it trusts, a broker, and the operator's connection.
+struct Hub {
+    broker: Broker,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    key: SigningKey,
+    ops: AsyncClient,
+    _ops_task: tokio::task::JoinHandle<()>,
+}
+
+impl Hub {
+    async fn new() -> Hub {
+        let mut acl = Acl::gateways(&[GW]);
+        acl.0.push((
+            OPS.into(),
+            vec![
+                "rpm/v1/gw/+/config/desired".into(),
+                "rpm/v1/gw/+/cmd".into(),
+            ],
+        ));
+        let broker = Broker::start(acl);
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["keygen", "--out"])
+            .arg(dir.path().join("master.key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let g = keys::generate(&dir.path().join("fleet-keys")).unwrap();
+        let key = SigningKey::load(&g.private_key).unwrap();
+        let (cert, ckey) = broker.write_client(GW, false);
+        let d = dir.path().display();
+        let text = format!(
+            "[gateway]\nid = \"{GW}\"\nstate_dir = \"{d}\"\ndevices_dirs = []\n\
+             [store]\nkey_file = \"{d}/master.key\"\n\
+             [uplink]\nbroker = \"127.0.0.1\"\nport = {port}\nserver_name = \"localhost\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{ckey}\"\n\
+             backoff_initial_ms = 100\nbackoff_max_s = 1\n\
+             [fleet]\ntrusted_keys = [\"{public}\"]\n\
+             [[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n\
+             [[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 500\n",
+            port = broker.port,
+            ca = broker.path("ca.pem").display(),
+            cert = cert.display(),
+            ckey = ckey.display(),
+            public = g.public_key.display(),
+        );
+        let config = dir.path().join("vitalgate.toml");
+        std::fs::write(&config, text).unwrap();
+        let (ops, task) = operator(&broker).await;
+        Hub {
+            broker,
+            dir,
+            config,
+            key,
+            ops,
+            _ops_task: task,
+        }
+    }
+
+    fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Publishes `doc` retained on this hub's `config/desired`, as the platform does.
+    async fn desire(&self, doc: impl Into<Vec<u8>>) {
+        self.ops
+            .publish(
+                format!("rpm/v1/gw/{GW}/config/desired"),
+                QoS::AtLeastOnce,
+                true,
+                doc.into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn sign(&self, version: u64, overlay: &str) -> String {
+        payload(version, overlay).sign(&self.key)
+    }
+
+    fn audit_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("fleet_")))
+            .collect()
+    }
+
+    fn status(&self) -> Value {
+        let out = Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn payload(version: u64, overlay: &str) -> ConfigPayload {
+    ConfigPayload {
+        gateway: GW.into(),
+        version,
+        issued_at: OffsetDateTime::now_utc(),
+        expires_at: None,
+        overlay: overlay.into(),
+    }
+}
+
+/// The operator's MQTT client (its own certificate, allowed to write `config/desired`).
+async fn operator(b: &Broker) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (cert, key) = b.write_client(OPS, false);
+    let tls = vitalgate::uplink::tls::load(
+        &UplinkConfig {
+            broker: "localhost".into(),
+            ca_file: b.path("ca.pem"),
+            cert_file: cert,
+            key_file: key,
+            ..UplinkConfig::default()
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let mut o = MqttOptions::new("fleet-ops-client", "localhost", b.port);
+    o.set_max_packet_size(Some(1024 * 1024))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.config,
+        )));
+    let (client, mut el) = AsyncClient::new(o, 16);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    within(30, "operator CONNACK", rx).await.unwrap();
+    (client, task)
+}
+
+/// `vitalgate run`, stderr collected. Killed on drop.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, log }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_tail(&self) -> Vec<String> {
+        let l = self.log.lock().unwrap();
+        l[l.len().saturating_sub(30)..].to_vec()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reports on `config/reported`, as the platform sees them.
+async fn reported(h: &Hub, id: &str) -> Received {
+    subscribe(&h.broker, id, &format!("rpm/v1/gw/{GW}/config/reported"))
+        .await
+        .0
+}
+
+/// Waits for a report satisfying `pred`; returns it.
+async fn report_where(
+    rx: &Received,
+    d: &Daemon,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = rx
+            .on("/config/reported")
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<Value>(p).ok())
+            .find(|v| pred(v))
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report {what}; got {:?}; daemon log: {:#?}",
+            rx.on("/config/reported")
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An overlay that binds a second patient's device and keeps 30 days.
+const REBIND: &str = "[store]\nretention_days = 30\n\
+    [[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n\
+    [[patient]]\nid = \"p2\"\n\
+    [[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 500\n\
+    [[device]]\nid = \"d2\"\npatient = \"p2\"\ndriver = \"sim\"\ninterval_ms = 500\n";
+
+fn device_ids(status: &Value) -> Vec<String> {
+    status["devices"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn devices_become(h: &Hub, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ids = device_ids(&h.status());
+        ids.sort();
+        if ids == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "devices {ids:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn good_document_is_applied_reported_audited_and_shown_in_status() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-good").await;
+    let d = Daemon::start(&h.config);
+    devices_become(&h, &["d1"]).await;
+    let doc = h.sign(1, REBIND);
+    h.desire(doc).await;
+    let r = report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["running_version"], 1);
+    assert_eq!(r["key_id"], h.key.key_id());
+    assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
+    assert!(r["applied_at"].is_string());
+    devices_become(&h, &["d1", "d2"]).await;
+    let s = h.status();
+    assert_eq!(s["fleet"]["applied"]["version"], 1);
+    assert_eq!(s["fleet"]["last_report"]["result"], "applied");
+    let audit = h.audit_events();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event"] == "fleet_config_applied" && e["details"]["version"] == 1),
+        "{audit:?}"
+    );
+}
+
+/// One rejection end to end: the document is refused, reported with `code`, audited, and
+/// the running configuration (version 1, devices d1 and d2) stays.
+async fn rejected_end_to_end(code: &str, doc: impl FnOnce(&Hub) -> Vec<u8>) {
+    let h = Hub::new().await;
+    let rx = reported(&h, &format!("platform-{code}")).await;
+    let d = Daemon::start(&h.config);
+    h.desire(h.sign(1, REBIND)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    devices_become(&h, &["d1", "d2"]).await;
+    let before = std::fs::read(h.state().join("fleet-applied.json")).unwrap();
+
+    h.desire(doc(&h)).await;
+    let r = report_where(&rx, &d, code, |v| v["result"] == "rejected").await;
+    assert_eq!(r["reason"], code, "{r}");
+    assert_eq!(r["running_version"], 1);
+    assert!(
+        !r.to_string().contains("9434765918") && !r.to_string().contains("9434765919"),
+        "NHS Number in the report: {r}"
+    );
+    let audit = h.audit_events();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event"] == "fleet_config_rejected" && e["details"]["reason"] == code),
+        "{audit:?}"
+    );
+    assert_eq!(
+        std::fs::read(h.state().join("fleet-applied.json")).unwrap(),
+        before,
+        "the stored configuration changed"
+    );
+    devices_become(&h, &["d1", "d2"]).await;
+}
+
+const SHRINK: &str =
+    "[[patient]]\nid = \"p1\"\n[[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn document_with_a_bad_signature_is_rejected() {
+    rejected_end_to_end("bad_signature", |h| {
+        let doc = h.sign(2, SHRINK);
+        let (head, sig) = doc.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        format!("{head}.{flipped}{}", &sig[1..]).into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn document_signed_by_an_untrusted_key_is_rejected() {
+    rejected_end_to_end("untrusted_key", |h| {
+        let g = keys::generate(&h.state().join("other-keys")).unwrap();
+        let other = SigningKey::load(&g.private_key).unwrap();
+        payload(2, SHRINK).sign(&other).into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_gateways_document_is_rejected() {
+    rejected_end_to_end("wrong_gateway", |h| {
+        let mut p = payload(2, SHRINK);
+        p.gateway = "other-gw".into();
+        p.sign(&h.key).into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn older_version_is_rejected() {
+    rejected_end_to_end("not_newer", |h| h.sign(0, SHRINK).into_bytes()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_document_is_rejected() {
+    rejected_end_to_end("expired", |h| {
+        let mut p = payload(2, SHRINK);
+        p.expires_at = Some(OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        p.sign(&h.key).into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_document_is_rejected() {
+    rejected_end_to_end("too_large", |h| {
+        let pad = format!("# {}\n", "x".repeat(vitalgate::fleet::MAX_DOCUMENT_BYTES));
+        h.sign(2, &format!("{pad}{SHRINK}")).into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn document_with_an_invalid_field_is_rejected() {
+    rejected_end_to_end("invalid", |h| {
+        h.sign(2, "[store]\nretention_days = 0\n").into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn document_with_an_invalid_nhs_number_is_rejected() {
+    rejected_end_to_end("invalid", |h| {
+        h.sign(2, &REBIND.replace("9434765919", "9434765918"))
+            .into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn document_setting_a_local_only_key_is_rejected() {
+    rejected_end_to_end("local_only_key", |h| {
+        h.sign(2, "[store]\nkey_file = \"/tmp/stolen.key\"\n")
+            .into_bytes()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_document_after_a_restart_is_rejected() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-replay").await;
+    let mut d = Daemon::start(&h.config);
+    let v1 = h.sign(1, REBIND);
+    h.desire(v1.clone()).await;
+    report_where(&rx, &d, "applied v1", |v| {
+        v["version"] == 1 && v["result"] == "applied"
+    })
+    .await;
+    h.desire(h.sign(2, SHRINK)).await;
+    report_where(&rx, &d, "applied v2", |v| {
+        v["version"] == 2 && v["result"] == "applied"
+    })
+    .await;
+    devices_become(&h, &["d1"]).await;
+
+    d.kill();
+    let d = Daemon::start(&h.config);
+    // The restarted hub runs version 2 (the retained desired), and then sees version 1 again.
+    devices_become(&h, &["d1"]).await;
+    h.desire(v1).await;
+    let r = report_where(&rx, &d, "v1 replay rejected", |v| v["result"] == "rejected").await;
+    assert_eq!(r["reason"], "not_newer");
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["running_version"], 2);
+    devices_become(&h, &["d1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejected() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-retained").await;
+    let mut d = Daemon::start(&h.config);
+    h.desire(h.sign(1, REBIND)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    d.kill();
+    let d = Daemon::start(&h.config);
+    devices_become(&h, &["d1", "d2"]).await;
+    // The retained desired document reaches the restarted hub at once; give it a moment to
+    // (wrongly) answer, then a fresh document proves the agent is listening.
+    h.desire(h.sign(2, REBIND)).await;
+    report_where(&rx, &d, "applied v2", |v| v["version"] == 2).await;
+    assert!(
+        !rx.on("/config/reported")
+            .iter()
+            .any(|p| String::from_utf8_lossy(p).contains("rejected")),
+        "the running document was reported as rejected"
+    );
+}
+
+impl Daemon {
+    fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until the log holds `needle`.
+    async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log: {:#?}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The overlay of version `v` in the kill test: odd versions bind two devices, even one.
+fn overlay_of(v: u64) -> &'static str {
+    if v % 2 == 1 {
+        REBIND
+    } else {
+        SHRINK
+    }
+}
+
+fn devices_of(v: u64) -> &'static [&'static str] {
+    if v == 0 || v % 2 == 0 {
+        &["d1"]
+    } else {
+        &["d1", "d2"]
+    }
+}
+
+async fn stored_version_becomes(h: &Hub, v: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = vitalgate::fleet::state::load(h.state())
+            .unwrap()
+            .map_or(0, |a| a.version);
+        if got == v {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stored version {got}, want {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() {
+    use rand::Rng;
+    let h = Hub::new().await;
+    let mut rng = rand::thread_rng();
+    let mut hits = [0u32; 2];
+    for v in 1..=20u64 {
+        let mut d = Daemon::start(&h.config);
+        d.wait_log("fleet link subscribed").await;
+        // The retained document v-1 reaches the restarted hub: it runs v-1, stored or not
+        // before the last kill.
+        stored_version_becomes(&h, v - 1).await;
+        devices_become(&h, devices_of(v - 1)).await;
+
+        let doc = h.sign(v, overlay_of(v));
+        h.desire(doc.clone()).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
+        d.kill();
+
+        let stored = vitalgate::fleet::state::load(h.state())
+            .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
+        let version = stored.as_ref().map_or(0, |a| a.version);
+        assert!(
+            version == v - 1 || version == v,
+            "apply {v}: stored version {version} is neither the old nor the new one"
+        );
+        if let Some(a) = stored.filter(|a| a.version == v) {
+            assert_eq!(a.document, doc, "apply {v}: a mix of two documents");
+        }
+        hits[usize::from(version == v)] += 1;
+    }
+    eprintln!(
+        "kills before the new document was stored: {}, after: {}",
+        hits[0], hits[1]
+    );
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link subscribed").await;
+    stored_version_becomes(&h, 20).await;
+    devices_become(&h, devices_of(20)).await;
+}
+
+// ---- Commands (acceptance 6) ----
+
+use vitalgate::fleet::command::CommandPayload;
+
+impl Hub {
+    /// Publishes `doc` on this hub's `cmd` topic.
+    async fn command(&self, doc: impl Into<Vec<u8>>) {
+        self.ops
+            .publish(
+                format!("rpm/v1/gw/{GW}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                doc.into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn ping(&self) -> CommandPayload {
+        CommandPayload::new(
+            GW,
+            "ping",
+            vec![],
+            OffsetDateTime::now_utc(),
+            time::Duration::minutes(5),
+        )
+    }
+}
+
+/// A hub running, with the platform reading `cmd/result`.
+async fn commanded(name: &str) -> (Hub, Daemon, Received) {
+    let h = Hub::new().await;
+    let rx = subscribe(&h.broker, name, &format!("rpm/v1/gw/{GW}/cmd/result"))
+        .await
+        .0;
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link subscribed").await;
+    (h, d, rx)
+}
+
+/// Waits for `n` answers on `cmd/result`; returns them all.
+async fn answers(rx: &Received, d: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<Value> = rx
+            .on("/cmd/result")
+            .iter()
+            .filter_map(|p| serde_json::from_slice(p).ok())
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} answers; log: {:#?}",
+            got.len(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_is_answered_once_with_its_id_and_audited() {
+    let (h, d, rx) = commanded("platform-ping").await;
+    let ping = h.ping();
+    h.command(ping.sign(&h.key)).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["id"], ping.id.as_str());
+    assert_eq!(a[0]["result"], "ok");
+    assert_eq!(a[0]["answer"]["version"], env!("CARGO_PKG_VERSION"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.on("/cmd/result").len(), 1, "answered more than once");
+    assert!(h
+        .audit_events()
+        .iter()
+        .any(|e| e["event"] == "fleet_command" && e["details"]["id"] == ping.id.as_str()));
+}
+
+/// One refused command end to end: answered with `code` and the id, audited.
+async fn refused_command(code: &str, make: impl FnOnce(&Hub) -> (String, Vec<u8>)) {
+    let (h, d, rx) = commanded(&format!("platform-cmd-{code}")).await;
+    let (id, doc) = make(&h);
+    h.command(doc).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["result"], "refused", "{}", a[0]);
+    assert_eq!(a[0]["reason"], code, "{}", a[0]);
+    assert_eq!(a[0]["id"], id.as_str(), "{}", a[0]);
+    assert!(
+        h.audit_events()
+            .iter()
+            .any(|e| e["event"] == "fleet_command_refused" && e["details"]["reason"] == code),
+        "{:?}",
+        h.audit_events()
+    );
+    assert!(!h
+        .audit_events()
+        .iter()
+        .any(|e| e["event"] == "fleet_command"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_command_is_refused_answered_and_audited() {
+    refused_command("unknown_command", |h| {
+        let mut p = h.ping();
+        p.name = "format-disk".into();
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_command_is_refused_answered_and_audited() {
+    use base64::Engine;
+    refused_command("unsupported_algorithm", |h| {
+        let p = h.ping();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = br#"{"alg":"none","kid":"x","typ":"vitalgate-command+jws"}"#;
+        let doc = format!("{}.{}.", b64(header), b64(&serde_json::to_vec(&p).unwrap()));
+        (p.id.clone(), doc.into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_command_is_refused_answered_and_audited() {
+    refused_command("expired", |h| {
+        let mut p = h.ping();
+        p.expires_at = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrongly_addressed_command_is_refused_answered_and_audited() {
+    refused_command("wrong_gateway", |h| {
+        let mut p = h.ping();
+        p.gateway = "other-gw".into();
+        (p.id.clone(), p.sign(&h.key).into_bytes())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_command_is_refused_also_after_a_restart() {
+    let (h, mut d, rx) = commanded("platform-cmd-replay").await;
+    let ping = h.ping();
+    let doc = ping.sign(&h.key);
+    h.command(doc.clone()).await;
+    answers(&rx, &d, 1).await;
+    h.command(doc.clone()).await;
+    let a = answers(&rx, &d, 2).await;
+    assert_eq!(a[1]["reason"], "replayed", "{}", a[1]);
+    d.kill();
+    let d = Daemon::start(&h.config);
+    d.wait_log("fleet link subscribed").await;
+    h.command(doc).await;
+    let a = answers(&rx, &d, 3).await;
+    assert_eq!(a[2]["reason"], "replayed", "{}", a[2]);
+    assert_eq!(a[2]["id"], ping.id.as_str());
+    let runs = h
+        .audit_events()
+        .iter()
+        .filter(|e| e["event"] == "fleet_command")
+        .count();
+    assert_eq!(runs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_uplink_command_makes_the_publisher_reconnect() {
+    let (h, d, rx) = commanded("platform-cmd-restart").await;
+    let connects = || h.status()["uplink"]["connects"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connects() < 1 {
+        assert!(Instant::now() < deadline, "publisher never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut p = h.ping();
+    p.name = "restart-uplink".into();
+    h.command(p.sign(&h.key)).await;
+    assert_eq!(answers(&rx, &d, 1).await[0]["result"], "ok");
+    while connects() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "publisher did not reconnect; log: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_takes_the_sighup_path() {
+    let (h, d, rx) = commanded("platform-cmd-reload").await;
+    let mut p = h.ping();
+    p.name = "reload".into();
+    h.command(p.sign(&h.key)).await;
+    assert_eq!(answers(&rx, &d, 1).await[0]["result"], "ok");
+    d.wait_log("config unchanged; reloading certificates and keys")
+        .await;
+}
+
+// ---- Clustered brokers (acceptance 8) ----
+
+/// A second Mosquitto with the first one's CA, server certificate and ACL: another node of
+/// the same "cluster" (same CA, same server name), on its own port. Killed on drop.
+struct Sibling {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sibling {
+    fn start(a: &Broker) -> Sibling {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let ad = a.dir.path().display();
+        let conf = format!(
+            "{user}per_listener_settings false\nallow_anonymous false\nacl_file {ad}/acl\n\
+             listener {port} 127.0.0.1\ncafile {ad}/ca.pem\ncertfile {ad}/server.pem\n\
+             keyfile {ad}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+             tls_version tlsv1.3\n",
+            user = if root { "user root\n" } else { "" },
+        );
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sibling broker did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sibling {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_fails_over_to_the_next_broker_of_the_cluster() {
+    let h = Hub::new().await;
+    let mut first = Sibling::start(&h.broker);
+    // brokers = [first, h.broker]: the hub starts on `first`, which then dies.
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(
+        &format!("broker = \"127.0.0.1\"\nport = {}\n", h.broker.port),
+        &format!(
+            "brokers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            first.port, h.broker.port
+        ),
+    );
+    assert!(text.contains("brokers = "));
+    std::fs::write(&h.config, text).unwrap();
+    let (obs, _task) = subscribe(
+        &h.broker,
+        "platform-failover",
+        &format!("rpm/v1/gw/{GW}/obs"),
+    )
+    .await;
+    let results = subscribe(
+        &h.broker,
+        "platform-failover-cmd",
+        &format!("rpm/v1/gw/{GW}/cmd/result"),
+    )
+    .await
+    .0;
+    let d = Daemon::start(&h.config);
+    d.wait_log("uplink connected").await;
+    d.wait_log("fleet link subscribed").await;
+    assert_eq!(obs.len(), 0, "the hub should be on the first broker");
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    obs.wait_for("/obs", 3, 60).await;
+    // The fleet session moved too (a command published before it subscribed on the second
+    // broker would have no subscriber there).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.count_log("fleet link subscribed") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "fleet link did not fail over: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ping = h.ping();
+    h.command(ping.sign(&h.key)).await;
+    assert_eq!(answers(&results, &d, 1).await[0]["id"], ping.id.as_str());
+}
+
+// ---- Operator's live view (acceptance 7) ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_watch_shows_each_gateway_state_and_config_version() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-watch").await;
+    let d = Daemon::start(&h.config);
+    h.desire(h.sign(1, REBIND)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    let platform = h.state().join("platform.toml");
+    std::fs::write(
+        &platform,
+        format!(
+            "[uplink]\nbroker = \"127.0.0.1\"\nport = {}\nserver_name = \"localhost\"\n\
+             ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            h.broker.port,
+            h.broker.path("ca.pem").display(),
+            h.broker.path("platform.pem").display(),
+            h.broker.path("platform.key").display(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["fleet", "watch", "--seconds", "3", "--config"])
+            .arg(&platform)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last_table = text.rsplit("GATEWAY").next().unwrap();
+    let row: Vec<&str> = last_table
+        .lines()
+        .find(|l| l.starts_with(GW))
+        .unwrap_or_else(|| panic!("no row for {GW}: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], [GW, "online", "1", "applied"], "{text}");
+}
+
+// ---- SIGHUP with an overlay in force ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_keeps_the_overlay_and_refuses_a_local_change_that_conflicts_with_it() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-sighup").await;
+    let d = Daemon::start(&h.config);
+    // The overlay owns the patients (p1, p2); devices stay local (d1 -> p1).
+    let patients_only = "[[patient]]\nid = \"p1\"\n[[patient]]\nid = \"p2\"\n";
+    h.desire(h.sign(1, patients_only)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+
+    // A local device bound to a patient only the local file knows: valid alone, not with
+    // the overlay (which replaces the patients).
+    let local = std::fs::read_to_string(&h.config).unwrap();
+    let conflicting = local.replace(
+        "[[patient]]\nid = \"p1\"",
+        "[[patient]]\nid = \"p9\"\n[[device]]\nid = \"d9\"\npatient = \"p9\"\ndriver = \"sim\"\n[[patient]]\nid = \"p1\"",
+    );
+    assert_ne!(conflicting, local);
+    std::fs::write(&h.config, &conflicting).unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    d.wait_log("conflicts with fleet configuration version 1")
+        .await;
+    devices_become(&h, &["d1"]).await;
+    assert!(h.status()["fleet"]["applied"]["version"]
+        .as_u64()
+        .is_some_and(|v| v == 1));
+}
