@@ -122,8 +122,10 @@ impl Hub {
             .arg(&self.config)
             .output()
             .unwrap();
+        // `status` is also a monitoring probe: 0 healthy, 1 degraded, 2 unreachable; the
+        // JSON is printed in every case.
         assert!(
-            out.status.success(),
+            matches!(out.status.code(), Some(0..=2)),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
