@@ -119,6 +119,45 @@ impl Gateway {
     }
 }
 
+/// Clears every delivery mark, leaving the outbox as a daemon that died before recording
+/// its PUBACKs leaves it: the rows undelivered and the counts kept in `meta` (schema 3)
+/// saying so, changed in the same transaction as the rows, undoing exactly what
+/// `Outbox::mark_delivered` did. Returns the number of rows reset.
+fn forget_every_delivery(outbox: &vitalgate::store::Outbox) -> u64 {
+    let tx = outbox.connection().unchecked_transaction().unwrap();
+    let (mut undelivered, mut refused) = ([0i64; 2], 0i64);
+    {
+        let mut st = tx
+            .prepare(
+                "UPDATE outbox SET delivered_at = NULL WHERE delivered_at IS NOT NULL
+                 RETURNING lane, refused_at IS NOT NULL",
+            )
+            .unwrap();
+        let mut reset = st.query([]).unwrap();
+        while let Some(row) = reset.next().unwrap() {
+            let lane: i64 = row.get(0).unwrap();
+            undelivered[vitalgate::store::Lane::from_i64(lane).unwrap() as usize] += 1;
+            refused += i64::from(row.get::<_, bool>(1).unwrap());
+        }
+    }
+    let total = undelivered[0] + undelivered[1];
+    for (key, n) in [
+        ("undelivered_alerts", undelivered[0]),
+        ("undelivered_readings", undelivered[1]),
+        ("delivered_held", -total),
+        ("refused", refused),
+    ] {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            rusqlite::params![key, n],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    total as u64
+}
+
 fn backlog(s: &Value, lane: &str) -> u64 {
     s["backlog"][lane].as_u64().unwrap()
 }
@@ -351,11 +390,17 @@ async fn daemon_redelivered_rows_are_valid_fhir_with_the_same_observation_ids() 
         first.iter().map(|p| (obs_id(p), p.clone())).collect();
 
     // Lose every delivery mark, as if the daemon had died before recording the PUBACKs.
-    let reset = outbox
-        .connection()
-        .execute("UPDATE outbox SET delivered_at = NULL", [])
-        .unwrap();
-    assert_eq!(reset as u64, rows);
+    let reset = forget_every_delivery(&outbox);
+    assert_eq!(reset, rows);
+    let held = outbox.stats().unwrap();
+    assert_eq!(
+        (
+            held.backlog_alerts + held.backlog_readings,
+            held.delivered_held
+        ),
+        (rows, 0),
+        "the outbox's counts say every row is undelivered again"
+    );
     drop(outbox);
     let n_before = rx.len();
     let d = g.start();
