@@ -142,11 +142,11 @@ fn top_with_no_color_emits_no_colour_and_still_says_everything_in_words() {
     let _d = g.start();
     wait_path(&g.path("live.sock"), 30);
     let t = Tmux::start("top-nocolour", &top_command(&g), &[("NO_COLOR", "1")]);
-    let screen = t.wait_for("the device row", 30, |s| s.contains("connected"));
-    assert!(
-        screen.contains("HEALTHY") && screen.contains("low"),
-        "{screen}"
-    );
+    // The device row can show before its first readings are scored: wait for both.
+    let screen = t.wait_for("the device row and the patient's NEWS2 band", 30, |s| {
+        s.contains("connected") && s.contains("low")
+    });
+    assert!(screen.contains("HEALTHY"), "{screen}");
     let escaped = t.screen_with_escapes();
     assert!(!has_colour(&escaped), "colour with NO_COLOR:\n{escaped:?}");
 }
