@@ -100,7 +100,12 @@ fn top_quits_on_q_and_restores_the_terminal() {
         "top draws on the alternate screen"
     );
     t.keys(&["q"]);
-    let after = t.wait_for("the shell again", 10, |s| s.contains("top-exit="));
+    // `stty` prints its line after `top-exit=`: wait for it too, either way it says.
+    let after = t.wait_for("the shell again and stty's answer", 10, |s| {
+        s.contains("top-exit=")
+            && s.lines()
+                .any(|l| l.trim() == "icanon" || l.trim() == "-icanon")
+    });
     assert!(after.contains("top-exit=0"), "{after}");
     assert!(
         after.contains("before-top"),
