@@ -28,7 +28,7 @@ fn line<'a>(lines: &'a [String], name: &str) -> &'a str {
 fn add_uplink(g: &Gateway, port: u16, ca_pem: &str, cert: &str, key: &str) {
     std::fs::write(g.path("ca.pem"), ca_pem).unwrap();
     std::fs::write(g.path("gw.pem"), cert).unwrap();
-    write_secret(&g.path("gw.key"), &key);
+    write_secret(&g.path("gw.key"), key);
     let mut c = std::fs::read_to_string(&g.config).unwrap();
     c.push_str(&format!(
         "\n[uplink]\nbroker = \"127.0.0.1\"\nport = {port}\nserver_name = \"localhost\"\n\
