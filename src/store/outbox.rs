@@ -117,7 +117,15 @@ pub const PAGE_SIZE: i64 = 1024;
 /// pages of each b-tree included, which the next rows change again: the rarer the
 /// checkpoints, the fewer times such a page is written. 8000 pages of [`PAGE_SIZE`] keep
 /// the WAL near 8 MiB (below `journal_size_limit`), a few seconds to replay after a crash.
+/// A small file system gets fewer (`auto_checkpoint_pages`).
 pub const AUTO_CHECKPOINT_PAGES: i64 = 8000;
+
+/// How long a connection waits for another holding a lock it needs.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the checkpoint after a full disk waits for readers (see
+/// `Outbox::reclaim_wal_space`): short, the writer's heartbeat must stay fresh.
+const RECLAIM_BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A known plaintext sealed under each data key, to tell a wrong master key at start.
 const KEY_CHECK: &[u8] = b"vitalgate key check v1";
@@ -588,10 +596,47 @@ impl Outbox {
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, StoreError> {
         let result = self.write_batch(records, state, now);
-        if result.is_err() {
+        if let Err(e) = &result {
             self.resync_after_failure();
+            if e.is_disk_full() {
+                self.reclaim_wal_space();
+            }
         }
         result
+    }
+
+    /// After a commit failed for want of space: copies the WAL into the database and
+    /// truncates it to nothing (`wal_checkpoint(TRUNCATE)`), so the space it holds is given
+    /// back. Without this the WAL only shrinks at a checkpoint, and a commit only checkpoints
+    /// once the WAL passes [`AUTO_CHECKPOINT_PAGES`] (about 8 MiB): on a file system smaller
+    /// than that (a small SD partition) the WAL fills it and every later commit fails, for
+    /// ever, even once space is freed. Best effort: with the disk still full the checkpoint
+    /// fails too and is tried again at the next failed commit. A reader on an older snapshot
+    /// is waited for briefly only ([`RECLAIM_BUSY_WAIT`]), so the writer stays responsive.
+    fn reclaim_wal_space(&mut self) {
+        let _ = self.conn.busy_timeout(RECLAIM_BUSY_WAIT);
+        let outcome = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            });
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        match outcome {
+            Ok((0, _)) => tracing::info!(
+                path = %self.path.display(),
+                "storage full: the WAL was checkpointed and truncated to give its space back"
+            ),
+            Ok((_, frames)) => tracing::debug!(
+                path = %self.path.display(),
+                frames,
+                "storage full: the WAL could not be truncated yet (a reader holds it)"
+            ),
+            Err(e) => tracing::debug!(
+                path = %self.path.display(),
+                error = %e,
+                "storage full: the WAL could not be checkpointed yet"
+            ),
+        }
     }
 
     /// After a failed transaction, re-reads what another writer may have changed (the id
@@ -1062,8 +1107,7 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     // A daemon that has just created the file may not have created the schema yet: that is an
     // empty outbox, not an error (`status` right after `run` used to fail with "no such table").
     let version: i64 = conn
@@ -1091,8 +1135,7 @@ pub fn audit_head_readonly(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         return Ok(None);
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
@@ -1278,8 +1321,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     // A new database only (SQLite ignores this for an existing one): see PAGE_SIZE.
     conn.pragma_update(None, "page_size", PAGE_SIZE)
         .map_err(err)?;
@@ -1290,10 +1332,38 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         .map_err(err)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(err)?;
-    conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
         .map_err(err)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        auto_checkpoint_pages(path, page_size),
+    )
+    .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// The WAL's checkpoint threshold for the outbox at `path`: [`AUTO_CHECKPOINT_PAGES`], or
+/// fewer on a small file system, so the WAL stays within an eighth of it. A WAL only gives
+/// space back at a checkpoint, and a checkpoint needs room to grow the database: a WAL left
+/// to grow to 8 MiB on a 6 MiB partition takes every byte and no commit or checkpoint can
+/// ever succeed again, even once other files are removed (tests/full_disk.rs).
+fn auto_checkpoint_pages(path: &Path, page_size: i64) -> i64 {
+    const MIN_PAGES: i64 = 64;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(fs) = rustix::fs::statvfs(dir) else {
+        return AUTO_CHECKPOINT_PAGES;
+    };
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    // Each WAL frame is a page plus a 24-byte header.
+    let frame = u64::try_from(page_size.max(512)).unwrap_or(4096) + 24;
+    let fit = i64::try_from(total / 8 / frame).unwrap_or(i64::MAX);
+    fit.clamp(MIN_PAGES, AUTO_CHECKPOINT_PAGES)
 }
 
 /// Creates the database file with mode 0600 before SQLite does (its -wal and -shm files take
