@@ -188,33 +188,26 @@ impl HookOutput {
 
 /// Extra work done inside each commit's transaction, before it is sealed: the alert engine
 /// plugs in here so alert events commit atomically with the readings that caused them.
+///
+/// Every method is required, with no default body: a hook that wraps another (`Hooks`,
+/// `live::Tap`) must forward each call, and a default would let a wrapper swallow one
+/// silently (the `storage_full` alarm was once lost that way). Leaves say "nothing" out loud.
 pub trait CommitHook: Send + 'static {
     /// Called with the accepted readings of a batch (in order); returns what to add to the
     /// same transaction.
     fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput;
     /// Called for each rejected reading.
-    fn on_reject(&mut self, _rejection: &Rejection) -> HookOutput {
-        HookOutput::default()
-    }
+    fn on_reject(&mut self, rejection: &Rejection) -> HookOutput;
     /// Called about once a second (see [`IngestHandle::tick`]), for time-based rules.
     /// `backlog` is the outbox's undelivered row count.
-    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
-        HookOutput::default()
-    }
+    fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput;
     /// Called when a storage condition is raised (`active`) or cleared. What it returns is
     /// committed as soon as the outbox can be written (for `Full`: with the held batch,
     /// once space returns), so the alarm reaches the platform too.
-    fn on_storage(
-        &mut self,
-        _now: OffsetDateTime,
-        _alarm: StorageAlarm,
-        _active: bool,
-    ) -> HookOutput {
-        HookOutput::default()
-    }
+    fn on_storage(&mut self, now: OffsetDateTime, alarm: StorageAlarm, active: bool) -> HookOutput;
     /// Called every 100 ms or so while a failing commit is retried: the writer is alive
     /// and working on it (the systemd watchdog is fed from here then; see `daemon::systemd`).
-    fn on_stalled(&mut self, _now: OffsetDateTime) {}
+    fn on_stalled(&mut self, now: OffsetDateTime);
 }
 
 /// No extra work.
@@ -223,6 +216,21 @@ impl CommitHook for NoHook {
     fn on_batch(&mut self, _accepted: &[Record], _now: OffsetDateTime) -> HookOutput {
         HookOutput::default()
     }
+    fn on_reject(&mut self, _rejection: &Rejection) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        _alarm: StorageAlarm,
+        _active: bool,
+    ) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
 
 /// What the writer receives.

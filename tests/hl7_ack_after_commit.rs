@@ -36,6 +36,21 @@ impl CommitHook for Gate {
         }
         HookOutput::default()
     }
+    fn on_reject(&mut self, _rejection: &vitalgate::ingest::Rejection) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        _alarm: vitalgate::ingest::StorageAlarm,
+        _active: bool,
+    ) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,6 +373,7 @@ impl CommitHook for AlertHook {
             state: self.persist(raised),
         }
     }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
 
 /// A device silent for longer than this raises `device_silent`: the configured value, or for

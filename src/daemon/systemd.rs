@@ -233,6 +233,9 @@ impl CommitHook for HeartbeatHook {
         }
         HookOutput::default()
     }
+    fn on_reject(&mut self, _rejection: &crate::ingest::Rejection) -> HookOutput {
+        HookOutput::default()
+    }
 }
 
 /// Whether to send `WATCHDOG=1` now: only if the writer ticked within `limit`.

@@ -177,4 +177,16 @@ impl CommitHook for DemoView {
         self.stored.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
         HookOutput::default()
     }
+    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        _alarm: crate::ingest::StorageAlarm,
+        _active: bool,
+    ) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }

@@ -307,6 +307,21 @@ mod tests {
         fn on_batch(&mut self, _: &[Record], _: OffsetDateTime) -> HookOutput {
             HookOutput::records(std::mem::take(&mut self.0))
         }
+        fn on_reject(&mut self, _rejection: &Rejection) -> HookOutput {
+            HookOutput::default()
+        }
+        fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+            HookOutput::default()
+        }
+        fn on_storage(
+            &mut self,
+            _now: OffsetDateTime,
+            _alarm: crate::ingest::StorageAlarm,
+            _active: bool,
+        ) -> HookOutput {
+            HookOutput::default()
+        }
+        fn on_stalled(&mut self, _now: OffsetDateTime) {}
     }
 
     fn event(transition: &str, priority: &str) -> Record {
