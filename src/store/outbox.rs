@@ -123,10 +123,6 @@ pub const AUTO_CHECKPOINT_PAGES: i64 = 8000;
 /// How long a connection waits for another holding a lock it needs.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long the checkpoint after a full disk waits for readers (see
-/// `Outbox::reclaim_wal_space`): short, the writer's heartbeat must stay fresh.
-const RECLAIM_BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// A known plaintext sealed under each data key, to tell a wrong master key at start.
 const KEY_CHECK: &[u8] = b"vitalgate key check v1";
 
@@ -596,47 +592,13 @@ impl Outbox {
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, StoreError> {
         let result = self.write_batch(records, state, now);
-        if let Err(e) = &result {
+        // On a full disk nothing more is tried here: a checkpoint needs free space too (tried
+        // and measured: `wal_checkpoint(TRUNCATE)` fails with SQLITE_FULL on a full tmpfs), and
+        // the WAL is kept within an eighth of the file system (`auto_checkpoint_pages`).
+        if result.is_err() {
             self.resync_after_failure();
-            if e.is_disk_full() {
-                self.reclaim_wal_space();
-            }
         }
         result
-    }
-
-    /// After a commit failed for want of space: copies the WAL into the database and
-    /// truncates it to nothing (`wal_checkpoint(TRUNCATE)`), so the space it holds is given
-    /// back. Without this the WAL only shrinks at a checkpoint, and a commit only checkpoints
-    /// once the WAL passes [`AUTO_CHECKPOINT_PAGES`] (about 8 MiB): on a file system smaller
-    /// than that (a small SD partition) the WAL fills it and every later commit fails, for
-    /// ever, even once space is freed. Best effort: with the disk still full the checkpoint
-    /// fails too and is tried again at the next failed commit. A reader on an older snapshot
-    /// is waited for briefly only ([`RECLAIM_BUSY_WAIT`]), so the writer stays responsive.
-    fn reclaim_wal_space(&mut self) {
-        let _ = self.conn.busy_timeout(RECLAIM_BUSY_WAIT);
-        let outcome = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            });
-        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
-        match outcome {
-            Ok((0, _)) => tracing::info!(
-                path = %self.path.display(),
-                "storage full: the WAL was checkpointed and truncated to give its space back"
-            ),
-            Ok((_, frames)) => tracing::debug!(
-                path = %self.path.display(),
-                frames,
-                "storage full: the WAL could not be truncated yet (a reader holds it)"
-            ),
-            Err(e) => tracing::debug!(
-                path = %self.path.display(),
-                error = %e,
-                "storage full: the WAL could not be checkpointed yet"
-            ),
-        }
     }
 
     /// After a failed transaction, re-reads what another writer may have changed (the id
