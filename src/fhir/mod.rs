@@ -38,12 +38,14 @@
 //!   BodyHeight profiles (height in `cm`, which both UK Core and base R4 accept, §1.4);
 //!   **inspired oxygen** follows §1.7 (flow 0 -> "Breathing room air" without value).
 
+mod clock;
 pub mod codes;
 mod doc;
 mod news2;
 mod quantity;
 mod template;
 
+pub use clock::{observation_json_with_clock, observation_with_clock, HubClock, HUB_CLOCK_NOTE};
 pub use news2::{news2_observation, News2Score, News2SubScores, Spo2Scale};
 pub use template::Template;
 
