@@ -117,7 +117,8 @@ fn clock_note(obs: &Value) -> Option<String> {
 }
 
 #[tokio::test]
-async fn readings_before_sync_are_flagged_then_published_with_times_corrected_from_the_boot_clock() {
+async fn readings_before_sync_are_flagged_then_published_with_times_corrected_from_the_boot_clock()
+{
     let hub = Hub::new();
     let clock = FakeClock::new(BOOT_A, EPOCH);
     clock.advance(Duration::from_secs(40));
@@ -127,11 +128,15 @@ async fn readings_before_sync_are_flagged_then_published_with_times_corrected_fr
     // Before sync: stamped, flagged, published flagged with the hub's 1970 time.
     let records = hub.records();
     assert!(!records[0].clock_synced);
-    let stamp = records[0].boot.expect("boot id and boot-clock time recorded");
+    let stamp = records[0]
+        .boot
+        .expect("boot id and boot-clock time recorded");
     assert_eq!((stamp.boot, stamp.since_boot_ms), (BootId(BOOT_A), 40_000));
     let before = &hub.published()[0];
     assert_eq!(before["effectiveDateTime"], "1970-01-01T00:00:40Z");
-    assert!(clock_note(before).unwrap().contains("no correction is known"));
+    assert!(clock_note(before)
+        .unwrap()
+        .contains("no correction is known"));
 
     // 20 s later network time arrives: the wall clock is stepped to the real time.
     clock.advance(Duration::from_secs(20));
@@ -151,10 +156,17 @@ async fn readings_before_sync_are_flagged_then_published_with_times_corrected_fr
         note.contains("corrected") && note.contains("1970-01-01T00:00:40Z"),
         "the Observation says it was corrected and from what: {note}"
     );
-    assert_eq!(corrected["id"], before["id"], "the id stays that of the recorded time");
+    assert_eq!(
+        corrected["id"], before["id"],
+        "the id stays that of the recorded time"
+    );
     let after = &published[1];
     assert_eq!(after["effectiveDateTime"], "2026-12-05T08:00:00Z");
-    assert_eq!(clock_note(after), None, "a reading after sync carries no clock note");
+    assert_eq!(
+        clock_note(after),
+        None,
+        "a reading after sync carries no clock note"
+    );
     assert!(hub.records()[1].clock_synced);
 }
 

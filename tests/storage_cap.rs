@@ -80,7 +80,10 @@ fn cap_reached_with_delivered_rows_purges_them_oldest_first_and_keeps_every_unde
 
     assert!(outcome.purged_delivered > 0, "{outcome:?}");
     assert_eq!(outcome.dropped_readings, 0);
-    assert_eq!(outcome.alarm_change, None, "delivered rows made the room: no alarm");
+    assert_eq!(
+        outcome.alarm_change, None,
+        "delivered rows made the room: no alarm"
+    );
     assert!(
         outcome.used_after <= cap.max_bytes / 100 * 80,
         "purged down to the low-water mark: {outcome:?}"
@@ -88,8 +91,14 @@ fn cap_reached_with_delivered_rows_purges_them_oldest_first_and_keeps_every_unde
     let stats = outbox.stats().unwrap();
     assert_eq!(stats.backlog_readings, 1000, "every undelivered row kept");
     assert_eq!(stats.delivered_held, 2000 - outcome.purged_delivered);
-    assert!(!present(&mut outbox, ids[0]), "the oldest delivered row went first");
-    assert!(present(&mut outbox, ids[1999]), "the newest delivered row is kept");
+    assert!(
+        !present(&mut outbox, ids[0]),
+        "the oldest delivered row went first"
+    );
+    assert!(
+        present(&mut outbox, ids[1999]),
+        "the newest delivered row is kept"
+    );
     assert!(ids[2000..].iter().all(|&id| present(&mut outbox, id)));
 }
 
@@ -105,7 +114,10 @@ fn cap_reached_with_only_undelivered_rows_raises_the_alarm_once_and_drops_nothin
     let second = guard.enforce(&mut outbox).unwrap();
 
     assert_eq!(first.alarm_change, Some(true), "{first:?}");
-    assert_eq!(second.alarm_change, None, "raised once, not again every second");
+    assert_eq!(
+        second.alarm_change, None,
+        "raised once, not again every second"
+    );
     assert!(guard.alarmed());
     assert_eq!((first.purged_delivered, first.dropped_readings), (0, 0));
     assert_eq!(outbox.stats().unwrap().backlog_readings, 3000);
@@ -119,7 +131,12 @@ impl CommitHook for Alarms {
     fn on_batch(&mut self, _accepted: &[Record], _now: OffsetDateTime) -> HookOutput {
         HookOutput::default()
     }
-    fn on_storage(&mut self, _now: OffsetDateTime, alarm: StorageAlarm, active: bool) -> HookOutput {
+    fn on_storage(
+        &mut self,
+        _now: OffsetDateTime,
+        alarm: StorageAlarm,
+        active: bool,
+    ) -> HookOutput {
         self.0.lock().unwrap().push((alarm, active));
         HookOutput::default()
     }
@@ -162,8 +179,14 @@ async fn drop_oldest_readings_drops_the_oldest_readings_keeps_every_alert_and_au
     assert_eq!(stats.backlog_alerts, 300, "no alert event is ever dropped");
     let dropped = 2700 - stats.backlog_readings;
     assert!(dropped > 0, "{stats:?}");
-    assert!(!present(&mut outbox, ids[1]), "the oldest reading went first");
-    assert!(present(&mut outbox, ids[2999]), "the newest reading is kept");
+    assert!(
+        !present(&mut outbox, ids[1]),
+        "the oldest reading went first"
+    );
+    assert!(
+        present(&mut outbox, ids[2999]),
+        "the newest reading is kept"
+    );
     assert!(ids
         .iter()
         .step_by(10)

@@ -155,13 +155,17 @@ fn note_process_synced() {
     SYNCED_BY_WATCH.store(true, Ordering::Release);
 }
 
-/// What a certificate judgement made on the current clock should add: `None` when the
-/// clock is synchronised.
-pub fn unsynced_caveat() -> Option<&'static str> {
-    (!process_synced()).then_some(
-        "the gateway clock is not synchronised (no RTC, no network time yet), so this validity judgement may be wrong; it is made again once time syncs",
-    )
+/// `message` about a certificate judged on the current clock, with the caveat when the
+/// clock is not synchronised (`synced` is [`process_synced`] in the daemon).
+pub fn judged_on_clock(message: String, synced: bool) -> String {
+    if synced {
+        message
+    } else {
+        format!("{message} [{}]", UNSYNCED_CAVEAT)
+    }
 }
+
+const UNSYNCED_CAVEAT: &str = "the gateway clock is not synchronised (no RTC, no network time yet), so this certificate validity judgement may be wrong; it is made again once time syncs";
 
 /// A clock driven by tests: a boot id, time since boot, the wall clock's offset to it and
 /// whether the system reports sync. Clones share the state.
