@@ -237,3 +237,16 @@ impl ClockSource for FakeClock {
         self.state().sync_reported
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_judgement_on_an_unsynchronised_clock_says_so() {
+        let m = "client certificate not valid before 2026-01-01T00:00:00Z".to_owned();
+        assert_eq!(judged_on_clock(m.clone(), true), m);
+        let flagged = judged_on_clock(m.clone(), false);
+        assert!(flagged.starts_with(&m) && flagged.contains("clock is not synchronised"));
+    }
+}
