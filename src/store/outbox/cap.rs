@@ -92,8 +92,10 @@ impl CapGuard {
     /// Checks the footprint and, near the cap, purges and (if configured) drops; see the
     /// module docs for the order.
     pub fn enforce(&mut self, outbox: &mut Outbox) -> Result<CapOutcome, StoreError> {
-        let mut out = CapOutcome::default();
-        out.used_before = outbox.used_bytes()?;
+        let mut out = CapOutcome {
+            used_before: outbox.used_bytes()?,
+            ..CapOutcome::default()
+        };
         let mut used = out.used_before;
         if used >= self.cap.high() {
             // The WAL first: its space is given back without deleting anything.
