@@ -121,9 +121,10 @@ impl CommitHook for Hooks {
     }
 }
 
-/// Whether the system clock is known to be synchronised (systemd-timesyncd's flag file).
+/// Whether the system clock is known to be synchronised: systemd-timesyncd's flag file, or
+/// a step of the wall clock the ingest writer's clock watch saw (`crate::clock`).
 pub fn clock_synced() -> bool {
-    std::path::Path::new("/run/systemd/timesync/synchronized").exists()
+    crate::clock::process_synced()
 }
 
 /// The state-file key under which a stream device's committed offset is kept.
