@@ -604,6 +604,10 @@ async fn uplink_client_certificate_not_yet_valid_is_retried_and_connects_once_va
         })
         .await;
     assert!(!s.connected);
+    if !vitalgate::clock::process_synced() {
+        let e = s.last_error.unwrap();
+        assert!(e.contains("clock is not synchronised"), "said so: {e}");
+    }
     up.until(180, "connected once the certificate is valid", |s| {
         s.connected
     })
