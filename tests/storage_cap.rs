@@ -202,3 +202,50 @@ async fn drop_oldest_readings_drops_the_oldest_readings_keeps_every_alert_and_au
         "the audit entry counts the rows dropped ({dropped}): {entry}"
     );
 }
+
+#[test]
+fn storage_cap_alarm_clears_once_delivery_lets_the_outbox_fall_below_70_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::ephemeral().unwrap();
+    let records: Vec<Record> = (0..3000).map(reading).collect();
+    let (mut outbox, ids) = outbox_with(&dir.path().join("outbox.db"), &key, &records, 0);
+    let mut guard = CapGuard::new(cap_at_95_percent(&outbox, WhenFull::Alarm));
+    assert_eq!(guard.enforce(&mut outbox).unwrap().alarm_change, Some(true));
+
+    // The link comes back: the platform acknowledges most of the backlog.
+    outbox.mark_delivered(&ids[..2500], now()).unwrap();
+    let outcome = guard.enforce(&mut outbox).unwrap();
+
+    assert_eq!(outcome.alarm_change, Some(false), "{outcome:?}");
+    assert!(outcome.purged_delivered > 0);
+    assert_eq!(outbox.stats().unwrap().backlog_readings, 500);
+}
+
+#[test]
+fn a_large_purge_is_spread_over_checks_so_the_writer_is_never_held_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::ephemeral().unwrap();
+    let records: Vec<Record> = (0..80_000).map(reading).collect();
+    let (mut outbox, _) = outbox_with(&dir.path().join("outbox.db"), &key, &records, 79_000);
+    // A cap the outbox is at: purging down to 80 % takes more than one check's share.
+    let cap = StorageCap {
+        max_bytes: outbox.used_bytes().unwrap(),
+        when_full: WhenFull::Alarm,
+    };
+    let mut guard = CapGuard::new(cap);
+
+    let first = guard.enforce(&mut outbox).unwrap();
+    let second = guard.enforce(&mut outbox).unwrap();
+
+    assert_eq!(
+        first.purged_delivered, 10_000,
+        "one check's share: {first:?}"
+    );
+    assert!(
+        second.purged_delivered > 0,
+        "the purge goes on at the next check: {second:?}"
+    );
+    assert!(second.used_after <= cap.max_bytes / 100 * 80, "{second:?}");
+    assert_eq!((first.alarm_change, second.alarm_change), (None, None));
+    assert_eq!(outbox.stats().unwrap().backlog_readings, 1000);
+}

@@ -7,7 +7,8 @@
 //! 1. delivered rows are purged, oldest first, down to [`LOW_WATER_PERCENT`] (they are
 //!    acknowledged by the platform and kept only for `retention_days`);
 //! 2. if undelivered rows alone keep the outbox near the cap, `technical:storage_cap` is
-//!    raised (cleared once the outbox is back under the low-water mark) and, only when
+//!    raised (while raised, delivered rows are purged down to [`CLEAR_PERCENT`], and it
+//!    clears below that, as the platform catches up) and, only when
 //!    `store.when_full = "drop_oldest_readings"` is configured, the oldest undelivered
 //!    readings are dropped down to the low-water mark. Alert events and derived records
 //!    (NEWS2 scores) are never dropped; without that setting nothing undelivered ever is.
@@ -22,10 +23,14 @@ use crate::store::counts::Delta;
 
 /// Work starts when the footprint reaches this share of the cap.
 pub const HIGH_WATER_PERCENT: u64 = 90;
-/// Purging and dropping stop at this share; the alarm clears below it.
+/// Purging and dropping stop at this share.
 pub const LOW_WATER_PERCENT: u64 = 80;
+/// The alarm clears below this share (delivered rows are purged down to it while raised).
+pub const CLEAR_PERCENT: u64 = 70;
 /// Rows deleted per transaction, so the writer never holds a long transaction.
 const BATCH_ROWS: i64 = 500;
+/// Deletions per check (once a second): at most 10 000 rows, so ingest never waits long.
+const MAX_BATCHES_PER_CHECK: usize = 20;
 /// `Record::Reading`'s `kind` column (`Record::kind`).
 const READING_KIND: i64 = 1;
 
@@ -54,6 +59,9 @@ impl StorageCap {
     fn low(&self) -> u64 {
         self.max_bytes / 100 * LOW_WATER_PERCENT
     }
+    fn clear(&self) -> u64 {
+        self.max_bytes / 100 * CLEAR_PERCENT
+    }
 }
 
 /// What one [`CapGuard::enforce`] did.
@@ -75,6 +83,9 @@ pub struct CapOutcome {
 pub struct CapGuard {
     cap: StorageCap,
     alarmed: bool,
+    /// Purging started at the high-water mark and goes on, a bounded amount per check,
+    /// down to the low-water mark.
+    draining: bool,
 }
 
 impl CapGuard {
@@ -82,6 +93,7 @@ impl CapGuard {
         CapGuard {
             cap,
             alarmed: false,
+            draining: false,
         }
     }
 
@@ -90,46 +102,55 @@ impl CapGuard {
     }
 
     /// Checks the footprint and, near the cap, purges and (if configured) drops; see the
-    /// module docs for the order.
+    /// module docs for the order. At most [`MAX_BATCHES_PER_CHECK`] deletions of
+    /// [`BATCH_ROWS`] each per call, so the writer is never held for long: a large purge goes
+    /// on at the next check.
     pub fn enforce(&mut self, outbox: &mut Outbox) -> Result<CapOutcome, StoreError> {
         let mut out = CapOutcome {
             used_before: outbox.used_bytes()?,
             ..CapOutcome::default()
         };
         let mut used = out.used_before;
-        if used >= self.cap.high() {
-            // The WAL first: its space is given back without deleting anything.
+        if used >= self.cap.high() && !self.draining && !self.alarmed {
+            // The WAL first: its space is given back without deleting anything (not again
+            // every second while alarmed: a checkpoint is disk work of its own).
             outbox.reclaim_wal_space();
             used = outbox.used_bytes()?;
+            self.draining = used >= self.cap.high();
         }
-        if used >= self.cap.high() {
-            while used > self.cap.low() {
-                let n = outbox.purge_oldest_delivered(BATCH_ROWS)?;
-                if n == 0 {
-                    break;
-                }
-                out.purged_delivered += n;
-                outbox.reclaim_wal_space();
-                used = outbox.used_bytes()?;
+        // While alarmed, delivered rows are purged further, so the alarm clears as the
+        // platform catches up.
+        let target = if self.alarmed {
+            self.cap.clear()
+        } else {
+            self.cap.low()
+        };
+        let mut delivered_left = true;
+        if self.draining || self.alarmed {
+            let (n, exhausted) =
+                delete_down_to(outbox, target, |o| o.purge_oldest_delivered(BATCH_ROWS))?;
+            out.purged_delivered = n;
+            delivered_left = !exhausted;
+            used = outbox.used_bytes()?;
+            if used <= target || exhausted {
+                self.draining = false;
             }
         }
-        if used >= self.cap.high() {
+        if used >= self.cap.high() && !delivered_left {
             if !self.alarmed {
                 self.alarmed = true;
                 out.alarm_change = Some(true);
             }
             if self.cap.when_full == WhenFull::DropOldestReadings {
-                while used > self.cap.low() {
-                    let n = outbox.drop_oldest_undelivered_readings(BATCH_ROWS)?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.dropped_readings += n;
-                    outbox.reclaim_wal_space();
-                    used = outbox.used_bytes()?;
-                }
+                // Never drop a reading for space the WAL gives back by itself.
+                outbox.reclaim_wal_space();
+                let (n, _) = delete_down_to(outbox, self.cap.low(), |o| {
+                    o.drop_oldest_undelivered_readings(BATCH_ROWS)
+                })?;
+                out.dropped_readings = n;
+                used = outbox.used_bytes()?;
             }
-        } else if self.alarmed && used < self.cap.low() {
+        } else if self.alarmed && used < self.cap.clear() {
             self.alarmed = false;
             out.alarm_change = Some(false);
         }
@@ -138,10 +159,44 @@ impl CapGuard {
     }
 }
 
+/// Deletes with `delete` (a batch at a time, at most [`MAX_BATCHES_PER_CHECK`]) until the
+/// pages in use plus the WAL as it was are at most `target`, then gives the WAL's space back.
+/// The WAL is left out while deleting: each delete writes to it what it frees in the file.
+/// Returns the rows deleted and whether `delete` ran out of rows.
+fn delete_down_to(
+    outbox: &mut Outbox,
+    target: u64,
+    mut delete: impl FnMut(&mut Outbox) -> Result<u64, StoreError>,
+) -> Result<(u64, bool), StoreError> {
+    let wal = outbox.wal_bytes();
+    let mut deleted = 0;
+    let mut exhausted = false;
+    for _ in 0..MAX_BATCHES_PER_CHECK {
+        if outbox.page_bytes()? + wal <= target {
+            break;
+        }
+        let n = delete(outbox)?;
+        deleted += n;
+        if n < BATCH_ROWS as u64 {
+            exhausted = true;
+            break;
+        }
+    }
+    if deleted > 0 {
+        outbox.reclaim_wal_space();
+    }
+    Ok((deleted, exhausted))
+}
+
 impl Outbox {
     /// The outbox's footprint towards `store.max_bytes`: pages in use (the free list is
     /// reused before the file grows) plus the WAL file's length.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.page_bytes()? + self.wal_bytes())
+    }
+
+    /// Bytes of the database pages in use (all pages less the free list).
+    fn page_bytes(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| -> Result<i64, StoreError> {
             self.conn
                 .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
@@ -149,10 +204,14 @@ impl Outbox {
         };
         let pages = pragma("page_count")? - pragma("freelist_count")?;
         let page_size = pragma("page_size")?;
+        Ok((pages.max(0) as u64) * (page_size.max(0) as u64))
+    }
+
+    /// The WAL file's length (0 when there is none).
+    fn wal_bytes(&self) -> u64 {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        Ok((pages.max(0) as u64) * (page_size.max(0) as u64) + wal_len)
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
     }
 
     /// Deletes up to `limit` delivered rows, oldest (lowest id) first. Returns how many.
