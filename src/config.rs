@@ -138,6 +138,12 @@ pub struct StoreConfig {
     /// Undelivered rows the outbox is sized for; a technical alarm fires at 80 %. Readings
     /// are never dropped when it is reached.
     pub capacity: u64,
+    /// Bytes the outbox (database pages in use + WAL) may take; unset: no byte cap (the
+    /// file system's own limit applies, `storage_full`). See `store::cap`.
+    pub max_bytes: Option<u64>,
+    /// Near `max_bytes` with only undelivered rows left: `alarm` (keep them, the default) or
+    /// `drop_oldest_readings` (drop the oldest readings, never alerts, audited).
+    pub when_full: crate::store::WhenFull,
 }
 
 impl Default for StoreConfig {
@@ -147,6 +153,8 @@ impl Default for StoreConfig {
             key_file: PathBuf::from("/etc/vitalgate/master.key"),
             retention_days: 7,
             capacity: 2_000_000,
+            max_bytes: None,
+            when_full: crate::store::WhenFull::Alarm,
         }
     }
 }
@@ -741,6 +749,10 @@ impl Config {
                 " s",
             ),
         ];
+        if let Some(v) = self.store.max_bytes {
+            // Below 16 MiB the WAL alone (up to 8 MiB between checkpoints) would keep it near.
+            out.push(n("store.max_bytes", v, 16 << 20..=1 << 40, " bytes"));
+        }
         for (i, d) in self.devices.iter().enumerate() {
             let key = |k: &str| format!("device[{i}].{k}");
             if let Some(v) = d.baud {

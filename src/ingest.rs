@@ -38,6 +38,9 @@ use crate::reading::{Metric, Reading};
 use crate::store::outbox::DeviceStateUpdate;
 use crate::store::{Outbox, ReadingRecord, Record, StoreError};
 
+mod extras;
+pub use extras::WriterExtras;
+
 /// Frames waiting for the writer. Bounded: a slow disk pushes back on the devices instead of
 /// growing memory without limit.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -135,6 +138,8 @@ pub enum StorageAlarm {
     Full,
     /// A batch was given up on a permanent error; cleared by the next successful commit.
     PermanentFailure,
+    /// The outbox is near `store.max_bytes` with only undelivered rows left (`store::cap`).
+    Cap,
 }
 
 /// A rejected reading, as reported to the `on_reject` hook (technical alarms).
@@ -299,6 +304,17 @@ pub fn start(
     committed: Arc<Notify>,
     hook: Box<dyn CommitHook>,
 ) -> std::io::Result<(IngestHandle, std::thread::JoinHandle<Outbox>)> {
+    start_with(outbox, policy, committed, hook, WriterExtras::default())
+}
+
+/// [`start`] with the daemon's extras: clock stamps and the byte cap (`ingest/extras.rs`).
+pub fn start_with(
+    outbox: Outbox,
+    policy: GroupCommit,
+    committed: Arc<Notify>,
+    hook: Box<dyn CommitHook>,
+    extras: WriterExtras,
+) -> std::io::Result<(IngestHandle, std::thread::JoinHandle<Outbox>)> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let counters = Arc::new(IngestCounters::default());
     let writer = Writer {
@@ -311,6 +327,7 @@ pub fn start(
         rejected_logged: RateLimit::new(Duration::from_secs(10)),
         failure_logged: RateLimit::new(Duration::from_secs(30)),
         permanent_alarm: false,
+        extras: extras::ExtrasState::new(extras),
     };
     let join = std::thread::Builder::new()
         .name("ingest-writer".into())
@@ -329,6 +346,7 @@ struct Writer {
     failure_logged: RateLimit,
     /// The `storage_error` alarm is raised (cleared by the next committed batch).
     permanent_alarm: bool,
+    extras: extras::ExtrasState,
 }
 
 impl Writer {
@@ -383,6 +401,7 @@ impl Writer {
         };
         let out = self.hook.on_tick(now, backlog);
         self.commit_extra(out, now);
+        self.enforce_cap(now);
     }
 
     /// Commits what a hook produced outside a batch (time-based rules, storage alarms).
@@ -407,6 +426,7 @@ impl Writer {
         let mut records = Vec::with_capacity(batch.len());
         let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
         let mut extra = HookOutput::default();
+        let clock = self.clock_sample();
         for (i, frame) in batch.iter_mut().enumerate() {
             let mut accepted = Vec::with_capacity(frame.readings.len());
             for r in std::mem::take(&mut frame.readings) {
@@ -441,8 +461,9 @@ impl Writer {
                     patient_id: frame.patient_id.to_string(),
                     nhs_number: frame.nhs_number.as_deref().map(str::to_string),
                     received_at: frame.received_at,
-                    clock_synced: frame.clock_synced,
+                    clock_synced: clock.map_or(frame.clock_synced, |c| c.synced),
                     readings: group,
+                    boot: clock.and_then(|c| c.stamp),
                 }));
                 owners.push(i);
             }

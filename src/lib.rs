@@ -21,6 +21,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]

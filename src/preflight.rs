@@ -72,7 +72,14 @@ fn uplink(config: &Config, validity_at: Option<OffsetDateTime>, out: &mut Vec<Pr
             | TlsError::KeyMismatch { .. } => "uplink.key_file",
             _ => "uplink.cert_file",
         };
-        out.push(Problem::new(key, e.to_string()));
+        let message = match e {
+            // A validity judgement on a clock that may be wrong (no RTC) says so.
+            TlsError::Expired { .. } | TlsError::NotYetValid { .. } => {
+                crate::clock::judged_on_clock(e.to_string(), crate::clock::process_synced())
+            }
+            _ => e.to_string(),
+        };
+        out.push(Problem::new(key, message));
     }
 }
 

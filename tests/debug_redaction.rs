@@ -48,6 +48,7 @@ fn stored_reading_record_debug_masks_the_nhs_number() {
         received_at: datetime!(2026-06-01 10:00 UTC),
         clock_synced: true,
         readings: vec![pulse()],
+        boot: None,
     });
     let debug = format!("{record:?} {record:#?}");
     assert_masked(&debug);

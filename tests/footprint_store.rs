@@ -21,6 +21,7 @@ fn reading(value: i64) -> Record {
         received_at: now(),
         clock_synced: true,
         readings: vec![Reading::canonical(Metric::HeartRate, Decimal::int(value))],
+        boot: None,
     })
 }
 

@@ -553,6 +553,14 @@ fn check_config_refuses_an_expired_certificate_but_run_starts_without_the_uplink
         "{}",
         text(&out.stderr)
     );
+    // Judged on a clock that may be wrong (issue 15 point 5): said so.
+    if !vitalgate::clock::process_synced() {
+        assert!(
+            text(&out.stderr).contains("clock is not synchronised"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     // Readings are still collected and alarms still sound while the certificate is renewed.
     let mut child = Reaped(
         bin()

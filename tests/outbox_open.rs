@@ -79,6 +79,7 @@ fn healthy_outbox(s: &Setup) {
                 received_at: time::OffsetDateTime::now_utc(),
                 clock_synced: true,
                 readings: vec![Reading::canonical(Metric::Spo2, Decimal::int(v))],
+                boot: None,
             })
         })
         .collect();

@@ -18,6 +18,7 @@ fn record(readings: Vec<Reading>) -> Record {
         received_at: time::macros::datetime!(2026-11-23 10:00:00.123 UTC),
         clock_synced: true,
         readings,
+        boot: None,
     })
 }
 

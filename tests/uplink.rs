@@ -579,3 +579,43 @@ async fn uplink_no_subscribers_delivered_takes_0x10_as_delivery() {
     }
     up.stop().await;
 }
+
+/// A hub whose clock is behind (no RTC, issue 15 point 5) sees its client certificate as not
+/// valid yet: the uplink says so, keeps retrying rather than giving up, and connects once the
+/// clock is inside the validity period. Here the certificate starts a few seconds after the
+/// true time, the same judgement seen from the other side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_client_certificate_not_yet_valid_is_retried_and_connects_once_valid() {
+    let b = Broker::start(Acl::gateways(&["gw-early"]));
+    let (rx, _sub) = subscribe(&b, "sub-early", "rpm/v1/gw/gw-early/obs").await;
+    let cfg = b.uplink_config("gw-early");
+    let from = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    let (c, k) = b.ca.client_valid_from("gw-early", from);
+    std::fs::write(&cfg.cert_file, c).unwrap();
+    std::fs::write(&cfg.key_file, k).unwrap();
+    let src = MemorySource::new();
+    let id = src.push(Lane::Reading, b"{}".to_vec());
+    let mut up = start(cfg, &src);
+    let s = up
+        .until(30, "not-yet-valid reported", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not valid before"))
+        })
+        .await;
+    assert!(!s.connected);
+    if !vitalgate::clock::process_synced() {
+        let e = s.last_error.unwrap();
+        assert!(e.contains("clock is not synchronised"), "said so: {e}");
+    }
+    up.until(180, "connected once the certificate is valid", |s| {
+        s.connected
+    })
+    .await;
+    up.wake.notify_one();
+    rx.wait_for("/obs", 1, 60).await;
+    up.until(60, "the reading delivered", |s| s.delivered == 1)
+        .await;
+    assert_eq!(src.delivered_count(id), 1);
+    up.stop().await;
+}

@@ -1609,6 +1609,11 @@ impl AlertEngine {
                 "gateway storage error: readings could not be stored and were lost; see the gateway's journal",
                 "gateway storage working again",
             ),
+            TechnicalCondition::StorageCap => on_off(
+                ev.transition,
+                "gateway outbox near its size cap (store.max_bytes) with only undelivered data left: restore the link to the platform or raise the cap; with store.when_full = \"drop_oldest_readings\" the oldest readings are being dropped (audited)",
+                "gateway outbox back under its size cap",
+            ),
             TechnicalCondition::AuditChainBroken => on_off(
                 ev.transition,
                 "audit log altered: entries were changed, removed or reordered; run `vitalgate audit verify` and report to information governance",

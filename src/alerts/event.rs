@@ -136,6 +136,8 @@ pub enum TechnicalCondition {
     StorageError,
     /// The audit log is not what the hub wrote (see `crate::audit`).
     AuditChainBroken,
+    /// The outbox is near `store.max_bytes` with only undelivered rows left (`store::cap`).
+    StorageCap,
 }
 
 /// Facts behind a technical alarm; only the fields relevant to the condition are present.

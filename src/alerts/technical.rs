@@ -14,6 +14,7 @@
 //! | storage full | `technical:storage_full` | high | the outbox's file system is full (readings held in memory, devices held back) | a commit succeeds again |
 //! | storage error | `technical:storage_error` | high | a batch was given up on a permanent error (readings not stored) | the next batch commits |
 //! | audit chain broken | `technical:audit_chain_broken` | medium | the start check found a break not recorded before | the next start (the break is then recorded in the chain) |
+//! | storage cap | `technical:storage_cap` | high | the outbox is at 90 % of `store.max_bytes` after purging delivered rows | below 70 % (delivered rows purged down to it while raised) |
 //!
 //! Device silence is the dead-man alarm of remote monitoring: a patient whose device stopped
 //! sending is a patient nobody is watching, hence medium. It is judged on gateway time (`now`
@@ -41,6 +42,7 @@ impl TechnicalCondition {
             TechnicalCondition::StorageFull => "storage_full",
             TechnicalCondition::StorageError => "storage_error",
             TechnicalCondition::AuditChainBroken => "audit_chain_broken",
+            TechnicalCondition::StorageCap => "storage_cap",
         }
     }
 
@@ -57,6 +59,8 @@ impl TechnicalCondition {
             | TechnicalCondition::ClockNotSynchronised => Priority::Low,
             // Readings are being, or have been, lost.
             TechnicalCondition::StorageFull | TechnicalCondition::StorageError => Priority::High,
+            // Readings will be held back (or, if configured, dropped) once it is reached.
+            TechnicalCondition::StorageCap => Priority::High,
         }
     }
 }

@@ -330,6 +330,7 @@ impl CommitHook for AlertHook {
             crate::ingest::StorageAlarm::PermanentFailure => {
                 alerts::TechnicalCondition::StorageError
             }
+            crate::ingest::StorageAlarm::Cap => alerts::TechnicalCondition::StorageCap,
         };
         let mut records = Vec::new();
         let patients: Vec<String> = self.engines.keys().cloned().collect();

@@ -75,6 +75,8 @@ pub struct RunOptions {
     /// HL7 counters and readings held from unbound monitors, kept across reloads (a new
     /// generation releases what its config now binds); `None` starts afresh.
     pub hl7: Option<Arc<hl7::Hl7Shared>>,
+    /// Where readings' times come from (`crate::clock`); `None`: the system's clocks.
+    pub clock: Option<Arc<dyn crate::clock::ClockSource>>,
 }
 
 /// Calls several hooks in order.
@@ -119,9 +121,10 @@ impl CommitHook for Hooks {
     }
 }
 
-/// Whether the system clock is known to be synchronised (systemd-timesyncd's flag file).
+/// Whether the system clock is known to be synchronised: systemd-timesyncd's flag file, or
+/// a step of the wall clock the ingest writer's clock watch saw (`crate::clock`).
 pub fn clock_synced() -> bool {
-    std::path::Path::new("/run/systemd/timesync/synchronized").exists()
+    crate::clock::process_synced()
 }
 
 /// The state-file key under which a stream device's committed offset is kept.
@@ -259,8 +262,29 @@ pub async fn run(
         Box::new(heartbeat.hook()),
     ];
     hooks.extend(std::mem::take(&mut opts.hooks));
-    let (ingest, writer) = ingest::start(outbox, policy, committed.clone(), Box::new(Hooks(hooks)))
-        .map_err(DaemonError::Thread)?;
+    let extras = ingest::WriterExtras {
+        cap: config
+            .store
+            .max_bytes
+            .map(|max_bytes| crate::store::StorageCap {
+                max_bytes,
+                when_full: config.store.when_full,
+            }),
+        audit: Some(audit.clone()),
+        clock: Some(
+            opts.clock
+                .take()
+                .unwrap_or_else(|| Arc::new(crate::clock::SystemClock::default())),
+        ),
+    };
+    let (ingest, writer) = ingest::start_with(
+        outbox,
+        policy,
+        committed.clone(),
+        Box::new(Hooks(hooks)),
+        extras,
+    )
+    .map_err(DaemonError::Thread)?;
 
     let registry = Registry::default();
     let devices_token = shutdown.child_token();

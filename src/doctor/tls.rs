@@ -28,8 +28,18 @@ fn certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-/// CA, client certificate and key: readable, the certificate valid now and issued by the CA.
+/// CA, client certificate and key: readable, the certificate valid now and issued by the CA;
+/// on an unsynchronised clock each finding says its validity judgement may be wrong.
 pub fn certificates(cfg: &Config) -> Vec<Finding> {
+    let synced = crate::clock::process_synced();
+    let mut out = certificates_judged(cfg);
+    for f in &mut out {
+        f.detail = crate::clock::judged_on_clock(std::mem::take(&mut f.detail), synced);
+    }
+    out
+}
+
+fn certificates_judged(cfg: &Config) -> Vec<Finding> {
     let Some(up) = &cfg.uplink else {
         return vec![Finding::skip("certificate", "no [uplink] configured")];
     };

@@ -28,6 +28,9 @@
 //! - **Device flags** (`sensor_off`, `motion`, ...) go into one `note` ("vitalgate device flags:
 //!   low_perfusion, motion"): valid on every profile (InspiredOxygen forbids `interpretation`,
 //!   which in R4 is about the value's normality, not signal quality) and visible to clinicians.
+//! - **Hub clock not synchronised at receipt** (no RTC): a `note` starting `vitalgate hub
+//!   clock:`, with `effectiveDateTime` corrected from the boot clock when the boot synced
+//!   (the recorded time in the note, the id unchanged); see [`clock`].
 //! - **No NHS Number configured**: `subject.identifier` uses [`codes::GATEWAY_PATIENT_SYSTEM`]
 //!   with the gateway id; the platform resolves the patient from its enrolment of that gateway.
 //! - **Mean BP** is its own `UKCore-Observation-VitalSigns` Observation (LOINC 8478-0): the UK
@@ -38,12 +41,14 @@
 //!   BodyHeight profiles (height in `cm`, which both UK Core and base R4 accept, §1.4);
 //!   **inspired oxygen** follows §1.7 (flow 0 -> "Breathing room air" without value).
 
+mod clock;
 pub mod codes;
 mod doc;
 mod news2;
 mod quantity;
 mod template;
 
+pub use clock::{observation_json_with_clock, observation_with_clock, HubClock, HUB_CLOCK_NOTE};
 pub use news2::{news2_observation, News2Score, News2SubScores, Spo2Scale};
 pub use template::Template;
 

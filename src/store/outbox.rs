@@ -37,6 +37,9 @@ use super::counts::{Counts, Delta};
 use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
 use super::record::{Lane, Record};
 
+pub mod cap;
+mod clock_anchor;
+
 /// The schema version this build writes; `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 3;
 

@@ -56,6 +56,10 @@ pub struct ReadingRecord {
     pub clock_synced: bool,
     #[serde(rename = "r", with = "compact::readings")]
     pub readings: Vec<Reading>,
+    /// Boot id and boot-clock time at receipt (`crate::clock`): corrects `received_at` once
+    /// the clock syncs. Absent in records written before issue 15 (they read as `None`).
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::clock::BootStamp>,
 }
 
 impl std::fmt::Debug for ReadingRecord {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for ReadingRecord {
             .field("received_at", &self.received_at)
             .field("clock_synced", &self.clock_synced)
             .field("readings", &self.readings)
+            .field("boot", &self.boot)
             .finish()
     }
 }
@@ -301,6 +306,7 @@ mod tests {
                     received_at: at,
                     clock_synced: m != Metric::HeartRate,
                     readings: vec![r],
+                    boot: None,
                 })
             })
             .collect();
@@ -312,6 +318,11 @@ mod tests {
             received_at: at,
             clock_synced: true,
             readings: vec![absent],
+            // A record written since issue 15: boot id and boot-clock time beside the wall clock.
+            boot: Some(crate::clock::BootStamp {
+                boot: crate::clock::BootId(u128::MAX - 7),
+                since_boot_ms: 12_345_678,
+            }),
         }));
         records.push(Record::Alert(AlertRecord {
             patient_id: "p1".into(),
@@ -451,9 +462,10 @@ mod tests {
             time,
             any::<bool>(),
             proptest::collection::vec(reading, 0..4),
+            proptest::option::of(any::<(u64, u64, u64)>()),
         )
             .prop_map(
-                |(device_id, nhs_number, received_at, clock_synced, readings)| {
+                |(device_id, nhs_number, received_at, clock_synced, readings, boot)| {
                     Record::Reading(ReadingRecord {
                         device_id,
                         patient_id: "p1".into(),
@@ -461,6 +473,7 @@ mod tests {
                         received_at,
                         clock_synced,
                         readings,
+                        boot: boot.map(crate::clock::BootStamp::from),
                     })
                 },
             )

@@ -294,13 +294,27 @@ impl<S: OutboxSource> Uplink<S> {
                 match tls::load(&pump.cfg, now_utc()) {
                     Ok(t) => {
                         info!(gateway = %t.gateway_id, "uplink TLS material loaded");
+                        if !crate::clock::process_synced() {
+                            warn!(
+                                "{}",
+                                crate::clock::judged_on_clock(
+                                    "uplink client certificate judged valid".into(),
+                                    false
+                                )
+                            );
+                        }
                         pump.status.send_modify(|s| {
                             s.gateway_id = Some(t.gateway_id.clone());
                             s.cert_not_after = Some(t.not_after);
                         });
                         tls = Some(t);
                     }
-                    Err(e) => pump.report(e.to_string()),
+                    // Not yet valid or expired on a 1970 clock: said so, and tried again after
+                    // the backoff, so the uplink connects once time syncs.
+                    Err(e) => pump.report(crate::clock::judged_on_clock(
+                        e.to_string(),
+                        crate::clock::process_synced(),
+                    )),
                 }
             }
             if let Some(t) = tls.clone() {

@@ -75,7 +75,18 @@ pub(crate) fn describe(err: &ConnectionError, cfg: &UplinkConfig) -> String {
             ),
             rustls::Error::InvalidCertificate(C::Expired)
             | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => {
-                "the broker certificate has expired (or the gateway clock is wrong)".to_owned()
+                crate::clock::judged_on_clock(
+                    "the broker certificate has expired (or the gateway clock is wrong)".to_owned(),
+                    crate::clock::process_synced(),
+                )
+            }
+            rustls::Error::InvalidCertificate(C::NotValidYet)
+            | rustls::Error::InvalidCertificate(C::NotValidYetContext { .. }) => {
+                crate::clock::judged_on_clock(
+                    "the broker certificate is not valid yet (or the gateway clock is behind)"
+                        .to_owned(),
+                    crate::clock::process_synced(),
+                )
             }
             rustls::Error::AlertReceived(A::CertificateExpired) => format!(
                 "the broker says the client certificate {} has expired",

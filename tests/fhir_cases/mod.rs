@@ -5,8 +5,8 @@ use serde_json::Value;
 use time::macros::datetime;
 use time::OffsetDateTime;
 use vitalgate::fhir::{
-    news2_observation, observation, observation_id, News2Score, News2SubScores, ObservationContext,
-    ObservationKey, RecordingSetting, Spo2Scale,
+    news2_observation, observation, observation_id, observation_with_clock, HubClock, News2Score,
+    News2SubScores, ObservationContext, ObservationKey, RecordingSetting, Spo2Scale,
 };
 use vitalgate::nhs_number::NhsNumber;
 use vitalgate::reading::{Absent, Acvpu, Decimal, Flag, Metric, Reading, Unit};
@@ -189,5 +189,44 @@ pub fn all() -> Vec<(String, Value)> {
     let news2 = news2_observation(&ctx(Some(&n), "news2", home), &score)
         .unwrap_or_else(|e| panic!("news2: {e}"));
     out.push(("news2".to_owned(), news2));
+    out.extend(hub_clock_cases(&n));
     out
+}
+
+/// Readings received while the hub clock was not synchronised (issue 15 point 5): flagged,
+/// corrected from the boot clock, or carrying the device's own time.
+fn hub_clock_cases(n: &NhsNumber) -> Vec<(String, Value)> {
+    let recorded = datetime!(1970-01-01 00:00:40 UTC);
+    let cases = [
+        (
+            "heart_rate_hub_clock_unsynchronised",
+            vec![sample(Metric::HeartRate)],
+            HubClock::Unsynchronised,
+        ),
+        (
+            "blood_pressure_panel_hub_clock_corrected",
+            vec![sample(Metric::SystolicBp), sample(Metric::DiastolicBp)],
+            HubClock::Corrected {
+                corrected: datetime!(2025-06-20 08:14:40 UTC),
+            },
+        ),
+        (
+            "spo2_device_time_hub_clock_unsynchronised",
+            vec![sample(Metric::Spo2).with_flags([Flag::Motion])],
+            HubClock::DeviceTime,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, readings, clock)| {
+            let device = format!("dev-{name}");
+            let mut c = ctx(Some(n), &device, RecordingSetting::Residential);
+            if clock != HubClock::DeviceTime {
+                c.effective = recorded;
+            }
+            let v = observation_with_clock(&c, &readings, clock)
+                .unwrap_or_else(|e| panic!("case {name}: {e}"));
+            (name.to_owned(), v)
+        })
+        .collect()
 }

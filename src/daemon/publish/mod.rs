@@ -5,7 +5,10 @@
 //! compact, exact reading, and FHIR ids are deterministic, so a row rendered twice (after a
 //! reconnect) gives the identical Observation and the platform deduplicates by id.
 
+mod clock;
 mod read_ahead;
+
+pub use clock::hub_clock;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -121,6 +124,7 @@ impl PublishSource {
             setting: config.gateway.setting,
             displays,
             templates: Templates::default(),
+            anchors: clock::Anchors::default(),
         });
         let outbox = Arc::new(Mutex::new(outbox));
         let ahead = ReadAhead::start(outbox.clone(), render.clone());
@@ -151,6 +155,9 @@ pub(crate) struct RenderContext {
     setting: Setting,
     displays: HashMap<String, String>,
     templates: Templates,
+    /// Clock anchors: a reading not synchronised at receipt never takes a template (it
+    /// carries a clock note and maybe a corrected time).
+    anchors: clock::Anchors,
 }
 
 /// At most this many Observation templates are kept (one per device, patient, metric and
@@ -184,6 +191,18 @@ pub(crate) type Rendered = (i64, Result<Vec<u8>, String>);
 impl RenderContext {
     fn render(&self, record: &Record) -> Result<Vec<u8>, String> {
         match record {
+            Record::Reading(r) if !r.clock_synced => {
+                let nhs = parse_nhs_number(r)?;
+                let ctx = observation_context(
+                    &self.gateway,
+                    self.setting,
+                    &self.displays,
+                    r,
+                    nhs.as_ref(),
+                );
+                fhir::observation_json_with_clock(&ctx, &r.readings, self.anchors.hub_clock(r))
+                    .map_err(|e| format!("cannot render FHIR: {e}"))
+            }
             Record::Reading(r) => match self.render_from_template(r) {
                 Some(bytes) => Ok(bytes),
                 None => render_reading(&self.gateway, self.setting, &self.displays, r),
@@ -293,6 +312,7 @@ impl OutboxSource for PublishSource {
         limit: usize,
     ) -> Result<Vec<Outgoing>, SourceError> {
         let request = Request { lane, after, limit };
+        self.render.anchors.refresh(&lock(&self.outbox));
         let rendered = match self.ahead.take(request) {
             Some(ready) => ready,
             None => {
@@ -362,6 +382,7 @@ mod tests {
                 Metric::HeartRate,
                 Decimal::int(50 + i % 60),
             )],
+            boot: None,
         })
     }
 
@@ -523,6 +544,7 @@ mod tests {
             setting: Setting::Clinical,
             displays: displays.clone(),
             templates: Templates::default(),
+            anchors: clock::Anchors::default(),
         };
         // Each shape's first reading is one a template cannot be made from (flagged, absent):
         // its later plain readings must still get their template.
@@ -553,6 +575,7 @@ mod tests {
                                 + time::Duration::milliseconds(1234 * i),
                             clock_synced: true,
                             readings: vec![reading],
+                            boot: None,
                         };
                         let full =
                             render_reading("gw-1", Setting::Clinical, &displays, &r).unwrap();
