@@ -138,6 +138,9 @@ pub struct StoreConfig {
     /// Undelivered rows the outbox is sized for; a technical alarm fires at 80 %. Readings
     /// are never dropped when it is reached.
     pub capacity: u64,
+    /// Each data key (per patient, and the gateway's) is replaced after this many days;
+    /// the old one is destroyed once no row sealed with it remains (store/keyring.rs).
+    pub key_rotation_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -147,6 +150,7 @@ impl Default for StoreConfig {
             key_file: PathBuf::from("/etc/vitalgate/master.key"),
             retention_days: 7,
             capacity: 2_000_000,
+            key_rotation_days: crate::store::keyring::DEFAULT_ROTATION_DAYS,
         }
     }
 }
@@ -702,6 +706,13 @@ impl Config {
                 "store.retention_days",
                 self.store.retention_days.into(),
                 1..=3650,
+                " days",
+            ),
+            // At least yearly: a key that outlives a year is no rotation policy.
+            n(
+                "store.key_rotation_days",
+                self.store.key_rotation_days.into(),
+                1..=365,
                 " days",
             ),
             n(

@@ -184,6 +184,15 @@ impl Owner {
     }
 }
 
+/// A data key replaced by a new one (audited: ids and the patient pseudonym only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rotated {
+    pub retired: Option<u32>,
+    pub key_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+}
+
 /// The key currently sealing one owner's new rows.
 #[derive(Debug, Clone, Copy)]
 struct Current {
@@ -690,7 +699,7 @@ impl Envelope {
 
     /// Retires the current keys of `owners` and gives each a new random one, in one
     /// transaction; `announce` bumps the keyring generation (other connections re-read it).
-    /// Returns (retired key, new key) pairs.
+    /// Returns what was replaced.
     fn replace_keys(
         &mut self,
         conn: &mut Connection,
@@ -698,7 +707,7 @@ impl Envelope {
         owners: &[Owner],
         announce: bool,
         now: OffsetDateTime,
-    ) -> Result<Vec<(Option<u32>, u32)>, StoreError> {
+    ) -> Result<Vec<Rotated>, StoreError> {
         let path = self.path.clone();
         let now_ms = ms(now);
         let tx = conn
@@ -755,20 +764,27 @@ impl Envelope {
                 patient = owner.name(),
                 "data key created"
             );
-            out.push((old, key_id));
+            out.push(Rotated {
+                retired: old,
+                key_id,
+                patient: match owner {
+                    Owner::Patient(p) => Some(p),
+                    Owner::Gateway => None,
+                },
+            });
         }
         Ok(out)
     }
 
     /// `vitalgate key rotate-data`: every owner's current key is retired and replaced by a
     /// new random one; new rows use the new keys, old ones stay readable until spent.
-    /// Returns (retired key, new key) pairs.
+    /// Returns what was replaced.
     pub fn rotate_all(
         &mut self,
         conn: &mut Connection,
         keyring: &mut Keyring,
         now: OffsetDateTime,
-    ) -> Result<Vec<(Option<u32>, u32)>, StoreError> {
+    ) -> Result<Vec<Rotated>, StoreError> {
         if generation(conn).map_err(sql(&self.path))? != self.generation {
             self.reload(conn, keyring)?;
         }
@@ -1200,7 +1216,12 @@ pub struct Erasure {
     pub delivered_rows: u64,
     pub quarantined_rows: u64,
     pub state_values: u64,
+    /// Whether the file was rewritten (`VACUUM`) and the WAL truncated after the deletion.
+    pub file_rewritten: bool,
 }
+
+/// Tries at rewriting the file and truncating the WAL after an erasure.
+const ERASE_ATTEMPTS: u32 = 25;
 
 /// Erases `patient`: destroys their data keys and deletes, in one transaction with
 /// `secure_delete` on, every row and quarantined row sealed with them and the device state
@@ -1272,9 +1293,23 @@ pub fn erase_patient(
     counts.apply(&tx).map_err(sql(path))?;
     bump_generation(&tx).map_err(sql(path))?;
     tx.commit().map_err(sql(path))?;
-    checkpoint_truncate(conn, path)?;
-    conn.execute_batch("VACUUM").map_err(sql(path))?;
-    checkpoint_truncate(conn, path)?;
+    // The keys are gone (committed): what follows removes copies of the ciphertexts. A
+    // reader of the running daemon can hold the WAL for a moment: tried a few times.
+    for attempt in 0..ERASE_ATTEMPTS {
+        let done = checkpoint_truncate(conn, path)
+            .and_then(|()| conn.execute_batch("VACUUM").map_err(sql(path)))
+            .and_then(|()| checkpoint_truncate(conn, path));
+        match done {
+            Ok(()) => {
+                out.file_rewritten = true;
+                break;
+            }
+            Err(e) if attempt + 1 == ERASE_ATTEMPTS => {
+                tracing::warn!(error = %e, "erasure: the outbox could not be rewritten and its WAL truncated yet; the patient's keys are destroyed");
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
     secure_delete(conn, false, path)?;
     Ok(out)
 }
@@ -1409,6 +1444,65 @@ pub fn attach_audit_key(master: MasterKey, outbox: &Path) -> Result<MasterKey, S
     match wrap.and_then(|(id, n, w)| unwrap_key(&kek, master_id, id, Purpose::Audit, "", &n, &w)) {
         Some(key) => Ok(master.with_audit_key(key)),
         None => Ok(master),
+    }
+}
+
+/// Keyring operations on an open outbox (its connection and data keys).
+impl super::outbox::Outbox {
+    /// Destroys the retired data keys nothing is sealed with any more (see [`destroy_spent`]).
+    pub fn destroy_spent_keys(&mut self) -> Result<Vec<Destroyed>, StoreError> {
+        let destroyed = destroy_spent(&mut self.conn, &self.path)?;
+        for d in &destroyed {
+            self.keyring.forget(d.key_id);
+        }
+        Ok(destroyed)
+    }
+
+    /// Erases `patient` (see [`erase_patient`]); `devices` are theirs in the configuration.
+    pub fn erase_patient(
+        &mut self,
+        patient: &str,
+        devices: &[String],
+    ) -> Result<Erasure, StoreError> {
+        let erased = erase_patient(&mut self.conn, &self.path, patient, devices)?;
+        for id in &erased.keys_destroyed {
+            self.keyring.forget(*id);
+        }
+        Ok(erased)
+    }
+
+    /// `rotate-master` step 1 (see [`add_master`]): the keyring wrapped under `new` too.
+    pub fn add_master_key(
+        &mut self,
+        old: &MasterKey,
+        new: &MasterKey,
+        now: OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        add_master(&mut self.conn, old, new, &self.path, now)
+    }
+
+    /// `rotate-master` last step (see [`finish_master`]): only master `keep` remains.
+    pub fn finish_master_key(&mut self, keep: i64) -> Result<(), StoreError> {
+        finish_master(&mut self.conn, keep, &self.path)
+    }
+
+    /// What this open did about a master rotation left half-way, if anything.
+    pub fn master_handover(&self) -> Option<Handover> {
+        self.envelope.handover
+    }
+
+    /// Every data key with its age and row count (no key material).
+    pub fn data_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        list(&self.conn, OffsetDateTime::now_utc()).map_err(sql(&self.path))
+    }
+
+    /// Data keys created after key id `after` (ids only grow): what the daemon has yet to audit.
+    pub fn data_keys_after(&self, after: u32) -> Result<Vec<KeyInfo>, StoreError> {
+        Ok(self
+            .data_keys()?
+            .into_iter()
+            .filter(|k| k.key_id > after && k.purpose != Purpose::Audit)
+            .collect())
     }
 }
 

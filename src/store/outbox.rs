@@ -536,11 +536,11 @@ impl Outbox {
         Ok(self.current_key_id())
     }
 
-    /// Rotates every owner's data key at `now`: (retired, new) key id pairs.
+    /// Rotates every owner's data key at `now`; returns what was replaced.
     pub fn rotate_data_keys(
         &mut self,
         now: OffsetDateTime,
-    ) -> Result<Vec<(Option<u32>, u32)>, StoreError> {
+    ) -> Result<Vec<super::keyring::Rotated>, StoreError> {
         let pairs = self
             .envelope
             .rotate_all(&mut self.conn, &mut self.keyring, now)?;
