@@ -42,7 +42,7 @@ use super::record::{Lane, Record};
 pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 0 -> 1: initial schema.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      CREATE TABLE keys (
