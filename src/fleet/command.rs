@@ -274,6 +274,27 @@ mod tests {
     }
 
     #[test]
+    fn signed_key_commands_are_accepted_and_erase_patient_names_one_pseudonym() {
+        let (_d, k) = key();
+        let cmd = |name: &str, args: &[&str]| {
+            let args = args.iter().map(|a| a.to_string()).collect();
+            CommandPayload::new("gw-1", name, args, NOW, time::Duration::minutes(10))
+        };
+        assert_eq!(code(&k, &cmd("rotate-key", &[]), false), "accepted");
+        assert_eq!(
+            code(&k, &cmd("erase-patient", &["p-17"]), false),
+            "accepted"
+        );
+        for bad in [&[][..], &["p1", "p2"][..], &["9434765919"][..], &[""][..]] {
+            assert_eq!(
+                code(&k, &cmd("erase-patient", bad), false),
+                "malformed_payload",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn new_commands_have_distinct_ids_and_nonces() {
         let (a, b) = (ping(), ping());
         assert_ne!(a.id, b.id);
