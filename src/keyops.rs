@@ -86,7 +86,7 @@ impl Session {
         }
         let lock = InstanceLock::acquire(state_dir).map_err(KeyOpError::Locked)?;
         let master = MasterKey::load(&config.store.key_file)?;
-        let master = crate::store::keyring::attach_audit_key(master, &path)?;
+        let master = crate::store::keyring::attach_audit_key(master, &path);
         let audit = AuditLog::open(state_dir, &master)?;
         let (outbox, _) = match Outbox::open(&path, &master) {
             Ok(x) => x,

@@ -462,7 +462,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
             // The audit MAC key the keyring keeps (it outlives a master key rotation).
-            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path())?;
+            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path());
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
             let served = rt.block_on(vitalgate::daemon::supervisor::serve(
@@ -649,7 +649,7 @@ fn audit(action: AuditAction) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
-            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path())?;
+            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path());
             let dir = &cfg.gateway.state_dir;
             let v = vitalgate::audit::cli::verify(dir, &cfg.outbox_path(), &master)?;
             let path = dir.join(vitalgate::audit::FILE_NAME);

@@ -186,11 +186,6 @@ pub async fn run(
     if let Some(h) = outbox.master_handover() {
         audit.note("master_key_handover", serde_json::json!({ "outcome": h }));
     }
-    let keys_at_start = outbox.data_keys()?;
-    audit.note(
-        "data_keys_at_start",
-        serde_json::json!({ "keys": keys_at_start }),
-    );
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
     audit.note_started(crate::audit::events::started(&config, &gateway_id));
@@ -359,13 +354,8 @@ pub async fn run(
 
     // Keys the writer creates are audited; spent ones destroyed (key_housekeeping.rs).
     tracker.spawn(
-        key_housekeeping::KeyHousekeeping::new(
-            &outbox_path,
-            &master,
-            audit.clone(),
-            keys_at_start.iter().map(|k| k.key_id).max().unwrap_or(0),
-        )?
-        .run(retention_token.clone()),
+        key_housekeeping::KeyHousekeeping::new(&outbox_path, &master, audit.clone())?
+            .run(retention_token.clone()),
     );
 
     // Rows the publisher quarantines are audited (audit/watch.rs).

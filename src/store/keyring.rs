@@ -1408,9 +1408,25 @@ pub fn finish_master(conn: &mut Connection, keep: i64, path: &Path) -> Result<()
 /// a running daemon), set on `master` so the audit log verifies across master rotations.
 /// Unchanged when there is no outbox or keyring yet (the key is then derived from the master,
 /// which is what the keyring records at its first open).
-pub fn attach_audit_key(master: MasterKey, outbox: &Path) -> Result<MasterKey, StoreError> {
-    if !outbox.exists() {
-        return Ok(master);
+/// Any problem reading the outbox leaves `master` as it is: the open that follows reports
+/// it (a wrong key, a locked or unreadable file) with the message made for it.
+pub fn attach_audit_key(master: MasterKey, outbox: &Path) -> MasterKey {
+    match kept_audit_key(&master, outbox) {
+        Ok(Some(key)) => master.with_audit_key(key),
+        Ok(None) => master,
+        Err(e) => {
+            tracing::debug!(error = %e, "the audit key could not be read from the keyring");
+            master
+        }
+    }
+}
+
+fn kept_audit_key(
+    master: &MasterKey,
+    outbox: &Path,
+) -> Result<Option<Zeroizing<[u8; 32]>>, StoreError> {
+    if !outbox.is_file() {
+        return Ok(None);
     }
     let conn = Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sql(outbox))?;
@@ -1424,12 +1440,12 @@ pub fn attach_audit_key(master: MasterKey, outbox: &Path) -> Result<MasterKey, S
         )
         .map_err(sql(outbox))?;
     if !exists {
-        return Ok(master);
+        return Ok(None);
     }
     let kek = master.key_encryption_key().map_err(key_err(outbox))?;
     let rows = masters(&conn, outbox)?;
     let Some(master_id) = matching_master(&kek, &rows) else {
-        return Ok(master);
+        return Ok(None);
     };
     let wrap: Option<(u32, Vec<u8>, Vec<u8>)> = conn
         .query_row(
@@ -1441,10 +1457,7 @@ pub fn attach_audit_key(master: MasterKey, outbox: &Path) -> Result<MasterKey, S
         )
         .optional()
         .map_err(sql(outbox))?;
-    match wrap.and_then(|(id, n, w)| unwrap_key(&kek, master_id, id, Purpose::Audit, "", &n, &w)) {
-        Some(key) => Ok(master.with_audit_key(key)),
-        None => Ok(master),
-    }
+    Ok(wrap.and_then(|(id, n, w)| unwrap_key(&kek, master_id, id, Purpose::Audit, "", &n, &w)))
 }
 
 /// Keyring operations on an open outbox (its connection and data keys).
@@ -1494,6 +1507,29 @@ impl super::outbox::Outbox {
     /// Every data key with its age and row count (no key material).
     pub fn data_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         list(&self.conn, OffsetDateTime::now_utc()).map_err(sql(&self.path))
+    }
+
+    /// The highest data key id whose creation was audited (`meta.keys_audited`).
+    pub fn keys_audited_up_to(&self) -> Result<u32, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'keys_audited'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
+    /// Records that data keys up to `key_id` were audited.
+    pub fn set_keys_audited_up_to(&self, key_id: u32) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('keys_audited', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                [key_id],
+            )
+            .map(|_| ())
+            .map_err(sql(&self.path))
     }
 
     /// Data keys created after key id `after` (ids only grow): what the daemon has yet to audit.
