@@ -144,6 +144,9 @@ pub struct StoreConfig {
     /// Near `max_bytes` with only undelivered rows left: `alarm` (keep them, the default) or
     /// `drop_oldest_readings` (drop the oldest readings, never alerts, audited).
     pub when_full: crate::store::WhenFull,
+    /// Each data key (per patient, and the gateway's) is replaced after this many days;
+    /// the old one is destroyed once no row sealed with it remains (store/keyring.rs).
+    pub key_rotation_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -155,6 +158,7 @@ impl Default for StoreConfig {
             capacity: 2_000_000,
             max_bytes: None,
             when_full: crate::store::WhenFull::Alarm,
+            key_rotation_days: crate::store::keyring::DEFAULT_ROTATION_DAYS,
         }
     }
 }
@@ -710,6 +714,13 @@ impl Config {
                 "store.retention_days",
                 self.store.retention_days.into(),
                 1..=3650,
+                " days",
+            ),
+            // At least yearly: a key that outlives a year is no rotation policy.
+            n(
+                "store.key_rotation_days",
+                self.store.key_rotation_days.into(),
+                1..=365,
                 " days",
             ),
             n(

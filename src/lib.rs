@@ -32,6 +32,7 @@ pub mod fhir;
 pub mod fleet;
 pub mod hl7;
 pub mod ingest;
+pub mod keyops;
 pub mod live;
 pub mod nhs_number;
 pub mod preflight;

@@ -175,6 +175,46 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Rotate the outbox's data keys or its master key (refused while the daemon runs).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Erase a patient's stored data (refused while the daemon runs).
+    Patient {
+        #[command(subcommand)]
+        action: PatientAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Replace every data key (one per patient, one for the gateway) by a new random one;
+    /// old keys are destroyed once no row sealed with them remains.
+    RotateData {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Re-wrap the keyring under a new master key (created with `vitalgate keygen`) and
+    /// install it in place of the key file; rows are untouched. Crash-safe.
+    RotateMaster {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        new_key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PatientAction {
+    /// Destroy the patient's data keys and delete their rows and state (audited). Reports
+    /// how many rows had not reached the platform yet.
+    Erase {
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The patient's pseudonymous id (as in the configuration), never the NHS Number.
+        patient_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -421,6 +461,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let cfg = Config::load_and_check(&config, None)?;
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            // The audit MAC key the keyring keeps (it outlives a master key rotation).
+            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path());
             let notifier = vitalgate::daemon::systemd::SdNotify::start()
                 .context("cannot start the systemd notification thread")?;
             let served = rt.block_on(vitalgate::daemon::supervisor::serve(
@@ -542,6 +584,61 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { action } => audit(action),
+        Command::Key { action } => key_command(action),
+        Command::Patient { action } => patient_command(action),
+    }
+}
+
+/// A key operation's error: usage (2) or runtime (1).
+fn key_op_error(e: vitalgate::keyops::KeyOpError) -> anyhow::Error {
+    if e.is_usage() {
+        UsageError(e.to_string()).into()
+    } else {
+        anyhow::anyhow!(e)
+    }
+}
+
+/// `vitalgate key rotate-data|rotate-master`; the work is in `vitalgate::keyops`.
+fn key_command(action: KeyAction) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    match action {
+        KeyAction::RotateData { config } => {
+            let cfg = Config::load(&config)?;
+            let done = vitalgate::keyops::rotate_data(&cfg, now).map_err(key_op_error)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(())
+        }
+        KeyAction::RotateMaster { config, new_key } => {
+            let cfg = Config::load(&config)?;
+            let done =
+                vitalgate::keyops::rotate_master(&cfg, &new_key, now).map_err(key_op_error)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            if !done.completed {
+                eprintln!("the keyring is wrapped under both keys; install {} as the credential vitalgate.key, then start the daemon: its first start with the new key completes the rotation (a start with the old key abandons it)", new_key.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `vitalgate patient erase PATIENT_ID`.
+fn patient_command(action: PatientAction) -> anyhow::Result<()> {
+    match action {
+        PatientAction::Erase { config, patient_id } => {
+            let cfg = Config::load(&config)?;
+            let done = vitalgate::keyops::erase_patient(&cfg, &patient_id).map_err(key_op_error)?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            eprintln!(
+                "patient {}: {} undelivered rows erased (never reached the platform), {} delivered, {} quarantined, {} state values; {} data keys destroyed",
+                done.patient,
+                done.undelivered_rows,
+                done.delivered_rows,
+                done.quarantined_rows,
+                done.state_values,
+                done.keys_destroyed.len()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -552,6 +649,7 @@ fn audit(action: AuditAction) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let master =
                 MasterKey::load(&cfg.store.key_file).map_err(|e| UsageError(e.to_string()))?;
+            let master = vitalgate::store::keyring::attach_audit_key(master, &cfg.outbox_path());
             let dir = &cfg.gateway.state_dir;
             let v = vitalgate::audit::cli::verify(dir, &cfg.outbox_path(), &master)?;
             let path = dir.join(vitalgate::audit::FILE_NAME);

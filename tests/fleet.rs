@@ -790,6 +790,110 @@ async fn reload_command_takes_the_sighup_path() {
         .await;
 }
 
+/// The data keys in `status` (issue 15): (key id, patient, rows, current).
+fn data_keys(h: &Hub) -> Vec<(u64, String, u64, bool)> {
+    h.status()["keys"]["data_keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            (
+                k["key_id"].as_u64().unwrap_or(0),
+                k["patient"].as_str().unwrap_or("").to_string(),
+                k["rows"].as_u64().unwrap_or(0),
+                k["current"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// Waits until p1 has a current data key with rows sealed under it, other than `not`.
+async fn p1_sealing_under_a_key_other_than(h: &Hub, d: &Daemon, not: &[u64]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(k) = data_keys(h)
+            .into_iter()
+            .find(|(id, p, rows, current)| p == "p1" && *current && *rows > 0 && !not.contains(id))
+        {
+            return k.0;
+        }
+        assert!(Instant::now() < deadline, "log: {:#?}", d.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn audit_log(h: &Hub) -> String {
+    std::fs::read_to_string(h.state().join("audit.log")).unwrap_or_default()
+}
+
+/// Issue 15, acceptance 2: `rotate-key` through the running daemon: answered once, audited,
+/// and the writer seals p1's next readings under a new key.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_key_command_gives_the_running_writer_new_keys_answered_once_and_audited() {
+    let (h, d, rx) = commanded("platform-cmd-rotate-key").await;
+    let before = p1_sealing_under_a_key_other_than(&h, &d, &[]).await;
+    let mut p = h.ping();
+    p.name = "rotate-key".into();
+    h.command(p.sign(&h.key)).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["result"], "ok", "{}", a[0]);
+    let rotated = a[0]["answer"]["rotated"].as_array().unwrap();
+    assert!(
+        rotated
+            .iter()
+            .any(|r| r["patient"] == "p1" && r["retired"] == before),
+        "{}",
+        a[0]
+    );
+    let after = p1_sealing_under_a_key_other_than(&h, &d, &[before]).await;
+    assert!(after > before);
+    let log = audit_log(&h);
+    assert!(log.contains("\"data_keys_rotated\"") && log.contains("\"fleet_command\""));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.on("/cmd/result").len(), 1, "answered more than once");
+}
+
+/// Issue 15, acceptance 3: `erase-patient` through the running daemon: p1's keys are
+/// destroyed and their rows gone; answered with the counts, audited by pseudonym.
+#[tokio::test(flavor = "multi_thread")]
+async fn erase_patient_command_destroys_the_patients_keys_through_the_running_daemon() {
+    let (h, d, rx) = commanded("platform-cmd-erase").await;
+    let before = p1_sealing_under_a_key_other_than(&h, &d, &[]).await;
+    let mut p = h.ping();
+    p.name = "erase-patient".into();
+    p.args = vec!["p1".into()];
+    h.command(p.sign(&h.key)).await;
+    let a = answers(&rx, &d, 1).await;
+    assert_eq!(a[0]["result"], "ok", "{}", a[0]);
+    let answer = &a[0]["answer"];
+    assert!(answer["keys_destroyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| *k == before));
+    assert!(
+        answer["undelivered_rows"].as_u64().unwrap() + answer["delivered_rows"].as_u64().unwrap()
+            > 0
+    );
+    assert!(
+        !data_keys(&h).iter().any(|k| k.0 == before),
+        "the key is gone"
+    );
+    let log = audit_log(&h);
+    let entry = log
+        .lines()
+        .find(|l| l.contains("\"patient_erased\""))
+        .expect("audited");
+    assert!(
+        entry.contains("\"p1\"") && entry.contains("\"fleet\""),
+        "{entry}"
+    );
+    assert!(!log.contains("9434765919"));
+    // Still configured, p1 goes on being monitored, under a new key.
+    p1_sealing_under_a_key_other_than(&h, &d, &[before]).await;
+}
+
 // ---- Clustered brokers (acceptance 8) ----
 
 /// A second Mosquitto with the first one's CA, server certificate and ACL: another node of

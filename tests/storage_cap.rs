@@ -140,6 +140,13 @@ impl CommitHook for Alarms {
         self.0.lock().unwrap().push((alarm, active));
         HookOutput::default()
     }
+    fn on_reject(&mut self, _rejection: &vitalgate::ingest::Rejection) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_tick(&mut self, _now: OffsetDateTime, _backlog: u64) -> HookOutput {
+        HookOutput::default()
+    }
+    fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
 
 #[tokio::test]

@@ -156,7 +156,7 @@ pub async fn run(
     };
 
     let outbox_path = config.outbox_path();
-    let (outbox, report) = match Outbox::open(&outbox_path, &master) {
+    let (mut outbox, report) = match Outbox::open(&outbox_path, &master) {
         Ok(x) => x,
         Err(e) => {
             if matches!(e, StoreError::WrongKey { .. }) {
@@ -184,6 +184,10 @@ pub async fn run(
             "outbox_created",
             serde_json::json!({"outbox": outbox_path, "key_source": master.source()}),
         );
+    }
+    outbox.set_key_rotation_days(config.store.key_rotation_days);
+    if let Some(h) = outbox.master_handover() {
+        audit.note("master_key_handover", serde_json::json!({ "outcome": h }));
     }
     let started_at = OffsetDateTime::now_utc();
     let gateway_id = config.gateway_id().map_err(DaemonError::GatewayId)?;
@@ -372,6 +376,12 @@ pub async fn run(
         });
     }
 
+    // Keys the writer creates are audited; spent ones destroyed (key_housekeeping.rs).
+    tracker.spawn(
+        key_housekeeping::KeyHousekeeping::new(&outbox_path, &master, audit.clone())?
+            .run(retention_token.clone()),
+    );
+
     // Rows the publisher quarantines are audited (audit/watch.rs).
     tracker.spawn(crate::audit::watch::quarantine(
         Outbox::open_secondary(&outbox_path, &master)?,
@@ -544,6 +554,7 @@ pub mod alerting;
 pub mod devices;
 pub mod hl7;
 pub mod instance_lock;
+pub mod key_housekeeping;
 pub mod publish;
 pub mod supervisor;
 pub mod systemd;
@@ -598,6 +609,7 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
             "source": snapshot.as_ref().and_then(|s| s.get("key_source")).cloned(),
             "current_key_id": s.current_key_id,
             "key_ids": s.key_ids,
+            "data_keys": s.data_keys,
         },
         "devices": snapshot.as_ref().and_then(|s| s.get("devices")).cloned().unwrap_or_else(|| {
             serde_json::Value::Array(config.devices.iter().map(|d| serde_json::json!({

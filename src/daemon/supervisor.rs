@@ -51,6 +51,11 @@ pub async fn serve(
         reload: reload.clone(),
         restart_uplink: certs.clone(),
         audit: audit.clone(),
+        keys: Some(Arc::new(crate::keyops::Live::new(
+            &local,
+            &master,
+            audit.clone(),
+        ))),
     };
     let fleet = agent::start(local, controls, &shutdown);
     let mut config = fleet.effective;

@@ -83,6 +83,7 @@ pub struct Agent {
     reload: Arc<Notify>,
     /// Notified by `restart-uplink` (the publisher reloads its TLS files and reconnects).
     restart_uplink: Arc<Notify>,
+    keys: Option<Arc<crate::keyops::Live>>,
 }
 
 /// What the agent can make the daemon do for a command.
@@ -92,6 +93,8 @@ pub struct Controls {
     pub restart_uplink: Arc<Notify>,
     /// The process's one audit writer (`daemon::supervisor`): the agent never opens its own.
     pub audit: Arc<AuditLog>,
+    /// Runs `rotate-key` and `erase-patient` (`crate::keyops::Live`).
+    pub keys: Option<Arc<crate::keyops::Live>>,
 }
 
 impl Agent {
@@ -125,6 +128,7 @@ impl Agent {
             reload: controls.reload,
             restart_uplink: controls.restart_uplink,
             audit: controls.audit,
+            keys: controls.keys,
         }
     }
 
@@ -316,6 +320,10 @@ impl Agent {
                 self.restart_uplink.notify_one();
                 serde_json::json!({"restarting": true})
             }
+            "rotate-key" | "erase-patient" => match self.run_key_command(p, now) {
+                Ok(answer) => answer,
+                Err(e) => return self.key_command_failed(c, &e, now),
+            },
             // `command::judge` accepts only known names.
             other => serde_json::json!({"ignored": other}),
         };
@@ -327,6 +335,42 @@ impl Agent {
         serde_json::to_vec(&serde_json::json!({
             "gateway": self.gateway, "id": p.id, "name": p.name, "result": "ok",
             "answer": answer, "at": crate::status::rfc3339(now),
+        }))
+        .unwrap_or_default()
+    }
+
+    /// `rotate-key` and `erase-patient`, through the daemon's keyring (`crate::keyops`).
+    fn run_key_command(
+        &self,
+        p: &command::CommandPayload,
+        now: OffsetDateTime,
+    ) -> Result<serde_json::Value, String> {
+        let keys = self.keys.as_ref().ok_or("no outbox in this process")?;
+        let answer = match (p.name.as_str(), p.args.first()) {
+            ("erase-patient", Some(patient)) => keys
+                .erase_patient(patient)
+                .map(|e| serde_json::json!(e))
+                .map_err(|e| e.to_string())?,
+            _ => keys
+                .rotate_data(now)
+                .map(|r| serde_json::json!(r))
+                .map_err(|e| e.to_string())?,
+        };
+        Ok(answer)
+    }
+
+    /// A key command that was accepted but failed: answered once, audited.
+    fn key_command_failed(&mut self, c: &AcceptedCommand, e: &str, now: OffsetDateTime) -> Vec<u8> {
+        let p = &c.payload;
+        let detail = super::redact(e);
+        warn!(id = %p.id, name = %p.name, error = %detail, "fleet command failed");
+        self.audit.note(
+            "fleet_command_failed",
+            serde_json::json!({"id": p.id, "name": p.name, "args": p.args, "key_id": c.key_id, "detail": detail}),
+        );
+        serde_json::to_vec(&serde_json::json!({
+            "gateway": self.gateway, "id": p.id, "name": p.name, "result": "failed",
+            "detail": detail, "at": crate::status::rfc3339(now),
         }))
         .unwrap_or_default()
     }

@@ -16,7 +16,31 @@ use super::MAX_DOCUMENT_BYTES;
 
 /// The commands a hub runs. (`resync` needs an outbox operation that re-opens delivered rows
 /// of a time range; it comes with the store's owner, see docs/fleet.md.)
-pub const KNOWN: &[&str] = &["ping", "reload", "restart-uplink"];
+pub const KNOWN: &[&str] = &[
+    "ping",
+    "reload",
+    "restart-uplink",
+    "rotate-key",
+    "erase-patient",
+];
+
+/// Checks a known command's arguments: `erase-patient` takes exactly one patient id, a
+/// pseudonym (never an NHS Number); the others take none that matter.
+pub fn check_args(name: &str, args: &[String]) -> Result<(), String> {
+    match (name, args) {
+        ("erase-patient", [patient])
+            if !patient.is_empty()
+                && matches!(crate::redact::scrub(patient), std::borrow::Cow::Borrowed(_)) =>
+        {
+            Ok(())
+        }
+        ("erase-patient", _) => Err(
+            "erase-patient takes exactly one argument: the patient's pseudonymous id (never an NHS Number)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
 
 /// Longest a command may stay valid: bounds the replay store and a delayed delivery.
 pub const MAX_LIFETIME: time::Duration = time::Duration::hours(24);
@@ -203,6 +227,9 @@ pub fn judge(
     if !KNOWN.contains(&p.name.as_str()) {
         return refuse(r, CommandRefusal::Unknown(p.name));
     }
+    if let Err(why) = check_args(&p.name, &p.args) {
+        return refuse(r, CommandRefusal::Payload(why));
+    }
     Ok(AcceptedCommand {
         payload: p,
         key_id: v.key_id,
@@ -244,6 +271,27 @@ mod tests {
     fn signed_ping_for_this_gateway_is_accepted() {
         let (_d, k) = key();
         assert_eq!(code(&k, &ping(), false), "accepted");
+    }
+
+    #[test]
+    fn signed_key_commands_are_accepted_and_erase_patient_names_one_pseudonym() {
+        let (_d, k) = key();
+        let cmd = |name: &str, args: &[&str]| {
+            let args = args.iter().map(|a| a.to_string()).collect();
+            CommandPayload::new("gw-1", name, args, NOW, time::Duration::minutes(10))
+        };
+        assert_eq!(code(&k, &cmd("rotate-key", &[]), false), "accepted");
+        assert_eq!(
+            code(&k, &cmd("erase-patient", &["p-17"]), false),
+            "accepted"
+        );
+        for bad in [&[][..], &["p1", "p2"][..], &["9434765919"][..], &[""][..]] {
+            assert_eq!(
+                code(&k, &cmd("erase-patient", bad), false),
+                "malformed_payload",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,27 @@ const FORMAT_VERSION: u8 = 1;
 /// Salt for the HKDF extract step: fixed, public, and specific to this use.
 const HKDF_SALT: &[u8] = b"vitalgate/outbox/v1";
 
+/// Salt of the key-encryption key that wraps the keyring (`store::keyring`).
+const KEK_HKDF_SALT: &[u8] = b"vitalgate/keyring/v1";
+
+/// HKDF output of 32 bytes (a data key or an HMAC-SHA256 key) to be copied out.
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+/// 32 fresh random bytes: a new data key.
+pub(crate) fn random_key() -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(&mut k[..])
+        .map_err(|_| KeyError::Random)?;
+    Ok(k)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("no master key: neither the systemd credential {CREDENTIAL_NAME} (in $CREDENTIALS_DIRECTORY) nor the key file {path} exists; create one with `vitalgate keygen --out {path}` (first install only: never over existing data)")]
@@ -81,6 +102,10 @@ pub enum KeySource {
 pub struct MasterKey {
     bytes: Zeroizing<[u8; 32]>,
     source: KeySource,
+    /// The audit log's MAC key, when the outbox's keyring holds it (see
+    /// [`crate::store::keyring::attach_audit_key`]): it outlives a master key rotation, so
+    /// the entries written before it still verify.
+    audit_key: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -99,6 +124,7 @@ impl MasterKey {
         Ok(MasterKey {
             bytes,
             source: KeySource::Ephemeral,
+            audit_key: None,
         })
     }
 
@@ -107,6 +133,7 @@ impl MasterKey {
         MasterKey {
             bytes: self.bytes.clone(),
             source: self.source.clone(),
+            audit_key: self.audit_key.clone(),
         }
     }
 
@@ -124,14 +151,64 @@ impl MasterKey {
                 return Ok(MasterKey {
                     bytes,
                     source: KeySource::Credential(cred),
+                    audit_key: None,
                 });
             }
         }
+        MasterKey::from_file(key_file)
+    }
+
+    /// Loads the key in `key_file` only, whatever `$CREDENTIALS_DIRECTORY` holds (the new
+    /// key of `vitalgate key rotate-master --new-key FILE`). Same checks as [`MasterKey::load`].
+    pub fn from_file(key_file: &Path) -> Result<Self, KeyError> {
         let bytes = read_key_bytes(key_file, &crate::secure_file::MASTER_KEY)?;
         Ok(MasterKey {
             bytes,
             source: KeySource::File(key_file.to_path_buf()),
+            audit_key: None,
         })
+    }
+
+    /// Whether `other` holds the same key bytes (compared in constant time).
+    pub fn same_key_as(&self, other: &MasterKey) -> bool {
+        let diff = self
+            .bytes
+            .iter()
+            .zip(other.bytes.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0
+    }
+
+    /// The key-encryption key that wraps the keyring's data keys: HKDF-SHA256 of the master
+    /// key with its own salt, so it never equals an outbox or audit key.
+    pub(crate) fn key_encryption_key(&self) -> Result<LessSafeKey, KeyError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, KEK_HKDF_SALT).extract(&self.bytes[..]);
+        let info: [&[u8]; 1] = [b"keyring wrap key"];
+        let okm = prk
+            .expand(&info, &aead::AES_256_GCM)
+            .map_err(|_| KeyError::Derive)?;
+        Ok(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
+    /// The audit MAC key's bytes as [`MasterKey::audit_mac_key`] derives them from this
+    /// master (to be kept, wrapped, in the keyring).
+    pub(crate) fn derived_audit_key_bytes(
+        &self,
+        label: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, AUDIT_HKDF_SALT).extract(&self.bytes[..]);
+        let info = [label];
+        let mut out = Zeroizing::new([0u8; 32]);
+        prk.expand(&info, Len32)
+            .and_then(|okm| okm.fill(&mut out[..]))
+            .map_err(|_| KeyError::Derive)?;
+        Ok(out)
+    }
+
+    /// This master with the audit MAC key the keyring keeps (see `audit_key`).
+    pub(crate) fn with_audit_key(mut self, key: Zeroizing<[u8; 32]>) -> MasterKey {
+        self.audit_key = Some(key);
+        self
     }
 
     /// Creates a new key file (hex, mode 0600). Refuses to overwrite an existing file.
@@ -282,6 +359,10 @@ impl StateIdentity<'_> {
 pub struct Keyring {
     prk: hkdf::Prk,
     keys: HashMap<u32, LessSafeKey>,
+    /// Whether a key id not installed is derived from the master (schema 3 and before).
+    /// Off once the envelope keyring holds every data key: a destroyed key is never
+    /// re-created by derivation.
+    derive_missing: bool,
     rng: SystemRandom,
     /// Random bytes fetched from the OS in bulk; each nonce takes 12 fresh bytes that are
     /// never reused. One `getrandom` call per 4 KiB instead of one per record.
@@ -300,6 +381,7 @@ impl Keyring {
         Keyring {
             prk,
             keys: HashMap::new(),
+            derive_missing: true,
             rng: SystemRandom::new(),
             nonce_pool: Vec::new(),
         }
@@ -316,8 +398,50 @@ impl Keyring {
         Ok(LessSafeKey::new(UnboundKey::from(okm)))
     }
 
+    /// The bytes of the schema 3 data key `key_id` (HKDF of the master), to be wrapped into
+    /// the envelope keyring when an older outbox is migrated.
+    pub(crate) fn legacy_key_bytes(&self, key_id: u32) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let id = key_id.to_be_bytes();
+        let info: [&[u8]; 2] = [b"outbox data key", &id];
+        let mut out = Zeroizing::new([0u8; 32]);
+        self.prk
+            .expand(&info, Len32)
+            .and_then(|okm| okm.fill(&mut out[..]))
+            .map_err(|_| KeyError::Derive)?;
+        Ok(out)
+    }
+
+    /// Makes `key` (unwrapped from the keyring) the data key of `key_id`.
+    pub(crate) fn install(&mut self, key_id: u32, key: &[u8; 32]) -> Result<(), KeyError> {
+        let unbound = UnboundKey::new(&aead::AES_256_GCM, key).map_err(|_| KeyError::Derive)?;
+        self.keys.insert(key_id, LessSafeKey::new(unbound));
+        Ok(())
+    }
+
+    /// Drops the data key `key_id` (destroyed in the keyring).
+    pub(crate) fn forget(&mut self, key_id: u32) {
+        self.keys.remove(&key_id);
+    }
+
+    /// The ids of the installed keys.
+    pub(crate) fn ids(&self) -> Vec<u32> {
+        self.keys.keys().copied().collect()
+    }
+
+    pub(crate) fn has(&self, key_id: u32) -> bool {
+        self.keys.contains_key(&key_id)
+    }
+
+    /// From now on only installed keys exist (see `derive_missing`).
+    pub(crate) fn stop_deriving(&mut self) {
+        self.derive_missing = false;
+    }
+
     fn key(&mut self, key_id: u32) -> Result<&LessSafeKey, KeyError> {
         if !self.keys.contains_key(&key_id) {
+            if !self.derive_missing {
+                return Err(KeyError::Derive);
+            }
             let key = self.derive(key_id)?;
             self.keys.insert(key_id, key);
         }
@@ -396,6 +520,7 @@ impl Keyring {
         let derived;
         let key = match self.keys.get(&id.key_id) {
             Some(k) => k,
+            None if !self.derive_missing => return Err(Unauthentic),
             None => {
                 derived = self.derive(id.key_id).map_err(|_| Unauthentic)?;
                 &derived
@@ -438,6 +563,9 @@ impl MasterKey {
     /// The audit log's HMAC-SHA256 key: HKDF-SHA256 of the master key with the audit salt and
     /// `label` as info. Only the derived key leaves this module; it cannot yield the master key.
     pub fn audit_mac_key(&self, label: &[u8]) -> Result<ring::hmac::Key, KeyError> {
+        if let Some(kept) = &self.audit_key {
+            return Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &kept[..]));
+        }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, AUDIT_HKDF_SALT).extract(&self.bytes[..]);
         let info = [label];
         // `expand` fails only for lengths HKDF cannot produce; an HMAC-SHA256 key is 32 bytes.

@@ -35,16 +35,17 @@ use time::OffsetDateTime;
 
 use super::counts::{Counts, Delta};
 use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
+use super::keyring::{Envelope, Owner};
 use super::record::{Lane, Record};
 
 pub mod cap;
 mod clock_anchor;
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 0 -> 1: initial schema.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      CREATE TABLE keys (
@@ -126,8 +127,12 @@ pub const AUTO_CHECKPOINT_PAGES: i64 = 8000;
 /// How long a connection waits for another holding a lock it needs.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the checkpoint that gives the WAL's space back waits for readers (see
+/// `Outbox::reclaim_wal_space`): short, the writer's heartbeat must stay fresh.
+const RECLAIM_BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A known plaintext sealed under each data key, to tell a wrong master key at start.
-const KEY_CHECK: &[u8] = b"vitalgate key check v1";
+pub(super) const KEY_CHECK: &[u8] = b"vitalgate key check v1";
 
 /// A data key is retired after this many records (random 96-bit nonces stay far below the
 /// 2^32 bound for one AES-GCM key).
@@ -233,6 +238,8 @@ pub struct OutboxStats {
     pub corrupt_files_set_aside: u64,
     pub current_key_id: u32,
     pub key_ids: Vec<u32>,
+    /// Every data key: id, purpose, patient pseudonym, age, row count (no key material).
+    pub data_keys: Vec<super::keyring::KeyInfo>,
     pub schema_version: i64,
 }
 
@@ -255,15 +262,14 @@ pub struct Quarantined {
 }
 
 pub struct Outbox {
-    conn: Connection,
-    keyring: Keyring,
-    path: PathBuf,
+    pub(super) conn: Connection,
+    pub(super) keyring: Keyring,
+    pub(super) path: PathBuf,
     /// Next row id to hand out; persisted as a high-water mark in the same transaction.
     next_id: i64,
-    current_key: u32,
-    /// Values sealed under `current_key` (records, state, the key check); persisted in
-    /// `meta` (`sealed:<key id>`, on top of `keys.sealed`) with every transaction that seals.
-    sealed_under_current: i64,
+    /// The envelope keyring (`keyring.rs`): each owner's current data key. Values sealed
+    /// under each key are persisted in `meta` (`sealed:<key id>`) with every transaction.
+    pub(super) envelope: Envelope,
     /// Rotate the data key once this many values are sealed under it.
     rotate_after: i64,
     /// Rows quarantined by this connection since open (also persisted in `meta`).
@@ -335,6 +341,14 @@ impl Outbox {
             tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
+        if version < super::keyring::SCHEMA_V5 {
+            let tx = conn.unchecked_transaction().map_err(err)?;
+            super::keyring::migrate_to_v5(&tx).map_err(err)?;
+            tx.pragma_update(None, "user_version", super::keyring::SCHEMA_V5)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+            tracing::info!(path = %path.display(), to = super::keyring::SCHEMA_V5, "outbox schema migrated");
+        }
         let mut outbox = Outbox::finish_open(conn, path, master)?;
         // The key is right (a wrong one changes nothing): from here on the file may change,
         // so the next start must check it in full unless this one stops cleanly.
@@ -343,6 +357,7 @@ impl Outbox {
             .execute("DELETE FROM meta WHERE key = ?1", [CLEAN_STOP])
             .map_err(outbox.sql_err())?;
         outbox.seal_legacy_state()?;
+        super::keyring::reseal_legacy(&mut outbox)?;
         Ok((outbox, report))
     }
 
@@ -391,17 +406,24 @@ impl Outbox {
         path: &Path,
         master: &MasterKey,
     ) -> Result<Outbox, StoreError> {
+        let mut conn = conn;
+        let mut keyring = Keyring::new(master);
+        let envelope = Envelope::open(
+            &mut conn,
+            master,
+            &mut keyring,
+            path,
+            OffsetDateTime::now_utc(),
+        )?;
         let mut outbox = Outbox {
             conn,
-            keyring: Keyring::new(master),
+            keyring,
             path: path.to_path_buf(),
             next_id: 1,
-            current_key: 0,
-            sealed_under_current: 0,
+            envelope,
             rotate_after: ROTATE_AFTER_RECORDS,
             quarantined_now: Vec::new(),
         };
-        outbox.check_keys()?;
         outbox.next_id = outbox.load_next_id()?;
         Ok(outbox)
     }
@@ -413,66 +435,18 @@ impl Outbox {
         }
     }
 
-    /// Verifies every data key against its check value; creates key 1 in a new database.
-    fn check_keys(&mut self) -> Result<(), StoreError> {
-        let rows: Vec<(u32, Vec<u8>, Vec<u8>)> = {
-            let mut st = self
-                .conn
-                .prepare("SELECT key_id, check_nonce, check_ciphertext FROM keys ORDER BY key_id")
-                .map_err(self.sql_err())?;
-            let it = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(self.sql_err())?;
-            it.collect::<Result<_, _>>().map_err(self.sql_err())?
-        };
-        for (key_id, nonce, ct) in &rows {
-            let id = key_check_identity(*key_id);
-            if self.keyring.open(id, nonce, ct.clone()).as_deref() != Ok(KEY_CHECK) {
-                return Err(StoreError::WrongKey {
-                    path: self.path.clone(),
-                    key_id: *key_id,
-                });
-            }
-        }
-        match rows.last() {
-            Some((key_id, _, _)) => {
-                self.current_key = *key_id;
-                self.sealed_under_current = self
-                    .conn
-                    .query_row(
-                        "SELECT sealed + COALESCE((SELECT value FROM meta WHERE key = 'sealed:' || ?1), 0)
-                         FROM keys WHERE key_id = ?1",
-                        [key_id],
-                        |r| r.get(0),
-                    )
-                    .map_err(self.sql_err())?;
-            }
-            None => {
-                self.add_key(1)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn add_key(&mut self, key_id: u32) -> Result<(), StoreError> {
-        let (nonce, ct) = self
-            .keyring
-            .seal(key_check_identity(key_id), KEY_CHECK.to_vec())
-            .map_err(|e| StoreError::Key(e, self.path.clone()))?;
-        self.conn
-            .execute(
-                "INSERT INTO keys (key_id, created_at, check_nonce, check_ciphertext, sealed) VALUES (?1, ?2, ?3, ?4, 1)",
-                params![key_id, ms(OffsetDateTime::now_utc()), &nonce[..], ct],
-            )
-            .map_err(self.sql_err())?;
-        self.current_key = key_id;
-        self.sealed_under_current = 1; // the key check value
-        Ok(())
-    }
-
     /// Values sealed under the current data key so far (persisted; survives purges).
     pub fn sealed_under_current_key(&self) -> i64 {
-        self.sealed_under_current
+        self.envelope.newest().map_or(0, |(_, sealed)| sealed)
+    }
+
+    pub(super) fn rotate_after(&self) -> i64 {
+        self.rotate_after
+    }
+
+    /// Data keys rotate after `days` (`store.key_rotation_days`; 90 unless set).
+    pub fn set_key_rotation_days(&mut self, days: u32) {
+        self.envelope.set_rotation_days(days);
     }
 
     /// Rotates the data key after `limit` sealed values instead of
@@ -524,15 +498,23 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let key_id = self.current_key;
+        let owners = sealing_owners(&[], &updates);
+        let keys = self.envelope.keys_for(
+            &mut self.conn,
+            &mut self.keyring,
+            &owners,
+            self.rotate_after,
+            OffsetDateTime::now_utc(),
+        )?;
         let tx = self.conn.transaction().map_err(err)?;
-        let sealed = updates.len() as i64;
-        put_sealed_state(&tx, &mut self.keyring, key_id, &updates, &path)?;
-        count_sealed(&tx, key_id, sealed).map_err(err)?;
+        put_sealed_state(&tx, &mut self.keyring, &keys, &updates, &path)?;
+        count_sealed_by_owner(&tx, &keys, &owners).map_err(err)?;
         tx.execute("DELETE FROM device_state", []).map_err(err)?;
         tx.execute("DROP TABLE device_state", []).map_err(err)?;
         tx.commit().map_err(err)?;
-        self.sealed_under_current += sealed;
+        for (owner, n) in &owners {
+            self.envelope.sealed(owner, *n);
+        }
         // Copies the zeroed pages into the database and empties the WAL.
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -550,16 +532,28 @@ impl Outbox {
         Ok(())
     }
 
-    /// Starts sealing new records under a fresh data key. Old records stay readable.
+    /// Starts sealing new records under fresh data keys, one per owner (`vitalgate key
+    /// rotate-data`). Old records stay readable. Returns the newest key id.
     pub fn rotate_key(&mut self) -> Result<u32, StoreError> {
-        let next = self.current_key + 1;
-        self.add_key(next)?;
-        tracing::info!(key_id = next, "outbox data key rotated");
-        Ok(next)
+        self.rotate_data_keys(OffsetDateTime::now_utc())?;
+        Ok(self.current_key_id())
     }
 
+    /// Rotates every owner's data key at `now`; returns what was replaced.
+    pub fn rotate_data_keys(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<super::keyring::Rotated>, StoreError> {
+        let pairs = self
+            .envelope
+            .rotate_all(&mut self.conn, &mut self.keyring, now)?;
+        tracing::info!(keys = pairs.len(), "outbox data keys rotated");
+        Ok(pairs)
+    }
+
+    /// The newest data key sealing new rows (0 before the first row).
     pub fn current_key_id(&self) -> u32 {
-        self.current_key
+        self.envelope.newest().map_or(0, |(id, _)| id)
     }
 
     fn load_next_id(&self) -> Result<i64, StoreError> {
@@ -604,6 +598,39 @@ impl Outbox {
         result
     }
 
+    /// Copies the WAL into the database and truncates it to nothing
+    /// (`wal_checkpoint(TRUNCATE)`), so the space it holds is given back: the storage cap
+    /// (`cap.rs`) calls it before and after deleting rows. An automatic checkpoint only rewinds
+    /// the WAL, it never shrinks the file. Not called after a commit failed for a full disk:
+    /// the checkpoint needs free space too (it fails with SQLITE_FULL there). Best effort. A
+    /// reader on an older snapshot is waited for briefly only ([`RECLAIM_BUSY_WAIT`]), so the
+    /// writer stays responsive.
+    pub(crate) fn reclaim_wal_space(&mut self) {
+        let _ = self.conn.busy_timeout(RECLAIM_BUSY_WAIT);
+        let outcome = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            });
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        match outcome {
+            Ok((0, _)) => tracing::info!(
+                path = %self.path.display(),
+                "storage full: the WAL was checkpointed and truncated to give its space back"
+            ),
+            Ok((_, frames)) => tracing::debug!(
+                path = %self.path.display(),
+                frames,
+                "storage full: the WAL could not be truncated yet (a reader holds it)"
+            ),
+            Err(e) => tracing::debug!(
+                path = %self.path.display(),
+                error = %e,
+                "storage full: the WAL could not be checkpointed yet"
+            ),
+        }
+    }
+
     /// After a failed transaction, re-reads what another writer may have changed (the id
     /// high-water mark), so a constraint failure is not repeated for ever by stale state.
     fn resync_after_failure(&mut self) {
@@ -618,12 +645,15 @@ impl Outbox {
         state: &[DeviceStateUpdate],
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, StoreError> {
-        let sealing = (records.len() + state.len()) as i64;
-        if self.sealed_under_current + sealing > self.rotate_after {
-            self.rotate_key()?;
-        }
+        let owners = sealing_owners(records, state);
+        let keys = self.envelope.keys_for(
+            &mut self.conn,
+            &mut self.keyring,
+            &owners,
+            self.rotate_after,
+            now,
+        )?;
         let created = ms(now);
-        let key_id = self.current_key;
         let mut ids = Vec::with_capacity(records.len());
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
@@ -641,6 +671,7 @@ impl Outbox {
             let mut counts = Delta::default();
             for record in records {
                 let plaintext = record.encode().map_err(StoreError::Encode)?;
+                let key_id = key_of(&keys, &record_owner(record), &path)?;
                 let identity = RecordIdentity {
                     row_id: id,
                     kind: record.kind(),
@@ -671,12 +702,14 @@ impl Outbox {
                 [id],
             )
             .map_err(err)?;
-            put_sealed_state(&tx, &mut self.keyring, key_id, state, &path)?;
-            count_sealed(&tx, key_id, sealing).map_err(err)?;
+            put_sealed_state(&tx, &mut self.keyring, &keys, state, &path)?;
+            count_sealed_by_owner(&tx, &keys, &owners).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.next_id += records.len() as i64;
-        self.sealed_under_current += sealing;
+        for (owner, n) in &owners {
+            self.envelope.sealed(owner, *n);
+        }
         Ok(ids)
     }
 
@@ -726,6 +759,12 @@ impl Outbox {
             kind,
             key_id,
         };
+        if let Err(e) = self
+            .envelope
+            .ensure_installed(&self.conn, &mut self.keyring, key_id)
+        {
+            tracing::warn!(key_id, error = %e, "cannot read the keyring");
+        }
         let plain = self
             .keyring
             .open(identity, nonce, ct)
@@ -940,7 +979,7 @@ impl Outbox {
     }
 
     pub fn stats(&self) -> Result<OutboxStats, StoreError> {
-        stats_of(&self.conn, &self.path, self.current_key)
+        stats_of(&self.conn, &self.path, self.current_key_id())
     }
 
     /// `PRAGMA quick_check`'s answer (`"ok"` when healthy).
@@ -1082,9 +1121,11 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
         return Ok(OutboxStats::default());
     }
     let current: u32 = conn
-        .query_row("SELECT COALESCE(MAX(key_id), 0) FROM keys", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT COALESCE(MAX(key_id), 0) FROM data_keys WHERE retired_at IS NULL AND purpose IN ('patient', 'gateway')",
+            [],
+            |r| r.get(0),
+        )
         .map_err(err)?;
     stats_of(&conn, path, current)
 }
@@ -1133,7 +1174,7 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
     };
     let key_ids: Vec<u32> = {
         let mut st = conn
-            .prepare("SELECT key_id FROM keys ORDER BY key_id")
+            .prepare("SELECT key_id FROM data_keys WHERE purpose != 'audit' ORDER BY key_id")
             .map_err(e)?;
         let it = st.query_map([], |r| r.get(0)).map_err(e)?;
         it.collect::<Result<_, _>>().map_err(e)?
@@ -1158,6 +1199,7 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
         corrupt_files_set_aside: count_set_aside(path),
         current_key_id: current_key,
         key_ids,
+        data_keys: super::keyring::list(conn, OffsetDateTime::now_utc()).map_err(e)?,
         schema_version: SCHEMA_VERSION,
     })
 }
@@ -1218,7 +1260,7 @@ fn redact_content(message: &str) -> String {
 fn put_sealed_state(
     tx: &rusqlite::Transaction<'_>,
     keyring: &mut Keyring,
-    key_id: u32,
+    keys: &std::collections::HashMap<Owner, u32>,
     state: &[DeviceStateUpdate],
     path: &Path,
 ) -> Result<(), StoreError> {
@@ -1236,6 +1278,7 @@ fn put_sealed_state(
         )
         .map_err(err)?;
     for u in state {
+        let key_id = key_of(keys, &Owner::of_state(&u.device_id), path)?;
         let id = StateIdentity {
             owner: &u.device_id,
             key: &u.key,
@@ -1265,13 +1308,53 @@ fn count_sealed(tx: &rusqlite::Transaction<'_>, key_id: u32, n: i64) -> rusqlite
     Ok(())
 }
 
-fn key_check_identity(key_id: u32) -> RecordIdentity {
-    // Row id 0 is never used by records (ids start at 1), kind 0 is no record kind.
-    RecordIdentity {
-        row_id: 0,
-        kind: 0,
-        key_id,
+/// Whose data key seals `record`: its patient's, or the gateway's when it has none.
+fn record_owner(record: &Record) -> Owner {
+    match record {
+        Record::Reading(r) => Owner::of_patient(&r.patient_id),
+        Record::Alert(a) => Owner::of_patient(&a.patient_id),
+        Record::Derived(d) => Owner::of_patient(&d.patient_id),
     }
+}
+
+/// How many values each owner seals in a batch of `records` and `state`.
+fn sealing_owners(
+    records: &[Record],
+    state: &[DeviceStateUpdate],
+) -> std::collections::BTreeMap<Owner, i64> {
+    let mut owners = std::collections::BTreeMap::new();
+    for owner in records
+        .iter()
+        .map(record_owner)
+        .chain(state.iter().map(|u| Owner::of_state(&u.device_id)))
+    {
+        *owners.entry(owner).or_insert(0) += 1;
+    }
+    owners
+}
+
+fn key_of(
+    keys: &std::collections::HashMap<Owner, u32>,
+    owner: &Owner,
+    path: &Path,
+) -> Result<u32, StoreError> {
+    keys.get(owner)
+        .copied()
+        .ok_or_else(|| StoreError::Key(KeyError::Derive, path.to_path_buf()))
+}
+
+/// [`count_sealed`] for each owner's key.
+fn count_sealed_by_owner(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &std::collections::HashMap<Owner, u32>,
+    owners: &std::collections::BTreeMap<Owner, i64>,
+) -> rusqlite::Result<()> {
+    for (owner, n) in owners {
+        if let Some(key_id) = keys.get(owner) {
+            count_sealed(tx, *key_id, *n)?;
+        }
+    }
+    Ok(())
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
