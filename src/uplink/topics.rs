@@ -15,8 +15,10 @@ pub struct Topics {
     pub obs: String,
     /// `{prefix}/gw/{gw}/alert`: alert events.
     pub alert: String,
-    /// `{prefix}/gw/{gw}/status`: retained online/offline state.
+    /// `{prefix}/gw/{gw}/status`: retained online/offline state and telemetry.
     pub status: String,
+    /// `{prefix}/gw/{gw}/audit`: audit entries, each its log line as written.
+    pub audit: String,
 }
 
 impl Topics {
@@ -27,6 +29,7 @@ impl Topics {
             obs: format!("{base}/obs"),
             alert: format!("{base}/alert"),
             status: format!("{base}/status"),
+            audit: format!("{base}/audit"),
         }
     }
 
@@ -95,6 +98,7 @@ mod tests {
         assert_eq!(t.obs, "rpm/v1/gw/gw-0001/obs");
         assert_eq!(t.alert, "rpm/v1/gw/gw-0001/alert");
         assert_eq!(t.status, "rpm/v1/gw/gw-0001/status");
+        assert_eq!(t.audit, "rpm/v1/gw/gw-0001/audit");
         assert_eq!(t.for_lane(Lane::Alert), t.alert);
     }
 
