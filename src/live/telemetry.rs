@@ -34,7 +34,7 @@ use crate::uplink::status_feed::{StatusFeed, StatusReport};
 use crate::uplink::topics::{status_payload, State};
 
 /// The `schema` value of every status payload.
-pub const SCHEMA: &str = "gateway-status.v1";
+pub use crate::uplink::topics::STATUS_SCHEMA as SCHEMA;
 
 /// A change is sent at most this often (the interval's publish is not held back by it).
 pub const DEBOUNCE: Duration = Duration::from_secs(5);

@@ -164,9 +164,17 @@ impl AuditLane {
         }
     }
 
-    /// When the lane wants to be looked at again (end of a pause, a re-check of the log).
-    pub(crate) fn timer(&self) -> Option<Instant> {
-        self.paused_until.into_iter().chain(self.recheck_at).min()
+    /// When the lane wants to be looked at again (end of a pause, a re-check of the log),
+    /// if that is still ahead of `now`. A time already past is no timer: the next fill looks
+    /// at the lane anyway, and the publisher may not reach it (its window full, or every lane
+    /// paused while the platform does not subscribe), so a past time would fire forever and
+    /// starve the event loop.
+    pub(crate) fn timer(&self, now: Instant) -> Option<Instant> {
+        self.paused_until
+            .into_iter()
+            .chain(self.recheck_at)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Whether entries are handed out and not yet acknowledged.
@@ -252,7 +260,12 @@ mod tests {
         l.on_ack(1);
         l.on_failure(now, |_| Duration::from_secs(5));
         assert_eq!(take(&mut l, now, 3), Vec::<u64>::new(), "paused");
-        assert_eq!(l.timer(), Some(now + Duration::from_secs(5)));
+        assert_eq!(l.timer(now), Some(now + Duration::from_secs(5)));
+        assert_eq!(
+            l.timer(now + Duration::from_secs(5)),
+            None,
+            "no timer once due"
+        );
         assert_eq!(take(&mut l, now + Duration::from_secs(5), 3), [2, 3]);
     }
 
@@ -273,7 +286,7 @@ mod tests {
         assert_eq!(take(&mut l, now, 2), [1]);
         log.entries.lock().unwrap().push(2);
         assert_eq!(take(&mut l, now, 1), Vec::<u64>::new());
-        assert_eq!(l.timer(), Some(now + RECHECK));
+        assert_eq!(l.timer(now), Some(now + RECHECK));
         assert_eq!(take(&mut l, now + RECHECK, 1), [2]);
     }
 

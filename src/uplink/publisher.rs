@@ -961,7 +961,7 @@ impl<S: OutboxSource> Pump<S> {
                 .map(|(d, _)| *d)
                 .chain(self.rescan_at)
                 .chain(self.not_subscribed_timer())
-                .chain(self.audit.as_ref().and_then(AuditLane::timer))
+                .chain(self.audit.as_ref().and_then(|a| a.timer(Instant::now())))
                 .min();
             let action = tokio::select! {
                 biased;
