@@ -450,17 +450,27 @@ fn assert_forwarded_in_order(received: &[Vec<u8>], file: &[String]) {
 }
 
 async fn all_forwarded(rx: &Received, hub: &Hub, secs: u64) {
-    within(secs, "every audit entry forwarded", async {
-        loop {
-            let file = hub.audit_lines();
-            let got = rx.on("/audit");
-            if !file.is_empty() && file.iter().all(|l| got.iter().any(|g| g == l.as_bytes())) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let file = hub.audit_lines();
+        let got = rx.on("/audit");
+        let missing: Vec<u64> = file
+            .iter()
+            .filter(|l| !got.iter().any(|g| g == l.as_bytes()))
+            .map(|l| seq(l.as_bytes()))
+            .collect();
+        if !file.is_empty() && missing.is_empty() {
+            return;
         }
-    })
-    .await
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {secs} s, {} of {} audit entries never arrived, seqs {:?}",
+            missing.len(),
+            file.len(),
+            &missing[..missing.len().min(20)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
