@@ -328,6 +328,68 @@ async fn an_idle_hub_republishes_its_status_every_telemetry_interval() {
     drop(d);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_names_the_fleet_configuration_version_in_force() {
+    const OPS: &str = "status-ops";
+    let mut acl = Acl::gateways(&[GW]);
+    acl.0
+        .push((OPS.into(), vec!["rpm/v1/gw/+/config/desired".into()]));
+    let b = Broker::start(acl);
+    let hub = Hub::new(&b, "");
+    let keys = vitalgate::fleet::keys::generate(&hub.state().join("fleet-keys")).unwrap();
+    let signer = vitalgate::fleet::keys::SigningKey::load(&keys.private_key).unwrap();
+    hub.write(
+        &format!(
+            "\n[fleet]\ntrusted_keys = [\"{}\"]",
+            keys.public_key.display()
+        ),
+        "",
+    );
+    let (rx, _sub) = subscribe(&b, "platform-version", "rpm/v1/gw/+/status").await;
+    let _d = Daemon::start(&hub.config);
+    let first = telemetry_where(&rx, "telemetry", |_| true).await;
+    assert!(first["config_version"].is_null(), "{first}");
+    let doc = vitalgate::fleet::document::ConfigPayload {
+        gateway: GW.into(),
+        version: 3,
+        issued_at: time::OffsetDateTime::now_utc(),
+        expires_at: None,
+        overlay: "[status]\ntelemetry_interval_s = 30\n".into(),
+    }
+    .sign(&signer);
+    let mut opts = rumqttc::v5::MqttOptions::new("status-ops-client", "localhost", b.port);
+    let (cert, key) = b.write_client(OPS, false);
+    let tls = vitalgate::uplink::tls::load(
+        &vitalgate::uplink::UplinkConfig {
+            broker: "localhost".into(),
+            ca_file: b.path("ca.pem"),
+            cert_file: cert,
+            key_file: key,
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.config),
+    ));
+    let (ops, mut el) = rumqttc::v5::AsyncClient::new(opts, 16);
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    ops.publish(
+        format!("rpm/v1/gw/{GW}/config/desired"),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        true,
+        doc,
+    )
+    .await
+    .unwrap();
+    telemetry_where(&rx, "telemetry naming fleet version 3", |v| {
+        v["config_version"] == 3
+    })
+    .await;
+    pump.abort();
+}
+
 // ---- fleet watch (issue 14, acceptance 7) ----
 
 #[tokio::test(flavor = "multi_thread")]
