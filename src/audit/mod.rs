@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod events;
+pub mod forward;
 pub mod head;
 pub mod line;
 pub mod walk;

@@ -337,6 +337,24 @@ pub async fn run(
             }
         });
     }
+    // The status telemetry (live/telemetry.rs) and the audit log (audit/forward.rs) ride on
+    // the uplink: the retained `status` and `audit` topics.
+    let uplink_to_run = match uplink_to_run {
+        Some(u) => {
+            let sources = crate::live::telemetry::Sources::new(
+                live.clone(),
+                audit.clone(),
+                state_dir.clone(),
+            );
+            let every = Duration::from_secs(config.status.telemetry_interval_s);
+            let feed =
+                crate::live::telemetry::spawn(sources, every, shutdown.child_token(), &tracker);
+            let cursor = Outbox::open_secondary(&outbox_path, &master)?;
+            let log = crate::audit::forward::LogFeed::new(audit.path(), cursor);
+            Some(u.with_status_feed(feed).with_audit(Box::new(log)))
+        }
+        None => None,
+    };
     let uplink_task = uplink_to_run.map(|u| tokio::spawn(u.run(uplink_token.clone())));
     let counters = ingest.counters.clone();
     drop(ingest); // device tasks hold the only handles now

@@ -333,6 +333,14 @@ pub fn describe(
         "obs" => observation_lines(&json, dir, style),
         "alert" => alert_lines(&json, style),
         "status" => status_lines(topic, &json, retained, style),
+        "audit" => vec![fit(
+            &format!(
+                "AUDIT   #{} {}",
+                json["seq"].as_u64().map_or("?".into(), |n| n.to_string()),
+                json["event"].as_str().unwrap_or("?")
+            ),
+            WIDTH,
+        )],
         _ => vec![fit(
             &format!("?     {topic}: {} bytes", payload.len()),
             WIDTH,
@@ -677,6 +685,13 @@ mod tests {
         let coloured = describe("a/alert", &ev, false, &dir(), Style { colour: true });
         assert!(!plain[0].contains('\x1b'));
         assert!(coloured[0].starts_with("\x1b[1;31m"), "{coloured:?}");
+    }
+
+    #[test]
+    fn describe_audit_shows_seq_and_event() {
+        let e = br#"{"seq":7,"time":"2026-11-23T10:00:00Z","event":"daemon_started","details":{},"prev":"00","mac":"11"}"#;
+        let lines = describe("rpm/v1/gw/demo-gw-0001/audit", e, false, &dir(), PLAIN);
+        assert_eq!(lines, ["AUDIT   #7 daemon_started"]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! TOML schema, and how it is laid over the local config.
 //!
 //! The fleet may set patients (with their NHS Numbers and alert rules, NEWS2 options
-//! included), devices and their bindings, and `store.retention_days`. Everything else is
+//! included), devices and their bindings, `store.retention_days` and
+//! `status.telemetry_interval_s`. Everything else is
 //! local-only: key and certificate paths, the state directory, the broker, trusted fleet keys,
 //! the annunciator command (it runs a program). A local-only key in an overlay refuses the
 //! whole document, naming the key, so that a platform can never reach a hub's keys or make it
@@ -19,12 +20,17 @@ use serde::Deserialize;
 use crate::config::{Config, DeviceConfig, PatientConfig};
 
 /// Keys the fleet may set, as dotted paths (a whole table or array where it ends there).
-const FLEET_SETTABLE: &[&str] = &["patient", "device", "store.retention_days"];
+const FLEET_SETTABLE: &[&str] = &[
+    "patient",
+    "device",
+    "store.retention_days",
+    "status.telemetry_interval_s",
+];
 
 /// The local config's sections: a key under one of these that is not fleet-settable is a
 /// local-only key (refused by name), anything else is unknown (refused as invalid).
 const LOCAL_SECTIONS: &[&str] = &[
-    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet",
+    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet", "status",
 ];
 
 /// An overlay, parsed and checked for local-only keys (not yet validated against a config).
@@ -37,6 +43,15 @@ pub struct Overlay {
     pub devices: Option<Vec<DeviceConfig>>,
     #[serde(default)]
     pub store: Option<StoreOverlay>,
+    #[serde(default)]
+    pub status: Option<StatusOverlay>,
+}
+
+/// The fleet-settable part of `[status]`: how often the status telemetry is published.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusOverlay {
+    pub telemetry_interval_s: Option<u64>,
 }
 
 /// The fleet-settable part of `[store]`.
@@ -93,6 +108,9 @@ impl Overlay {
         }
         if let Some(days) = self.store.as_ref().and_then(|s| s.retention_days) {
             c.store.retention_days = days;
+        }
+        if let Some(s) = self.status.as_ref().and_then(|s| s.telemetry_interval_s) {
+            c.status.telemetry_interval_s = s;
         }
         c
     }
@@ -244,6 +262,25 @@ mod tests {
         .unwrap();
         let e = o.effective(&local()).unwrap_err().to_string();
         assert!(e.contains("patient[0].alerts.news2_freshness_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_fleet_sets_the_telemetry_interval_within_its_range_and_no_other_status_key() {
+        let o = Overlay::parse("[status]\ntelemetry_interval_s = 30\n").unwrap();
+        assert_eq!(
+            o.effective(&local()).unwrap().status.telemetry_interval_s,
+            30
+        );
+        let e = Overlay::parse("[status]\ntelemetry_interval_s = 5\n")
+            .unwrap()
+            .effective(&local())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("status.telemetry_interval_s"), "{e}");
+        assert_eq!(
+            Overlay::parse("[status]\nbacklog_max_age_s = 60\n").unwrap_err(),
+            OverlayError::LocalOnly(vec!["status.backlog_max_age_s".into()])
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! `vitalgate fleet watch`: the platform's live table of every gateway, from the retained
 //! `status` and `config/reported` topics.
 //!
-//! [`Table`] is pure (messages in, text out); [`run`] is the MQTT session around it. Columns a
-//! status payload does not carry yet (backlog, oldest undelivered, devices, alerts,
-//! certificate) show `-`: the table reads them as the hub's status telemetry grows
-//! (`backlog`, `oldest_undelivered_age_s`, `devices_ok`, `devices_total`, `open_alerts`,
-//! `cert_days_left`).
+//! [`Table`] is pure (messages in, text out); [`run`] is the MQTT session around it. The
+//! columns come from the hub's status telemetry (`schemas/gateway-status.v1.json`): state,
+//! configuration version (`config_version`, else the last `config/reported`), backlog and the
+//! age of the oldest undelivered row (`outbox`), devices connected of configured, open alerts
+//! (with `!` when one is high priority) and the client certificate's days left (`?` after it
+//! when the hub's clock is unsynchronised). A field a payload lacks (an `offline` last will,
+//! an older hub) shows `-`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,17 +72,19 @@ impl Table {
         );
         for (gw, r) in &self.rows {
             let s = r.status.as_ref();
-            let field = |k: &str| {
-                s.and_then(|s| s.get(k))
+            let at = |path: &str| {
+                path.split('.')
+                    .try_fold(s?, |v, k| v.get(k))
                     .filter(|v| !v.is_null())
-                    .map_or("-".to_owned(), |v| {
-                        v.to_string().trim_matches('"').to_owned()
-                    })
             };
-            let config = r
-                .reported
-                .as_ref()
-                .and_then(|v| v.get("running_version"))
+            let field = |path: &str| {
+                at(path).map_or("-".to_owned(), |v| {
+                    v.to_string().trim_matches('"').to_owned()
+                })
+            };
+            let config = at("config_version")
+                .or_else(|| r.reported.as_ref().and_then(|v| v.get("running_version")))
+                .filter(|v| !v.is_null())
                 .map_or("-".to_owned(), Value::to_string);
             let last = r
                 .reported
@@ -88,12 +92,27 @@ impl Table {
                 .and_then(|v| v.get("result"))
                 .and_then(Value::as_str)
                 .unwrap_or("-");
-            let devices = match (
-                field("devices_ok").as_str(),
-                field("devices_total").as_str(),
+            let devices = at("devices")
+                .and_then(Value::as_array)
+                .map_or("-".to_owned(), |all| {
+                    let ok = all
+                        .iter()
+                        .filter(|d| d.get("state").and_then(Value::as_str) == Some("connected"))
+                        .count();
+                    format!("{ok}/{}", all.len())
+                });
+            let alerts = match (at("alerts.open"), at("alerts.high").and_then(Value::as_u64)) {
+                (Some(open), Some(high)) if high > 0 => format!("{open}!"),
+                (Some(open), _) => open.to_string(),
+                (None, _) => "-".to_owned(),
+            };
+            let cert = match (
+                at("certificate.days_left"),
+                at("certificate.clock_synced").and_then(Value::as_bool),
             ) {
-                ("-", _) | (_, "-") => "-".to_owned(),
-                (ok, total) => format!("{ok}/{total}"),
+                (Some(days), Some(false)) => format!("{days}?"),
+                (Some(days), _) => days.to_string(),
+                (None, _) => "-".to_owned(),
             };
             out.push_str(&format!(
                 "{:<24} {:<8} {:>7} {:<9} {:>8} {:>9} {:>8} {:>6} {:>9}\n",
@@ -101,11 +120,11 @@ impl Table {
                 field("state"),
                 config,
                 last,
-                field("backlog"),
-                field("oldest_undelivered_age_s"),
+                field("outbox.depth"),
+                field("outbox.oldest_undelivered_age_s"),
                 devices,
-                field("open_alerts"),
-                field("cert_days_left"),
+                alerts,
+                cert,
             ));
         }
         out
@@ -215,7 +234,11 @@ mod tests {
         let mut t = Table::default();
         assert!(t.on_message(
             "rpm/v1/gw/gw-2/status",
-            br#"{"state":"online","backlog":12,"devices_ok":2,"devices_total":3,"open_alerts":1,"cert_days_left":40}"#
+            br#"{"state":"online","config_version":null,
+                "outbox":{"depth":12,"oldest_undelivered_age_s":95},
+                "devices":[{"state":"connected"},{"state":"no_data"},{"state":"connected"}],
+                "alerts":{"open":1,"high":0},
+                "certificate":{"days_left":40,"clock_synced":true}}"#
         ));
         assert!(t.on_message(
             "rpm/v1/gw/gw-2/config/reported",
@@ -232,7 +255,27 @@ mod tests {
         let gw2: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             gw2,
-            ["gw-2", "online", "7", "applied", "12", "-", "2/3", "1", "40"]
+            ["gw-2", "online", "7", "applied", "12", "95", "2/3", "1", "40"]
+        );
+    }
+
+    #[test]
+    fn the_hubs_own_config_version_wins_and_high_alerts_and_an_unsynced_clock_are_marked() {
+        let mut t = Table::default();
+        t.on_message(
+            "rpm/v1/gw/gw-3/status",
+            br#"{"state":"online","config_version":9,"alerts":{"open":2,"high":1},
+                "certificate":{"days_left":3,"clock_synced":false}}"#,
+        );
+        t.on_message(
+            "rpm/v1/gw/gw-3/config/reported",
+            br#"{"result":"rejected","running_version":8}"#,
+        );
+        let text = t.render();
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["gw-3", "online", "9", "rejected", "-", "-", "-", "2!", "3?"]
         );
     }
 

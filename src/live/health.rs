@@ -20,6 +20,9 @@ pub struct StatusThresholds {
     pub backlog_max_age_s: u64,
     /// The uplink may be down this long (seconds, 10..=86400) before the gateway is degraded.
     pub uplink_down_max_s: u64,
+    /// The status telemetry is published at least this often (seconds, 10..=3600), besides
+    /// on connect and on change; fleet-settable (`live::telemetry`).
+    pub telemetry_interval_s: u64,
 }
 
 impl Default for StatusThresholds {
@@ -27,6 +30,7 @@ impl Default for StatusThresholds {
         StatusThresholds {
             backlog_max_age_s: 900,
             uplink_down_max_s: 300,
+            telemetry_interval_s: 60,
         }
     }
 }
@@ -45,6 +49,12 @@ impl StatusThresholds {
             out.push((
                 "status.uplink_down_max_s".into(),
                 format!("{} is outside 10..=86400 seconds", self.uplink_down_max_s),
+            ));
+        }
+        if !(10..=3600).contains(&self.telemetry_interval_s) {
+            out.push((
+                "status.telemetry_interval_s".into(),
+                format!("{} is outside 10..=3600 seconds", self.telemetry_interval_s),
             ));
         }
         out
@@ -248,12 +258,17 @@ pub(crate) mod tests {
         let p = StatusThresholds {
             backlog_max_age_s: 1,
             uplink_down_max_s: 0,
+            telemetry_interval_s: 9,
         }
         .problems();
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["status.backlog_max_age_s", "status.uplink_down_max_s"]
+            [
+                "status.backlog_max_age_s",
+                "status.uplink_down_max_s",
+                "status.telemetry_interval_s"
+            ]
         );
     }
 }

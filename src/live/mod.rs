@@ -12,6 +12,7 @@
 //! - [`collector`]: the daemon task that assembles the document once a second.
 //! - [`server`] / [`client`]: the local Unix socket (0660, group `vitalgate`), line JSON.
 //! - [`health`]: healthy / degraded / unreachable and the `[status]` thresholds.
+//! - [`telemetry`]: the fleet status telemetry on the retained MQTT `status` topic.
 
 pub mod client;
 pub mod collector;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod report;
 pub mod server;
 pub mod tap;
+pub mod telemetry;
 
 pub use client::{fetch, LiveClient, LiveError};
 pub use collector::{Live, Sources};

@@ -1088,6 +1088,31 @@ impl Outbox {
             .map_err(self.sql_err())
     }
 
+    /// The sequence number of the last audit entry the platform acknowledged, in order (the
+    /// forwarding cursor over `audit.log`, `audit::forward`); 0 before the first.
+    pub fn audit_forwarded(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'audit_forwarded'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.map_or(0, |n| n.max(0) as u64))
+            .map_err(self.sql_err())
+    }
+
+    /// Moves the audit forwarding cursor; it only ever moves forward.
+    pub fn set_audit_forwarded(&self, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('audit_forwarded', ?1) ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                [i64::try_from(seq).unwrap_or(i64::MAX)],
+            )
+            .map(|_| ())
+            .map_err(self.sql_err())
+    }
+
     /// Direct access for tests that tamper with rows on disk.
     #[doc(hidden)]
     pub fn connection(&self) -> &Connection {

@@ -8,15 +8,19 @@
 //!   status payloads, reconnect delays.
 //!
 //! The outbox is the queue; this module keeps at most the in-flight window in memory and
-//! never marks a row delivered without its own successful PUBACK. Fleet configuration and
+//! never marks a row delivered without its own successful PUBACK. Audit entries travel as a
+//! third lane behind alerts ([`audit_lane`]); the retained status carries the telemetry of
+//! [`status_feed`]. Fleet configuration and
 //! commands (`config/desired`, `cmd`) travel on a session of their own ([`fleet_link`]).
 
+pub mod audit_lane;
 pub mod backoff;
 pub mod config;
 pub mod fleet_link;
 pub mod publisher;
 pub mod session;
 pub mod source;
+pub mod status_feed;
 pub mod tls;
 pub mod topics;
 

@@ -39,10 +39,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::audit_lane::{AuditEntry, AuditLane, AuditSource};
 use super::backoff::Backoff;
 use super::config::{ConfigError, NoSubscribers, UplinkConfig};
 use super::session;
 use super::source::{Lane, OutboxSource};
+use super::status_feed::StatusFeed;
 use super::tls::{self, LoadedTls};
 use super::topics::{publish_packet_len, status_payload, State, Topics};
 
@@ -98,6 +100,10 @@ pub struct Uplink<S: OutboxSource> {
     /// Notified (e.g. on SIGHUP) to reload certificate, key and CA from disk.
     reload: Arc<Notify>,
     status: watch::Sender<UplinkStatus>,
+    /// The audit log and its forwarding cursor (`None`: audit entries are not forwarded).
+    audit: Option<Box<dyn AuditSource>>,
+    /// The status telemetry (`None`: the short online/offline payload only).
+    status_feed: Option<StatusFeed>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +117,8 @@ struct Row {
 enum Tag {
     Row(Row),
     Status,
+    /// An audit entry, by sequence number.
+    Audit(u64),
 }
 
 /// Publishes handed to rumqttc and not yet acknowledged.
@@ -163,7 +171,15 @@ enum Action {
     Reload,
     Wake,
     Tick,
+    /// The status telemetry asks to be published (false: its sender is gone).
+    Telemetry(bool),
     Poll(Box<Result<Event, rumqttc::v5::ConnectionError>>),
+}
+
+/// What the publisher sends next.
+enum Next {
+    Row(Row),
+    Audit(AuditEntry),
 }
 
 /// State that outlives one connection.
@@ -189,6 +205,15 @@ struct Pump<S: OutboxSource> {
     /// Set while the platform is not subscribed (`no_subscribers = "retry"`); outlives a
     /// connection, as it is the platform's state, not the link's.
     not_subscribed: Option<NotSubscribed>,
+    /// The audit lane (`audit_lane.rs`), when audit entries are forwarded.
+    audit: Option<AuditLane>,
+    /// Audit and readings take turns behind alerts: true when audit goes next.
+    audit_turn: bool,
+    /// Audit acknowledgements since the cursor was last recorded.
+    audit_acked: usize,
+    status_feed: Option<StatusFeed>,
+    /// When the current connection's ConnAck arrived.
+    online_since: OffsetDateTime,
 }
 
 fn lane_ix(l: Lane) -> usize {
@@ -229,7 +254,21 @@ impl<S: OutboxSource> Uplink<S> {
             wake,
             reload: Arc::new(Notify::new()),
             status,
+            audit: None,
+            status_feed: None,
         })
+    }
+
+    /// Forwards the audit log on `{prefix}/gw/{gw}/audit` (`audit_lane.rs`).
+    pub fn with_audit(mut self, source: Box<dyn AuditSource>) -> Self {
+        self.audit = Some(source);
+        self
+    }
+
+    /// Publishes the status telemetry of `feed` on connect and whenever it asks.
+    pub fn with_status_feed(mut self, feed: StatusFeed) -> Self {
+        self.status_feed = Some(feed);
+        self
     }
 
     /// A live view of the uplink state.
@@ -254,6 +293,8 @@ impl<S: OutboxSource> Uplink<S> {
             wake,
             reload,
             status,
+            audit,
+            status_feed,
         } = self;
         let mut backoff = Backoff::new(
             Duration::from_millis(cfg.backoff_initial_ms),
@@ -279,6 +320,11 @@ impl<S: OutboxSource> Uplink<S> {
             delivered_since_flush: 0,
             last_ack: None,
             not_subscribed: None,
+            audit: audit.map(AuditLane::new),
+            audit_turn: false,
+            audit_acked: 0,
+            status_feed,
+            online_since: now_utc(),
         };
         let mut tls: Option<LoadedTls> = None;
         loop {
@@ -382,6 +428,10 @@ impl<S: OutboxSource> Pump<S> {
         if let Some(ns) = self.not_subscribed.as_mut() {
             ns.probe = None;
         }
+        if let Some(a) = self.audit.as_mut() {
+            a.rewind();
+        }
+        self.audit_acked = 0;
     }
 
     /// A row was answered "no matching subscribers": keep it, pause, and back off while the
@@ -492,6 +542,13 @@ impl<S: OutboxSource> Pump<S> {
                 }
             }
         }
+        if let Some(a) = self.audit.as_mut() {
+            self.audit_acked = 0;
+            if let Err(e) = a.flush() {
+                // The cursor stays behind: entries after it are sent again (duplicates).
+                self.report(format!("audit forwarding cursor not recorded: {e}"));
+            }
+        }
         let delivered = std::mem::take(&mut self.delivered_since_flush);
         let in_flight = self.window.len();
         let last_ack = self.last_ack;
@@ -504,12 +561,90 @@ impl<S: OutboxSource> Pump<S> {
         });
     }
 
-    /// The next row to send: due retries, then alerts, then readings.
-    fn next_row(&mut self, now: Instant) -> Option<Row> {
+    /// What to send next: due retries and alerts first; then audit entries and readings take
+    /// turns, so neither starves the other. A probe (platform not subscribed) is a row.
+    fn next_item(&mut self, now: Instant, probing: bool) -> Option<Next> {
+        if probing || self.audit.is_none() {
+            return self
+                .next_row(now, &[Lane::Alert, Lane::Reading])
+                .map(Next::Row);
+        }
+        if let Some(row) = self.next_row(now, &[Lane::Alert]) {
+            return Some(Next::Row(row));
+        }
+        if self.audit_turn {
+            if let Some(e) = self.next_audit(now) {
+                self.audit_turn = false;
+                return Some(Next::Audit(e));
+            }
+        }
+        if let Some(row) = self.next_row(now, &[Lane::Reading]) {
+            self.audit_turn = true;
+            return Some(Next::Row(row));
+        }
+        self.next_audit(now).map(Next::Audit)
+    }
+
+    fn next_audit(&mut self, now: Instant) -> Option<AuditEntry> {
+        let batch = self.cfg.batch_size;
+        match self.audit.as_mut()?.next(now, batch) {
+            Ok(e) => e,
+            Err(msg) => {
+                self.report(msg);
+                None
+            }
+        }
+    }
+
+    /// An audit entry was not taken: the lane backs off and resends from its cursor.
+    fn audit_failed(&mut self) {
+        let (initial, max) = (self.cfg.backoff_initial_ms, self.cfg.backoff_max_s);
+        if let Some(a) = self.audit.as_mut() {
+            a.on_failure(Instant::now(), |n| {
+                let mut b = Backoff::new(Duration::from_millis(initial), Duration::from_secs(max));
+                for _ in 1..n.min(30) {
+                    b.next_with(1.0);
+                }
+                b.next_delay()
+            });
+        }
+    }
+
+    /// Hands one audit entry to rumqttc (QoS 1, not retained, the line as written).
+    fn send_audit(&mut self, client: &AsyncClient, entry: AuditEntry) -> bool {
+        let size = publish_packet_len(self.topics.audit.len(), entry.line.len());
+        if size > self.max_packet {
+            self.report(format!(
+                "audit entry seq {} is {size} bytes as an MQTT packet, above the maximum packet size of {} bytes: audit forwarding is held at it (raise uplink.max_packet_size)",
+                entry.seq, self.max_packet
+            ));
+            self.audit_failed();
+            return false;
+        }
+        match client.try_publish(
+            self.topics.audit.clone(),
+            QoS::AtLeastOnce,
+            false,
+            entry.line,
+        ) {
+            Ok(()) => {
+                self.window.queued.push_back(Tag::Audit(entry.seq));
+                true
+            }
+            Err(e) => {
+                self.report(format!("could not queue audit entry: {e}"));
+                self.audit_failed();
+                false
+            }
+        }
+    }
+
+    /// The next row of `lanes` (in that order) to send, due retries first.
+    fn next_row(&mut self, now: Instant, lanes: &[Lane]) -> Option<Row> {
         if let Some(i) = self.retry.iter().position(|(due, _)| *due <= now) {
             return Some(self.retry.swap_remove(i).1);
         }
-        for lane in [Lane::Alert, Lane::Reading] {
+        for &lane in lanes {
             let ix = lane_ix(lane);
             loop {
                 if let Some(row) = self.queues[ix].pop_front() {
@@ -569,7 +704,16 @@ impl<S: OutboxSource> Pump<S> {
                 Some(ns) if ns.probe.is_some() || now < ns.resume_at => break,
                 Some(_) => true,
             };
-            let Some(row) = self.next_row(now) else { break };
+            let row = match self.next_item(now, probing) {
+                Some(Next::Row(row)) => row,
+                Some(Next::Audit(entry)) => {
+                    if self.send_audit(client, entry) {
+                        continue;
+                    }
+                    break;
+                }
+                None => break,
+            };
             let topic = self.topics.for_lane(row.lane);
             let size = publish_packet_len(topic.len(), row.payload.len());
             if size > self.max_packet {
@@ -621,11 +765,8 @@ impl<S: OutboxSource> Pump<S> {
         self.max_packet = self.cfg.max_packet_size.min(broker_max) as usize;
         let recv_max = props.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
         self.win_cap = usize::from(self.cfg.inflight.min(recv_max).max(1));
-        let online = status_payload(State::Online, gateway, now_utc());
-        match client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, online) {
-            Ok(()) => self.window.queued.push_back(Tag::Status),
-            Err(e) => self.report(format!("could not queue online status: {e}")),
-        }
+        self.online_since = now_utc();
+        self.publish_online(client, gateway);
         info!(
             gateway,
             window = self.win_cap,
@@ -636,6 +777,18 @@ impl<S: OutboxSource> Pump<S> {
             s.connected = true;
             s.connects += 1;
         });
+    }
+
+    /// Publishes the retained `online` status: the telemetry when there is a feed.
+    fn publish_online(&mut self, client: &AsyncClient, gateway: &str) {
+        let online = match &self.status_feed {
+            Some(feed) => feed.report.online(gateway, self.online_since),
+            None => status_payload(State::Online, gateway, self.online_since),
+        };
+        match client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, online) {
+            Ok(()) => self.window.queued.push_back(Tag::Status),
+            Err(e) => self.report(format!("could not queue online status: {e}")),
+        }
     }
 
     /// Handles one event; returns true when a row was acknowledged successfully.
@@ -666,6 +819,32 @@ impl<S: OutboxSource> Pump<S> {
                         false
                     }
                     Tag::Status => false,
+                    Tag::Audit(seq) if ok => {
+                        if let Some(a) = self.audit.as_mut() {
+                            a.on_ack(seq);
+                        }
+                        self.audit_acked += 1;
+                        if self.audit_acked >= self.win_cap.min(self.cfg.batch_size)
+                            || self.window.is_empty()
+                        {
+                            self.flush_acks();
+                        }
+                        true
+                    }
+                    Tag::Audit(seq) => {
+                        if nobody {
+                            warn!(topic = %self.topics.audit, "broker says no platform client subscribes to audit (PUBACK 0x10): audit entry {seq} held; retrying with backoff");
+                        } else {
+                            self.report(format!(
+                                "broker refused audit entry seq {seq} on {}: PUBACK {:?} (0x{:02x}); kept, retrying later",
+                                self.topics.audit,
+                                ack.reason,
+                                wire_code(&ack.reason)
+                            ));
+                        }
+                        self.audit_failed();
+                        false
+                    }
                     Tag::Row(row) if nobody && !ok => {
                         self.on_not_subscribed(row);
                         if self.window.is_empty() {
@@ -784,6 +963,7 @@ impl<S: OutboxSource> Pump<S> {
         let reload_signal = reload.notified();
         let wake_signal = wake.notified();
         tokio::pin!(cancelled, reload_signal, wake_signal);
+        let mut trigger = self.status_feed.as_ref().map(|f| f.trigger.clone());
         loop {
             if connacked {
                 self.fill(&client);
@@ -795,12 +975,15 @@ impl<S: OutboxSource> Pump<S> {
                 .map(|(d, _)| *d)
                 .chain(self.rescan_at)
                 .chain(self.not_subscribed_timer())
+                .chain(self.audit.as_ref().and_then(|a| a.timer(Instant::now())))
                 .min();
             let action = tokio::select! {
                 biased;
                 _ = &mut cancelled => Action::Cancel,
                 _ = &mut reload_signal => Action::Reload,
                 _ = &mut wake_signal => Action::Wake,
+                changed = async { trigger.as_mut()?.changed().await.ok() }, if trigger.is_some() && connacked
+                    => Action::Telemetry(changed.is_some()),
                 // Only while a slot is free: a due timer with a full window would spin.
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)),
                     if next_timer.is_some() && connacked && self.window.len() < self.win_cap => Action::Tick,
@@ -849,6 +1032,8 @@ impl<S: OutboxSource> Pump<S> {
                     wake_signal.set(wake.notified());
                     self.exhausted = [false; 2];
                 }
+                Action::Telemetry(true) => self.publish_online(&client, &gateway),
+                Action::Telemetry(false) => trigger = None,
                 Action::Tick => {
                     if self.rescan_at.is_some_and(|t| t <= Instant::now()) {
                         self.rescan_at = None;
@@ -858,6 +1043,9 @@ impl<S: OutboxSource> Pump<S> {
                 Action::Poll(ev) => match *ev {
                     Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                         connacked = true;
+                        if let Some(t) = trigger.as_mut() {
+                            t.borrow_and_update(); // the connection's own publish covers it
+                        }
                         self.on_connack(&ack, &client, &gateway);
                     }
                     Ok(ev) => {

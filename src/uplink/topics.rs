@@ -15,8 +15,10 @@ pub struct Topics {
     pub obs: String,
     /// `{prefix}/gw/{gw}/alert`: alert events.
     pub alert: String,
-    /// `{prefix}/gw/{gw}/status`: retained online/offline state.
+    /// `{prefix}/gw/{gw}/status`: retained online/offline state and telemetry.
     pub status: String,
+    /// `{prefix}/gw/{gw}/audit`: audit entries, each its log line as written.
+    pub audit: String,
 }
 
 impl Topics {
@@ -27,6 +29,7 @@ impl Topics {
             obs: format!("{base}/obs"),
             alert: format!("{base}/alert"),
             status: format!("{base}/status"),
+            audit: format!("{base}/audit"),
         }
     }
 
@@ -49,8 +52,12 @@ pub enum State {
     Offline,
 }
 
+/// The `schema` of every status payload (`schemas/gateway-status.v1.json`).
+pub const STATUS_SCHEMA: &str = "gateway-status.v1";
+
 #[derive(Serialize)]
 struct StatusPayload<'a> {
+    schema: &'static str,
     state: State,
     gateway: &'a str,
     version: &'a str,
@@ -58,9 +65,12 @@ struct StatusPayload<'a> {
     since: OffsetDateTime,
 }
 
-/// The retained status JSON: `{"state":..,"gateway":..,"version":..,"since":..}`.
+/// The short retained status JSON: `{"schema":..,"state":..,"gateway":..,"version":..,
+/// "since":..}`: the last will, a clean stop, and `online` before any telemetry exists
+/// (`live::telemetry` renders the full `online` payload).
 pub fn status_payload(state: State, gateway: &str, since: OffsetDateTime) -> Vec<u8> {
     let p = StatusPayload {
+        schema: STATUS_SCHEMA,
         state,
         gateway,
         version: env!("CARGO_PKG_VERSION"),
@@ -95,6 +105,7 @@ mod tests {
         assert_eq!(t.obs, "rpm/v1/gw/gw-0001/obs");
         assert_eq!(t.alert, "rpm/v1/gw/gw-0001/alert");
         assert_eq!(t.status, "rpm/v1/gw/gw-0001/status");
+        assert_eq!(t.audit, "rpm/v1/gw/gw-0001/audit");
         assert_eq!(t.for_lane(Lane::Alert), t.alert);
     }
 
@@ -102,6 +113,7 @@ mod tests {
     fn status_payload_has_state_gateway_version_since() {
         let p = status_payload(State::Offline, "gw-1", datetime!(2026-01-02 03:04:05 UTC));
         let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["schema"], STATUS_SCHEMA);
         assert_eq!(v["state"], "offline");
         assert_eq!(v["gateway"], "gw-1");
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
