@@ -525,6 +525,12 @@ impl Envelope {
         Ok(env)
     }
 
+    /// Whether the keyring is as this connection last read it (checked under the write lock
+    /// before a batch is sealed).
+    pub fn in_force(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        Ok(generation(conn)? == self.generation)
+    }
+
     /// Data keys rotate after this many days (`store.key_rotation_days`).
     pub fn set_rotation_days(&mut self, days: u32) {
         self.rotation_ms = i64::from(days.max(1)) * 86_400_000;
@@ -1081,15 +1087,19 @@ pub struct KeyInfo {
     pub rows: i64,
 }
 
-/// Every data key with its age and row count: O(keys), read from the keyring and the counts
-/// the triggers keep, never from the rows.
-pub fn list(conn: &Connection, now: OffsetDateTime) -> rusqlite::Result<Vec<KeyInfo>> {
-    let exists: bool = conn.query_row(
+/// Whether the outbox on `conn` has the keyring (schema 5).
+pub fn has_keyring(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'data_keys')",
         [],
         |r| r.get(0),
-    )?;
-    if !exists {
+    )
+}
+
+/// Every data key with its age and row count: O(keys), read from the keyring and the counts
+/// the triggers keep, never from the rows.
+pub fn list(conn: &Connection, now: OffsetDateTime) -> rusqlite::Result<Vec<KeyInfo>> {
+    if !has_keyring(conn)? {
         return Ok(Vec::new());
     }
     let mut st = conn.prepare(
