@@ -413,7 +413,14 @@ fn insert_master(
 }
 
 /// The masters rows: (id, check nonce, check value), oldest first.
-fn masters(conn: &Connection, path: &Path) -> Result<Vec<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
+/// A `masters` row: id, check nonce, check value.
+type MasterRow = (i64, Vec<u8>, Vec<u8>);
+
+/// A data key and one wrap of it: id, purpose, owner, (created, retired,) nonce, wrap.
+type WrapRow = (u32, String, String, Vec<u8>, Vec<u8>);
+type KeyRow = (u32, String, String, i64, Option<i64>, Vec<u8>, Vec<u8>);
+
+fn masters(conn: &Connection, path: &Path) -> Result<Vec<MasterRow>, StoreError> {
     let mut st = conn
         .prepare("SELECT master_id, check_nonce, check_ciphertext FROM masters ORDER BY master_id")
         .map_err(sql(path))?;
@@ -424,7 +431,7 @@ fn masters(conn: &Connection, path: &Path) -> Result<Vec<(i64, Vec<u8>, Vec<u8>)
 }
 
 /// The id of the master row `kek` opens, if any.
-fn matching_master(kek: &LessSafeKey, rows: &[(i64, Vec<u8>, Vec<u8>)]) -> Option<i64> {
+fn matching_master(kek: &LessSafeKey, rows: &[MasterRow]) -> Option<i64> {
     rows.iter()
         .find(|(id, nonce, check)| {
             unseal(kek, &check_aad(*id), nonce, check)
@@ -525,6 +532,12 @@ impl Envelope {
         Ok(env)
     }
 
+    /// Whether the keyring is as this connection last read it (checked under the write lock
+    /// before a batch is sealed).
+    pub fn in_force(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        Ok(generation(conn)? == self.generation)
+    }
+
     /// Data keys rotate after this many days (`store.key_rotation_days`).
     pub fn set_rotation_days(&mut self, days: u32) {
         self.rotation_ms = i64::from(days.max(1)) * 86_400_000;
@@ -535,7 +548,7 @@ impl Envelope {
     fn reload(&mut self, conn: &Connection, keyring: &mut Keyring) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.generation = generation(conn).map_err(sql(&path))?;
-        let rows: Vec<(u32, String, String, i64, Option<i64>, Vec<u8>, Vec<u8>)> = {
+        let rows: Vec<KeyRow> = {
             let mut st = conn
                 .prepare(
                     "SELECT d.key_id, d.purpose, d.owner, d.created_at, d.retired_at, w.nonce, w.wrapped
@@ -1081,15 +1094,19 @@ pub struct KeyInfo {
     pub rows: i64,
 }
 
-/// Every data key with its age and row count: O(keys), read from the keyring and the counts
-/// the triggers keep, never from the rows.
-pub fn list(conn: &Connection, now: OffsetDateTime) -> rusqlite::Result<Vec<KeyInfo>> {
-    let exists: bool = conn.query_row(
+/// Whether the outbox on `conn` has the keyring (schema 5).
+pub fn has_keyring(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'data_keys')",
         [],
         |r| r.get(0),
-    )?;
-    if !exists {
+    )
+}
+
+/// Every data key with its age and row count: O(keys), read from the keyring and the counts
+/// the triggers keep, never from the rows.
+pub fn list(conn: &Connection, now: OffsetDateTime) -> rusqlite::Result<Vec<KeyInfo>> {
+    if !has_keyring(conn)? {
         return Ok(Vec::new());
     }
     let mut st = conn.prepare(
@@ -1345,7 +1362,7 @@ pub fn add_master(
         .map_err(sql(path))?;
     let new_id = old_id + 1;
     insert_master(&tx, &new_kek, &rng, new_id, ms(now), path)?;
-    let wraps: Vec<(u32, String, String, Vec<u8>, Vec<u8>)> = {
+    let wraps: Vec<WrapRow> = {
         let mut st = tx
             .prepare(
                 "SELECT d.key_id, d.purpose, d.owner, w.nonce, w.wrapped FROM data_keys d

@@ -646,13 +646,6 @@ impl Outbox {
         now: OffsetDateTime,
     ) -> Result<Vec<i64>, StoreError> {
         let owners = sealing_owners(records, state);
-        let keys = self.envelope.keys_for(
-            &mut self.conn,
-            &mut self.keyring,
-            &owners,
-            self.rotate_after,
-            now,
-        )?;
         let created = ms(now);
         let mut ids = Vec::with_capacity(records.len());
         let path = self.path.clone();
@@ -660,7 +653,30 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        // Keys chosen, then checked still in force under the write lock: a key another
+        // connection retired or destroyed meanwhile (rotate-key, erase-patient) is never
+        // sealed under; the keyring is re-read and the keys chosen again.
+        let mut attempts = 0;
+        let (keys, tx) = loop {
+            let keys = self.envelope.keys_for(
+                &mut self.conn,
+                &mut self.keyring,
+                &owners,
+                self.rotate_after,
+                now,
+            )?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            if self.envelope.in_force(&tx).map_err(err)? {
+                break (keys, tx);
+            }
+            attempts += 1;
+            if attempts == 5 {
+                return Err(StoreError::Key(KeyError::Derive, path.clone()));
+            }
+        };
         {
             let mut insert = tx
                 .prepare_cached(
@@ -1145,12 +1161,26 @@ pub fn stats_readonly(path: &Path) -> Result<OutboxStats, StoreError> {
     if version == 0 {
         return Ok(OutboxStats::default());
     }
+    // Schema 3 (not migrated yet: an older daemon, or none started since the upgrade) has
+    // its keys in `keys`; schema 5 in the keyring.
     let current: u32 = conn
         .query_row(
-            "SELECT COALESCE(MAX(key_id), 0) FROM data_keys WHERE retired_at IS NULL AND purpose IN ('patient', 'gateway')",
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'data_keys')
+                 THEN 0 ELSE 1 END",
             [],
-            |r| r.get(0),
+            |r| r.get::<_, i64>(0),
         )
+        .and_then(|legacy| {
+            conn.query_row(
+                if legacy == 1 {
+                    "SELECT COALESCE(MAX(key_id), 0) FROM keys"
+                } else {
+                    "SELECT COALESCE(MAX(key_id), 0) FROM data_keys WHERE retired_at IS NULL AND purpose IN ('patient', 'gateway')"
+                },
+                [],
+                |r| r.get(0),
+            )
+        })
         .map_err(err)?;
     stats_of(&conn, path, current)
 }
@@ -1198,8 +1228,13 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
         Ok(v.and_then(from_ms))
     };
     let key_ids: Vec<u32> = {
+        let legacy = !super::keyring::has_keyring(conn).map_err(e)?;
         let mut st = conn
-            .prepare("SELECT key_id FROM data_keys WHERE purpose != 'audit' ORDER BY key_id")
+            .prepare(if legacy {
+                "SELECT key_id FROM keys ORDER BY key_id"
+            } else {
+                "SELECT key_id FROM data_keys WHERE purpose != 'audit' ORDER BY key_id"
+            })
             .map_err(e)?;
         let it = st.query_map([], |r| r.get(0)).map_err(e)?;
         it.collect::<Result<_, _>>().map_err(e)?
