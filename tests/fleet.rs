@@ -6,16 +6,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::Value;
+use support::daemon::Daemon;
 use support::*;
 use time::OffsetDateTime;
 use vitalgate::fleet::document::ConfigPayload;
@@ -180,50 +180,6 @@ async fn operator(b: &Broker) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     });
     within(30, "operator CONNACK", rx).await.unwrap();
     (client, task)
-}
-
-/// `vitalgate run`, stderr collected. Killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> Vec<String> {
-        let l = self.log.lock().unwrap();
-        l[l.len().saturating_sub(30)..].to_vec()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Reports on `config/reported`, as the platform sees them.
@@ -457,7 +413,7 @@ async fn replayed_document_after_a_restart_is_rejected() {
     .await;
     devices_become(&h, &["d1"]).await;
 
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     // The restarted hub runs version 2 (the retained desired), and then sees version 1 again.
     devices_become(&h, &["d1"]).await;
@@ -476,7 +432,7 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
     let mut d = Daemon::start(&h.config);
     h.desire(h.sign(1, REBIND)).await;
     report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     devices_become(&h, &["d1", "d2"]).await;
     // The retained desired document reaches the restarted hub at once; give it a moment to
@@ -489,30 +445,6 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
             .any(|p| String::from_utf8_lossy(p).contains("rejected")),
         "the running document was reported as rejected"
     );
-}
-
-impl Daemon {
-    fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Waits until the log holds `needle`.
-    async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log: {:#?}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// The overlay of version `v` in the kill test: odd versions bind two devices, even one.
@@ -563,7 +495,7 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
         let doc = h.sign(v, overlay_of(v));
         h.desire(doc.clone()).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
-        d.kill();
+        d.kill_now();
 
         let stored = vitalgate::fleet::state::load(h.state())
             .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
@@ -741,7 +673,7 @@ async fn replayed_command_is_refused_also_after_a_restart() {
     h.command(doc.clone()).await;
     let a = answers(&rx, &d, 2).await;
     assert_eq!(a[1]["reason"], "replayed", "{}", a[1]);
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     d.wait_log("fleet link subscribed").await;
     h.command(doc).await;
@@ -966,7 +898,7 @@ async fn sighup_keeps_the_overlay_and_refuses_a_local_change_that_conflicts_with
     assert_ne!(conflicting, local);
     std::fs::write(&h.config, &conflicting).unwrap();
     let ok = Command::new("kill")
-        .args(["-HUP", &d.child.id().to_string()])
+        .args(["-HUP", &d.pid().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
