@@ -95,7 +95,7 @@ fn start_gateway(b: &Broker, i: usize, dir: &Path, key: &SigningKey, stop: &Canc
         apply_tx,
         controls,
     );
-    tokio::spawn(agent.run(in_rx, out_tx, stop.clone()));
+    tokio::spawn(agent.run(in_rx, out_tx, stop.clone(), mpsc::channel(1).1));
 }
 
 async fn operator(b: &Broker) -> AsyncClient {

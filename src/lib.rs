@@ -32,6 +32,7 @@ pub mod fleet;
 pub mod hl7;
 pub mod ingest;
 pub mod live;
+pub mod logging;
 pub mod nhs_number;
 pub mod preflight;
 pub mod reading;

@@ -67,7 +67,24 @@ pub struct AlertHook {
     annunciator: Option<Vec<String>>,
     /// Every alert transition is audited; a broken audit chain is a technical alarm.
     audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
+    /// A configuration applied live (`daemon::live_apply`), taken up at the next call.
+    reconfigure: Option<ReconfigureSlot>,
 }
+
+/// A new configuration for the running engines, handed over by `daemon::live_apply` and
+/// taken up by the ingest writer at its next call (a tick at the latest), so it never races
+/// a batch: readings committed before it are scored under the old rules, after it under the
+/// new ones.
+pub struct Reconfigure {
+    pub config: Config,
+    /// Saved engine state of patients that have no engine yet (read from the outbox).
+    pub saved: HashMap<String, EngineState>,
+    /// Told once the engines follow `config`.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Where a [`Reconfigure`] waits for the writer.
+pub type ReconfigureSlot = std::sync::Arc<std::sync::Mutex<Option<Reconfigure>>>;
 
 impl AlertHook {
     pub fn new(
@@ -110,7 +127,113 @@ impl AlertHook {
             uplink,
             annunciator: config.alerts.annunciator_command.clone(),
             audit: None,
+            reconfigure: None,
         })
+    }
+
+    /// Takes up configurations handed over in `slot` (see [`Reconfigure`]).
+    pub fn with_reconfigure(mut self, slot: ReconfigureSlot) -> Self {
+        self.reconfigure = Some(slot);
+        self
+    }
+
+    /// Applies a waiting [`Reconfigure`], if any: what it produced (alarms cleared for devices
+    /// no longer bound, engine state of removed patients) goes into the current transaction.
+    fn take_reconfigure(&mut self, now: OffsetDateTime) -> HookOutput {
+        let waiting = self
+            .reconfigure
+            .as_ref()
+            .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let Some(r) = waiting else {
+            return HookOutput::default();
+        };
+        let out = self.follow(&r.config, r.saved, now);
+        let _ = r.done.send(());
+        out
+    }
+
+    /// Makes the engines follow `config`: a removed patient's engine stops (its state
+    /// persisted, so a later rebind resumes it), an added one starts from its saved state, a
+    /// patient whose rules changed keeps its state under the new rules, and each engine
+    /// tracks exactly the devices now bound to its patient (a device rebound away clears its
+    /// `device_silent` alarm with the old patient).
+    fn follow(
+        &mut self,
+        config: &Config,
+        mut saved: HashMap<String, EngineState>,
+        now: OffsetDateTime,
+    ) -> HookOutput {
+        let keep: HashSet<&str> = config.patients.iter().map(|p| p.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .engines
+            .keys()
+            .filter(|p| !keep.contains(p.as_str()))
+            .cloned()
+            .collect();
+        self.dirty.extend(gone.iter().cloned());
+        let mut state = self.persist(true);
+        for p in &gone {
+            self.engines.remove(p);
+            self.nhs.remove(p);
+        }
+        let mut records = Vec::new();
+        for p in &config.patients {
+            let engine = match self.engines.remove(&p.id) {
+                Some(e) if e.config() == &p.alerts => Ok(e),
+                Some(e) => {
+                    let kept = e.state().clone();
+                    AlertEngine::with_state(p.id.clone(), p.alerts.clone(), kept)
+                        .map_err(|err| (err, Some(e)))
+                }
+                None => AlertEngine::with_state(
+                    p.id.clone(),
+                    p.alerts.clone(),
+                    saved.remove(&p.id).unwrap_or_default(),
+                )
+                .map_err(|err| (err, None)),
+            };
+            let mut engine = match engine {
+                Ok(e) => e,
+                Err((err, old)) => {
+                    // Validated before it got here; kept running under its old rules if not.
+                    tracing::error!(patient = %p.id, error = %crate::redact::scrub(&err.to_string()), "alert rules not applied");
+                    match old {
+                        Some(e) => e,
+                        None => continue,
+                    }
+                }
+            };
+            let bound: Vec<&crate::config::DeviceConfig> = config
+                .devices
+                .iter()
+                .filter(|d| d.patient == p.id)
+                .collect();
+            let mut events = Vec::new();
+            for tracked in engine.tracked_devices() {
+                if !bound.iter().any(|d| d.id == tracked) {
+                    events.extend(engine.unregister_device(now, &tracked));
+                }
+            }
+            for d in &bound {
+                if let Some(interval) = expected_interval(d) {
+                    engine.register_device(now, &d.id, interval);
+                }
+            }
+            self.engines.insert(p.id.clone(), engine);
+            match p
+                .nhs_number
+                .as_deref()
+                .and_then(|n| NhsNumber::parse(n).ok())
+            {
+                Some(n) => self.nhs.insert(p.id.clone(), n),
+                None => self.nhs.remove(&p.id),
+            };
+            self.dirty.insert(p.id.clone());
+            records.extend(self.alert_records(&p.id, events));
+        }
+        self.annunciator = config.alerts.annunciator_command.clone();
+        state.extend(self.persist(true));
+        HookOutput { records, state }
     }
 
     /// Audits every alert transition in `audit`, and raises the audit-chain alarm from it.
@@ -254,7 +377,7 @@ impl CommitHook for AlertHook {
     /// Each patient's readings in the batch are one observation set, evaluated as a whole
     /// (`AlertEngine::on_observation_set`): a full set written at once is scored together.
     fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
-        let mut out = HookOutput::default();
+        let mut out = self.take_reconfigure(now);
         let mut raised = false;
         // Patients in order of first appearance; each with its readings and their Observation ids.
         let mut sets: Vec<(&str, Vec<BatchReading<'_>>)> = Vec::new();
@@ -302,7 +425,7 @@ impl CommitHook for AlertHook {
                 out.records.extend(self.news2_record(patient, s));
             }
         }
-        out.state = self.persist(raised);
+        out.state.extend(self.persist(raised));
         out
     }
 
@@ -347,6 +470,7 @@ impl CommitHook for AlertHook {
     }
 
     fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
+        let mut out = self.take_reconfigure(now);
         let synced = super::clock_synced();
         let audit_broken = self.audit.as_ref().is_some_and(|a| a.chain_broken());
         let mut records = Vec::new();
@@ -368,10 +492,11 @@ impl CommitHook for AlertHook {
             }
         }
         let raised = !records.is_empty();
-        HookOutput {
+        out.extend(HookOutput {
             records,
             state: self.persist(raised),
-        }
+        });
+        out
     }
 }
 

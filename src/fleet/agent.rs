@@ -134,11 +134,19 @@ impl Agent {
         mut inbound: mpsc::Receiver<Inbound>,
         outbound: mpsc::Sender<Outbound>,
         shutdown: CancellationToken,
+        mut start_failed: mpsc::Receiver<String>,
     ) {
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = inbound.recv() => match m { Some(m) => m, None => return },
+                Some(why) = start_failed.recv() => {
+                    let report = self.failed_to_start(&why);
+                    if outbound.send(Outbound::Reported(report.to_json())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let out = match msg {
                 Inbound::Connected { gateway } => {
@@ -224,11 +232,11 @@ impl Agent {
             return Some(self.refuse(&r, running_version));
         }
         let overlay = Overlay::parse(&accepted.payload.overlay).ok();
-        {
+        let previous_overlay = {
             let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
             v.applied = Some(applied.clone());
-            v.overlay = overlay;
-        }
+            std::mem::replace(&mut v.overlay, overlay)
+        };
         self.audit.note(
             "fleet_config_applied",
             serde_json::json!({
@@ -258,8 +266,11 @@ impl Agent {
                 Some(report)
             }
             Ok(Err(e)) => {
-                warn!(error = %e, "fleet configuration stored but not running");
-                None
+                // The supervisor went back to the configuration that ran; so does the view
+                // (a SIGHUP lays the old overlay again). The stored version stays the
+                // high-water mark: the same document is not tried again.
+                self.view.lock().unwrap_or_else(|p| p.into_inner()).overlay = previous_overlay;
+                Some(self.failed_to_start(&e))
             }
             Err(_) => None,
         }
@@ -366,6 +377,25 @@ impl Agent {
         report
     }
 
+    /// The stored document's pipeline refused to start (`why`); the hub runs the last good
+    /// configuration: audited and reported `rejected` with `failed_to_start`.
+    fn failed_to_start(&mut self, why: &str) -> Report {
+        let stored = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .applied
+            .clone();
+        let r = Rejected {
+            reason: Rejection::FailedToStart(why.to_owned()),
+            version: stored.as_ref().map(|a| a.version),
+            sha256: stored.as_ref().map(|a| a.sha256.clone()),
+            key_id: stored.as_ref().map(|a| a.key_id.clone()),
+        };
+        let (running, _) = self.running();
+        self.refuse(&r, running)
+    }
+
     /// Keeps `report` for re-publishing and for `vitalgate status` (`fleet-reported.json`).
     fn remember(&mut self, report: &Report) {
         if let Err(e) = write_atomic(&self.state_dir.join(REPORT_FILE), &report.to_json()) {
@@ -382,6 +412,9 @@ pub struct Started {
     pub view: Arc<Mutex<FleetView>>,
     /// Apply requests from the agent; closed when no agent runs.
     pub apply: mpsc::Receiver<ApplyRequest>,
+    /// Tells the agent that the stored overlay's pipeline refused to start at this start
+    /// (the supervisor runs the local config instead): reported and audited.
+    pub start_failed: mpsc::Sender<String>,
 }
 
 /// Lays the stored document over `local` and, when `[fleet] trusted_keys` and `[uplink]` are
@@ -444,6 +477,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
         overlay,
     }));
     let (apply_tx, apply_rx) = mpsc::channel(1);
+    let (failed_tx, failed_rx) = mpsc::channel(1);
     let gateway = local.gateway_id();
     match (&local.uplink, trusted.is_empty(), gateway) {
         (Some(up), false, Ok(gateway)) => {
@@ -465,7 +499,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
                 apply_tx,
                 controls,
             );
-            tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone()));
+            tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone(), failed_rx));
         }
         (None, false, _) => {
             tracing::warn!(
@@ -481,6 +515,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
         effective: at.config,
         view,
         apply: apply_rx,
+        start_failed: failed_tx,
     }
 }
 

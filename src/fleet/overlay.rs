@@ -19,12 +19,12 @@ use serde::Deserialize;
 use crate::config::{Config, DeviceConfig, PatientConfig};
 
 /// Keys the fleet may set, as dotted paths (a whole table or array where it ends there).
-const FLEET_SETTABLE: &[&str] = &["patient", "device", "store.retention_days"];
+const FLEET_SETTABLE: &[&str] = &["patient", "device", "store.retention_days", "logging.level"];
 
 /// The local config's sections: a key under one of these that is not fleet-settable is a
 /// local-only key (refused by name), anything else is unknown (refused as invalid).
 const LOCAL_SECTIONS: &[&str] = &[
-    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet",
+    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet", "logging",
 ];
 
 /// An overlay, parsed and checked for local-only keys (not yet validated against a config).
@@ -37,6 +37,9 @@ pub struct Overlay {
     pub devices: Option<Vec<DeviceConfig>>,
     #[serde(default)]
     pub store: Option<StoreOverlay>,
+    /// `[logging] level` (the log filter, applied live).
+    #[serde(default)]
+    pub logging: Option<crate::logging::LoggingConfig>,
 }
 
 /// The fleet-settable part of `[store]`.
@@ -93,6 +96,9 @@ impl Overlay {
         }
         if let Some(days) = self.store.as_ref().and_then(|s| s.retention_days) {
             c.store.retention_days = days;
+        }
+        if let Some(level) = self.logging.as_ref().and_then(|l| l.level.clone()) {
+            c.logging.level = Some(level);
         }
         c
     }
@@ -244,6 +250,21 @@ mod tests {
         .unwrap();
         let e = o.effective(&local()).unwrap_err().to_string();
         assert!(e.contains("patient[0].alerts.news2_freshness_secs"), "{e}");
+    }
+
+    #[test]
+    fn log_level_is_fleet_settable_and_checked() {
+        let o = Overlay::parse("[logging]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(
+            o.effective(&local()).unwrap().logging.level.as_deref(),
+            Some("debug")
+        );
+        let bad = Overlay::parse("[logging]\nlevel = \"vitalgate=loudest\"\n").unwrap();
+        assert!(bad
+            .effective(&local())
+            .unwrap_err()
+            .to_string()
+            .contains("logging.level"));
     }
 
     #[test]
