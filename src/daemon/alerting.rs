@@ -79,8 +79,9 @@ pub struct Reconfigure {
     pub config: Config,
     /// Saved engine state of patients that have no engine yet (read from the outbox).
     pub saved: HashMap<String, EngineState>,
-    /// Told once the engines follow `config`.
-    pub done: tokio::sync::oneshot::Sender<()>,
+    /// Told once the engines follow `config` (`Err`: a patient's engine could not, e.g. its
+    /// rules; the caller restarts the pipeline, which refuses or runs it whole).
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// Where a [`Reconfigure`] waits for the writer.
@@ -147,8 +148,13 @@ impl AlertHook {
         let Some(r) = waiting else {
             return HookOutput::default();
         };
-        let out = self.follow(&r.config, r.saved, now);
-        let _ = r.done.send(());
+        let mut refused = Vec::new();
+        let out = self.follow(&r.config, r.saved, now, &mut refused);
+        let _ = r.done.send(if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused.join("; "))
+        });
         out
     }
 
@@ -162,6 +168,7 @@ impl AlertHook {
         config: &Config,
         mut saved: HashMap<String, EngineState>,
         now: OffsetDateTime,
+        refused: &mut Vec<String>,
     ) -> HookOutput {
         let keep: HashSet<&str> = config.patients.iter().map(|p| p.id.as_str()).collect();
         let gone: Vec<String> = self
@@ -196,7 +203,9 @@ impl AlertHook {
                 Ok(e) => e,
                 Err((err, old)) => {
                     // Validated before it got here; kept running under its old rules if not.
-                    tracing::error!(patient = %p.id, error = %crate::redact::scrub(&err.to_string()), "alert rules not applied");
+                    let why = crate::redact::scrub(&err.to_string()).into_owned();
+                    tracing::error!(error = %why, "alert rules not applied");
+                    refused.push(why);
                     match old {
                         Some(e) => e,
                         None => continue,

@@ -239,7 +239,7 @@ impl Applier {
             loop {
                 let _ = self.ingest.tick().await;
                 tokio::select! {
-                    r = &mut rx => { r.map_err(|_| "ingest has stopped".to_string())?; break; }
+                    r = &mut rx => { r.map_err(|_| "ingest has stopped".to_string())??; break; }
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
                 if tokio::time::Instant::now() > deadline {

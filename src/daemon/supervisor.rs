@@ -67,7 +67,9 @@ pub async fn serve(
     note_log_level(&config, &audit);
     // The last config a pipeline came up with (or was changed to live): what a generation that
     // refuses to start goes back to.
-    let good: Arc<Mutex<Option<Config>>> = Arc::default();
+    // With it, the local config it was built from (restored too: a SIGHUP'd local file that
+    // made `run` refuse must not come back under the next fleet document).
+    let good: Arc<Mutex<Option<Good>>> = Arc::default();
     let applies = Arc::new(tokio::sync::Mutex::new(fleet.apply));
     // The agent's request waiting for the next generation to be up.
     let pending: Arc<Mutex<Option<Done>>> = Arc::default();
@@ -118,7 +120,7 @@ pub async fn serve(
                             audit_changes(&audit, &current, &new);
                             if apply_live(&live_tx, &current, &new).await {
                                 note_log_level(&new, &audit);
-                                *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(new.clone());
+                                *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(Good::now(&new, &view));
                                 current = new;
                                 let _ = done.send(Ok(()));
                                 continue;
@@ -147,7 +149,7 @@ pub async fn serve(
                     audit_changes(&audit, &current, &new);
                     if apply_live(&live_tx, &current, &new).await {
                         note_log_level(&new, &audit);
-                        *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(new.clone());
+                        *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(Good::now(&new, &view));
                         current = new;
                         continue;
                     }
@@ -172,10 +174,13 @@ pub async fn serve(
         {
             let first = ready.take();
             let pending = pending.clone();
-            let (good, running) = (good.clone(), config.clone());
+            // The local config this generation's config was built from, taken now: a SIGHUP
+            // may replace the view's before the pipeline is up.
+            let up = Good::now(&config, &view);
+            let good = good.clone();
             tokio::spawn(async move {
                 if rx.await.is_ok() {
-                    *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+                    *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
                     if let Some(ready) = first {
                         let _ = ready.send(());
                     }
@@ -197,8 +202,13 @@ pub async fn serve(
             // the local config without the fleet overlay.
             let last_good = good.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let first_start = last_good.is_none();
-            let fallback = last_good
-                .unwrap_or_else(|| view.lock().unwrap_or_else(|p| p.into_inner()).local.clone());
+            let fallback = match last_good {
+                Some(g) => {
+                    view.lock().unwrap_or_else(|p| p.into_inner()).local = g.local;
+                    g.effective
+                }
+                None => view.lock().unwrap_or_else(|p| p.into_inner()).local.clone(),
+            };
             if fallback == config {
                 break result;
             }
@@ -236,6 +246,22 @@ pub async fn serve(
     audit.note("daemon_stopped", stopped);
     audit.detach();
     result
+}
+
+/// A config a pipeline ran under, and the local config it was built from.
+#[derive(Clone)]
+struct Good {
+    effective: Config,
+    local: Config,
+}
+
+impl Good {
+    fn now(effective: &Config, view: &Mutex<agent::FleetView>) -> Good {
+        Good {
+            effective: effective.clone(),
+            local: view.lock().unwrap_or_else(|p| p.into_inner()).local.clone(),
+        }
+    }
 }
 
 /// Audits what changed between two effective configs.

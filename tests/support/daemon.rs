@@ -72,6 +72,11 @@ impl Daemon {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id (for signals sent by other means).
     pub fn pid(&self) -> u32 {
         self.child.id()
