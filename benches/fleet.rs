@@ -86,6 +86,7 @@ fn start_gateway(b: &Broker, i: usize, dir: &Path, key: &SigningKey, stop: &Canc
         reload: Default::default(),
         restart_uplink: Default::default(),
         audit,
+        master: std::sync::Arc::new(master),
     };
     let agent = Agent::new(
         gateway,

@@ -468,7 +468,7 @@ fn devices_of(v: u64) -> &'static [&'static str] {
 async fn stored_version_becomes(h: &Hub, v: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = vitalgate::fleet::state::load(h.state())
+        let got = vitalgate::fleet::state::load_meta(h.state())
             .unwrap()
             .map_or(0, |a| a.version);
         if got == v {
@@ -498,7 +498,7 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
         d.kill_now();
 
-        let stored = vitalgate::fleet::state::load(h.state())
+        let stored = vitalgate::fleet::state::load_meta(h.state())
             .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
         let version = stored.as_ref().map_or(0, |a| a.version);
         assert!(

@@ -59,6 +59,7 @@ pub async fn serve(
         reload: reload.clone(),
         restart_uplink: certs.clone(),
         audit: audit.clone(),
+        master: Arc::new(master.duplicate()),
     };
     let fleet = agent::start(local, controls, &shutdown);
     let mut config = fleet.effective;
@@ -120,7 +121,8 @@ pub async fn serve(
                             audit_changes(&audit, &current, &new);
                             if apply_live(&live_tx, &current, &new).await {
                                 note_log_level(&new, &audit);
-                                *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(Good::now(&new, &view));
+                                *good.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(Good::now(&new, &view));
                                 current = new;
                                 let _ = done.send(Ok(()));
                                 continue;
@@ -149,7 +151,8 @@ pub async fn serve(
                     audit_changes(&audit, &current, &new);
                     if apply_live(&live_tx, &current, &new).await {
                         note_log_level(&new, &audit);
-                        *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(Good::now(&new, &view));
+                        *good.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Good::now(&new, &view));
                         current = new;
                         continue;
                     }

@@ -83,6 +83,8 @@ pub struct Agent {
     reload: Arc<Notify>,
     /// Notified by `restart-uplink` (the publisher reloads its TLS files and reconnects).
     restart_uplink: Arc<Notify>,
+    /// Seals the stored document.
+    master: Arc<crate::store::MasterKey>,
 }
 
 /// What the agent can make the daemon do for a command.
@@ -92,6 +94,8 @@ pub struct Controls {
     pub restart_uplink: Arc<Notify>,
     /// The process's one audit writer (`daemon::supervisor`): the agent never opens its own.
     pub audit: Arc<AuditLog>,
+    /// Seals the stored document (`fleet-applied.json`, see `state.rs`).
+    pub master: Arc<crate::store::MasterKey>,
 }
 
 impl Agent {
@@ -125,6 +129,7 @@ impl Agent {
             reload: controls.reload,
             restart_uplink: controls.restart_uplink,
             audit: controls.audit,
+            master: controls.master,
         }
     }
 
@@ -217,10 +222,12 @@ impl Agent {
         };
         // fsync off the runtime's worker threads (the publisher shares them).
         let saved = {
-            let (dir, a) = (self.state_dir.clone(), applied.clone());
-            tokio::task::spawn_blocking(move || state::save(&dir, &a).map_err(|e| e.to_string()))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
+            let (dir, a, key) = (self.state_dir.clone(), applied.clone(), self.master.clone());
+            tokio::task::spawn_blocking(move || {
+                state::save(&dir, &a, &key).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
         };
         if let Err(e) = saved {
             let r = Rejected {
@@ -437,7 +444,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
             .mode(0o700)
             .create(&state_dir);
     }
-    let at = match state::at_start(local.clone(), &trusted) {
+    let at = match state::at_start(local.clone(), &trusted, &controls.master) {
         Ok(at) => at,
         Err(e) => {
             // Only a failing disk gets here (the file is replaced by rename): set it aside,
@@ -546,7 +553,7 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 
 /// The `fleet` part of `vitalgate status`: the document in force and the last report.
 pub fn status_json(state_dir: &std::path::Path) -> serde_json::Value {
-    let applied = state::load(state_dir).ok().flatten().map(|a| {
+    let applied = state::load_meta(state_dir).ok().flatten().map(|a| {
         serde_json::json!({"version": a.version, "sha256": a.sha256, "key_id": a.key_id,
             "applied_at": crate::status::rfc3339(a.applied_at)})
     });
