@@ -1298,3 +1298,70 @@ async fn a_reload_the_pipeline_refuses_falls_back_to_the_last_good_config_instea
     report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
     devices_become(&h, &["d1", "d2"]).await;
 }
+
+// ---- Fleet state at rest ----
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// (file, marker) for each marker found in a file under `dir`.
+fn found_in(dir: &Path, markers: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for file in files_under(dir) {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for m in markers {
+            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
+                found.push((file.clone(), (*m).to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_nhs_number_applied_by_the_fleet_is_in_no_state_file_in_clear() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-at-rest").await;
+    let d = Daemon::start(&h.config);
+    // An NHS Number only the fleet document carries (the local file names 9434765919).
+    const FLEET_NHS: &str = "4010232137";
+    let overlay = REBIND.replace(
+        "[[patient]]\nid = \"p2\"\n",
+        &format!("[[patient]]\nid = \"p2\"\nnhs_number = \"{FLEET_NHS}\"\n"),
+    );
+    let doc = h.sign(1, &overlay);
+    // The JWS payload is base64url of JSON: stored as received, it would read back at once.
+    let payload = doc.split('.').nth(1).unwrap().to_owned();
+    h.desire(doc).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    devices_become(&h, &["d1", "d2"]).await;
+    let markers = [FLEET_NHS, payload.as_str()];
+    let running = found_in(h.state(), &markers);
+    d.stop().await;
+    let stopped = found_in(h.state(), &markers);
+    assert!(
+        running.is_empty() && stopped.is_empty(),
+        "in clear while running: {running:?}; after stopping: {stopped:?}"
+    );
+    // And the stored document is still the one in force at the next start.
+    assert_eq!(
+        vitalgate::fleet::state::load_meta(h.state())
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+}
