@@ -1365,3 +1365,39 @@ async fn an_nhs_number_applied_by_the_fleet_is_in_no_state_file_in_clear() {
         1
     );
 }
+
+// ---- Log level (fleet-settable, live) ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_log_level_changes_the_running_filter_without_a_restart() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-log-level").await;
+    let d = Daemon::start(&h.config); // RUST_LOG=info
+    d.wait_log("uplink connected").await;
+    // Readings commit every half second; their "committed" line is at debug level.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let debug_lines = |d: &Daemon| {
+        d.lines()
+            .iter()
+            .filter(|l| l.contains("DEBUG") && l.contains("committed"))
+            .count()
+    };
+    assert_eq!(debug_lines(&d), 0, "debug lines at info level");
+    h.desire(h.sign(1, "[logging]\nlevel = \"debug\"\n")).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while debug_lines(&d) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after the change: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = std::fs::read_to_string(h.state().join("audit.log")).unwrap();
+    assert!(audit.contains("\"log_level_changed\""), "{audit}");
+    assert!(!d
+        .lines()
+        .iter()
+        .any(|l| l.contains("restarting the pipeline")));
+}
