@@ -498,7 +498,8 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
         d.kill_now();
 
-        let stored = vitalgate::fleet::state::load_meta(h.state())
+        let master = vitalgate::store::MasterKey::load(&h.state().join("master.key")).unwrap();
+        let stored = vitalgate::fleet::state::load(h.state(), &master)
             .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
         let version = stored.as_ref().map_or(0, |a| a.version);
         assert!(

@@ -60,11 +60,24 @@ pub fn spawn_all(
 
 /// Who a device's readings belong to. Shared with the device's task and read for every
 /// frame, so a rebind applied live (`daemon::live_apply`) takes effect at the next frame
-/// without touching the device's connection.
-#[derive(Debug, Clone, PartialEq)]
+/// without touching the device's connection. `Debug` is written by hand: it masks the NHS
+/// Number (see [`crate::redact::MaskedNhs`]).
+#[derive(Clone, PartialEq)]
 pub struct Binding {
     pub patient_id: Arc<str>,
     pub nhs_number: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding")
+            .field("patient_id", &self.patient_id)
+            .field(
+                "nhs_number",
+                &crate::redact::MaskedNhs(self.nhs_number.as_deref()),
+            )
+            .finish()
+    }
 }
 
 /// A device's binding as its task sees it.
