@@ -564,3 +564,91 @@ fn run_annunciator(cmd: Vec<String>, json: String) {
         tracing::error!(error = %e, "cannot start the annunciator thread");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = "[gateway]\nid = \"gw\"\n\
+        [[patient]]\nid = \"p1\"\n[[patient]]\nid = \"p2\"\n\
+        [[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\n";
+
+    fn hook(text: &str, slot: &ReconfigureSlot) -> AlertHook {
+        let c = Config::parse(text, Path::new("t.toml")).unwrap();
+        AlertHook::new(
+            &c,
+            "gw".into(),
+            HashMap::new(),
+            None,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap()
+        .with_reconfigure(slot.clone())
+    }
+
+    /// Hands `text` over as a live change and lets the writer take it up at a tick.
+    fn reconfigure(h: &mut AlertHook, slot: &ReconfigureSlot, text: &str) -> Result<(), String> {
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: Config::parse(text, Path::new("t.toml")).unwrap(),
+            saved: HashMap::new(),
+            done,
+        });
+        h.on_tick(OffsetDateTime::now_utc(), 0);
+        rx.try_recv().expect("taken up at the tick")
+    }
+
+    #[test]
+    fn a_rebound_device_is_tracked_by_its_new_patients_engine_only() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        assert_eq!(h.engines["p1"].tracked_devices(), vec!["d1".to_string()]);
+        let rebound = CONFIG.replace("patient = \"p1\"\ndriver", "patient = \"p2\"\ndriver");
+        reconfigure(&mut h, &slot, &rebound).unwrap();
+        assert!(h.engines["p1"].tracked_devices().is_empty());
+        assert_eq!(h.engines["p2"].tracked_devices(), vec!["d1".to_string()]);
+    }
+
+    #[test]
+    fn changed_rules_apply_and_a_removed_patients_state_is_persisted() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        let text = CONFIG.replace("[[patient]]\nid = \"p2\"\n", "").replace(
+            "[[patient]]\nid = \"p1\"\n",
+            "[[patient]]\nid = \"p1\"\n[patient.alerts]\nnews2_freshness_secs = 600\n",
+        );
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: Config::parse(&text, Path::new("t.toml")).unwrap(),
+            saved: HashMap::new(),
+            done,
+        });
+        let out = h.on_tick(OffsetDateTime::now_utc(), 0);
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(h.engines["p1"].config().news2_freshness_secs, 600);
+        assert!(!h.engines.contains_key("p2"));
+        assert!(
+            out.state.iter().any(|s| s.device_id == "patient:p2"),
+            "the removed patient's engine state is written with the change"
+        );
+    }
+
+    #[test]
+    fn an_engine_that_cannot_follow_says_so() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        // Not a config `Config::problems` lets through; the engine's own check is the net.
+        let mut c = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        c.patients[1].id = "9434765919".into();
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: c,
+            saved: HashMap::new(),
+            done,
+        });
+        h.on_tick(OffsetDateTime::now_utc(), 0);
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert!(!e.contains("9434765919"), "{e}");
+    }
+}
