@@ -87,6 +87,7 @@ fn start_gateway(b: &Broker, i: usize, dir: &Path, key: &SigningKey, stop: &Canc
         restart_uplink: Default::default(),
         audit,
         keys: None,
+        master: std::sync::Arc::new(master),
     };
     let agent = Agent::new(
         gateway,
@@ -96,7 +97,7 @@ fn start_gateway(b: &Broker, i: usize, dir: &Path, key: &SigningKey, stop: &Canc
         apply_tx,
         controls,
     );
-    tokio::spawn(agent.run(in_rx, out_tx, stop.clone()));
+    tokio::spawn(agent.run(in_rx, out_tx, stop.clone(), mpsc::channel(1).1));
 }
 
 async fn operator(b: &Broker) -> AsyncClient {

@@ -56,6 +56,9 @@ pub struct Config {
     /// Remote configuration: the fleet keys this hub trusts (local-only; see docs/fleet.md).
     #[serde(default)]
     pub fleet: crate::fleet::FleetConfig,
+    /// `[logging] level`: the log filter, changed live (fleet-settable; see `logging.rs`).
+    #[serde(default)]
+    pub logging: crate::logging::LoggingConfig,
 }
 
 /// The Bluetooth LE central (gateway-wide).
@@ -470,6 +473,9 @@ impl Config {
                         .into(),
                 );
             }
+        }
+        if let Some(Err(why)) = self.logging.level.as_deref().map(crate::logging::check) {
+            problem("logging.level".into(), why);
         }
         for n in self.numeric_settings() {
             if !n.range.contains(&n.value) {

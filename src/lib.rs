@@ -34,6 +34,7 @@ pub mod hl7;
 pub mod ingest;
 pub mod keyops;
 pub mod live;
+pub mod logging;
 pub mod nhs_number;
 pub mod preflight;
 pub mod reading;

@@ -420,7 +420,21 @@ fn init_logging(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let initial = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| EnvFilter::builder().parse(f).is_ok())
+        .unwrap_or_else(|| default.to_owned());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&initial));
+    // `[logging] level` changes it live (vitalgate::logging).
+    vitalgate::logging::install(
+        &initial,
+        Box::new(move |level: &str| {
+            let f = EnvFilter::builder()
+                .parse(level)
+                .map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }),
+    );
     if vitalgate::daemon::systemd::stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
             // Fields become VG_DEVICE=, VG_PATIENT=, ...: `journalctl -u vitalgate VG_DEVICE=pulse-ox`.
@@ -435,10 +449,13 @@ fn init_logging(default: &str) {
         }
     }
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
         .init();
 }
 

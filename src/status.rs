@@ -65,6 +65,11 @@ impl Registry {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets a device (stopped by a live configuration change).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
     /// Applies `f` to one device's status.
     pub fn update(&self, id: &str, f: impl FnOnce(&mut DeviceStatus)) {
         if let Some(d) = self.lock().get_mut(id) {

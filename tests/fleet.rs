@@ -6,16 +6,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::Value;
+use support::daemon::Daemon;
 use support::*;
 use time::OffsetDateTime;
 use vitalgate::fleet::document::ConfigPayload;
@@ -180,50 +181,6 @@ async fn operator(b: &Broker) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     });
     within(30, "operator CONNACK", rx).await.unwrap();
     (client, task)
-}
-
-/// `vitalgate run`, stderr collected. Killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> Vec<String> {
-        let l = self.log.lock().unwrap();
-        l[l.len().saturating_sub(30)..].to_vec()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Reports on `config/reported`, as the platform sees them.
@@ -457,7 +414,7 @@ async fn replayed_document_after_a_restart_is_rejected() {
     .await;
     devices_become(&h, &["d1"]).await;
 
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     // The restarted hub runs version 2 (the retained desired), and then sees version 1 again.
     devices_become(&h, &["d1"]).await;
@@ -476,7 +433,7 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
     let mut d = Daemon::start(&h.config);
     h.desire(h.sign(1, REBIND)).await;
     report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     devices_become(&h, &["d1", "d2"]).await;
     // The retained desired document reaches the restarted hub at once; give it a moment to
@@ -489,30 +446,6 @@ async fn retained_document_seen_again_after_a_restart_is_not_reported_as_rejecte
             .any(|p| String::from_utf8_lossy(p).contains("rejected")),
         "the running document was reported as rejected"
     );
-}
-
-impl Daemon {
-    fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Waits until the log holds `needle`.
-    async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log: {:#?}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// The overlay of version `v` in the kill test: odd versions bind two devices, even one.
@@ -535,7 +468,7 @@ fn devices_of(v: u64) -> &'static [&'static str] {
 async fn stored_version_becomes(h: &Hub, v: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = vitalgate::fleet::state::load(h.state())
+        let got = vitalgate::fleet::state::load_meta(h.state())
             .unwrap()
             .map_or(0, |a| a.version);
         if got == v {
@@ -563,9 +496,10 @@ async fn kill_9_at_random_points_of_an_apply_leaves_the_old_or_the_new_config() 
         let doc = h.sign(v, overlay_of(v));
         h.desire(doc.clone()).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
-        d.kill();
+        d.kill_now();
 
-        let stored = vitalgate::fleet::state::load(h.state())
+        let master = vitalgate::store::MasterKey::load(&h.state().join("master.key")).unwrap();
+        let stored = vitalgate::fleet::state::load(h.state(), &master)
             .unwrap_or_else(|e| panic!("after kill -9 in apply {v}: {e}"));
         let version = stored.as_ref().map_or(0, |a| a.version);
         assert!(
@@ -741,7 +675,7 @@ async fn replayed_command_is_refused_also_after_a_restart() {
     h.command(doc.clone()).await;
     let a = answers(&rx, &d, 2).await;
     assert_eq!(a[1]["reason"], "replayed", "{}", a[1]);
-    d.kill();
+    d.kill_now();
     let d = Daemon::start(&h.config);
     d.wait_log("fleet link subscribed").await;
     h.command(doc).await;
@@ -1070,7 +1004,7 @@ async fn sighup_keeps_the_overlay_and_refuses_a_local_change_that_conflicts_with
     assert_ne!(conflicting, local);
     std::fs::write(&h.config, &conflicting).unwrap();
     let ok = Command::new("kill")
-        .args(["-HUP", &d.child.id().to_string()])
+        .args(["-HUP", &d.pid().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
@@ -1080,4 +1014,495 @@ async fn sighup_keeps_the_overlay_and_refuses_a_local_change_that_conflicts_with
     assert!(h.status()["fleet"]["applied"]["version"]
         .as_u64()
         .is_some_and(|v| v == 1));
+}
+
+// ---- Applying is a diff (acceptance 3 and 9: a live rebind, untouched devices uninterrupted) ----
+
+/// The FIFO device `fa` (jsonl, patient p1) and a second patient p2, added to the hub's local
+/// config beside the simulated device d1 (p1). Returns the FIFO's path.
+fn with_fifo_device(h: &Hub) -> PathBuf {
+    let fifo = h.state().join("fa.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(
+        "[[device]]\nid = \"d1\"",
+        &format!(
+            "[[patient]]\nid = \"p2\"\nnhs_number = \"4010232137\"\n\
+             [[device]]\nid = \"fa\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n\
+             [[device]]\nid = \"d1\"",
+            fifo.display()
+        ),
+    );
+    std::fs::write(&h.config, text).unwrap();
+    fifo
+}
+
+/// The fleet overlay of the FIFO hub: both patients, `fa` as configured locally, d1 bound to
+/// `d1_patient`, plus `extra` (more devices, or `p1`'s alert rules).
+fn fifo_overlay(fifo: &Path, d1_patient: &str, p1_rules: &str, extra: &str) -> String {
+    format!(
+        "[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n{p1_rules}\
+         [[patient]]\nid = \"p2\"\nnhs_number = \"4010232137\"\n\
+         [[device]]\nid = \"fa\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{}\"\n\
+         [[device]]\nid = \"d1\"\npatient = \"{d1_patient}\"\ndriver = \"sim\"\ninterval_ms = 500\n{extra}",
+        fifo.display()
+    )
+}
+
+/// Writes numbered pulse readings (reading `i` at `base + i` seconds) into a FIFO, one every
+/// 20 ms, until stopped. A reader that closes the FIFO (a reopen, a pipeline restart) makes a
+/// write fail with EPIPE: `broken` records it, so the writer sees any reopen.
+struct FifoWriter {
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    base: OffsetDateTime,
+}
+
+impl FifoWriter {
+    fn start(fifo: &Path) -> FifoWriter {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let base = OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        let (sent, broken, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, b, st, path) = (sent.clone(), broken.clone(), stop.clone(), fifo.to_owned());
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            // Blocks until the daemon opens its end.
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut i = 0u64;
+            while !st.load(Ordering::SeqCst) {
+                let t = (base + time::Duration::seconds(i as i64))
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap();
+                let line = format!(
+                    "{{\"metric\":\"pulse_rate\",\"value\":60,\"unit\":\"/min\",\"device_time\":\"{t}\"}}\n"
+                );
+                if f.write_all(line.as_bytes()).is_err() {
+                    b.store(true, Ordering::SeqCst);
+                    return;
+                }
+                i += 1;
+                s.store(i, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        FifoWriter {
+            sent,
+            broken,
+            stop,
+            thread: Some(thread),
+            base,
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops writing; returns how many readings were written and whether a write failed.
+    fn finish(mut self) -> (u64, bool) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (self.sent(), self.broken.load(Ordering::SeqCst))
+    }
+
+    async fn wait_sent(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sent() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never opened the FIFO"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The Observations published so far, parsed.
+fn observations(obs: &Received) -> Vec<Value> {
+    obs.on("/obs")
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<Value>(p).ok())
+        .collect()
+}
+
+/// The device id of an Observation (its identifier is `{gateway}/{device}`).
+fn device_of(o: &Value) -> &str {
+    o["device"]["identifier"]["value"]
+        .as_str()
+        .and_then(|v| v.rsplit('/').next())
+        .unwrap_or("")
+}
+
+/// The times of `fa`'s readings on the platform, as offsets from the writer's base.
+fn fa_offsets(obs: &Received, base: OffsetDateTime) -> std::collections::BTreeSet<i64> {
+    observations(obs)
+        .iter()
+        .filter(|o| device_of(o) == "fa")
+        .filter_map(|o| o["effectiveDateTime"].as_str())
+        .filter_map(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| (t - base).whole_seconds())
+        .collect()
+}
+
+/// Waits until the platform holds every one of `fa`'s `sent` readings; asserts none is
+/// missing (a numbered sequence without a gap).
+async fn fa_all_delivered(obs: &Received, base: OffsetDateTime, sent: u64, d: &Daemon) {
+    let want: std::collections::BTreeSet<i64> = (0..sent as i64).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = fa_offsets(obs, base);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fa's readings on the platform: {} of {sent}; missing {:?}; log {:#?}",
+            got.len(),
+            want.difference(&got).take(20).collect::<Vec<_>>(),
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How often the daemon (re)opened `fa`'s transport.
+fn fa_opened(d: &Daemon) -> usize {
+    d.lines()
+        .iter()
+        .filter(|l| l.contains("device connected") && l.contains("device=fa"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_rebind_switches_the_patient_while_an_untouched_device_keeps_its_connection_and_every_reading(
+) {
+    let h = Hub::new().await;
+    let fifo = with_fifo_device(&h);
+    let rx = reported(&h, "platform-rebind").await;
+    let (obs, _task) = subscribe(
+        &h.broker,
+        "platform-rebind-obs",
+        &format!("rpm/v1/gw/{GW}/obs"),
+    )
+    .await;
+    let d = Daemon::start(&h.config);
+    let writer = FifoWriter::start(&fifo);
+    writer.wait_sent(50).await;
+    h.desire(h.sign(1, &fifo_overlay(&fifo, "p2", "", "")))
+        .await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    d.wait_log("configuration applied live").await;
+    let at_apply = writer.sent();
+    writer.wait_sent(at_apply + 50).await;
+    let opened = fa_opened(&d);
+    let base = writer.base;
+    let (sent, broken) = writer.finish();
+
+    assert!(
+        !broken,
+        "the FIFO's reader went away during the apply (a reopen)"
+    );
+    assert_eq!(
+        opened,
+        1,
+        "fa's transport was reopened: {:#?}",
+        d.log_tail()
+    );
+    fa_all_delivered(&obs, base, sent, &d).await;
+    // d1's readings in time order: p1's NHS Number, then p2's, never back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let subjects = loop {
+        let mut d1: Vec<(String, String)> = observations(&obs)
+            .iter()
+            .filter(|o| device_of(o) == "d1")
+            .map(|o| {
+                (
+                    o["effectiveDateTime"].as_str().unwrap_or("").to_owned(),
+                    o["subject"]["identifier"]["value"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            })
+            .collect();
+        d1.sort();
+        let mut subjects: Vec<String> = d1.into_iter().map(|(_, s)| s).collect();
+        subjects.dedup();
+        if subjects.len() >= 2 || Instant::now() > deadline {
+            break subjects;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        subjects,
+        vec!["9434765919", "4010232137"],
+        "d1's patients in time order"
+    );
+    assert!(!d
+        .lines()
+        .iter()
+        .any(|l| l.contains("restarting the pipeline")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_apply_starts_an_added_device_and_stops_a_removed_one_without_touching_the_others() {
+    let h = Hub::new().await;
+    let fifo = with_fifo_device(&h);
+    let rx = reported(&h, "platform-addremove").await;
+    let (obs, _task) = subscribe(
+        &h.broker,
+        "platform-addremove-obs",
+        &format!("rpm/v1/gw/{GW}/obs"),
+    )
+    .await;
+    let d = Daemon::start(&h.config);
+    let writer = FifoWriter::start(&fifo);
+    writer.wait_sent(20).await;
+    let d2 = "[[device]]\nid = \"d2\"\npatient = \"p2\"\ndriver = \"sim\"\ninterval_ms = 500\n";
+    h.desire(h.sign(1, &fifo_overlay(&fifo, "p1", "", d2)))
+        .await;
+    report_where(&rx, &d, "applied v1", |v| v["version"] == 1).await;
+    devices_become(&h, &["d1", "d2", "fa"]).await;
+    obs.wait_for("/obs", 1, 60).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !observations(&obs).iter().any(|o| device_of(o) == "d2") {
+        assert!(Instant::now() < deadline, "no reading from the added d2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Version 2 removes d1 (p1 keeps fa).
+    let without_d1 = fifo_overlay(&fifo, "p1", "", d2).replace(
+        "[[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\ninterval_ms = 500\n",
+        "",
+    );
+    h.desire(h.sign(2, &without_d1)).await;
+    report_where(&rx, &d, "applied v2", |v| v["version"] == 2).await;
+    devices_become(&h, &["d2", "fa"]).await;
+    let at_apply = writer.sent();
+    writer.wait_sent(at_apply + 20).await;
+    let opened = fa_opened(&d);
+    let base = writer.base;
+    let (sent, broken) = writer.finish();
+    assert!(
+        !broken && opened == 1,
+        "fa was reopened: {:#?}",
+        d.log_tail()
+    );
+    fa_all_delivered(&obs, base, sent, &d).await;
+    assert_eq!(d.count_log("configuration applied live"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alert_rule_change_takes_effect_without_a_restart() {
+    let h = Hub::new().await;
+    let fifo = with_fifo_device(&h);
+    let rx = reported(&h, "platform-rule").await;
+    let d = Daemon::start(&h.config);
+    let writer = FifoWriter::start(&fifo);
+    writer.wait_sent(20).await;
+    let audit = || std::fs::read_to_string(h.state().join("audit.log")).unwrap_or_default();
+    // A pulse of 60 raises nothing under the default rules...
+    assert!(!audit().contains("pulse_over_50"));
+    let rules = "[[patient.alerts.rules]]\nid = \"pulse_over_50\"\nmetric = \"pulse_rate\"\n\
+                 above = 50\npersist_secs = 0\npriority = \"high\"\n";
+    h.desire(h.sign(1, &fifo_overlay(&fifo, "p1", rules, "")))
+        .await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    // ... and does under the fleet's rule, on the same connection.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !audit().contains("pulse_over_50") {
+        assert!(
+            Instant::now() < deadline,
+            "the new rule never raised: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = fa_opened(&d);
+    let (_, broken) = writer.finish();
+    assert!(
+        !broken && opened == 1,
+        "the pipeline restarted: {:#?}",
+        d.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_rebind_as_a_diff_too() {
+    let h = Hub::new().await;
+    let fifo = with_fifo_device(&h);
+    let (obs, _task) = subscribe(
+        &h.broker,
+        "platform-hup-obs",
+        &format!("rpm/v1/gw/{GW}/obs"),
+    )
+    .await;
+    let d = Daemon::start(&h.config);
+    let writer = FifoWriter::start(&fifo);
+    writer.wait_sent(30).await;
+    let local = std::fs::read_to_string(&h.config).unwrap();
+    let rebound = local.replace(
+        "id = \"d1\"\npatient = \"p1\"",
+        "id = \"d1\"\npatient = \"p2\"",
+    );
+    assert_ne!(rebound, local);
+    std::fs::write(&h.config, rebound).unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration applied live").await;
+    let at_apply = writer.sent();
+    writer.wait_sent(at_apply + 30).await;
+    let opened = fa_opened(&d);
+    let base = writer.base;
+    let (sent, broken) = writer.finish();
+    assert!(
+        !broken && opened == 1,
+        "fa was reopened: {:#?}",
+        d.log_tail()
+    );
+    fa_all_delivered(&obs, base, sent, &d).await;
+}
+
+// ---- Crash-loop safety (a configuration `run` refuses) ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_the_pipeline_refuses_falls_back_to_the_last_good_config_instead_of_exiting() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-fallback").await;
+    let mut d = Daemon::start(&h.config);
+    devices_become(&h, &["d1"]).await;
+    // Valid as a config, but the outbox cannot be opened there (a directory): `run` refuses.
+    let not_a_database = h.state().join("not-a-database");
+    std::fs::create_dir(&not_a_database).unwrap();
+    let local = std::fs::read_to_string(&h.config).unwrap();
+    let broken = local.replace(
+        "[store]\n",
+        &format!("[store]\npath = \"{}\"\n", not_a_database.display()),
+    );
+    assert_ne!(broken, local);
+    std::fs::write(&h.config, broken).unwrap();
+    d.signal("HUP");
+    d.wait_log("going back to the last good one").await;
+    let all = std::fs::read_to_string(h.state().join("audit.log")).unwrap();
+    assert!(all.contains("\"config_fallback\""), "{all}");
+    assert!(d.running(), "the daemon exited: {:#?}", d.log_tail());
+    // Still serving, on the outbox it had: a fleet document applies.
+    h.desire(h.sign(1, REBIND)).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    devices_become(&h, &["d1", "d2"]).await;
+}
+
+// ---- Fleet state at rest ----
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// (file, marker) for each marker found in a file under `dir`.
+fn found_in(dir: &Path, markers: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for file in files_under(dir) {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for m in markers {
+            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
+                found.push((file.clone(), (*m).to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_nhs_number_applied_by_the_fleet_is_in_no_state_file_in_clear() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-at-rest").await;
+    let d = Daemon::start(&h.config);
+    // An NHS Number only the fleet document carries (the local file names 9434765919).
+    const FLEET_NHS: &str = "4010232137";
+    let overlay = REBIND.replace(
+        "[[patient]]\nid = \"p2\"\n",
+        &format!("[[patient]]\nid = \"p2\"\nnhs_number = \"{FLEET_NHS}\"\n"),
+    );
+    let doc = h.sign(1, &overlay);
+    // The JWS payload is base64url of JSON: stored as received, it would read back at once.
+    let payload = doc.split('.').nth(1).unwrap().to_owned();
+    h.desire(doc).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    devices_become(&h, &["d1", "d2"]).await;
+    let markers = [FLEET_NHS, payload.as_str()];
+    let running = found_in(h.state(), &markers);
+    d.stop().await;
+    let stopped = found_in(h.state(), &markers);
+    assert!(
+        running.is_empty() && stopped.is_empty(),
+        "in clear while running: {running:?}; after stopping: {stopped:?}"
+    );
+    // And the stored document is still the one in force at the next start.
+    assert_eq!(
+        vitalgate::fleet::state::load_meta(h.state())
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+// ---- Log level (fleet-settable, live) ----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_log_level_changes_the_running_filter_without_a_restart() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-log-level").await;
+    let d = Daemon::start(&h.config); // RUST_LOG=info
+    d.wait_log("uplink connected").await;
+    // Readings commit every half second; their "committed" line is at debug level.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let debug_lines = |d: &Daemon| {
+        d.lines()
+            .iter()
+            .filter(|l| l.contains("DEBUG") && l.contains("committed"))
+            .count()
+    };
+    assert_eq!(debug_lines(&d), 0, "debug lines at info level");
+    h.desire(h.sign(1, "[logging]\nlevel = \"debug\"\n")).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while debug_lines(&d) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after the change: {:#?}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = std::fs::read_to_string(h.state().join("audit.log")).unwrap();
+    assert!(audit.contains("\"log_level_changed\""), "{audit}");
+    assert!(!d
+        .lines()
+        .iter()
+        .any(|l| l.contains("restarting the pipeline")));
 }

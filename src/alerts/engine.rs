@@ -399,6 +399,11 @@ impl AlertEngine {
         entry.expected_interval_secs = secs;
     }
 
+    /// The devices whose silence this engine tracks (see [`AlertEngine::register_device`]).
+    pub fn tracked_devices(&self) -> Vec<String> {
+        self.state.devices.keys().cloned().collect()
+    }
+
     /// Stops silence tracking for a device (it was removed from the patient); a raised
     /// `device_silent` alarm for it clears.
     pub fn unregister_device(&mut self, now: OffsetDateTime, device_id: &str) -> Vec<AlertEvent> {

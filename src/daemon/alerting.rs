@@ -67,7 +67,25 @@ pub struct AlertHook {
     annunciator: Option<Vec<String>>,
     /// Every alert transition is audited; a broken audit chain is a technical alarm.
     audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
+    /// A configuration applied live (`daemon::live_apply`), taken up at the next call.
+    reconfigure: Option<ReconfigureSlot>,
 }
+
+/// A new configuration for the running engines, handed over by `daemon::live_apply` and
+/// taken up by the ingest writer at its next call (a tick at the latest), so it never races
+/// a batch: readings committed before it are scored under the old rules, after it under the
+/// new ones.
+pub struct Reconfigure {
+    pub config: Config,
+    /// Saved engine state of patients that have no engine yet (read from the outbox).
+    pub saved: HashMap<String, EngineState>,
+    /// Told once the engines follow `config` (`Err`: a patient's engine could not, e.g. its
+    /// rules; the caller restarts the pipeline, which refuses or runs it whole).
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Where a [`Reconfigure`] waits for the writer.
+pub type ReconfigureSlot = std::sync::Arc<std::sync::Mutex<Option<Reconfigure>>>;
 
 impl AlertHook {
     pub fn new(
@@ -110,7 +128,121 @@ impl AlertHook {
             uplink,
             annunciator: config.alerts.annunciator_command.clone(),
             audit: None,
+            reconfigure: None,
         })
+    }
+
+    /// Takes up configurations handed over in `slot` (see [`Reconfigure`]).
+    pub fn with_reconfigure(mut self, slot: ReconfigureSlot) -> Self {
+        self.reconfigure = Some(slot);
+        self
+    }
+
+    /// Applies a waiting [`Reconfigure`], if any: what it produced (alarms cleared for devices
+    /// no longer bound, engine state of removed patients) goes into the current transaction.
+    fn take_reconfigure(&mut self, now: OffsetDateTime) -> HookOutput {
+        let waiting = self
+            .reconfigure
+            .as_ref()
+            .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let Some(r) = waiting else {
+            return HookOutput::default();
+        };
+        let mut refused = Vec::new();
+        let out = self.follow(&r.config, r.saved, now, &mut refused);
+        let _ = r.done.send(if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused.join("; "))
+        });
+        out
+    }
+
+    /// Makes the engines follow `config`: a removed patient's engine stops (its state
+    /// persisted, so a later rebind resumes it), an added one starts from its saved state, a
+    /// patient whose rules changed keeps its state under the new rules, and each engine
+    /// tracks exactly the devices now bound to its patient (a device rebound away clears its
+    /// `device_silent` alarm with the old patient).
+    fn follow(
+        &mut self,
+        config: &Config,
+        mut saved: HashMap<String, EngineState>,
+        now: OffsetDateTime,
+        refused: &mut Vec<String>,
+    ) -> HookOutput {
+        let keep: HashSet<&str> = config.patients.iter().map(|p| p.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .engines
+            .keys()
+            .filter(|p| !keep.contains(p.as_str()))
+            .cloned()
+            .collect();
+        self.dirty.extend(gone.iter().cloned());
+        let mut state = self.persist(true);
+        for p in &gone {
+            self.engines.remove(p);
+            self.nhs.remove(p);
+        }
+        let mut records = Vec::new();
+        for p in &config.patients {
+            let engine = match self.engines.remove(&p.id) {
+                Some(e) if e.config() == &p.alerts => Ok(e),
+                Some(e) => {
+                    let kept = e.state().clone();
+                    AlertEngine::with_state(p.id.clone(), p.alerts.clone(), kept)
+                        .map_err(|err| (err, Some(e)))
+                }
+                None => AlertEngine::with_state(
+                    p.id.clone(),
+                    p.alerts.clone(),
+                    saved.remove(&p.id).unwrap_or_default(),
+                )
+                .map_err(|err| (err, None)),
+            };
+            let mut engine = match engine {
+                Ok(e) => e,
+                Err((err, old)) => {
+                    // Validated before it got here; kept running under its old rules if not.
+                    let why = crate::redact::scrub(&err.to_string()).into_owned();
+                    tracing::error!(error = %why, "alert rules not applied");
+                    refused.push(why);
+                    match old {
+                        Some(e) => e,
+                        None => continue,
+                    }
+                }
+            };
+            let bound: Vec<&crate::config::DeviceConfig> = config
+                .devices
+                .iter()
+                .filter(|d| d.patient == p.id)
+                .collect();
+            let mut events = Vec::new();
+            for tracked in engine.tracked_devices() {
+                if !bound.iter().any(|d| d.id == tracked) {
+                    events.extend(engine.unregister_device(now, &tracked));
+                }
+            }
+            for d in &bound {
+                if let Some(interval) = expected_interval(d) {
+                    engine.register_device(now, &d.id, interval);
+                }
+            }
+            self.engines.insert(p.id.clone(), engine);
+            match p
+                .nhs_number
+                .as_deref()
+                .and_then(|n| NhsNumber::parse(n).ok())
+            {
+                Some(n) => self.nhs.insert(p.id.clone(), n),
+                None => self.nhs.remove(&p.id),
+            };
+            self.dirty.insert(p.id.clone());
+            records.extend(self.alert_records(&p.id, events));
+        }
+        self.annunciator = config.alerts.annunciator_command.clone();
+        state.extend(self.persist(true));
+        HookOutput { records, state }
     }
 
     /// Audits every alert transition in `audit`, and raises the audit-chain alarm from it.
@@ -254,7 +386,7 @@ impl CommitHook for AlertHook {
     /// Each patient's readings in the batch are one observation set, evaluated as a whole
     /// (`AlertEngine::on_observation_set`): a full set written at once is scored together.
     fn on_batch(&mut self, accepted: &[Record], now: OffsetDateTime) -> HookOutput {
-        let mut out = HookOutput::default();
+        let mut out = self.take_reconfigure(now);
         let mut raised = false;
         // Patients in order of first appearance; each with its readings and their Observation ids.
         let mut sets: Vec<(&str, Vec<BatchReading<'_>>)> = Vec::new();
@@ -302,7 +434,7 @@ impl CommitHook for AlertHook {
                 out.records.extend(self.news2_record(patient, s));
             }
         }
-        out.state = self.persist(raised);
+        out.state.extend(self.persist(raised));
         out
     }
 
@@ -348,6 +480,7 @@ impl CommitHook for AlertHook {
     }
 
     fn on_tick(&mut self, now: OffsetDateTime, backlog: u64) -> HookOutput {
+        let mut out = self.take_reconfigure(now);
         let synced = super::clock_synced();
         let audit_broken = self.audit.as_ref().is_some_and(|a| a.chain_broken());
         let mut records = Vec::new();
@@ -369,10 +502,11 @@ impl CommitHook for AlertHook {
             }
         }
         let raised = !records.is_empty();
-        HookOutput {
+        out.extend(HookOutput {
             records,
             state: self.persist(raised),
-        }
+        });
+        out
     }
     fn on_stalled(&mut self, _now: OffsetDateTime) {}
 }
@@ -430,5 +564,93 @@ fn run_annunciator(cmd: Vec<String>, json: String) {
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the annunciator thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = "[gateway]\nid = \"gw\"\n\
+        [[patient]]\nid = \"p1\"\n[[patient]]\nid = \"p2\"\n\
+        [[device]]\nid = \"d1\"\npatient = \"p1\"\ndriver = \"sim\"\n";
+
+    fn hook(text: &str, slot: &ReconfigureSlot) -> AlertHook {
+        let c = Config::parse(text, Path::new("t.toml")).unwrap();
+        AlertHook::new(
+            &c,
+            "gw".into(),
+            HashMap::new(),
+            None,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap()
+        .with_reconfigure(slot.clone())
+    }
+
+    /// Hands `text` over as a live change and lets the writer take it up at a tick.
+    fn reconfigure(h: &mut AlertHook, slot: &ReconfigureSlot, text: &str) -> Result<(), String> {
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: Config::parse(text, Path::new("t.toml")).unwrap(),
+            saved: HashMap::new(),
+            done,
+        });
+        h.on_tick(OffsetDateTime::now_utc(), 0);
+        rx.try_recv().expect("taken up at the tick")
+    }
+
+    #[test]
+    fn a_rebound_device_is_tracked_by_its_new_patients_engine_only() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        assert_eq!(h.engines["p1"].tracked_devices(), vec!["d1".to_string()]);
+        let rebound = CONFIG.replace("patient = \"p1\"\ndriver", "patient = \"p2\"\ndriver");
+        reconfigure(&mut h, &slot, &rebound).unwrap();
+        assert!(h.engines["p1"].tracked_devices().is_empty());
+        assert_eq!(h.engines["p2"].tracked_devices(), vec!["d1".to_string()]);
+    }
+
+    #[test]
+    fn changed_rules_apply_and_a_removed_patients_state_is_persisted() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        let text = CONFIG.replace("[[patient]]\nid = \"p2\"\n", "").replace(
+            "[[patient]]\nid = \"p1\"\n",
+            "[[patient]]\nid = \"p1\"\n[patient.alerts]\nnews2_freshness_secs = 600\n",
+        );
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: Config::parse(&text, Path::new("t.toml")).unwrap(),
+            saved: HashMap::new(),
+            done,
+        });
+        let out = h.on_tick(OffsetDateTime::now_utc(), 0);
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(h.engines["p1"].config().news2_freshness_secs, 600);
+        assert!(!h.engines.contains_key("p2"));
+        assert!(
+            out.state.iter().any(|s| s.device_id == "patient:p2"),
+            "the removed patient's engine state is written with the change"
+        );
+    }
+
+    #[test]
+    fn an_engine_that_cannot_follow_says_so() {
+        let slot = ReconfigureSlot::default();
+        let mut h = hook(CONFIG, &slot);
+        // Not a config `Config::problems` lets through; the engine's own check is the net.
+        let mut c = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        c.patients[1].id = "9434765919".into();
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        *slot.lock().unwrap() = Some(Reconfigure {
+            config: c,
+            saved: HashMap::new(),
+            done,
+        });
+        h.on_tick(OffsetDateTime::now_utc(), 0);
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert!(!e.contains("9434765919"), "{e}");
     }
 }

@@ -39,6 +39,7 @@ use crate::transport::{LinkState, Source};
 
 /// Starts one task per configured device on `tracker`, each registered in `registry` and
 /// stopped by `token`. `cursors`: committed offsets of followed files, by device id.
+/// Returns each started device's binding (BLE devices are served by `spawn_ble`).
 pub fn spawn_all(
     config: &Config,
     ingest: &IngestHandle,
@@ -46,30 +47,83 @@ pub fn spawn_all(
     cursors: &HashMap<String, Option<u64>>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> Vec<(String, SharedBinding)> {
+    let mut bindings = Vec::new();
     for d in &config.devices {
-        let expected = d.expected_interval_s.map(Duration::from_secs);
-        registry.add(&d.id, &d.patient, &d.driver, expected);
-        if d.is_ble() {
-            continue; // the BLE central serves these (see `spawn_ble`)
-        }
-        let nhs = config
-            .patient(&d.patient)
-            .and_then(|p| p.nhs_number.clone())
-            .map(Arc::from);
-        let ctx = DeviceCtx {
-            cfg: d.clone(),
-            devices_dirs: config.gateway.devices_dirs.clone(),
-            device_id: Arc::from(d.id.as_str()),
-            patient_id: Arc::from(d.patient.as_str()),
-            nhs_number: nhs,
-            ingest: ingest.clone(),
-            registry: registry.clone(),
-            token: token.clone(),
-        };
         let resume = cursors.get(&d.id).copied().flatten();
-        tracker.spawn(run_device(ctx, resume));
+        if let Some(b) = spawn_one(config, d, ingest, registry, resume, token, tracker) {
+            bindings.push((d.id.clone(), b));
+        }
     }
+    bindings
+}
+
+/// Who a device's readings belong to. Shared with the device's task and read for every
+/// frame, so a rebind applied live (`daemon::live_apply`) takes effect at the next frame
+/// without touching the device's connection. `Debug` is written by hand: it masks the NHS
+/// Number (see [`crate::redact::MaskedNhs`]).
+#[derive(Clone, PartialEq)]
+pub struct Binding {
+    pub patient_id: Arc<str>,
+    pub nhs_number: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding")
+            .field("patient_id", &self.patient_id)
+            .field(
+                "nhs_number",
+                &crate::redact::MaskedNhs(self.nhs_number.as_deref()),
+            )
+            .finish()
+    }
+}
+
+/// A device's binding as its task sees it.
+pub type SharedBinding = Arc<std::sync::RwLock<Binding>>;
+
+impl Binding {
+    /// `d`'s binding under `config` (its patient and that patient's NHS Number).
+    pub fn of(config: &Config, d: &DeviceConfig) -> Binding {
+        Binding {
+            patient_id: Arc::from(d.patient.as_str()),
+            nhs_number: config
+                .patient(&d.patient)
+                .and_then(|p| p.nhs_number.clone())
+                .map(Arc::from),
+        }
+    }
+}
+
+/// Starts one device's task (registered in `registry`, stopped by `token`); `None` for a BLE
+/// device (the BLE central serves those).
+pub fn spawn_one(
+    config: &Config,
+    d: &DeviceConfig,
+    ingest: &IngestHandle,
+    registry: &Registry,
+    resume: Option<u64>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Option<SharedBinding> {
+    let expected = d.expected_interval_s.map(Duration::from_secs);
+    registry.add(&d.id, &d.patient, &d.driver, expected);
+    if d.is_ble() {
+        return None;
+    }
+    let binding = Arc::new(std::sync::RwLock::new(Binding::of(config, d)));
+    let ctx = DeviceCtx {
+        cfg: d.clone(),
+        devices_dirs: config.gateway.devices_dirs.clone(),
+        device_id: Arc::from(d.id.as_str()),
+        binding: binding.clone(),
+        ingest: ingest.clone(),
+        registry: registry.clone(),
+        token: token.clone(),
+    };
+    tracker.spawn(run_device(ctx, resume));
+    Some(binding)
 }
 
 /// Where a device's decoder comes from.
@@ -188,8 +242,7 @@ struct DeviceCtx {
     cfg: DeviceConfig,
     devices_dirs: Vec<PathBuf>,
     device_id: Arc<str>,
-    patient_id: Arc<str>,
-    nhs_number: Option<Arc<str>>,
+    binding: SharedBinding,
     ingest: IngestHandle,
     registry: Registry,
     token: CancellationToken,
@@ -201,10 +254,15 @@ impl DeviceCtx {
         readings: Vec<crate::reading::Reading>,
         cursor: Option<(String, String)>,
     ) -> Frame {
+        let binding = self
+            .binding
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Frame {
             device_id: self.device_id.clone(),
-            patient_id: self.patient_id.clone(),
-            nhs_number: self.nhs_number.clone(),
+            patient_id: binding.patient_id,
+            nhs_number: binding.nhs_number,
             readings,
             received_at: OffsetDateTime::now_utc(),
             clock_synced: clock_synced(),

@@ -77,6 +77,8 @@ pub struct RunOptions {
     pub hl7: Option<Arc<hl7::Hl7Shared>>,
     /// Where readings' times come from (`crate::clock`); `None`: the system's clocks.
     pub clock: Option<Arc<dyn crate::clock::ClockSource>>,
+    /// Configuration changes applied live, as a diff (`live_apply.rs`); `None`: none come.
+    pub live_changes: Option<tokio::sync::mpsc::Receiver<live_apply::LiveChange>>,
 }
 
 /// Calls several hooks in order.
@@ -251,6 +253,7 @@ pub async fn run(
         .seed(&config, &saved, OffsetDateTime::now_utc());
     let ble_devices = devices::ble_devices(&config);
     let ble_seqs = crate::transport::ble::load_last_seqs(&outbox, &ble_devices);
+    let alerts_slot = alerting::ReconfigureSlot::default();
     let alert_hook = alerting::AlertHook::new(
         &config,
         gateway_id.clone(),
@@ -259,7 +262,8 @@ pub async fn run(
         OffsetDateTime::now_utc(),
     )
     .map_err(|e| DaemonError::Alerts(format!("alert configuration: {e}")))?
-    .with_audit(audit.clone());
+    .with_audit(audit.clone())
+    .with_reconfigure(alerts_slot.clone());
     let heartbeat = systemd::Heartbeat::new(); // the writer's liveness, for the watchdog
     let mut hooks: Vec<Box<dyn CommitHook>> = vec![
         Box::new(crate::live::Tap::new(Box::new(alert_hook), live.clinical())),
@@ -293,14 +297,19 @@ pub async fn run(
     let registry = Registry::default();
     let devices_token = shutdown.child_token();
     let tracker = TaskTracker::new();
-    devices::spawn_all(
-        &config,
-        &ingest,
-        &registry,
-        &cursors,
-        &devices_token,
-        &tracker,
-    );
+    let (retention_days, mut retention_changed) =
+        tokio::sync::watch::channel(config.store.retention_days);
+    let applier = live_apply::Applier {
+        config: config.clone(),
+        ingest: ingest.clone(),
+        registry: registry.clone(),
+        tracker: tracker.clone(),
+        devices_token: devices_token.clone(),
+        outbox: Outbox::open_secondary(&outbox_path, &master)?,
+        alerts: alerts_slot,
+        retention_days,
+    };
+    tracker.spawn(applier.run(cursors, opts.live_changes.take()));
     devices::spawn_ble(
         &config,
         ble_devices,
@@ -368,12 +377,13 @@ pub async fn run(
     {
         let path = outbox_path.clone();
         let audit = audit.clone();
-        let days = config.store.retention_days;
         let secondary = Outbox::open_secondary(&path, &master)?;
         let token = retention_token.clone();
         tracker.spawn(async move {
             let secondary = Arc::new(std::sync::Mutex::new(secondary));
             loop {
+                // A live change (live_apply.rs) wakes it to purge under the new retention.
+                let days = *retention_changed.borrow_and_update();
                 // Checked: a cut-off before the earliest date means nothing is purged, never a panic.
                 let cutoff = OffsetDateTime::now_utc()
                     .checked_sub(time::Duration::days(i64::from(days)))
@@ -389,6 +399,7 @@ pub async fn run(
                 tokio::select! {
                     _ = token.cancelled() => break,
                     _ = tokio::time::sleep(RETENTION_EVERY) => {}
+                    Ok(()) = retention_changed.changed() => {}
                 }
             }
         });
@@ -573,6 +584,7 @@ pub mod devices;
 pub mod hl7;
 pub mod instance_lock;
 pub mod key_housekeeping;
+pub mod live_apply;
 pub mod publish;
 pub mod supervisor;
 pub mod systemd;

@@ -4,9 +4,16 @@
 //!   with every problem, audited) and the running configuration stays.
 //! - If it is valid and unchanged, only certificates and keys are re-read (the uplink
 //!   reconnects with them; nothing beyond its in-flight window is re-sent).
-//! - If it changed, the pipeline is stopped at a safe point (devices stop, ingest commits
+//! - If it changed only in what can change live (devices, bindings, patients, alert rules,
+//!   retention, log level; see [`super::live_apply`]), the change is applied as a diff inside
+//!   the running pipeline: untouched devices keep their connections.
+//! - Otherwise the pipeline is stopped at a safe point (devices stop, ingest commits
 //!   what it holds, the uplink closes cleanly) and started again with the new config; the
 //!   outbox, alert state and file offsets carry over because they live in the outbox.
+//! - A pipeline that refuses to start under a new config (`run` returns an error) never
+//!   becomes a crash loop: the supervisor goes back to the last config that ran (at start, the
+//!   local config without the fleet overlay), audits `config_fallback`, and the agent reports
+//!   the document `rejected` (`failed_to_start`).
 //! - A fleet configuration document accepted by the agent ([`crate::fleet::agent`]) arrives
 //!   as an [`ApplyRequest`] and takes the same path as a changed config; the agent is told
 //!   once the new pipeline runs. The effective config is always the local file with the
@@ -19,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::live_apply::{self, LiveChange};
 use super::{run, DaemonError, RunOptions};
 use crate::audit::AuditLog;
 use crate::config::{Config, ConfigError, Problem};
@@ -56,10 +64,18 @@ pub async fn serve(
             &master,
             audit.clone(),
         ))),
+        master: Arc::new(master.duplicate()),
     };
     let fleet = agent::start(local, controls, &shutdown);
     let mut config = fleet.effective;
     let view = fleet.view;
+    let start_failed = fleet.start_failed;
+    note_log_level(&config, &audit);
+    // The last config a pipeline came up with (or was changed to live): what a generation that
+    // refuses to start goes back to.
+    // With it, the local config it was built from (restored too: a SIGHUP'd local file that
+    // made `run` refuse must not come back under the next fleet document).
+    let good: Arc<Mutex<Option<Good>>> = Arc::default();
     let applies = Arc::new(tokio::sync::Mutex::new(fleet.apply));
     // The agent's request waiting for the next generation to be up.
     let pending: Arc<Mutex<Option<Done>>> = Arc::default();
@@ -71,6 +87,7 @@ pub async fn serve(
         }
         let generation = shutdown.child_token();
         let next: Arc<Mutex<Option<Config>>> = Arc::default();
+        let (live_tx, live_rx) = tokio::sync::mpsc::channel(1);
         let watcher = {
             let (path, reload, certs, next, generation) = (
                 path.clone(),
@@ -80,12 +97,14 @@ pub async fn serve(
                 generation.clone(),
             );
             let (view, applies, pending) = (view.clone(), applies.clone(), pending.clone());
-            let current = config.clone();
+            let mut current = config.clone();
             let audit = audit.clone();
+            let good = good.clone();
             tokio::spawn(async move {
                 let mut applies = applies.lock().await;
                 let mut agent_alive = true;
                 loop {
+                    let mut from_fleet = None;
                     tokio::select! {
                         _ = generation.cancelled() => return,
                         _ = reload.notified() => {}
@@ -98,51 +117,54 @@ pub async fn serve(
                                 let _ = done.send(Ok(()));
                                 continue;
                             }
-                            tracing::info!("fleet configuration accepted; restarting the pipeline at a safe point");
-                            for (event, details) in
-                                crate::audit::events::config_changes(&current, &new)
-                            {
-                                audit.note(event, details);
+                            from_fleet = Some((new, done));
+                        }
+                    }
+                    let new = match from_fleet {
+                        Some((new, done)) => {
+                            tracing::info!("fleet configuration accepted; applying it");
+                            audit_changes(&audit, &current, &new);
+                            if apply_live(&live_tx, &current, &new).await {
+                                note_log_level(&new, &audit);
+                                *good.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(Good::now(&new, &view));
+                                current = new;
+                                let _ = done.send(Ok(()));
+                                continue;
                             }
+                            tracing::info!("restarting the pipeline at a safe point for the fleet configuration");
                             *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
                             *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
                             generation.cancel();
                             return;
                         }
-                    }
-                    let loaded = Config::load_and_check(&path, None).and_then(|local| {
-                        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        let effective = v.effective_for(&local).map_err(|why| ConfigError {
-                            file: path.clone(),
-                            problems: vec![Problem::new("fleet", why)],
-                        })?;
-                        view.lock().unwrap_or_else(|p| p.into_inner()).local = local;
-                        Ok(effective)
-                    });
-                    match loaded {
-                        Err(e) => {
-                            tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
-                            audit.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>()}));
-                        }
-                        Ok(new) if new == current => {
-                            tracing::info!("config unchanged; reloading certificates and keys");
-                            certs.notify_one();
-                        }
-                        Ok(new) => {
-                            tracing::info!(
-                                "config changed; restarting the pipeline at a safe point"
-                            );
-                            audit.note("config_applied", serde_json::json!({"file": path}));
-                            for (event, details) in
-                                crate::audit::events::config_changes(&current, &new)
-                            {
-                                audit.note(event, details);
+                        None => match reload_local(&path, &view) {
+                            Err(e) => {
+                                tracing::error!(config = %path.display(), problems = %e, "reload refused: the new config is invalid; keeping the running one");
+                                audit.note("config_reload_refused", serde_json::json!({"file": path, "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>()}));
+                                continue;
                             }
-                            *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
-                            generation.cancel();
-                            return;
-                        }
+                            Ok(new) if new == current => {
+                                tracing::info!("config unchanged; reloading certificates and keys");
+                                certs.notify_one();
+                                continue;
+                            }
+                            Ok(new) => new,
+                        },
+                    };
+                    audit.note("config_applied", serde_json::json!({"file": path}));
+                    audit_changes(&audit, &current, &new);
+                    if apply_live(&live_tx, &current, &new).await {
+                        note_log_level(&new, &audit);
+                        *good.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Good::now(&new, &view));
+                        current = new;
+                        continue;
                     }
+                    tracing::info!("config changed; restarting the pipeline at a safe point");
+                    *next.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
+                    generation.cancel();
+                    return;
                 }
             })
         };
@@ -154,13 +176,19 @@ pub async fn serve(
             process_shutdown: Some(shutdown.clone()),
             audit: Some(audit.clone()),
             hl7: Some(hl7.clone()),
+            live_changes: Some(live_rx),
             ..Default::default()
         };
         {
             let first = ready.take();
             let pending = pending.clone();
+            // The local config this generation's config was built from, taken now: a SIGHUP
+            // may replace the view's before the pipeline is up.
+            let up = Good::now(&config, &view);
+            let good = good.clone();
             tokio::spawn(async move {
                 if rx.await.is_ok() {
+                    *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
                     if let Some(ready) = first {
                         let _ = ready.send(());
                     }
@@ -170,11 +198,48 @@ pub async fn serve(
                 }
             });
         }
+        note_log_level(&config, &audit);
         let result = run(config.clone(), master.duplicate(), generation.clone(), opts).await;
         generation.cancel();
         let _ = watcher.await;
-        if result.is_err() || shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             break result;
+        }
+        if let Err(e) = &result {
+            // Never a crash loop: back to the last config that ran; at start (none ran yet),
+            // the local config without the fleet overlay.
+            let last_good = good.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let first_start = last_good.is_none();
+            let fallback = match last_good {
+                Some(g) => {
+                    view.lock().unwrap_or_else(|p| p.into_inner()).local = g.local;
+                    g.effective
+                }
+                None => view.lock().unwrap_or_else(|p| p.into_inner()).local.clone(),
+            };
+            if fallback == config {
+                break result;
+            }
+            let why = crate::redact::scrub(&e.to_string()).into_owned();
+            tracing::error!(error = %why, "the pipeline refused to start under the new configuration; going back to the last good one");
+            audit.note(
+                "config_fallback",
+                serde_json::json!({"error": why, "to": if first_start { "local configuration" } else { "last good configuration" }}),
+            );
+            let done = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match done {
+                Some(done) => {
+                    let _ = done.send(Err(why));
+                }
+                None if first_start => {
+                    view.lock().unwrap_or_else(|p| p.into_inner()).overlay = None;
+                    let _ = start_failed.try_send(why);
+                }
+                None => {}
+            }
+            next.lock().unwrap_or_else(|p| p.into_inner()).take();
+            config = fallback;
+            continue;
         }
         let new = next.lock().unwrap_or_else(|p| p.into_inner()).take();
         match new {
@@ -189,4 +254,78 @@ pub async fn serve(
     audit.note("daemon_stopped", stopped);
     audit.detach();
     result
+}
+
+/// A config a pipeline ran under, and the local config it was built from.
+#[derive(Clone)]
+struct Good {
+    effective: Config,
+    local: Config,
+}
+
+impl Good {
+    fn now(effective: &Config, view: &Mutex<agent::FleetView>) -> Good {
+        Good {
+            effective: effective.clone(),
+            local: view.lock().unwrap_or_else(|p| p.into_inner()).local.clone(),
+        }
+    }
+}
+
+/// Audits what changed between two effective configs.
+fn audit_changes(audit: &AuditLog, current: &Config, new: &Config) {
+    for (event, details) in crate::audit::events::config_changes(current, new) {
+        audit.note(event, details);
+    }
+}
+
+/// The local config file reloaded (SIGHUP), with the fleet overlay in force laid over it.
+fn reload_local(
+    path: &std::path::Path,
+    view: &Mutex<agent::FleetView>,
+) -> Result<Config, ConfigError> {
+    let local = Config::load_and_check(path, None)?;
+    let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let effective = v.effective_for(&local).map_err(|why| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem::new("fleet", why)],
+    })?;
+    view.lock().unwrap_or_else(|p| p.into_inner()).local = local;
+    Ok(effective)
+}
+
+/// Applies `new` inside the running pipeline when only live parts changed; `false`: the
+/// pipeline must restart for it (or the live apply did not complete).
+async fn apply_live(
+    live: &tokio::sync::mpsc::Sender<LiveChange>,
+    current: &Config,
+    new: &Config,
+) -> bool {
+    if live_apply::plan(current, new).is_none() {
+        return false;
+    }
+    let (done, applied) = oneshot::channel();
+    let change = LiveChange {
+        config: new.clone(),
+        done,
+    };
+    if live.send(change).await.is_err() {
+        return false;
+    }
+    match applied.await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "live apply incomplete; restarting the pipeline instead");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Applies the config's log level to the running subscriber; a change is logged and audited.
+fn note_log_level(config: &Config, audit: &AuditLog) {
+    if let Some(level) = crate::logging::apply(&config.logging) {
+        tracing::info!(%level, "log level changed");
+        audit.note("log_level_changed", serde_json::json!({"level": level}));
+    }
 }

@@ -84,6 +84,8 @@ pub struct Agent {
     /// Notified by `restart-uplink` (the publisher reloads its TLS files and reconnects).
     restart_uplink: Arc<Notify>,
     keys: Option<Arc<crate::keyops::Live>>,
+    /// Seals the stored document.
+    master: Arc<crate::store::MasterKey>,
 }
 
 /// What the agent can make the daemon do for a command.
@@ -95,6 +97,8 @@ pub struct Controls {
     pub audit: Arc<AuditLog>,
     /// Runs `rotate-key` and `erase-patient` (`crate::keyops::Live`).
     pub keys: Option<Arc<crate::keyops::Live>>,
+    /// Seals the stored document (`fleet-applied.json`, see `state.rs`).
+    pub master: Arc<crate::store::MasterKey>,
 }
 
 impl Agent {
@@ -129,6 +133,7 @@ impl Agent {
             restart_uplink: controls.restart_uplink,
             audit: controls.audit,
             keys: controls.keys,
+            master: controls.master,
         }
     }
 
@@ -138,11 +143,19 @@ impl Agent {
         mut inbound: mpsc::Receiver<Inbound>,
         outbound: mpsc::Sender<Outbound>,
         shutdown: CancellationToken,
+        mut start_failed: mpsc::Receiver<String>,
     ) {
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = inbound.recv() => match m { Some(m) => m, None => return },
+                Some(why) = start_failed.recv() => {
+                    let report = self.failed_to_start(&why);
+                    if outbound.send(Outbound::Reported(report.to_json())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let out = match msg {
                 Inbound::Connected { gateway } => {
@@ -213,10 +226,12 @@ impl Agent {
         };
         // fsync off the runtime's worker threads (the publisher shares them).
         let saved = {
-            let (dir, a) = (self.state_dir.clone(), applied.clone());
-            tokio::task::spawn_blocking(move || state::save(&dir, &a).map_err(|e| e.to_string()))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
+            let (dir, a, key) = (self.state_dir.clone(), applied.clone(), self.master.clone());
+            tokio::task::spawn_blocking(move || {
+                state::save(&dir, &a, &key).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
         };
         if let Err(e) = saved {
             let r = Rejected {
@@ -228,11 +243,11 @@ impl Agent {
             return Some(self.refuse(&r, running_version));
         }
         let overlay = Overlay::parse(&accepted.payload.overlay).ok();
-        {
+        let previous_overlay = {
             let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
             v.applied = Some(applied.clone());
-            v.overlay = overlay;
-        }
+            std::mem::replace(&mut v.overlay, overlay)
+        };
         self.audit.note(
             "fleet_config_applied",
             serde_json::json!({
@@ -262,8 +277,11 @@ impl Agent {
                 Some(report)
             }
             Ok(Err(e)) => {
-                warn!(error = %e, "fleet configuration stored but not running");
-                None
+                // The supervisor went back to the configuration that ran; so does the view
+                // (a SIGHUP lays the old overlay again). The stored version stays the
+                // high-water mark: the same document is not tried again.
+                self.view.lock().unwrap_or_else(|p| p.into_inner()).overlay = previous_overlay;
+                Some(self.failed_to_start(&e))
             }
             Err(_) => None,
         }
@@ -410,6 +428,25 @@ impl Agent {
         report
     }
 
+    /// The stored document's pipeline refused to start (`why`); the hub runs the last good
+    /// configuration: audited and reported `rejected` with `failed_to_start`.
+    fn failed_to_start(&mut self, why: &str) -> Report {
+        let stored = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .applied
+            .clone();
+        let r = Rejected {
+            reason: Rejection::FailedToStart(why.to_owned()),
+            version: stored.as_ref().map(|a| a.version),
+            sha256: stored.as_ref().map(|a| a.sha256.clone()),
+            key_id: stored.as_ref().map(|a| a.key_id.clone()),
+        };
+        let (running, _) = self.running();
+        self.refuse(&r, running)
+    }
+
     /// Keeps `report` for re-publishing and for `vitalgate status` (`fleet-reported.json`).
     fn remember(&mut self, report: &Report) {
         if let Err(e) = write_atomic(&self.state_dir.join(REPORT_FILE), &report.to_json()) {
@@ -426,6 +463,9 @@ pub struct Started {
     pub view: Arc<Mutex<FleetView>>,
     /// Apply requests from the agent; closed when no agent runs.
     pub apply: mpsc::Receiver<ApplyRequest>,
+    /// Tells the agent that the stored overlay's pipeline refused to start at this start
+    /// (the supervisor runs the local config instead): reported and audited.
+    pub start_failed: mpsc::Sender<String>,
 }
 
 /// Lays the stored document over `local` and, when `[fleet] trusted_keys` and `[uplink]` are
@@ -448,7 +488,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
             .mode(0o700)
             .create(&state_dir);
     }
-    let at = match state::at_start(local.clone(), &trusted) {
+    let at = match state::at_start(local.clone(), &trusted, &controls.master) {
         Ok(at) => at,
         Err(e) => {
             // Only a failing disk gets here (the file is replaced by rename): set it aside,
@@ -488,6 +528,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
         overlay,
     }));
     let (apply_tx, apply_rx) = mpsc::channel(1);
+    let (failed_tx, failed_rx) = mpsc::channel(1);
     let gateway = local.gateway_id();
     match (&local.uplink, trusted.is_empty(), gateway) {
         (Some(up), false, Ok(gateway)) => {
@@ -509,7 +550,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
                 apply_tx,
                 controls,
             );
-            tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone()));
+            tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone(), failed_rx));
         }
         (None, false, _) => {
             tracing::warn!(
@@ -525,6 +566,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
         effective: at.config,
         view,
         apply: apply_rx,
+        start_failed: failed_tx,
     }
 }
 
@@ -555,7 +597,7 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 
 /// The `fleet` part of `vitalgate status`: the document in force and the last report.
 pub fn status_json(state_dir: &std::path::Path) -> serde_json::Value {
-    let applied = state::load(state_dir).ok().flatten().map(|a| {
+    let applied = state::load_meta(state_dir).ok().flatten().map(|a| {
         serde_json::json!({"version": a.version, "sha256": a.sha256, "key_id": a.key_id,
             "applied_at": crate::status::rfc3339(a.applied_at)})
     });

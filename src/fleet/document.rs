@@ -72,6 +72,10 @@ pub enum Rejection {
     /// Valid, but it could not be persisted (the hub keeps the running config).
     #[error("the document could not be stored: {0}")]
     Storage(String),
+    /// Valid and stored, but the pipeline refused to start under it: the hub went back to
+    /// the last configuration that ran (`daemon::supervisor`, never a crash loop).
+    #[error("the pipeline did not start under it, so the last good configuration runs: {0}")]
+    FailedToStart(String),
 }
 
 impl Rejection {
@@ -91,6 +95,7 @@ impl Rejection {
             Rejection::LocalOnly(_) => "local_only_key",
             Rejection::Invalid(_) => "invalid",
             Rejection::Storage(_) => "storage_failed",
+            Rejection::FailedToStart(_) => "failed_to_start",
         }
     }
 

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod overlay;
 pub mod replay;
 pub mod report;
+pub mod seal;
 pub mod state;
 pub mod watch;
 

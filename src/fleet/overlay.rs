@@ -25,12 +25,13 @@ const FLEET_SETTABLE: &[&str] = &[
     "device",
     "store.retention_days",
     "status.telemetry_interval_s",
+    "logging.level",
 ];
 
 /// The local config's sections: a key under one of these that is not fleet-settable is a
 /// local-only key (refused by name), anything else is unknown (refused as invalid).
 const LOCAL_SECTIONS: &[&str] = &[
-    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet", "status",
+    "gateway", "store", "ingest", "uplink", "alerts", "ble", "fleet", "status", "logging",
 ];
 
 /// An overlay, parsed and checked for local-only keys (not yet validated against a config).
@@ -45,6 +46,9 @@ pub struct Overlay {
     pub store: Option<StoreOverlay>,
     #[serde(default)]
     pub status: Option<StatusOverlay>,
+    /// `[logging] level` (the log filter, applied live).
+    #[serde(default)]
+    pub logging: Option<crate::logging::LoggingConfig>,
 }
 
 /// The fleet-settable part of `[status]`: how often the status telemetry is published.
@@ -111,6 +115,9 @@ impl Overlay {
         }
         if let Some(s) = self.status.as_ref().and_then(|s| s.telemetry_interval_s) {
             c.status.telemetry_interval_s = s;
+        }
+        if let Some(level) = self.logging.as_ref().and_then(|l| l.level.clone()) {
+            c.logging.level = Some(level);
         }
         c
     }
@@ -281,6 +288,21 @@ mod tests {
             Overlay::parse("[status]\nbacklog_max_age_s = 60\n").unwrap_err(),
             OverlayError::LocalOnly(vec!["status.backlog_max_age_s".into()])
         );
+    }
+
+    #[test]
+    fn log_level_is_fleet_settable_and_checked() {
+        let o = Overlay::parse("[logging]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(
+            o.effective(&local()).unwrap().logging.level.as_deref(),
+            Some("debug")
+        );
+        let bad = Overlay::parse("[logging]\nlevel = \"vitalgate=loudest\"\n").unwrap();
+        assert!(bad
+            .effective(&local())
+            .unwrap_err()
+            .to_string()
+            .contains("logging.level"));
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! the effective config after a restart is the old or the new one. The version in it is the
 //! high-water mark that refuses a replayed or older document across restarts.
 //!
+//! The document is sealed (`seal.rs`: AES-256-GCM under the master key, the file name as
+//! associated data), since its overlay may hold NHS Numbers; its version, hash, key id and
+//! time stay in clear beside it, so `vitalgate status` reads them without the key and the
+//! high-water mark survives even a document that can no longer be opened. A file written by
+//! an earlier version (the document in clear) is read, and sealed at the next start.
+//!
 //! At start the stored document is verified again under the keys trusted now (a key removed
 //! from `[fleet] trusted_keys` takes its overlay with it) and validated against the local
 //! config as it is now; if either fails the hub runs the local config alone, says why, and
@@ -22,7 +28,9 @@ use super::document::ConfigPayload;
 use super::jws::{self, TYPE_CONFIG};
 use super::keys::PublicKey;
 use super::overlay::Overlay;
+use super::seal::{self, Sealed};
 use crate::config::Config;
+use crate::store::MasterKey;
 
 pub const STATE_FILE: &str = "fleet-applied.json";
 const TMP_FILE: &str = ".fleet-applied.json.tmp";
@@ -41,6 +49,48 @@ pub struct Applied {
     pub document: String,
 }
 
+/// `fleet-applied.json` as stored: the metadata in clear, the document sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDisk {
+    version: u64,
+    sha256: String,
+    key_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    applied_at: OffsetDateTime,
+    /// Written by earlier versions only (sealed at the next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    document: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
+}
+
+impl OnDisk {
+    /// The stored document, opened; `Err` says why it cannot be (the metadata still holds).
+    fn open(self, master: &MasterKey) -> (Applied, Result<(), String>, bool) {
+        let (document, opened, clear) = match (&self.sealed, self.document) {
+            (Some(s), _) => match seal::open(master, STATE_FILE, s) {
+                Ok(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), Ok(()), false),
+                Err(e) => (String::new(), Err(e.to_string()), false),
+            },
+            (None, Some(d)) => (d, Ok(()), true),
+            (None, None) => (
+                String::new(),
+                Err("the file holds no document".into()),
+                false,
+            ),
+        };
+        let applied = Applied {
+            version: self.version,
+            sha256: self.sha256,
+            key_id: self.key_id,
+            applied_at: self.applied_at,
+            document,
+        };
+        (applied, opened, clear)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: {source}")]
@@ -52,8 +102,7 @@ pub enum StateError {
     Corrupt { path: PathBuf, why: String },
 }
 
-/// Reads the applied document, if any.
-pub fn load(state_dir: &Path) -> Result<Option<Applied>, StateError> {
+fn read(state_dir: &Path) -> Result<Option<OnDisk>, StateError> {
     let path = state_dir.join(STATE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -64,19 +113,60 @@ pub fn load(state_dir: &Path) -> Result<Option<Applied>, StateError> {
         .map(Some)
         .map_err(|e| StateError::Corrupt {
             path,
-            why: e.to_string(),
+            why: super::redact(&e.to_string()),
         })
 }
 
-/// Persists `applied` atomically (temporary file, fsync, rename, fsync of the directory).
-pub fn save(state_dir: &Path, applied: &Applied) -> Result<(), StateError> {
+/// The applied document's version, hash, key id and time (read without the key; the
+/// `document` is left empty): for `vitalgate status` and the high-water mark.
+pub fn load_meta(state_dir: &Path) -> Result<Option<Applied>, StateError> {
+    Ok(read(state_dir)?.map(|d| Applied {
+        version: d.version,
+        sha256: d.sha256,
+        key_id: d.key_id,
+        applied_at: d.applied_at,
+        document: String::new(),
+    }))
+}
+
+/// Reads the applied document, if any, opened with `master`.
+pub fn load(state_dir: &Path, master: &MasterKey) -> Result<Option<Applied>, StateError> {
+    let Some(d) = read(state_dir)? else {
+        return Ok(None);
+    };
+    match d.open(master) {
+        (a, Ok(()), _) => Ok(Some(a)),
+        (_, Err(why), _) => Err(StateError::Corrupt {
+            path: state_dir.join(STATE_FILE),
+            why,
+        }),
+    }
+}
+
+/// Persists `applied` atomically (temporary file, fsync, rename, fsync of the directory),
+/// its document sealed under `master`.
+pub fn save(state_dir: &Path, applied: &Applied, master: &MasterKey) -> Result<(), StateError> {
     let tmp = state_dir.join(TMP_FILE);
     let path = state_dir.join(STATE_FILE);
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| StateError::Io { path: p, source }
     };
-    let json = serde_json::to_vec_pretty(applied).map_err(|e| StateError::Io {
+    let sealed = seal::seal(master, STATE_FILE, applied.document.as_bytes()).map_err(|e| {
+        StateError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    let disk = OnDisk {
+        version: applied.version,
+        sha256: applied.sha256.clone(),
+        key_id: applied.key_id.clone(),
+        applied_at: applied.applied_at,
+        document: None,
+        sealed: Some(sealed),
+    };
+    let json = serde_json::to_vec_pretty(&disk).map_err(|e| StateError::Io {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
@@ -114,18 +204,33 @@ impl AtStart {
     }
 }
 
-/// The effective config from `local` and the stored document.
-pub fn at_start(local: Config, trusted: &[PublicKey]) -> Result<AtStart, StateError> {
-    let applied = load(&local.gateway.state_dir)?;
-    let Some(a) = applied else {
+/// The effective config from `local` and the stored document (opened with `master`; a
+/// document left in clear by an earlier version is sealed now).
+pub fn at_start(
+    local: Config,
+    trusted: &[PublicKey],
+    master: &MasterKey,
+) -> Result<AtStart, StateError> {
+    let Some(disk) = read(&local.gateway.state_dir)? else {
         return Ok(AtStart {
             config: local,
             applied: None,
             dropped: None,
         });
     };
-    let effective = jws::verify(a.document.as_bytes(), TYPE_CONFIG, trusted)
-        .map_err(|e| e.to_string())
+    let (a, opened, clear) = disk.open(master);
+    if clear {
+        match save(&local.gateway.state_dir, &a, master) {
+            Ok(()) => tracing::info!(
+                "fleet: the stored document was kept in clear by an earlier version; sealed now"
+            ),
+            Err(e) => tracing::error!(error = %e, "fleet: cannot seal the stored document"),
+        }
+    }
+    let effective = opened
+        .and_then(|()| {
+            jws::verify(a.document.as_bytes(), TYPE_CONFIG, trusted).map_err(|e| e.to_string())
+        })
         .and_then(|v| {
             serde_json::from_slice::<ConfigPayload>(&v.payload).map_err(|e| e.to_string())
         })
@@ -180,14 +285,75 @@ mod tests {
         SigningKey::load(&keys::generate(&dir.join("k")).unwrap().private_key).unwrap()
     }
 
+    /// One master key per test process (the tests seal and open with it).
+    fn master() -> MasterKey {
+        static KEY: std::sync::OnceLock<MasterKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| MasterKey::ephemeral().unwrap())
+            .duplicate()
+    }
+
+    #[test]
+    fn stored_file_holds_no_nhs_number_in_clear_and_opens_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(dir.path());
+        let o = "[[patient]]\nid = \"p1\"\nnhs_number = \"9434765919\"\n";
+        let a = applied(&k, o);
+        save(dir.path(), &a, &master()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        // The JWS payload is base64url of JSON holding the overlay: look for both forms.
+        assert!(
+            !text.contains("9434765919") && !text.contains(&a.document),
+            "{text}"
+        );
+        assert_eq!(load(dir.path(), &master()).unwrap().unwrap(), a);
+        assert_eq!(load_meta(dir.path()).unwrap().unwrap().version, 9);
+    }
+
+    #[test]
+    fn clear_file_of_an_earlier_version_is_read_and_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(dir.path());
+        let a = applied(&k, OVERLAY);
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&serde_json::json!({"version": 9, "sha256": "x",
+                "key_id": a.key_id, "applied_at": "2026-12-01T12:00:00Z", "document": a.document}))
+            .unwrap(),
+        )
+        .unwrap();
+        let s = at_start(local(dir.path()), &[k.public().clone()], &master()).unwrap();
+        assert_eq!(s.config.store.retention_days, 30);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(
+            text.contains("\"sealed\"") && !text.contains(&a.document),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn document_sealed_under_another_key_is_dropped_but_its_version_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(dir.path());
+        save(
+            dir.path(),
+            &applied(&k, OVERLAY),
+            &MasterKey::ephemeral().unwrap(),
+        )
+        .unwrap();
+        let s = at_start(local(dir.path()), &[k.public().clone()], &master()).unwrap();
+        assert_eq!(s.version(), 9);
+        assert!(s.dropped.unwrap().contains("authentication"));
+        assert_eq!(s.config.store.retention_days, 7);
+    }
+
     const OVERLAY: &str = "[store]\nretention_days = 30\n";
 
     #[test]
     fn saved_document_is_in_force_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(dir.path());
-        save(dir.path(), &applied(&k, OVERLAY)).unwrap();
-        let s = at_start(local(dir.path()), &[k.public().clone()]).unwrap();
+        save(dir.path(), &applied(&k, OVERLAY), &master()).unwrap();
+        let s = at_start(local(dir.path()), &[k.public().clone()], &master()).unwrap();
         assert_eq!(s.config.store.retention_days, 30);
         assert_eq!(s.version(), 9);
         assert_eq!(s.dropped, None);
@@ -198,7 +364,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let k = key(dir.path());
-        save(dir.path(), &applied(&k, OVERLAY)).unwrap();
+        save(dir.path(), &applied(&k, OVERLAY), &master()).unwrap();
         let mode = std::fs::metadata(dir.path().join(STATE_FILE))
             .unwrap()
             .permissions()
@@ -209,7 +375,7 @@ mod tests {
     #[test]
     fn no_state_means_local_config_and_version_zero() {
         let dir = tempfile::tempdir().unwrap();
-        let s = at_start(local(dir.path()), &[]).unwrap();
+        let s = at_start(local(dir.path()), &[], &master()).unwrap();
         assert_eq!(s.version(), 0);
         assert_eq!(s.config, local(dir.path()));
     }
@@ -218,8 +384,8 @@ mod tests {
     fn overlay_signed_by_a_key_no_longer_trusted_is_dropped_but_its_version_stays() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(dir.path());
-        save(dir.path(), &applied(&k, OVERLAY)).unwrap();
-        let s = at_start(local(dir.path()), &[]).unwrap();
+        save(dir.path(), &applied(&k, OVERLAY), &master()).unwrap();
+        let s = at_start(local(dir.path()), &[], &master()).unwrap();
         assert_eq!(s.config.store.retention_days, 7);
         assert_eq!(s.version(), 9, "the high-water mark must survive");
         assert!(s.dropped.unwrap().contains("not among"));
@@ -230,11 +396,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = key(dir.path());
         let o = "[[device]]\nid = \"d2\"\npatient = \"p1\"\ndriver = \"sim\"\n";
-        save(dir.path(), &applied(&k, o)).unwrap();
+        save(dir.path(), &applied(&k, o), &master()).unwrap();
         let mut l = local(dir.path());
         l.patients[0].id = "p7".into();
         l.devices.clear();
-        let s = at_start(l, &[k.public().clone()]).unwrap();
+        let s = at_start(l, &[k.public().clone()], &master()).unwrap();
         assert!(s.dropped.unwrap().contains("device[0].patient"));
         assert!(s.config.devices.is_empty());
     }
@@ -243,15 +409,18 @@ mod tests {
     fn corrupt_state_file_is_an_error_not_version_zero() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), b"{\"version\":").unwrap();
-        assert!(matches!(load(dir.path()), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            load(dir.path(), &master()),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 
     #[test]
     fn leftover_temporary_file_from_a_crash_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let k = key(dir.path());
-        save(dir.path(), &applied(&k, OVERLAY)).unwrap();
+        save(dir.path(), &applied(&k, OVERLAY), &master()).unwrap();
         std::fs::write(dir.path().join(TMP_FILE), b"{\"half").unwrap();
-        assert_eq!(load(dir.path()).unwrap().unwrap().version, 9);
+        assert_eq!(load(dir.path(), &master()).unwrap().unwrap().version, 9);
     }
 }

@@ -332,7 +332,7 @@ impl Sources {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if cache.0 != modified || modified.is_none() {
-            let version = crate::fleet::state::load(&self.state_dir)
+            let version = crate::fleet::state::load_meta(&self.state_dir)
                 .ok()
                 .flatten()
                 .map(|a| a.version);

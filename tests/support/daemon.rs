@@ -1,6 +1,6 @@
 //! The daemon binary as a process for end-to-end tests: `vitalgate run --config ...` with its
 //! stderr (the journal) collected line by line, stopped with SIGTERM or killed with SIGKILL.
-//! Shared by tests/daemon_uplink.rs and tests/news2_daemon.rs.
+//! Shared by tests/daemon_uplink.rs, tests/news2_daemon.rs and tests/fleet.rs.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -41,6 +41,51 @@ impl Daemon {
 
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The last 30 lines, for a failing assertion's message.
+    pub fn log_tail(&self) -> Vec<String> {
+        let l = self.log.lock().unwrap();
+        l[l.len().saturating_sub(30)..].to_vec()
+    }
+
+    /// How many log lines hold `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits (up to 60 s) until the log holds `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count_log(needle) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log: {:#?}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id (for signals sent by other means).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL now, keeping the value (a restart may follow under the same name).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn signal(&self, sig: &str) {
