@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::audit::AuditLog;
+use crate::audit::{events, AuditLog};
 use crate::config::Config;
 use crate::daemon::instance_lock::{InstanceLock, LockError};
 use crate::store::keyring::{Destroyed, Erasure, Rotated};
@@ -120,7 +120,7 @@ pub fn audit_destroyed(audit: &AuditLog, destroyed: &[Destroyed], reason: &str) 
     if !destroyed.is_empty() {
         audit.note(
             "data_keys_destroyed",
-            json!({"reason": reason, "keys": destroyed}),
+            events::data_keys_destroyed(reason, destroyed),
         );
     }
 }
@@ -141,7 +141,7 @@ fn rotate_data_on(
     let rotated = outbox.rotate_data_keys(now)?;
     audit.note(
         "data_keys_rotated",
-        json!({"reason": reason, "keys": rotated}),
+        events::data_keys_rotated(reason, &rotated),
     );
     let destroyed = outbox.destroy_spent_keys()?;
     audit_destroyed(audit, &destroyed, "rotation");
@@ -286,18 +286,7 @@ fn erase_on(
     via: &str,
 ) -> Result<Erasure, StoreError> {
     let erased = outbox.erase_patient(patient, devices)?;
-    audit.note(
-        "patient_erased",
-        json!({
-            "patient": erased.patient,
-            "via": via,
-            "keys_destroyed": erased.keys_destroyed,
-            "undelivered_rows": erased.undelivered_rows,
-            "delivered_rows": erased.delivered_rows,
-            "quarantined_rows": erased.quarantined_rows,
-            "state_values": erased.state_values,
-        }),
-    );
+    audit.note("patient_erased", events::patient_erased(&erased, via));
     Ok(erased)
 }
 

@@ -133,6 +133,31 @@ fn scrub_text(s: &str) -> Option<String> {
     })
 }
 
+/// `data_keys_rotated`: which keys were replaced, by which, for which patient pseudonym, and
+/// why (`command`, `fleet`). Key ids only, never key material.
+pub fn data_keys_rotated(reason: &str, rotated: &[crate::store::keyring::Rotated]) -> Value {
+    json!({ "reason": reason, "keys": rotated })
+}
+
+/// `data_keys_destroyed`: keys destroyed because nothing sealed with them remains.
+pub fn data_keys_destroyed(reason: &str, destroyed: &[crate::store::keyring::Destroyed]) -> Value {
+    json!({ "reason": reason, "keys": destroyed })
+}
+
+/// `patient_erased`: the pseudonym and counts only (never what the rows held).
+pub fn patient_erased(erased: &crate::store::keyring::Erasure, via: &str) -> Value {
+    json!({
+        "patient": erased.patient,
+        "via": via,
+        "keys_destroyed": erased.keys_destroyed,
+        "undelivered_rows": erased.undelivered_rows,
+        "delivered_rows": erased.delivered_rows,
+        "quarantined_rows": erased.quarantined_rows,
+        "state_values": erased.state_values,
+        "file_rewritten": erased.file_rewritten,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
