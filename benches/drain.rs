@@ -102,17 +102,13 @@ fn main() {
     let mut bases = Vec::new();
     let (mut cpu_pubs, mut cpu_bases) = (Vec::new(), Vec::new());
     let runs = runs();
+    // `VITALGATE_BENCH_COMPARE_SINGLE=1`: after each pair, the same drain with the read-ahead
+    // and the marks sharing one connection, against the same baseline.
+    let compare_single = std::env::var_os("VITALGATE_BENCH_COMPARE_SINGLE").is_some();
+    let mut singles = Vec::new();
     for run in 0..runs {
         if run > 0 {
-            // Same rows again: forget their delivery (as a fresh backlog). Those 100,000 row
-            // writes are then checkpointed and synced before anything is timed: a real backlog
-            // is written by ingest over hours, not in the second before the drain, and the
-            // disk flushing this one would otherwise land on the drain alone.
-            let db = outbox.connection();
-            db.execute("UPDATE outbox SET delivered_at = NULL", [])
-                .unwrap();
-            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .unwrap();
+            reset_delivery(&outbox);
         }
         let load = common::sched::load_average();
         let (base, base_cpu) = common::measure_cpu(b.pid(), n, || {
@@ -120,7 +116,7 @@ fn main() {
         });
         bases.push(base);
         let ((p, ours, broker), cpu) = common::measure_cpu(b.pid(), n, || {
-            rt.block_on(drain(&config, &master, n, b.pid()))
+            rt.block_on(drain(&config, &master, n, b.pid(), false))
         });
         pubs.push(p);
         // Each pair on its own line: the load average before it, both rates, CPU per message,
@@ -139,6 +135,23 @@ fn main() {
         println!("          broker: {broker}");
         cpu_bases.push(base_cpu);
         cpu_pubs.push(cpu);
+        if compare_single {
+            reset_delivery(&outbox);
+            let (s, ours, _) = rt.block_on(drain(&config, &master, n, b.pid(), true));
+            println!(
+                "          one connection (before issue 18): {s:.0} readings/s, ratio {:.2}; {:.2} s: {ours}",
+                s / base,
+                ours.wall.as_secs_f64()
+            );
+            singles.push(s / base);
+        }
+    }
+    if compare_single {
+        let below = singles.iter().filter(|r| **r < 0.8).count();
+        println!(
+            "  one connection: paired ratios {singles:.2?}, median {:.2}, below 0.80: {below} of {runs}",
+            common::median(&mut singles.clone())
+        );
     }
     let (p, base) = (
         common::median(&mut pubs.clone()),
@@ -170,17 +183,33 @@ fn main() {
     );
 }
 
+/// Same rows again: forget their delivery (as a fresh backlog). Those 100,000 row writes are
+/// then checkpointed and synced before anything is timed: a real backlog is written by
+/// ingest over hours, not in the second before the drain, and the disk flushing this one
+/// would otherwise land on the drain alone.
+fn reset_delivery(outbox: &Outbox) {
+    let db = outbox.connection();
+    db.execute("UPDATE outbox SET delivered_at = NULL", [])
+        .unwrap();
+    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+}
+
+/// The daemon's source: delivery marks on one connection, the read-ahead on a second
+/// (`single`: both on one, as before issue 18, for comparison).
 async fn drain(
     config: &vitalgate::config::Config,
     master: &MasterKey,
     n: usize,
     broker_pid: Option<u32>,
+    single: bool,
 ) -> (f64, common::sched::Delta, common::sched::Delta) {
-    let source = PublishSource::new(
-        Outbox::open_secondary(&config.outbox_path(), master).unwrap(),
-        "gw-drain".into(),
-        config,
-    );
+    let open = || Outbox::open_secondary(&config.outbox_path(), master).unwrap();
+    let source = if single {
+        PublishSource::new(open(), "gw-drain".into(), config)
+    } else {
+        PublishSource::with_reader(open(), open(), "gw-drain".into(), config)
+    };
     let mut cfg = config.uplink.clone().unwrap();
     cfg.gateway_id = Some("gw-drain".into());
     cfg.backoff_initial_ms = 100;
