@@ -105,7 +105,10 @@ fn serial_node_is_the_ports_by_id_name_owned_by_the_service_and_private() {
     assert_eq!(h.names(), [OXIMETER], "only the by-id name");
     let node = h.dir.join(OXIMETER);
     let meta = std::fs::symlink_metadata(&node).unwrap();
-    assert!(meta.file_type().is_char_device(), "a device node, not a link");
+    assert!(
+        meta.file_type().is_char_device(),
+        "a device node, not a link"
+    );
     assert_eq!(numbers(&node), (188, 0));
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.uid(), 0, "owned by the helper's OWNER");
@@ -142,7 +145,8 @@ fn a_port_plugged_in_after_the_service_started_appears_in_its_private_dev() {
         return;
     }
     let h = Helper::new();
-    h.run(&["remove", "188", "0"]); // makes the (empty) directory, as tmpfiles.d does at boot
+    // Makes the (empty) directory, as tmpfiles.d does at boot.
+    h.run(&["remove", "188", "0"]);
     // The service: a private /dev (tmpfs) with the directory bound over /dev/serial/by-id,
     // waiting for the oximeter; it prints what it finds there.
     let inside = format!(
