@@ -35,7 +35,16 @@ fn n() -> usize {
 }
 /// Five alternating pairs: this machine is shared, and the baseline alone swings by a third
 /// between runs, so each drain is compared with the baseline run just before it.
+/// `VITALGATE_BENCH_RUNS` overrides it (30 for issue 18's "30 consecutive drains").
 const RUNS: usize = 5;
+
+fn runs() -> usize {
+    std::env::var("VITALGATE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(RUNS)
+}
 
 fn main() {
     let n = n();
@@ -92,26 +101,57 @@ fn main() {
     let mut pubs = Vec::new();
     let mut bases = Vec::new();
     let (mut cpu_pubs, mut cpu_bases) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
+    let runs = runs();
+    // `VITALGATE_BENCH_COMPARE_SINGLE=1`: after each pair, the same drain with the read-ahead
+    // and the marks sharing one connection, against the same baseline.
+    let compare_single = std::env::var_os("VITALGATE_BENCH_COMPARE_SINGLE").is_some();
+    let mut singles = Vec::new();
+    for run in 0..runs {
         if run > 0 {
-            // Same rows again: forget their delivery (as a fresh backlog). Those 100,000 row
-            // writes are then checkpointed and synced before anything is timed: a real backlog
-            // is written by ingest over hours, not in the second before the drain, and the
-            // disk flushing this one would otherwise land on the drain alone.
-            let db = outbox.connection();
-            db.execute("UPDATE outbox SET delivered_at = NULL", [])
-                .unwrap();
-            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .unwrap();
+            reset_delivery(&outbox);
         }
-        let (base, cpu) = common::measure_cpu(b.pid(), n, || {
+        let load = common::sched::load_average();
+        let (base, base_cpu) = common::measure_cpu(b.pid(), n, || {
             rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window))
         });
         bases.push(base);
-        cpu_bases.push(cpu);
-        let (p, cpu) = common::measure_cpu(b.pid(), n, || rt.block_on(drain(&config, &master, n)));
+        let ((p, ours, broker), cpu) = common::measure_cpu(b.pid(), n, || {
+            rt.block_on(drain(&config, &master, n, b.pid(), false))
+        });
         pubs.push(p);
+        // Each pair on its own line: the load average before it, both rates, CPU per message,
+        // and where the drain's threads and Mosquitto spent it (on CPU, waiting for a CPU,
+        // off CPU), to tell a slow drain's cause from the machine's.
+        println!(
+            "  run {:>2}: load {load:.2}; raw {base:.0} msg/s ({:.1} µs/msg, broker {:.1}); drain {p:.0} readings/s ({:.1} µs/msg, broker {:.1}); ratio {:.2}",
+            run + 1,
+            base_cpu.ours_us,
+            base_cpu.broker_us,
+            cpu.ours_us,
+            cpu.broker_us,
+            p / base
+        );
+        println!("          drain {:.2} s: {ours}", ours.wall.as_secs_f64());
+        println!("          broker: {broker}");
+        cpu_bases.push(base_cpu);
         cpu_pubs.push(cpu);
+        if compare_single {
+            reset_delivery(&outbox);
+            let (s, ours, _) = rt.block_on(drain(&config, &master, n, b.pid(), true));
+            println!(
+                "          one connection (before issue 18): {s:.0} readings/s, ratio {:.2}; {:.2} s: {ours}",
+                s / base,
+                ours.wall.as_secs_f64()
+            );
+            singles.push(s / base);
+        }
+    }
+    if compare_single {
+        let below = singles.iter().filter(|r| **r < 0.8).count();
+        println!(
+            "  one connection: paired ratios {singles:.2?}, median {:.2}, below 0.80: {below} of {runs}",
+            common::median(&mut singles.clone())
+        );
     }
     let (p, base) = (
         common::median(&mut pubs.clone()),
@@ -124,7 +164,12 @@ fn main() {
     println!("  ratio of medians: {:.2} (target >= 0.80)", p / base);
     let mut paired: Vec<f64> = pubs.iter().zip(&bases).map(|(p, b)| p / b).collect();
     println!("  paired ratios (each drain / the baseline just before it): {paired:.2?}");
+    let below = paired.iter().filter(|r| **r < 0.8).count();
     println!("  median paired ratio: {:.2}", common::median(&mut paired));
+    println!(
+        "  paired ratios below 0.80: {below} of {runs} (lowest {:.2})",
+        paired[0]
+    );
     // CPU per message varies far less with how busy the shared machine is than rates do.
     let us = |v: &[common::CpuPerMessage], f: fn(&common::CpuPerMessage) -> f64| {
         common::median(&mut v.iter().map(f).collect::<Vec<_>>())
@@ -138,17 +183,38 @@ fn main() {
     );
 }
 
-async fn drain(config: &vitalgate::config::Config, master: &MasterKey, n: usize) -> f64 {
-    let source = PublishSource::new(
-        Outbox::open_secondary(&config.outbox_path(), master).unwrap(),
-        "gw-drain".into(),
-        config,
-    );
+/// Same rows again: forget their delivery (as a fresh backlog). Those 100,000 row writes are
+/// then checkpointed and synced before anything is timed: a real backlog is written by
+/// ingest over hours, not in the second before the drain, and the disk flushing this one
+/// would otherwise land on the drain alone.
+fn reset_delivery(outbox: &Outbox) {
+    let db = outbox.connection();
+    db.execute("UPDATE outbox SET delivered_at = NULL", [])
+        .unwrap();
+    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+}
+
+/// The daemon's source: delivery marks on one connection, the read-ahead on a second
+/// (`single`: both on one, as before issue 18, for comparison).
+async fn drain(
+    config: &vitalgate::config::Config,
+    master: &MasterKey,
+    n: usize,
+    broker_pid: Option<u32>,
+    single: bool,
+) -> (f64, common::sched::Delta, common::sched::Delta) {
+    let open = || Outbox::open_secondary(&config.outbox_path(), master).unwrap();
+    let source = if single {
+        PublishSource::new(open(), "gw-drain".into(), config)
+    } else {
+        PublishSource::with_reader(open(), open(), "gw-drain".into(), config)
+    };
     let mut cfg = config.uplink.clone().unwrap();
     cfg.gateway_id = Some("gw-drain".into());
     cfg.backoff_initial_ms = 100;
     cfg.backoff_max_s = 1;
     let wake = Arc::new(Notify::new());
     let up = Uplink::new(cfg, source, wake.clone()).unwrap();
-    common::timed_uplink(up, &wake, n).await
+    common::timed_uplink_traced(up, &wake, n, broker_pid).await
 }

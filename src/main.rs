@@ -16,6 +16,9 @@ use vitalgate::config::{self, Config};
 use vitalgate::drivers::{self, DriverKind};
 use vitalgate::store::MasterKey;
 
+mod cli_output;
+use cli_output::{ignore_closed_pipe, out, outln};
+
 #[derive(Parser)]
 #[command(
     name = "vitalgate",
@@ -290,7 +293,7 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
     match action {
         FleetAction::Keygen { out } => {
             let g = cli::keygen(&out).map_err(usage)?;
-            println!("{}", g.key_id);
+            outln!("{}", g.key_id)?;
             eprintln!(
                 "wrote {} (mode 0600, keep it offline) and {} (give it to hubs as [fleet] trusted_keys); key id {}",
                 g.private_key.display(),
@@ -308,7 +311,7 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
             let expires =
                 expires_in.map(|s| time::Duration::seconds(s.min(i64::MAX as u64) as i64));
             let doc = cli::sign(&key, &gateway, version, &overlay, expires, now).map_err(usage)?;
-            println!("{doc}");
+            outln!("{doc}")?;
         }
         FleetAction::Command {
             key,
@@ -320,7 +323,7 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
             let lifetime = time::Duration::seconds(expires_in);
             let (doc, p) =
                 cli::command(&key, &gateway, &name, args, lifetime, now).map_err(usage)?;
-            println!("{doc}");
+            outln!("{doc}")?;
             eprintln!("command id {} (answered on cmd/result)", p.id);
         }
         FleetAction::Watch { config, seconds } => {
@@ -381,6 +384,9 @@ fn main() -> ExitCode {
     });
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`vitalgate decode --list | head -1`): it has what
+        // it wanted; nothing to say and nothing failed.
+        Err(e) if cli_output::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
             ExitCode::from(e.downcast_ref::<ExitWith>().map_or(1, |c| c.0))
         }
@@ -513,8 +519,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load_and_check(&config, Some(time::OffsetDateTime::now_utc()))?;
-            println!("# {}: valid", config.display());
-            print!("{}", cfg.redacted_toml());
+            outln!("# {}: valid", config.display())?;
+            out!("{}", cfg.redacted_toml())?;
             Ok(())
         }
         Command::Decode {
@@ -559,9 +565,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let report = vitalgate::live::report::status(&cfg);
             if json || !std::io::stdout().is_terminal() {
-                println!("{}", serde_json::to_string_pretty(&report.document)?);
+                ignore_closed_pipe(outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&report.document)?
+                ))?;
             } else {
-                print!("{}", report.human());
+                ignore_closed_pipe(out!("{}", report.human()))?;
             }
             match report.health.verdict.exit_code() {
                 0 => Ok(()),
@@ -581,7 +590,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Doctor { config } => {
             let findings = vitalgate::doctor::run(&config, &vitalgate::doctor::Host::system());
             for f in &findings {
-                println!("{f}");
+                ignore_closed_pipe(outln!("{f}"))?;
             }
             match vitalgate::doctor::exit_code(&findings) {
                 0 => Ok(()),
@@ -824,12 +833,12 @@ fn decode(
     let dirs = profile_dirs(devices);
     if list {
         for d in drivers::registry() {
-            println!(
+            outln!(
                 "{:<22} {}{}",
                 d.name,
                 d.summary,
                 if d.text { " (--text)" } else { "" }
-            );
+            )?;
         }
         for dir in &dirs {
             // Line profiles are drivers of their own; other profiles name a built-in driver.
@@ -847,7 +856,7 @@ fn decode(
                     if let Some(Ok(p)) =
                         drivers::serial::profile::find_profile(&name, std::slice::from_ref(dir))
                     {
-                        println!(
+                        outln!(
                             "{:<22} profile {} ({} {}, driver {}){}",
                             p.name,
                             p.path.display(),
@@ -855,7 +864,7 @@ fn decode(
                             p.model,
                             p.driver,
                             if p.is_text() { " (--text)" } else { "" }
-                        );
+                        )?;
                     }
                 }
             }

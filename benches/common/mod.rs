@@ -3,6 +3,8 @@
 //! platform's raw rumqttc publisher (the baseline) and a subscriber that timestamps each arrival.
 #![allow(dead_code)]
 
+pub mod sched;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +114,38 @@ pub async fn timed_uplink<S: OutboxSource>(up: Uplink<S>, wake: &Notify, n: usiz
     cancel.cancel();
     let _ = task.await;
     n as f64 / secs
+}
+
+/// [`timed_uplink`], and where this process's threads and the broker's spent the drain
+/// (from the ConnAck to the last delivery, snapshotted before the uplink stops).
+pub async fn timed_uplink_traced<S: OutboxSource>(
+    up: Uplink<S>,
+    wake: &Notify,
+    n: usize,
+    broker_pid: Option<u32>,
+) -> (f64, sched::Delta, sched::Delta) {
+    let broker = broker_pid.map(|p| p.to_string()).unwrap_or_default();
+    let mut status = up.status();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(up.run(cancel.clone()));
+    while !status.borrow_and_update().connected {
+        status.changed().await.unwrap();
+    }
+    let (ours0, broker0) = (sched::snapshot("self"), sched::snapshot(&broker));
+    let t0 = Instant::now();
+    wake.notify_one();
+    while status.borrow_and_update().delivered < n as u64 {
+        status.changed().await.unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (ours1, broker1) = (sched::snapshot("self"), sched::snapshot(&broker));
+    cancel.cancel();
+    let _ = task.await;
+    (
+        n as f64 / secs,
+        sched::delta(&ours0, &ours1),
+        sched::delta(&broker0, &broker1),
+    )
 }
 
 /// Raw rumqttc v5: publishes `payloads` at QoS 1 with `window` in flight as `gw`, from the

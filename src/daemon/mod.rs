@@ -213,7 +213,8 @@ pub async fn run(
     if let Some(up_cfg) = &config.uplink {
         let mut up_cfg = up_cfg.clone();
         up_cfg.gateway_id = Some(gateway_id.clone());
-        let source = publish::PublishSource::new(
+        let source = publish::PublishSource::with_reader(
+            Outbox::open_secondary(&outbox_path, &master)?,
             Outbox::open_secondary(&outbox_path, &master)?,
             gateway_id.clone(),
             &config,

@@ -23,6 +23,15 @@ pub mod embedded_broker;
 pub mod platform;
 pub mod view;
 
+/// `println!` that ignores a closed stdout (`vitalgate demo | head -3`): the demo keeps
+/// running for its time instead of panicking; nobody is reading its banner any more.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -374,12 +383,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     let gateway_id = cfg.gateway_id().map_err(DemoError::Config)?;
     let master = MasterKey::ephemeral().map_err(|e| DemoError::Key(e.to_string()))?;
 
-    println!(
+    say!(
         "vitalgate demo: gateway {gateway_id}, {} simulated patients",
         cfg.patients.len()
     );
-    println!("  outbox   {}", cfg.outbox_path().display());
-    println!("           each record sealed with AES-256-GCM under a throw-away key");
+    say!("  outbox   {}", cfg.outbox_path().display());
+    say!("           each record sealed with AES-256-GCM under a throw-away key");
     let mosquitto = match opts.broker {
         BrokerChoice::Embedded => None,
         BrokerChoice::Auto => broker::find_mosquitto(),
@@ -387,23 +396,23 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     };
     let mut uplink = match start_uplink(mosquitto.as_deref(), &cfg, &gateway_id, !opts.top).await {
         Ok(u) => {
-            println!("  broker   {}", u.broker.describe());
-            println!(
+            say!("  broker   {}", u.broker.describe());
+            say!(
                 "  platform subscribed to {}/gw/+/# with its own certificate",
                 u.config.topic_prefix
             );
             Some(u)
         }
         Err(e) => {
-            println!("  uplink   NOT running: {e}");
-            println!("           readings stay encrypted in the outbox");
+            say!("  uplink   NOT running: {e}");
+            say!("           readings stay encrypted in the outbox");
             None
         }
     };
     if let Some(u) = &uplink {
         cfg.uplink = Some(u.config.clone());
     }
-    println!(
+    say!(
         "(Ctrl-C to stop{})\n",
         match opts.seconds {
             Some(s) => format!("; stops by itself after {s} s"),
@@ -441,7 +450,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     if let Some((stop, task)) = top {
         stop.store(true, Ordering::Relaxed);
         if let Ok(Err(e)) = task.await {
-            println!("top: {e}");
+            say!("top: {e}");
         }
     }
 
@@ -463,22 +472,24 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             u.received.alerts.load(Ordering::Relaxed),
         ));
         let what = u.broker.stop().await;
-        println!("\nbroker stopped ({what})");
+        say!("\nbroker stopped ({what})");
     }
     if let Some((obs, alerts)) = received {
-        println!("platform received {obs} observations and {alerts} alert events");
+        say!("platform received {obs} observations and {alerts} alert events");
     }
     for line in summary(&live.clinical().lock().tally) {
-        println!("{line}");
+        say!("{line}");
     }
     if let Ok(s) = crate::store::outbox::stats_readonly(&cfg.outbox_path()) {
-        println!(
+        say!(
             "demo stopped: outbox holds {} undelivered readings and {} alerts",
-            s.backlog_readings, s.backlog_alerts
+            s.backlog_readings,
+            s.backlog_alerts
         );
-        println!(
+        say!(
             "              ({} delivered and held, {} quarantined)",
-            s.delivered_held, s.quarantined
+            s.delivered_held,
+            s.quarantined
         );
     }
     result?;

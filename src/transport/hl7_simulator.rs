@@ -226,7 +226,11 @@ pub async fn run(
             match code.as_str() {
                 "CA" | "AA" => {
                     report.acknowledged += 1;
-                    println!("{control} {code}");
+                    // Ignores a closed stdout (`... | head -1`): sending goes on regardless.
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stdout(),
+                        format_args!("{control} {code}\n"),
+                    );
                 }
                 "AE" | "CE" if attempt < 3 => {
                     tracing::warn!(%control, %code, reason = %text, "gateway error; re-sending");

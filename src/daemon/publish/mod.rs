@@ -103,7 +103,21 @@ pub(crate) fn lock(outbox: &SharedOutbox) -> MutexGuard<'_, Outbox> {
 }
 
 impl PublishSource {
+    /// Reads, read-ahead and delivery marks all on `outbox`'s one connection.
     pub fn new(outbox: Outbox, gateway: String, config: &Config) -> Self {
+        Self::build(outbox, None, gateway, config)
+    }
+
+    /// As [`PublishSource::new`], with `reader`, a second connection to the same outbox, for
+    /// the read-ahead. With one connection, a delivery mark waits for the lock while the
+    /// read-ahead worker reads and decrypts a batch under it; on a busy machine the worker
+    /// can lose its CPU while holding it, and the publisher (and the broker behind it) then
+    /// stalls until the worker runs again. With two, the marks never wait on the read-ahead.
+    pub fn with_reader(outbox: Outbox, reader: Outbox, gateway: String, config: &Config) -> Self {
+        Self::build(outbox, Some(reader), gateway, config)
+    }
+
+    fn build(outbox: Outbox, reader: Option<Outbox>, gateway: String, config: &Config) -> Self {
         // Delivery marks need not survive a power cut: a lost mark only re-sends rows, under the
         // same deterministic FHIR ids, which the platform deduplicates (at-least-once). Without
         // an fsync per mark the publisher does not stall on the disk between PUBACKs. Readings
@@ -127,7 +141,11 @@ impl PublishSource {
             anchors: clock::Anchors::default(),
         });
         let outbox = Arc::new(Mutex::new(outbox));
-        let ahead = ReadAhead::start(outbox.clone(), render.clone());
+        let reads = match reader {
+            Some(reader) => Arc::new(Mutex::new(reader)),
+            None => outbox.clone(),
+        };
+        let ahead = ReadAhead::start(reads, outbox.clone(), render.clone());
         PublishSource {
             outbox,
             render,

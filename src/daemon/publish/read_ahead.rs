@@ -54,17 +54,23 @@ pub(crate) struct ReadAhead {
 }
 
 impl ReadAhead {
-    pub fn start(outbox: SharedOutbox, render: Arc<RenderContext>) -> ReadAhead {
+    /// Reads with `reads`; checkpoints for `writer`, the connection delivery marks are
+    /// written on (the same one when the source has a single connection).
+    pub fn start(
+        reads: SharedOutbox,
+        writer: SharedOutbox,
+        render: Arc<RenderContext>,
+    ) -> ReadAhead {
         let (requests, inbox) = mpsc::channel::<(u64, Request)>();
         let (reply, replies) = mpsc::channel::<Reply>();
         let worker = std::thread::Builder::new()
             .name("publish-ahead".into())
             .spawn(move || {
-                let checkpoints = Checkpoints::start(&outbox);
+                let checkpoints = Checkpoints::start(&writer);
                 let mut last_checkpoint = Instant::now();
                 for (seq, r) in inbox {
                     // The lock covers SQL and decryption; rendering runs without it.
-                    let rows = lock(&outbox).pending(r.lane, r.after, r.limit);
+                    let rows = lock(&reads).pending(r.lane, r.after, r.limit);
                     let result = rows
                         .map(|rows| render.render_rows(rows))
                         .map_err(|e| e.to_string());
@@ -76,7 +82,7 @@ impl ReadAhead {
                         checkpoints.kick();
                     }
                 }
-                checkpoints.stop(&outbox);
+                checkpoints.stop(&writer);
             });
         let (requests, worker) = match worker {
             Ok(w) => (Some(requests), Some(w)),
