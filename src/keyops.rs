@@ -54,6 +54,8 @@ pub enum KeyOpError {
     },
     #[error("{0}: no outbox here yet; there are no keys to rotate and no rows to erase")]
     NoOutbox(PathBuf),
+    #[error("{0}. The keyring opens with both keys and the old key is still installed; run the command again")]
+    FleetState(#[from] crate::fleet::state::StateError),
 }
 
 impl KeyOpError {
@@ -186,6 +188,13 @@ pub fn rotate_master(
         "master_key_rotation_started",
         json!({"master_id": master_id, "data_keys": data_keys, "new_key": new_key}),
     );
+    // The fleet's stored document is sealed under the master too: staged under both keys
+    // now, so it opens whichever key a crash leaves in the key file (fleet/state.rs).
+    let staged = crate::fleet::state::stage_for_master(&config.gateway.state_dir, &s.master, &new)?;
+    if staged {
+        s.audit
+            .note("fleet_document_resealed", json!({"master_id": master_id}));
+    }
     crash_test_pause("wrapped");
     let target = match s.master.source() {
         KeySource::File(p) => Some(p.clone()),

@@ -63,18 +63,36 @@ struct OnDisk {
     document: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sealed: Option<Sealed>,
+    /// The document sealed under the incoming master key, written by `key rotate-master`
+    /// before it installs that key (`stage_for_master`), so the document opens under the old
+    /// key or the new one whatever point a crash stops the rotation at. The first start
+    /// that opens the file keeps only the seal of the key in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<Sealed>,
 }
 
 impl OnDisk {
     /// The stored document, opened; `Err` says why it cannot be (the metadata still holds).
+    /// The flag says the file should be written again under `master` alone (a document in
+    /// clear from an earlier version, or a master rotation's second seal).
     fn open(self, master: &MasterKey) -> (Applied, Result<(), String>, bool) {
-        let (document, opened, clear) = match (&self.sealed, self.document) {
-            (Some(s), _) => match seal::open(master, STATE_FILE, s) {
-                Ok(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), Ok(()), false),
-                Err(e) => (String::new(), Err(e.to_string()), false),
+        let open = |s: &Sealed| {
+            seal::open(master, STATE_FILE, s)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .map_err(|e| e.to_string())
+        };
+        let rewrite = self.next.is_some();
+        let (document, opened, clear) = match (&self.sealed, &self.next, self.document) {
+            (Some(s), next, _) => match (open(s), next) {
+                (Ok(d), _) => (d, Ok(()), rewrite),
+                (Err(_), Some(n)) => match open(n) {
+                    Ok(d) => (d, Ok(()), true),
+                    Err(e) => (String::new(), Err(e), false),
+                },
+                (Err(e), None) => (String::new(), Err(e), false),
             },
-            (None, Some(d)) => (d, Ok(()), true),
-            (None, None) => (
+            (None, _, Some(d)) => (d, Ok(()), true),
+            (None, _, None) => (
                 String::new(),
                 Err("the file holds no document".into()),
                 false,
@@ -146,27 +164,62 @@ pub fn load(state_dir: &Path, master: &MasterKey) -> Result<Option<Applied>, Sta
 /// Persists `applied` atomically (temporary file, fsync, rename, fsync of the directory),
 /// its document sealed under `master`.
 pub fn save(state_dir: &Path, applied: &Applied, master: &MasterKey) -> Result<(), StateError> {
-    let tmp = state_dir.join(TMP_FILE);
-    let path = state_dir.join(STATE_FILE);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| StateError::Io { path: p, source }
-    };
-    let sealed = seal::seal(master, STATE_FILE, applied.document.as_bytes()).map_err(|e| {
-        StateError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        }
-    })?;
     let disk = OnDisk {
         version: applied.version,
         sha256: applied.sha256.clone(),
         key_id: applied.key_id.clone(),
         applied_at: applied.applied_at,
         document: None,
-        sealed: Some(sealed),
+        sealed: Some(seal_for(state_dir, master, &applied.document)?),
+        next: None,
     };
-    let json = serde_json::to_vec_pretty(&disk).map_err(|e| StateError::Io {
+    write(state_dir, &disk)
+}
+
+/// For `key rotate-master`, before the new key is installed: the stored document (if any,
+/// and if it opens under `old`) is written again sealed under both `old` and `new`, so it
+/// opens whichever key the rotation ends with. Returns whether there was a document.
+pub fn stage_for_master(
+    state_dir: &Path,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<bool, StateError> {
+    let Some(disk) = read(state_dir)? else {
+        return Ok(false);
+    };
+    let (applied, opened, _) = disk.open(old);
+    if opened.is_err() {
+        // Nothing the old key opens: the next start drops it either way (its version stays).
+        return Ok(false);
+    }
+    let disk = OnDisk {
+        version: applied.version,
+        sha256: applied.sha256.clone(),
+        key_id: applied.key_id.clone(),
+        applied_at: applied.applied_at,
+        document: None,
+        sealed: Some(seal_for(state_dir, old, &applied.document)?),
+        next: Some(seal_for(state_dir, new, &applied.document)?),
+    };
+    write(state_dir, &disk)?;
+    Ok(true)
+}
+
+fn seal_for(state_dir: &Path, master: &MasterKey, document: &str) -> Result<Sealed, StateError> {
+    seal::seal(master, STATE_FILE, document.as_bytes()).map_err(|e| StateError::Io {
+        path: state_dir.join(STATE_FILE),
+        source: std::io::Error::other(e),
+    })
+}
+
+fn write(state_dir: &Path, disk: &OnDisk) -> Result<(), StateError> {
+    let tmp = state_dir.join(TMP_FILE);
+    let path = state_dir.join(STATE_FILE);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StateError::Io { path: p, source }
+    };
+    let json = serde_json::to_vec_pretty(disk).map_err(|e| StateError::Io {
         path: path.clone(),
         source: std::io::Error::other(e),
     })?;
@@ -218,11 +271,11 @@ pub fn at_start(
             dropped: None,
         });
     };
-    let (a, opened, clear) = disk.open(master);
-    if clear {
+    let (a, opened, rewrite) = disk.open(master);
+    if rewrite {
         match save(&local.gateway.state_dir, &a, master) {
             Ok(()) => tracing::info!(
-                "fleet: the stored document was kept in clear by an earlier version; sealed now"
+                "fleet: the stored document is now sealed under the master key in force alone"
             ),
             Err(e) => tracing::error!(error = %e, "fleet: cannot seal the stored document"),
         }
@@ -413,6 +466,40 @@ mod tests {
             load(dir.path(), &master()),
             Err(StateError::Corrupt { .. })
         ));
+    }
+
+    /// `key rotate-master` stages the document under both keys before installing the new
+    /// one: a crash before the install leaves the old key working, after it the new one, and
+    /// the first start keeps only the seal of the key in force.
+    #[test]
+    fn document_staged_for_a_new_master_opens_under_either_key_until_a_start_settles_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key(dir.path());
+        let (old, new) = (
+            MasterKey::ephemeral().unwrap(),
+            MasterKey::ephemeral().unwrap(),
+        );
+        let a = applied(&key, OVERLAY);
+        save(dir.path(), &a, &old).unwrap();
+        assert!(stage_for_master(dir.path(), &old, &new).unwrap());
+        assert_eq!(load(dir.path(), &old).unwrap().unwrap(), a);
+        assert_eq!(load(dir.path(), &new).unwrap().unwrap(), a);
+
+        let start = at_start(local(dir.path()), &[key.public().clone()], &new).unwrap();
+        assert!(start.dropped.is_none(), "{:?}", start.dropped);
+        assert_eq!(load(dir.path(), &new).unwrap().unwrap(), a);
+        assert!(
+            load(dir.path(), &old).is_err(),
+            "the old key still opens the document after the rotation settled"
+        );
+    }
+
+    #[test]
+    fn staging_with_no_stored_document_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = MasterKey::ephemeral().unwrap();
+        assert!(!stage_for_master(dir.path(), &master(), &new).unwrap());
+        assert!(!dir.path().join(STATE_FILE).exists());
     }
 
     #[test]
