@@ -316,6 +316,22 @@ impl Agent {
                 self.restart_uplink.notify_one();
                 serde_json::json!({"restarting": true})
             }
+            "resync" => {
+                let outbox = self
+                    .view
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .local
+                    .outbox_path();
+                match super::resync::run(&outbox, &p.args, &p.id, &self.audit) {
+                    // The publisher re-reads the outbox from its start after a reconnect.
+                    Ok(answer) => {
+                        self.restart_uplink.notify_one();
+                        answer
+                    }
+                    Err(e) => return self.command_failed(c, &e, now),
+                }
+            }
             // `command::judge` accepts only known names.
             other => serde_json::json!({"ignored": other}),
         };
@@ -327,6 +343,22 @@ impl Agent {
         serde_json::to_vec(&serde_json::json!({
             "gateway": self.gateway, "id": p.id, "name": p.name, "result": "ok",
             "answer": answer, "at": crate::status::rfc3339(now),
+        }))
+        .unwrap_or_default()
+    }
+
+    /// A command that was accepted and could not be carried out (e.g. the outbox is busy):
+    /// answered `failed`, audited, nothing changed.
+    fn command_failed(&mut self, c: &AcceptedCommand, error: &str, now: OffsetDateTime) -> Vec<u8> {
+        let p = &c.payload;
+        let detail = super::redact(error);
+        warn!(id = %p.id, name = %p.name, error = %detail, "fleet command failed");
+        self.audit.note("fleet_command_failed",
+            serde_json::json!({"id": p.id, "name": p.name, "args": p.args, "key_id": c.key_id, "detail": detail}),
+        );
+        serde_json::to_vec(&serde_json::json!({
+            "gateway": self.gateway, "id": p.id, "name": p.name, "result": "failed",
+            "detail": detail, "at": crate::status::rfc3339(now),
         }))
         .unwrap_or_default()
     }

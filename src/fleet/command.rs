@@ -14,9 +14,8 @@ use super::jws::{self, EnvelopeError, TYPE_COMMAND};
 use super::keys::{PublicKey, SigningKey};
 use super::MAX_DOCUMENT_BYTES;
 
-/// The commands a hub runs. (`resync` needs an outbox operation that re-opens delivered rows
-/// of a time range; it comes with the store's owner, see docs/fleet.md.)
-pub const KNOWN: &[&str] = &["ping", "reload", "restart-uplink"];
+/// The commands a hub runs.
+pub const KNOWN: &[&str] = &["ping", "reload", "restart-uplink", "resync"];
 
 /// Longest a command may stay valid: bounds the replay store and a delayed delivery.
 pub const MAX_LIFETIME: time::Duration = time::Duration::hours(24);
@@ -94,6 +93,8 @@ pub enum CommandRefusal {
     Replayed,
     #[error("unknown command {0:?}; known: {known}", known = KNOWN.join(", "))]
     Unknown(String),
+    #[error("{0}")]
+    Arguments(String),
 }
 
 impl CommandRefusal {
@@ -111,6 +112,7 @@ impl CommandRefusal {
             CommandRefusal::LifetimeTooLong => "lifetime_too_long",
             CommandRefusal::Replayed => "replayed",
             CommandRefusal::Unknown(_) => "unknown_command",
+            CommandRefusal::Arguments(_) => "invalid_arguments",
         }
     }
 }
@@ -202,6 +204,11 @@ pub fn judge(
     }
     if !KNOWN.contains(&p.name.as_str()) {
         return refuse(r, CommandRefusal::Unknown(p.name));
+    }
+    if p.name == "resync" {
+        if let Err(why) = super::resync::range(&p.args) {
+            return refuse(r, CommandRefusal::Arguments(why));
+        }
     }
     Ok(AcceptedCommand {
         payload: p,

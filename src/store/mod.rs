@@ -6,6 +6,7 @@
 
 mod counts;
 pub mod crypto;
+pub mod delivery;
 pub mod outbox;
 pub mod record;
 

@@ -38,7 +38,7 @@ use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity,
 use super::record::{Lane, Record};
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -103,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
          SELECT 'delivered_held', COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL;
      INSERT OR REPLACE INTO meta (key, value)
          SELECT 'refused', COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL;",
+    // 3 -> 4: the retention purge's per-minute tally, for `resync` (`delivery`).
+    super::delivery::MIGRATE_TO_V4,
 ];
 
 /// Page size of a new outbox. Every commit writes each page it touches whole to the WAL
@@ -951,6 +953,7 @@ impl Outbox {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
+        super::delivery::tally_purge(&tx, ms(cutoff)).map_err(err)?;
         let purged = tx
             .execute(
                 "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
@@ -1309,7 +1312,7 @@ fn key_check_identity(key_id: u32) -> RecordIdentity {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
     let err = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
