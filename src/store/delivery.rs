@@ -1,22 +1,39 @@
-//! Delivery state beyond the per-row mark: re-opening delivered readings of a time range
-//! (the fleet's `resync` command, issue 14) and the per-minute tally of rows the retention
-//! purge removed, which lets a resync say exactly how many rows of its range are gone.
+//! Delivery state: which rows the platform acknowledged, kept as ranges of row ids in a
+//! small table of its own (`delivered`), and re-opening the delivered readings of a time
+//! range (the fleet's `resync` command, issue 14) with the per-minute tally of rows the
+//! retention purge removed.
 //!
-//! Why minutes: a purged row leaves nothing behind, so "how many of the range are no longer
-//! held" must be remembered at purge time. One tally row per minute of receive time costs
-//! about 17 KB a day at most (one per second would be a megabyte a day, kept for ever), and a
-//! range on whole minutes is then counted exactly: [`MinuteRange`] only admits such ranges.
+//! Why ranges (issue 18, bytes written per reading): a mark in the row itself (the old
+//! `delivered_at` column, with an index of undelivered rows and one of delivery times)
+//! rewrote every page holding the acknowledged rows, both indexes' pages and `meta`, in the
+//! WAL and again at the next checkpoint: as many bytes again as the readings themselves. A
+//! drain acknowledges rows in id order, so extending the last range rewrites one small page.
+//! A range carries the time of its latest delivery (the retention purge's clock); ranges
+//! merge only within the same hour, so a row is purged at most an hour after its due time
+//! and a long-running hub keeps a few ranges an hour, not one per row.
 //!
-//! The range is the hub's receive time (`outbox.created_at`, when the reading committed),
-//! the only time the outbox holds in clear; for a live device it is the reading's time
-//! within a second or two, for a stored-record download (RACP) it is when it was fetched.
-//! Only the readings lane is re-opened (readings and the NEWS2 observations derived from
-//! them): alert events are not resent. A re-opened row keeps its id, so the publisher renders
-//! the same deterministic Observation id and the platform can recognise the copy.
+//! The rows' own `delivered_at` is no longer written (schema 4 moved its values here).
+//! Undelivered readings are found by row id from the first id not yet settled
+//! ([`settled_through`]), each checked against the ranges by one index seek; alerts, rare,
+//! have an index of their own (`outbox_alerts`).
+//!
+//! Why minutes for the purge tally: a purged row leaves nothing behind, so "how many of the
+//! range are no longer held" must be remembered at purge time. One tally row per minute of
+//! receive time costs about 17 KB a day at most (one per second would be a megabyte a day,
+//! kept for ever), and a range on whole minutes is then counted exactly: [`MinuteRange`] only
+//! admits such ranges.
+//!
+//! A resync's range is the hub's receive time (`outbox.created_at`, when the reading
+//! committed), the only time the outbox holds in clear; for a live device it is the
+//! reading's time within a second or two, for a stored-record download (RACP) it is when it
+//! was fetched. Only the readings lane is re-opened (readings and the NEWS2 observations
+//! derived from them): alert events are not resent. A re-opened row keeps its id, so the
+//! publisher renders the same deterministic Observation id and the platform can recognise
+//! the copy.
 
 use std::path::Path;
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
 
 use super::counts::Delta;
@@ -24,11 +41,242 @@ use super::outbox::StoreError;
 use super::record::Lane;
 
 /// Schema step 3 -> 4 (migration number 4): the purge tally. Touches only its own table.
+/// Each statement may run again over its own result (a database rolled back by hand to an
+/// older version keeps schema 4's objects). Delivery marks move from the rows to `delivered` (consecutive ids delivered within the
+/// same hour become one range), the two delivery indexes give way to an index of alert rows,
+/// and the purge tally starts.
 pub(super) const MIGRATE_TO_V4: &str = "CREATE TABLE IF NOT EXISTS purged_minutes (
          minute INTEGER NOT NULL,
          lane INTEGER NOT NULL,
          rows INTEGER NOT NULL,
-         PRIMARY KEY (minute, lane)) WITHOUT ROWID;";
+         PRIMARY KEY (minute, lane)) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS delivered (
+         first INTEGER PRIMARY KEY,
+         last INTEGER NOT NULL,
+         at INTEGER NOT NULL);
+     INSERT OR IGNORE INTO delivered (first, last, at)
+         SELECT MIN(id), MAX(id), MAX(delivered_at) FROM (
+             SELECT id, delivered_at, delivered_at / 3600000 AS hour,
+                    id - ROW_NUMBER() OVER (PARTITION BY delivered_at / 3600000 ORDER BY id) AS island
+             FROM outbox WHERE delivered_at IS NOT NULL)
+         GROUP BY hour, island;
+     DROP INDEX IF EXISTS outbox_undelivered;
+     DROP INDEX IF EXISTS outbox_delivered;
+     UPDATE outbox SET delivered_at = NULL WHERE delivered_at IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS outbox_alerts ON outbox(id) WHERE lane = 0;";
+
+/// Whether the row `o.id` is delivered: the range starting at or before it reaches it. One
+/// seek in `delivered`'s primary key.
+pub(super) const DELIVERED: &str = "(COALESCE((SELECT d.last FROM delivered d WHERE d.first <= o.id
+     ORDER BY d.first DESC LIMIT 1), 0) >= o.id)";
+
+/// The rows of one run of acknowledged ids not yet delivered, by row id (a seek, never a
+/// scan of the backlog; tested by its query plan).
+pub(super) const MARK_ROWS: &str = "SELECT o.id, o.lane, o.refused_at IS NOT NULL FROM outbox o
+     WHERE o.id BETWEEN ?1 AND ?2 AND NOT (COALESCE((SELECT d.last FROM delivered d
+     WHERE d.first <= o.id ORDER BY d.first DESC LIMIT 1), 0) >= o.id) ORDER BY o.id";
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Whether the row with id `id` is marked delivered.
+pub(super) fn is_delivered(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT last FROM delivered WHERE first <= ?1 ORDER BY first DESC LIMIT 1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(last.is_some_and(|l| l >= id))
+}
+
+/// The highest id up to which every row is delivered (0 when the first row is not): where
+/// a search for undelivered readings starts. Walks the ranges from the oldest row, two
+/// seeks per range passed (a few an hour of held history).
+pub(super) fn settled_through(conn: &Connection) -> rusqlite::Result<i64> {
+    let mut next_row = conn.prepare_cached("SELECT MIN(id) FROM outbox WHERE id > ?1")?;
+    let mut covering = conn.prepare_cached(
+        "SELECT last FROM delivered WHERE first <= ?1 ORDER BY first DESC LIMIT 1",
+    )?;
+    let mut h = 0i64;
+    loop {
+        let Some(n) = next_row.query_row([h], |r| r.get::<_, Option<i64>>(0))? else {
+            return Ok(h);
+        };
+        match covering.query_row([n], |r| r.get::<_, i64>(0)).optional()? {
+            Some(last) if last >= n => h = last,
+            _ => return Ok(n - 1),
+        }
+    }
+}
+
+/// Marks runs of ids delivered at `at` (ms), adding what changed to `counts`. Ids already
+/// delivered or without a row are skipped, so marking twice changes nothing.
+pub(super) fn mark(
+    tx: &rusqlite::Transaction<'_>,
+    runs: &[(i64, i64)],
+    at: i64,
+    counts: &mut Delta,
+) -> rusqlite::Result<()> {
+    let mut rows = tx.prepare_cached(MARK_ROWS)?;
+    let mut fresh: Vec<i64> = Vec::new();
+    for &(first, last) in runs {
+        let mut it = rows.query(params![first, last])?;
+        while let Some(row) = it.next()? {
+            let (id, lane, refused): (i64, i64, bool) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            counts.undelivered(lane, -1);
+            counts.delivered_held += 1;
+            counts.refused -= i64::from(refused);
+            fresh.push(id);
+        }
+    }
+    for (x, y) in super::outbox::consecutive_runs(&fresh) {
+        add_range(tx, x, y, at)?;
+    }
+    Ok(())
+}
+
+/// Records ids `x..=y` delivered at `at`, merging with the range before (ending at `x - 1`)
+/// and the one after (starting at `y + 1`) when delivered within the same hour.
+fn add_range(tx: &rusqlite::Transaction<'_>, x: i64, y: i64, at: i64) -> rusqlite::Result<()> {
+    let (mut first, mut last, mut stamp) = (x, y, at);
+    let before: Option<(i64, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT first, last, at FROM delivered WHERE first < ?1 ORDER BY first DESC LIMIT 1",
+        )?
+        .query_row([x], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((f, l, a)) = before {
+        if l == x - 1 && a.div_euclid(HOUR_MS) == at.div_euclid(HOUR_MS) {
+            first = f;
+            stamp = stamp.max(a);
+        }
+    }
+    let after: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT last, at FROM delivered WHERE first = ?1")?
+        .query_row([y + 1], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((l, a)) = after {
+        if a.div_euclid(HOUR_MS) == at.div_euclid(HOUR_MS) {
+            tx.prepare_cached("DELETE FROM delivered WHERE first = ?1")?
+                .execute([y + 1])?;
+            last = l;
+            stamp = stamp.max(a);
+        }
+    }
+    tx.prepare_cached("INSERT OR REPLACE INTO delivered (first, last, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![first, last, stamp])?;
+    Ok(())
+}
+
+/// Takes ids `x..=y` (all delivered) out of the ranges, splitting the ones they fall in.
+fn remove_range(tx: &rusqlite::Transaction<'_>, x: i64, y: i64) -> rusqlite::Result<()> {
+    let mut at_id = x;
+    while at_id <= y {
+        let covering: Option<(i64, i64, i64)> = tx
+            .prepare_cached("SELECT first, last, at FROM delivered WHERE first <= ?1 ORDER BY first DESC LIMIT 1")?
+            .query_row([at_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((f, l, a)) = covering.filter(|c| c.1 >= at_id) else {
+            // Not delivered: go on from the next range, if it starts within the run.
+            let next: Option<i64> = tx
+                .prepare_cached("SELECT MIN(first) FROM delivered WHERE first > ?1")?
+                .query_row([at_id], |r| r.get(0))?;
+            match next {
+                Some(n) if n <= y => {
+                    at_id = n;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        };
+        let cut = l.min(y);
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO delivered (first, last, at) VALUES (?1, ?2, ?3)",
+        )?;
+        tx.prepare_cached("DELETE FROM delivered WHERE first = ?1")?
+            .execute([f])?;
+        if f < at_id {
+            put.execute(params![f, at_id - 1, a])?;
+        }
+        if cut < l {
+            put.execute(params![cut + 1, l, a])?;
+        }
+        at_id = cut + 1;
+    }
+    Ok(())
+}
+
+/// The retention purge: deletes the rows delivered before `cutoff_ms` (tallied per minute
+/// first) and their ranges. Returns the rows deleted.
+pub(super) fn purge(tx: &rusqlite::Transaction<'_>, cutoff_ms: i64) -> rusqlite::Result<u64> {
+    tx.prepare_cached(
+        "INSERT INTO purged_minutes (minute, lane, rows)
+             SELECT o.created_at / 60000, o.lane, COUNT(*) FROM delivered d
+             JOIN outbox o ON o.id BETWEEN d.first AND d.last
+             WHERE d.at < ?1 GROUP BY 1, 2
+         ON CONFLICT(minute, lane) DO UPDATE SET rows = rows + excluded.rows",
+    )?
+    .execute([cutoff_ms])?;
+    let due: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT first, last FROM delivered WHERE at < ?1")?
+        .query_map([cutoff_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut purged = 0u64;
+    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
+    for (first, last) in due {
+        purged += delete.execute([first, last])? as u64;
+    }
+    tx.prepare_cached("DELETE FROM delivered WHERE at < ?1")?
+        .execute([cutoff_ms])?;
+    Ok(purged)
+}
+
+/// The receive time (ms) of the oldest undelivered row of each lane.
+pub(super) fn oldest_undelivered(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let alerts: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT o.created_at FROM outbox o INDEXED BY outbox_alerts
+             WHERE o.lane = 0 AND NOT {DELIVERED} ORDER BY o.id LIMIT 1"
+        ))?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let readings: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT o.created_at FROM outbox o
+             WHERE o.id > ?1 AND o.lane = 1 AND NOT {DELIVERED} ORDER BY o.id LIMIT 1"
+        ))?
+        .query_row([settled_through(conn)?], |r| r.get(0))
+        .optional()?;
+    Ok(match (alerts, readings) {
+        (Some(a), Some(r)) => Some(a.min(r)),
+        (a, r) => a.or(r),
+    })
+}
+
+/// The latest delivery (ms).
+pub(super) fn last_delivery(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT MAX(at) FROM delivered")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The statement listing undelivered rows of `lane` after `?1`, oldest first, at most `?2`.
+pub(super) fn pending_sql(lane: Lane) -> String {
+    let from = match lane {
+        Lane::Alert => "outbox o INDEXED BY outbox_alerts",
+        Lane::Reading => "outbox o",
+    };
+    format!(
+        "SELECT o.id, o.kind, o.key_id, o.nonce, o.ciphertext FROM {from}
+         WHERE o.lane = {lane} AND o.id > ?1 AND NOT {DELIVERED} ORDER BY o.id LIMIT ?2",
+        lane = lane as i64
+    )
+}
+
+/// Where the search for undelivered rows of `lane` after `after` can start.
+pub(super) fn pending_start(conn: &Connection, lane: Lane, after: i64) -> rusqlite::Result<i64> {
+    Ok(match lane {
+        Lane::Alert => after,
+        Lane::Reading => after.max(settled_through(conn)?),
+    })
+}
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -97,19 +345,6 @@ pub struct Reopened {
     pub quarantined: u64,
 }
 
-/// Adds the rows a retention purge is about to delete (delivered before `cutoff_ms`) to the
-/// per-minute tally, inside the purge's own transaction, so tally and rows never disagree.
-pub(super) fn tally_purge(tx: &rusqlite::Transaction<'_>, cutoff_ms: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO purged_minutes (minute, lane, rows)
-             SELECT created_at / 60000, lane, COUNT(*) FROM outbox
-             WHERE delivered_at IS NOT NULL AND delivered_at < ?1 GROUP BY 1, 2
-         ON CONFLICT(minute, lane) DO UPDATE SET rows = rows + excluded.rows",
-    )?
-    .execute([cutoff_ms])?;
-    Ok(())
-}
-
 /// Re-opens the delivered readings of `range` still held in the outbox at `path` (the
 /// publisher then sends them again, oldest first, after whatever alerts wait) and counts
 /// what the range held. Its own connection: no key is needed (nothing is decrypted), and
@@ -137,28 +372,37 @@ pub fn reopen_delivered(path: &Path, range: MinuteRange) -> Result<Reopened, Sto
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     let mut done = Reopened::default();
+    let mut counts = Delta::default();
     if let (Some(first), Some(last)) = span {
         // Rows committed since the scan have later ids or receive times outside the range
         // (ids and receive times grow together); the conditions are repeated so a row is
         // re-opened only if it is in the range, whatever happened in between.
-        done.reopened = tx
-            .execute(
-                "UPDATE outbox SET delivered_at = NULL, refused_at = NULL, refused_reason = NULL
-                 WHERE id BETWEEN ?1 AND ?2 AND lane = ?3 AND created_at >= ?4 AND created_at < ?5
-                   AND delivered_at IS NOT NULL",
-                params![first, last, lane, from, until],
-            )
-            .map_err(err)? as u64;
-        done.already_pending = tx
-            .query_row(
-                "SELECT COUNT(*) FROM outbox
-                 WHERE id BETWEEN ?1 AND ?2 AND lane = ?3 AND created_at >= ?4 AND created_at < ?5
-                   AND delivered_at IS NULL",
-                params![first, last, lane, from, until],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(err)? as u64
-            - done.reopened;
+        let rows: Vec<(i64, bool, bool)> = tx
+            .prepare(&format!(
+                "SELECT o.id, {DELIVERED}, o.refused_at IS NOT NULL FROM outbox o
+                 WHERE o.id BETWEEN ?1 AND ?2 AND o.lane = ?3 AND o.created_at >= ?4
+                   AND o.created_at < ?5 ORDER BY o.id"
+            ))
+            .and_then(|mut st| {
+                st.query_map(params![first, last, lane, from, until], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(err)?;
+        let mut reopen = Vec::new();
+        for (id, delivered, refused) in rows {
+            if delivered {
+                reopen.push(id);
+                counts.refused += i64::from(refused);
+            } else {
+                done.already_pending += 1;
+            }
+        }
+        for (x, y) in super::outbox::consecutive_runs(&reopen) {
+            remove_range(&tx, x, y).map_err(err)?;
+        }
+        done.reopened = reopen.len() as u64;
     }
     done.purged = tx
         .query_row(
@@ -176,7 +420,6 @@ pub fn reopen_delivered(path: &Path, range: MinuteRange) -> Result<Reopened, Sto
         )
         .map_err(err)? as u64;
     done.not_held = done.purged + done.quarantined;
-    let mut counts = Delta::default();
     counts.undelivered(lane, done.reopened as i64);
     counts.delivered_held = -(done.reopened as i64);
     counts.apply(&tx).map_err(err)?;
@@ -330,6 +573,78 @@ mod tests {
             (after.already_pending, after.quarantined, after.not_held),
             (1, 1, 1)
         );
+    }
+
+    fn ranges(outbox: &Outbox) -> Vec<(i64, i64)> {
+        outbox
+            .connection()
+            .prepare("SELECT first, last FROM delivered ORDER BY first")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn delivering_in_order_extends_one_range_and_never_rewrites_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let ids = outbox
+            .append(&(0..20).map(|v| reading(80 + v)).collect::<Vec<_>>(), T0)
+            .unwrap();
+        for chunk in ids.chunks(5) {
+            outbox.mark_delivered(chunk, T0 + minutes(1)).unwrap();
+        }
+        assert_eq!(ranges(&outbox), vec![(ids[0], ids[19])]);
+        let rows_with_a_mark: i64 = outbox
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows_with_a_mark, 0);
+        // The next hour starts a new range (the retention purge's granularity).
+        let later = outbox.append(&[reading(90)], T0).unwrap();
+        outbox.mark_delivered(&later, T0 + minutes(61)).unwrap();
+        assert_eq!(ranges(&outbox).len(), 2);
+    }
+
+    #[test]
+    fn readings_left_behind_delivered_ones_and_alerts_are_still_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::ephemeral().unwrap();
+        let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+        let ids = outbox
+            .append(
+                &[
+                    reading(1),
+                    reading(2),
+                    alert(),
+                    reading(3),
+                    reading(4),
+                    alert(),
+                ],
+                T0,
+            )
+            .unwrap();
+        // Alerts first, then every reading but the second.
+        outbox.mark_delivered(&[ids[2], ids[5]], T0).unwrap();
+        outbox
+            .mark_delivered(&[ids[0], ids[3], ids[4]], T0)
+            .unwrap();
+        assert_eq!(pending(&mut outbox, Lane::Reading), vec![ids[1]]);
+        assert!(pending(&mut outbox, Lane::Alert).is_empty());
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.backlog_readings, stats.backlog_alerts), (1, 0));
+        assert_eq!(stats.oldest_undelivered, Some(T0));
+        outbox.mark_delivered(&[ids[1]], T0).unwrap();
+        assert!(pending(&mut outbox, Lane::Reading).is_empty());
+        assert_eq!(ranges(&outbox), vec![(ids[0], ids[5])], "merged into one");
+        assert_eq!(outbox.stats().unwrap().oldest_undelivered, None);
     }
 
     #[test]
