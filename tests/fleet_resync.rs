@@ -95,6 +95,16 @@ impl Hub {
         }
     }
 
+    /// `vitalgate status` as JSON (printed whatever its exit code: it is also a probe).
+    fn status(&self) -> Value {
+        let out = Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     fn audit_events(&self, name: &str) -> Vec<Value> {
         std::fs::read_to_string(self.state().join("audit.log"))
             .unwrap_or_default()
@@ -211,6 +221,12 @@ async fn resync_resends_the_held_observations_of_the_range_with_the_same_ids_and
     let all_first = observation_ids(&obs);
     let held_ids: Vec<String> = all_first[2..].to_vec();
     assert_eq!(all_first[..2], purged_ids[..]);
+    // The hub records acknowledgements a few seconds late while keeping up: wait until it
+    // holds the three as delivered.
+    wait_until(60, "the three recorded as delivered", || {
+        h.status()["outbox"]["delivered_held"] == 3
+    })
+    .await;
     wait_until(60, "fleet link subscribed", || {
         d.lines()
             .iter()
