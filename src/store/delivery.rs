@@ -233,7 +233,7 @@ pub(super) fn purge(tx: &rusqlite::Transaction<'_>, cutoff_ms: i64) -> rusqlite:
 pub(super) fn oldest_undelivered(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     let alerts: Option<i64> = conn
         .prepare_cached(&format!(
-            "SELECT o.created_at FROM outbox o INDEXED BY outbox_alerts
+            "SELECT o.created_at FROM outbox o
              WHERE o.lane = 0 AND NOT {DELIVERED} ORDER BY o.id LIMIT 1"
         ))?
         .query_row([], |r| r.get(0))
@@ -259,12 +259,9 @@ pub(super) fn last_delivery(conn: &Connection) -> rusqlite::Result<Option<i64>> 
 
 /// The statement listing undelivered rows of `lane` after `?1`, oldest first, at most `?2`.
 pub(super) fn pending_sql(lane: Lane) -> String {
-    let from = match lane {
-        Lane::Alert => "outbox o INDEXED BY outbox_alerts",
-        Lane::Reading => "outbox o",
-    };
+    // `o.lane = 0` written out lets SQLite use the partial index of alert rows.
     format!(
-        "SELECT o.id, o.kind, o.key_id, o.nonce, o.ciphertext FROM {from}
+        "SELECT o.id, o.kind, o.key_id, o.nonce, o.ciphertext FROM outbox o
          WHERE o.lane = {lane} AND o.id > ?1 AND NOT {DELIVERED} ORDER BY o.id LIMIT ?2",
         lane = lane as i64
     )

@@ -330,14 +330,16 @@ impl Outbox {
                 found: version,
             });
         }
+        // Every step in one transaction: a reader beside a starting daemon (`status`) sees
+        // the schema before or after, never a version in between.
+        let tx = conn.unchecked_transaction().map_err(err)?;
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
             tx.pragma_update(None, "user_version", from as i64 + 1)
                 .map_err(err)?;
-            tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
+        tx.commit().map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
         // The key is right (a wrong one changes nothing): from here on the file may change,
         // so the next start must check it in full unless this one stops cleanly.

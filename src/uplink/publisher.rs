@@ -686,15 +686,15 @@ impl<S: OutboxSource> Pump<S> {
                         self.acked.push(row.id);
                         self.delivered_since_flush += 1;
                         self.last_ack = Some(now_utc());
-                        if self.acked.len() >= self.win_cap.min(self.cfg.batch_size) {
+                        let due = self.recorded_at + ACK_RECORD_EVERY;
+                        if self.acked.len() >= self.win_cap.min(self.cfg.batch_size)
+                            || (self.window.is_empty() && due <= Instant::now())
+                        {
                             self.flush_acks();
-                        } else if self.window.is_empty() {
-                            let due = self.recorded_at + ACK_RECORD_EVERY;
-                            if due <= Instant::now() {
-                                self.flush_acks();
-                            } else {
-                                self.record_due.get_or_insert(due);
-                            }
+                        } else {
+                            // Recorded by the timer at the latest, whatever else is in flight
+                            // (a status publish keeps the window from emptying).
+                            self.record_due.get_or_insert(due);
                         }
                         true
                     }
