@@ -48,6 +48,10 @@ pub const QUEUE_CAPACITY: usize = 4096;
 /// How long the writer waits, once per batch, for more frames when the queue runs empty.
 const LINGER: Duration = Duration::from_millis(2);
 
+/// The rhythm the writer expects frames to keep: monitors and simulated devices send once a
+/// second (or at a rate dividing it), each at its own fixed phase.
+const RHYTHM: Duration = Duration::from_secs(1);
+
 /// Longest wait between two attempts at a failing commit.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// First wait after a failed commit; doubled after each failure up to [`RETRY_MAX`].
@@ -321,6 +325,7 @@ pub fn start_with(
         outbox,
         rx,
         policy,
+        arrivals: std::collections::VecDeque::new(),
         committed,
         hook,
         counters: counters.clone(),
@@ -339,6 +344,8 @@ struct Writer {
     outbox: Outbox,
     rx: mpsc::Receiver<Message>,
     policy: GroupCommit,
+    /// When frames were taken from the queue over the last [`RHYTHM`] and `max_wait`.
+    arrivals: std::collections::VecDeque<Instant>,
     committed: Arc<Notify>,
     hook: Box<dyn CommitHook>,
     counters: Arc<IngestCounters>,
@@ -360,24 +367,46 @@ impl Writer {
                 }
             };
             let started = Instant::now();
+            self.arrived(started);
             let mut batch = vec![first];
             let mut readings = batch[0].readings.len();
             let mut tick = false;
-            let mut lingered = false;
+            // Frames in the batch when the writer last lingered (None: not yet).
+            let mut at_linger: Option<usize> = None;
             while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
                 match self.rx.try_recv() {
                     Ok(Message::Frame(frame)) => {
+                        self.arrived(Instant::now());
                         readings += frame.readings.len();
                         batch.push(frame);
                     }
                     Ok(Message::Tick) => tick = true,
-                    Err(_) if !lingered => {
+                    Err(_)
+                        if self
+                            .expected_before(started + self.policy.max_wait)
+                            .is_some() =>
+                    {
+                        // A device that sent a second ago, a little after this batch's
+                        // first frame, is due again within `max_wait`: wait for it, so
+                        // devices out of step by a few tens of milliseconds still share one
+                        // transaction a second (a 1 Hz ward's commits halve; issue 18).
+                        let due = self.expected_before(started + self.policy.max_wait);
+                        let until = due.map_or(started, |t| t + LINGER);
+                        let left = until.min(started + self.policy.max_wait);
+                        std::thread::sleep(left.saturating_duration_since(Instant::now()));
+                        // A device that stopped is waited for once: its due time has passed.
+                        at_linger = Some(batch.len());
+                    }
+                    Err(_) if at_linger != Some(batch.len()) => {
                         // Devices on the same clock (1 Hz monitors started together) send
-                        // within a millisecond or two of each other: waiting that long once
-                        // puts them in one transaction instead of several, each of which
-                        // writes its own pages to the WAL (SD-card wear; issue 18).
-                        lingered = true;
-                        std::thread::sleep(LINGER.min(self.policy.max_wait));
+                        // within a millisecond or two of each other, one after another:
+                        // waiting while they keep coming (never past `max_wait` from the
+                        // first) puts them in one transaction instead of several, each of
+                        // which writes its own pages and sync to the WAL (SD-card wear;
+                        // issue 18). A lone frame waits one linger.
+                        at_linger = Some(batch.len());
+                        let left = self.policy.max_wait.saturating_sub(started.elapsed());
+                        std::thread::sleep(LINGER.min(left));
                     }
                     Err(_) => break,
                 }
@@ -388,6 +417,29 @@ impl Writer {
             }
         }
         self.outbox
+    }
+
+    /// Notes a frame taken from the queue at `at`, forgetting arrivals too old to predict
+    /// anything.
+    fn arrived(&mut self, at: Instant) {
+        self.arrivals.push_back(at);
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|&t| at.saturating_duration_since(t) > RHYTHM + self.policy.max_wait)
+        {
+            self.arrivals.pop_front();
+        }
+    }
+
+    /// When the next frame is due, by the rhythm of the last second, if that is from now to
+    /// `deadline`.
+    fn expected_before(&self, deadline: Instant) -> Option<Instant> {
+        let now = Instant::now();
+        self.arrivals
+            .iter()
+            .map(|&t| t + RHYTHM)
+            .find(|&due| due > now && due <= deadline)
     }
 
     fn tick(&mut self) {

@@ -120,7 +120,7 @@ impl Gateway {
 }
 
 /// Clears every delivery mark, leaving the outbox as a daemon that died before recording
-/// its PUBACKs leaves it: the rows undelivered and the counts kept in `meta` (schema 3)
+/// its PUBACKs leaves it: the rows undelivered (no range in `delivered`, schema 4), the counts kept in `meta`
 /// saying so, changed in the same transaction as the rows, undoing exactly what
 /// `Outbox::mark_delivered` did. Returns the number of rows reset.
 fn forget_every_delivery(outbox: &vitalgate::store::Outbox) -> u64 {
@@ -129,8 +129,8 @@ fn forget_every_delivery(outbox: &vitalgate::store::Outbox) -> u64 {
     {
         let mut st = tx
             .prepare(
-                "UPDATE outbox SET delivered_at = NULL WHERE delivered_at IS NOT NULL
-                 RETURNING lane, refused_at IS NOT NULL",
+                "SELECT o.lane, o.refused_at IS NOT NULL FROM delivered d
+                 JOIN outbox o ON o.id BETWEEN d.first AND d.last",
             )
             .unwrap();
         let mut reset = st.query([]).unwrap();
@@ -140,6 +140,7 @@ fn forget_every_delivery(outbox: &vitalgate::store::Outbox) -> u64 {
             refused += i64::from(row.get::<_, bool>(1).unwrap());
         }
     }
+    tx.execute("DELETE FROM delivered", []).unwrap();
     let total = undelivered[0] + undelivered[1];
     for (key, n) in [
         ("undelivered_alerts", undelivered[0]),

@@ -44,12 +44,23 @@ fn counted_and_kept(outbox: &Outbox) -> ([u64; 5], [u64; 5]) {
     ];
     let c = outbox.connection();
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+    // Delivery marks are id ranges in `delivered` (schema 4).
+    const DELIVERED: &str =
+        "EXISTS (SELECT 1 FROM delivered d WHERE outbox.id BETWEEN d.first AND d.last)";
     let counted = [
-        count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 0"),
-        count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND lane = 1"),
-        count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL"),
-        count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL"),
-        count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"),
+        count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE NOT {DELIVERED} AND lane = 0"
+        )),
+        count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE NOT {DELIVERED} AND lane = 1"
+        )),
+        count(&format!("SELECT COUNT(*) FROM outbox WHERE {DELIVERED}")),
+        count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE NOT {DELIVERED} AND refused_at IS NOT NULL"
+        )),
+        count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE NOT {DELIVERED}"
+        )),
     ];
     (counted, kept)
 }
@@ -156,12 +167,22 @@ fn an_outbox_of_schema_2_is_counted_once_when_migrated() {
         let ids = outbox
             .append(&[reading(60), reading(61), alert()], now())
             .unwrap();
-        outbox.mark_delivered(&[ids[0]], now()).unwrap();
-        // Back to schema 2 as it was written: no counts in meta.
+        // Back to schema 2 as it was written: the delivery mark in the row, its two
+        // indexes, no counts in meta, none of schema 4's tables.
+        outbox
+            .connection()
+            .execute(
+                "UPDATE outbox SET delivered_at = 1764583200000 WHERE id = ?1",
+                [ids[0]],
+            )
+            .unwrap();
         outbox
             .connection()
             .execute_batch(
                 "DELETE FROM meta WHERE key IN ('undelivered_alerts', 'undelivered_readings', 'delivered_held', 'refused');
+                 DROP TABLE delivered; DROP TABLE purged_minutes; DROP INDEX outbox_alerts;
+                 CREATE INDEX outbox_undelivered ON outbox(lane, id) WHERE delivered_at IS NULL;
+                 CREATE INDEX outbox_delivered ON outbox(delivered_at) WHERE delivered_at IS NOT NULL;
                  PRAGMA user_version = 2;",
             )
             .unwrap();
@@ -170,6 +191,13 @@ fn an_outbox_of_schema_2_is_counted_once_when_migrated() {
     assert_eq!(report.migrated_from, 2);
     assert_exact(&outbox, "after migration");
     assert_eq!(outbox.backlog().unwrap(), 2);
+    assert_eq!(outbox.stats().unwrap().delivered_held, 1);
+    let last_ack = outbox.stats().unwrap().last_ack.unwrap();
+    assert_eq!(
+        last_ack.unix_timestamp(),
+        1_764_583_200,
+        "the delivery time moved to its range"
+    );
 }
 
 /// Bytes this thread has read through system calls so far (`/proc/thread-self/io`, rchar):

@@ -340,8 +340,24 @@ impl Agent {
             }
             "rotate-key" | "erase-patient" => match self.run_key_command(p, now) {
                 Ok(answer) => answer,
-                Err(e) => return self.key_command_failed(c, &e, now),
+                Err(e) => return self.command_failed(c, &e, now),
             },
+            "resync" => {
+                let outbox = self
+                    .view
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .local
+                    .outbox_path();
+                match super::resync::run(&outbox, &p.args, &p.id, &self.audit) {
+                    // The publisher re-reads the outbox from its start after a reconnect.
+                    Ok(answer) => {
+                        self.restart_uplink.notify_one();
+                        answer
+                    }
+                    Err(e) => return self.command_failed(c, &e, now),
+                }
+            }
             // `command::judge` accepts only known names.
             other => serde_json::json!({"ignored": other}),
         };
@@ -377,13 +393,13 @@ impl Agent {
         Ok(answer)
     }
 
-    /// A key command that was accepted but failed: answered once, audited.
-    fn key_command_failed(&mut self, c: &AcceptedCommand, e: &str, now: OffsetDateTime) -> Vec<u8> {
+    /// A command that was accepted and could not be carried out (e.g. the outbox is busy):
+    /// answered `failed`, audited, nothing changed.
+    fn command_failed(&mut self, c: &AcceptedCommand, error: &str, now: OffsetDateTime) -> Vec<u8> {
         let p = &c.payload;
-        let detail = super::redact(e);
+        let detail = super::redact(error);
         warn!(id = %p.id, name = %p.name, error = %detail, "fleet command failed");
-        self.audit.note(
-            "fleet_command_failed",
+        self.audit.note("fleet_command_failed",
             serde_json::json!({"id": p.id, "name": p.name, "args": p.args, "key_id": c.key_id, "detail": detail}),
         );
         serde_json::to_vec(&serde_json::json!({

@@ -119,6 +119,9 @@ pub fn command(
             KNOWN.join(", ")
         )));
     }
+    if name == "resync" {
+        super::resync::range(&args).map_err(CliError::Usage)?;
+    }
     if lifetime <= time::Duration::ZERO || lifetime > MAX_LIFETIME {
         return Err(CliError::Usage(format!(
             "--expires-in: a command is valid for 1 second to {} hours",

@@ -14,14 +14,14 @@ use super::jws::{self, EnvelopeError, TYPE_COMMAND};
 use super::keys::{PublicKey, SigningKey};
 use super::MAX_DOCUMENT_BYTES;
 
-/// The commands a hub runs. (`resync` needs an outbox operation that re-opens delivered rows
-/// of a time range; it comes with the store's owner, see docs/fleet.md.)
+/// The commands a hub runs.
 pub const KNOWN: &[&str] = &[
     "ping",
     "reload",
     "restart-uplink",
     "rotate-key",
     "erase-patient",
+    "resync",
 ];
 
 /// Checks a known command's arguments: `erase-patient` takes exactly one patient id, a
@@ -118,6 +118,8 @@ pub enum CommandRefusal {
     Replayed,
     #[error("unknown command {0:?}; known: {known}", known = KNOWN.join(", "))]
     Unknown(String),
+    #[error("{0}")]
+    Arguments(String),
 }
 
 impl CommandRefusal {
@@ -135,6 +137,7 @@ impl CommandRefusal {
             CommandRefusal::LifetimeTooLong => "lifetime_too_long",
             CommandRefusal::Replayed => "replayed",
             CommandRefusal::Unknown(_) => "unknown_command",
+            CommandRefusal::Arguments(_) => "invalid_arguments",
         }
     }
 }
@@ -228,7 +231,12 @@ pub fn judge(
         return refuse(r, CommandRefusal::Unknown(p.name));
     }
     if let Err(why) = check_args(&p.name, &p.args) {
-        return refuse(r, CommandRefusal::Payload(why));
+        return refuse(r, CommandRefusal::Arguments(why));
+    }
+    if p.name == "resync" {
+        if let Err(why) = super::resync::range(&p.args) {
+            return refuse(r, CommandRefusal::Arguments(why));
+        }
     }
     Ok(AcceptedCommand {
         payload: p,
@@ -288,7 +296,7 @@ mod tests {
         for bad in [&[][..], &["p1", "p2"][..], &["9434765919"][..], &[""][..]] {
             assert_eq!(
                 code(&k, &cmd("erase-patient", bad), false),
-                "malformed_payload",
+                "invalid_arguments",
                 "{bad:?}"
             );
         }

@@ -8,7 +8,8 @@
 //!   rejects one document with a typed [`document::Rejection`].
 //! - [`state`]: the applied document persisted by atomic rename (no rollback across restarts).
 //! - [`report`]: the `config/reported` payload.
-//! - [`command`]: signed commands on `cmd` and their judgement; [`replay`]: their nonces.
+//! - [`command`]: signed commands on `cmd` and their judgement; [`replay`]: their nonces;
+//!   [`resync`]: the `resync` command's arguments and run.
 //! - [`agent`]: the hub's side: judge, persist, apply through the supervisor, report, audit.
 //! - [`watch`]: `vitalgate fleet watch`, the platform's live table of gateways.
 //! - [`cli`]: the operator's `vitalgate fleet ...` commands.
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod overlay;
 pub mod replay;
 pub mod report;
+pub mod resync;
 pub mod seal;
 pub mod state;
 pub mod watch;

@@ -1269,11 +1269,13 @@ pub fn erase_patient(
     let mut counts = Delta::default();
     for key_id in &out.keys_destroyed {
         {
+            // Delivery is kept apart from the rows (`delivery.rs`): read it before the delete.
             let mut st = tx
-                .prepare(
-                    "DELETE FROM outbox WHERE key_id = ?1
-                     RETURNING lane, delivered_at IS NULL, refused_at IS NOT NULL",
-                )
+                .prepare(&format!(
+                    "SELECT o.lane, NOT {}, o.refused_at IS NOT NULL FROM outbox o
+                     WHERE o.key_id = ?1",
+                    super::delivery::DELIVERED
+                ))
                 .map_err(sql(path))?;
             let mut rows = st.query([key_id]).map_err(sql(path))?;
             while let Some(r) = rows.next().map_err(sql(path))? {
@@ -1290,6 +1292,8 @@ pub fn erase_patient(
                 }
             }
         }
+        tx.execute("DELETE FROM outbox WHERE key_id = ?1", [key_id])
+            .map_err(sql(path))?;
         out.quarantined_rows += tx
             .execute("DELETE FROM quarantine WHERE key_id = ?1", [key_id])
             .map_err(sql(path))? as u64;

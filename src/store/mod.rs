@@ -6,6 +6,7 @@
 
 mod counts;
 pub mod crypto;
+pub mod delivery;
 pub mod keyring;
 pub mod outbox;
 pub mod record;

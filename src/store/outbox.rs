@@ -107,6 +107,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
          SELECT 'delivered_held', COUNT(*) FROM outbox WHERE delivered_at IS NOT NULL;
      INSERT OR REPLACE INTO meta (key, value)
          SELECT 'refused', COUNT(*) FROM outbox WHERE delivered_at IS NULL AND refused_at IS NOT NULL;",
+    // 3 -> 4: the retention purge's per-minute tally, for `resync` (`delivery`).
+    super::delivery::MIGRATE_TO_V4,
 ];
 
 /// Page size of a new outbox. Every commit writes each page it touches whole to the WAL
@@ -333,22 +335,22 @@ impl Outbox {
                 found: version,
             });
         }
+        // Every step in one transaction: a reader beside a starting daemon (`status`) sees
+        // the schema before or after, never a version in between.
+        let tx = conn.unchecked_transaction().map_err(err)?;
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
             tx.pragma_update(None, "user_version", from as i64 + 1)
                 .map_err(err)?;
-            tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = from + 1, "outbox schema migrated");
         }
         if version < super::keyring::SCHEMA_V5 {
-            let tx = conn.unchecked_transaction().map_err(err)?;
             super::keyring::migrate_to_v5(&tx).map_err(err)?;
             tx.pragma_update(None, "user_version", super::keyring::SCHEMA_V5)
                 .map_err(err)?;
-            tx.commit().map_err(err)?;
             tracing::info!(path = %path.display(), to = super::keyring::SCHEMA_V5, "outbox schema migrated");
         }
+        tx.commit().map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
         // The key is right (a wrong one changes nothing): from here on the file may change,
         // so the next start must check it in full unless this one stops cleanly.
@@ -738,15 +740,14 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<(i64, Record)>, StoreError> {
         let rows: Vec<SealedRow> = {
+            let start =
+                super::delivery::pending_start(&self.conn, lane, after).map_err(self.sql_err())?;
             let mut st = self
                 .conn
-                .prepare_cached(
-                    "SELECT id, kind, key_id, nonce, ciphertext FROM outbox
-                     WHERE lane = ?1 AND delivered_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3",
-                )
+                .prepare_cached(&super::delivery::pending_sql(lane))
                 .map_err(self.sql_err())?;
             let it = st
-                .query_map(params![lane as i64, after, limit as i64], |r| {
+                .query_map(params![start, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .map_err(self.sql_err())?;
@@ -835,10 +836,11 @@ impl Outbox {
         )
         .map_err(err)?;
         let mut counts = Delta::default();
+        let undelivered = !super::delivery::is_delivered(&tx, id).map_err(err)?;
         let removed: Option<(i64, bool, bool)> = tx
             .query_row(
-                "DELETE FROM outbox WHERE id = ?1 RETURNING lane, delivered_at IS NULL, refused_at IS NOT NULL",
-                [id],
+                "DELETE FROM outbox WHERE id = ?1 RETURNING lane, ?2, refused_at IS NOT NULL",
+                params![id, undelivered],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
@@ -884,20 +886,10 @@ impl Outbox {
             .map_err(err)?;
         {
             let mut counts = Delta::default();
-            // One statement per run of consecutive ids, not one per id: a drain acknowledges
-            // rows in id order, so a flush is mostly a single run. Every id of a run is in
-            // `ids`, so no row outside `ids` is ever marked.
-            let mut st = tx.prepare_cached(MARK_DELIVERED).map_err(err)?;
-            for (first, last) in consecutive_runs(ids) {
-                let mut marked = st.query(params![first, last, at]).map_err(err)?;
-                while let Some(row) = marked.next().map_err(err)? {
-                    let lane: i64 = row.get(0).map_err(err)?;
-                    let refused: bool = row.get(1).map_err(err)?;
-                    counts.undelivered(lane, -1);
-                    counts.delivered_held += 1;
-                    counts.refused -= i64::from(refused);
-                }
-            }
+            // Recorded as id ranges (`delivery`), never in the rows: a drain acknowledges
+            // rows in id order, so a flush mostly extends the last range. Every id of a run
+            // is in `ids`, so no row outside `ids` is ever marked.
+            super::delivery::mark(&tx, &consecutive_runs(ids), at, &mut counts).map_err(err)?;
             counts.apply(&tx).map_err(err)?;
         }
         tx.commit().map_err(err)
@@ -942,12 +934,15 @@ impl Outbox {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        let newly: usize = tx
-            .execute(
-                "UPDATE outbox SET refused_at = ?2 WHERE id = ?1 AND refused_at IS NULL AND delivered_at IS NULL",
+        let newly: usize = if super::delivery::is_delivered(&tx, id).map_err(err)? {
+            0
+        } else {
+            tx.execute(
+                "UPDATE outbox SET refused_at = ?2 WHERE id = ?1 AND refused_at IS NULL",
                 params![id, ms(at)],
             )
-            .map_err(err)?;
+            .map_err(err)?
+        };
         tx.execute(
             "UPDATE outbox SET refused_at = ?2, refused_reason = ?3 WHERE id = ?1",
             params![id, ms(at), reason],
@@ -971,12 +966,7 @@ impl Outbox {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let purged = tx
-            .execute(
-                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
-                [ms(cutoff)],
-            )
-            .map_err(err)?;
+        let purged = super::delivery::purge(&tx, ms(cutoff)).map_err(err)?;
         Delta {
             delivered_held: -(purged as i64),
             ..Delta::default()
@@ -1223,10 +1213,6 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
             .map(|n| n as u64)
             .map_err(e)
     };
-    let opt_time = |sql: &str| -> Result<Option<OffsetDateTime>, StoreError> {
-        let v: Option<i64> = conn.query_row(sql, [], |r| r.get(0)).map_err(e)?;
-        Ok(v.and_then(from_ms))
-    };
     let key_ids: Vec<u32> = {
         let legacy = !super::keyring::has_keyring(conn).map_err(e)?;
         let mut st = conn
@@ -1246,13 +1232,12 @@ fn stats_of(conn: &Connection, path: &Path, current_key: u32) -> Result<OutboxSt
     Ok(OutboxStats {
         backlog_alerts: counts.backlog(Lane::Alert),
         backlog_readings: counts.backlog(Lane::Reading),
-        oldest_undelivered: opt_time(
-            "SELECT MIN(t) FROM (
-                 SELECT (SELECT created_at FROM outbox WHERE lane = 0 AND delivered_at IS NULL ORDER BY id LIMIT 1) AS t
-                 UNION ALL
-                 SELECT (SELECT created_at FROM outbox WHERE lane = 1 AND delivered_at IS NULL ORDER BY id LIMIT 1))",
-        )?,
-        last_ack: opt_time("SELECT MAX(delivered_at) FROM outbox WHERE delivered_at IS NOT NULL")?,
+        oldest_undelivered: super::delivery::oldest_undelivered(conn)
+            .map_err(e)?
+            .and_then(from_ms),
+        last_ack: super::delivery::last_delivery(conn)
+            .map_err(e)?
+            .and_then(from_ms),
         delivered_held: counts.delivered_held,
         refused: counts.refused,
         quarantined: count("SELECT COUNT(*) FROM quarantine")?,
@@ -1417,7 +1402,7 @@ fn count_sealed_by_owner(
     Ok(())
 }
 
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
     let err = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -1653,15 +1638,9 @@ fn count_set_aside(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Marks one run of ids delivered. It must seek by rowid: a scan of the undelivered index
-/// instead would cost the whole backlog for every run (tested by its query plan).
-const MARK_DELIVERED: &str =
-    "UPDATE outbox SET delivered_at = ?3 WHERE id BETWEEN ?1 AND ?2 AND delivered_at IS NULL
-     RETURNING lane, refused_at IS NOT NULL";
-
 /// `ids` as ascending runs of consecutive integers `(first, last)`, duplicates ignored:
 /// `[5, 3, 4, 9]` gives `[(3, 5), (9, 9)]`.
-fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
+pub(super) fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     let mut runs: Vec<(i64, i64)> = Vec::new();
@@ -1676,7 +1655,8 @@ fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{consecutive_runs, redact_content, Outbox, MARK_DELIVERED};
+    use super::{consecutive_runs, redact_content, Outbox};
+    use crate::store::delivery::MARK_ROWS;
 
     #[test]
     fn a_decode_error_kept_as_quarantine_reason_quotes_no_content_and_no_digits() {
@@ -1693,14 +1673,18 @@ mod tests {
         let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
         let plan: Vec<String> = outbox
             .connection()
-            .prepare(&format!("EXPLAIN QUERY PLAN {MARK_DELIVERED}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN {MARK_ROWS}"))
             .unwrap()
-            .query_map([1, 2, 3], |r| r.get::<_, String>(3))
+            .query_map([1, 2], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(plan.len(), 1, "{plan:?}");
         assert!(plan[0].contains("USING INTEGER PRIMARY KEY"), "{plan:?}");
+        assert!(
+            plan.iter()
+                .all(|p| p.contains("USING INTEGER PRIMARY KEY") || p.contains("SUBQUERY")),
+            "every step seeks by key: {plan:?}"
+        );
     }
 
     #[test]

@@ -83,6 +83,15 @@ pub struct UplinkStatus {
 /// The technical condition raised when the platform has not subscribed for too long.
 pub const PLATFORM_NOT_SUBSCRIBED: &str = "platform_not_subscribed";
 
+/// How often a publisher keeping up with live readings records their acknowledgements: a
+/// record is a transaction with its own disk sync, and at 1 Hz one a second wrote more
+/// than a hundred bytes per reading to the SD card (issue 18). A window's worth (`inflight`,
+/// at most `batch_size`) is recorded at once, so redelivery after a crash stays bounded by
+/// the in-flight window (HAZ-05), and everything is recorded before a disconnect or stop. Rows acknowledged
+/// but not yet recorded when the process dies are sent again after the restart, with the
+/// same Observation ids (at least once, as after any crash); none is ever lost.
+pub const ACK_RECORD_EVERY: Duration = Duration::from_secs(5);
+
 /// Why the uplink cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -190,6 +199,10 @@ struct Pump<S: OutboxSource> {
     refusals: HashMap<i64, Refusal>,
     /// Acknowledged rows not yet recorded by `mark_delivered`.
     acked: Vec<i64>,
+    /// When `acked` was last recorded, and when it must be at the latest (see
+    /// [`ACK_RECORD_EVERY`]).
+    recorded_at: Instant,
+    record_due: Option<Instant>,
     // per connection:
     topics: Topics,
     after: [i64; 2],
@@ -311,6 +324,8 @@ impl<S: OutboxSource> Uplink<S> {
             status,
             refusals: HashMap::new(),
             acked: Vec::new(),
+            recorded_at: Instant::now(),
+            record_due: None,
             after: [0; 2],
             queues: [VecDeque::new(), VecDeque::new()],
             exhausted: [false; 2],
@@ -533,9 +548,13 @@ impl<S: OutboxSource> Pump<S> {
 
     /// Records acknowledged rows in the outbox (durable before return) and publishes status.
     fn flush_acks(&mut self) {
+        self.record_due = None;
         if !self.acked.is_empty() {
             match self.source.mark_delivered(&self.acked) {
-                Ok(()) => self.acked.clear(),
+                Ok(()) => {
+                    self.acked.clear();
+                    self.recorded_at = Instant::now();
+                }
                 Err(e) => {
                     // Kept for the next flush; if we reconnect first they are re-sent (duplicates).
                     self.report(format!("outbox mark_delivered failed: {e}"));
@@ -860,10 +879,15 @@ impl<S: OutboxSource> Pump<S> {
                         self.acked.push(row.id);
                         self.delivered_since_flush += 1;
                         self.last_ack = Some(now_utc());
+                        let due = self.recorded_at + ACK_RECORD_EVERY;
                         if self.acked.len() >= self.win_cap.min(self.cfg.batch_size)
-                            || self.window.is_empty()
+                            || (self.window.is_empty() && due <= Instant::now())
                         {
                             self.flush_acks();
+                        } else {
+                            // Recorded by the timer at the latest, whatever else is in flight
+                            // (a status publish keeps the window from emptying).
+                            self.record_due.get_or_insert(due);
                         }
                         true
                     }
@@ -976,6 +1000,7 @@ impl<S: OutboxSource> Pump<S> {
                 .chain(self.rescan_at)
                 .chain(self.not_subscribed_timer())
                 .chain(self.audit.as_ref().and_then(|a| a.timer(Instant::now())))
+                .chain(self.record_due)
                 .min();
             let action = tokio::select! {
                 biased;
@@ -1035,6 +1060,9 @@ impl<S: OutboxSource> Pump<S> {
                 Action::Telemetry(true) => self.publish_online(&client, &gateway),
                 Action::Telemetry(false) => trigger = None,
                 Action::Tick => {
+                    if self.record_due.is_some_and(|t| t <= Instant::now()) {
+                        self.flush_acks();
+                    }
                     if self.rescan_at.is_some_and(|t| t <= Instant::now()) {
                         self.rescan_at = None;
                         self.exhausted = [false; 2];

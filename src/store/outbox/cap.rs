@@ -222,13 +222,7 @@ impl Outbox {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let purged = tx
-            .execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                     WHERE delivered_at IS NOT NULL ORDER BY id LIMIT ?1)",
-                [limit],
-            )
-            .map_err(err)?;
+        let purged = crate::store::delivery::purge_oldest(&tx, limit).map_err(err)?;
         Delta {
             delivered_held: -(purged as i64),
             ..Delta::default()
@@ -251,15 +245,19 @@ impl Outbox {
         let mut delta = Delta::default();
         let mut dropped = 0u64;
         {
+            // Undelivered: not in a delivered range (`delivery.rs`), searched from the first
+            // id not yet settled.
+            let settled = crate::store::delivery::settled_through(&tx).map_err(err)?;
             let mut st = tx
-                .prepare(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                         WHERE delivered_at IS NULL AND kind = ?1 ORDER BY id LIMIT ?2)
+                .prepare(&format!(
+                    "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o
+                         WHERE o.id > ?3 AND o.kind = ?1 AND NOT {} ORDER BY o.id LIMIT ?2)
                      RETURNING lane, refused_at IS NOT NULL",
-                )
+                    crate::store::delivery::DELIVERED
+                ))
                 .map_err(err)?;
             let rows = st
-                .query_map([READING_KIND, limit], |r| {
+                .query_map(rusqlite::params![READING_KIND, limit, settled], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
                 })
                 .map_err(err)?;
