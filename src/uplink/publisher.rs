@@ -832,8 +832,10 @@ impl<S: OutboxSource> Pump<S> {
                     // platform's next subscription.
                     Tag::Status if !ok && !nobody => {
                         self.report(format!(
-                            "broker refused the status publish: {:?}",
-                            ack.reason
+                            "broker refused the status publish on {}: PUBACK {:?} (0x{:02x})",
+                            self.topics.status,
+                            ack.reason,
+                            wire_code(&ack.reason)
                         ));
                         false
                     }
