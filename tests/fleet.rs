@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::AsyncClient;
 use serde_json::Value;
 use support::daemon::Daemon;
 use support::*;
 use time::OffsetDateTime;
 use vitalgate::fleet::document::ConfigPayload;
 use vitalgate::fleet::keys::{self, SigningKey};
-use vitalgate::uplink::UplinkConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 const GW: &str = "fleet-gw";
@@ -146,41 +144,7 @@ fn payload(version: u64, overlay: &str) -> ConfigPayload {
 
 /// The operator's MQTT client (its own certificate, allowed to write `config/desired`).
 async fn operator(b: &Broker) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let (cert, key) = b.write_client(OPS, false);
-    let tls = vitalgate::uplink::tls::load(
-        &UplinkConfig {
-            broker: "localhost".into(),
-            ca_file: b.path("ca.pem"),
-            cert_file: cert,
-            key_file: key,
-            ..UplinkConfig::default()
-        },
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    let mut o = MqttOptions::new("fleet-ops-client", "localhost", b.port);
-    o.set_max_packet_size(Some(1024 * 1024))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.config,
-        )));
-    let (client, mut el) = AsyncClient::new(o, 16);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    within(30, "operator CONNACK", rx).await.unwrap();
-    (client, task)
+    operator_client(b, OPS, "fleet-ops-client").await
 }
 
 /// Reports on `config/reported`, as the platform sees them.

@@ -14,8 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::AsyncClient;
 use serde_json::Value;
 use support::daemon::{wait_until, Daemon};
 use support::*;
@@ -23,7 +22,6 @@ use time::OffsetDateTime;
 use vitalgate::fleet::command::CommandPayload;
 use vitalgate::fleet::keys::{self, SigningKey};
 use vitalgate::store::{MasterKey, Outbox};
-use vitalgate::uplink::UplinkConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 const GW: &str = "resync-gw";
@@ -117,40 +115,7 @@ impl Hub {
 
 /// The operator's MQTT client (its own certificate, allowed to write `cmd`).
 async fn operator(b: &Broker) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let (cert, key) = b.write_client(OPS, false);
-    let tls = vitalgate::uplink::tls::load(
-        &UplinkConfig {
-            broker: "localhost".into(),
-            ca_file: b.path("ca.pem"),
-            cert_file: cert,
-            key_file: key,
-            ..UplinkConfig::default()
-        },
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    let mut o = MqttOptions::new("resync-ops-client", "localhost", b.port);
-    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        tls.config,
-    )));
-    let (client, mut el) = AsyncClient::new(o, 16);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut tx = Some(tx);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    within(30, "operator CONNACK", rx).await.unwrap();
-    (client, task)
+    operator_client(b, OPS, "resync-ops-client").await
 }
 
 /// Observation ids received on `obs`, in arrival order (one per message).

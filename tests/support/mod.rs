@@ -520,6 +520,51 @@ impl Received {
     }
 }
 
+/// An operator's MQTT client with its own certificate (common name `cn`, which the broker's
+/// ACL must allow to write `config/desired` or `cmd`); returns once connected. The event loop
+/// runs in the returned task, reconnecting after errors.
+pub async fn operator_client(
+    b: &Broker,
+    cn: &str,
+    client_id: &str,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (cert, key) = b.write_client(cn, false);
+    let tls = vitalgate::uplink::tls::load(
+        &UplinkConfig {
+            broker: "localhost".into(),
+            ca_file: b.path("ca.pem"),
+            cert_file: cert,
+            key_file: key,
+            ..UplinkConfig::default()
+        },
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let mut o = MqttOptions::new(client_id, "localhost", b.port);
+    o.set_max_packet_size(Some(1024 * 1024))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.config,
+        )));
+    let (client, mut el) = AsyncClient::new(o, 16);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    within(30, "operator CONNACK", rx).await.unwrap();
+    (client, task)
+}
+
 /// Starts a subscriber (persistent session, QoS 1) to `filter`, reconnecting across broker
 /// restarts; returns once the first SUBACK arrived.
 pub async fn subscribe(
