@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::daemon::Daemon;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,60 +103,6 @@ impl Gateway {
 
 fn bed(location: &str, patient: &str) -> String {
     format!("[[hl7.bed]]\nlocation = \"{location}\"\npatient = \"{patient}\"\n")
-}
-
-/// A running `vitalgate run`; killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
-    }
-
-    async fn wait_log(&self, needle: &str) {
-        let log = self.log.clone();
-        within(30, needle, async move {
-            while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-    }
-
-    fn hup(&self) {
-        let ok = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A PCD-01 ORU^R01 in the GE/Mindray shape: SpO2, pulse rate, ECG heart rate, respiration
@@ -454,7 +399,7 @@ async fn an_unbound_monitor_is_held_shown_in_status_and_released_when_its_bed_is
         "",
         &[bed("3West^301^1", "p1"), bed("4East^9^2", "p2")].concat(),
     );
-    d.hup();
+    d.signal("HUP");
     let st = g
         .status_until(60, "held readings released", |s| {
             s["backlog"]["readings"] == 5
