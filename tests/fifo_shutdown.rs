@@ -7,11 +7,15 @@
 //! The bound is the unit's `TimeoutStopSec=15s` (packaging/vitalgate.service): beyond it
 //! systemd sends SIGKILL. It is an upper bound for a hang, not a performance figure.
 
+mod support;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use support::process::{sigterm, snapshot, spawn_run, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 /// `TimeoutStopSec=` of the shipped unit.
@@ -59,49 +63,6 @@ path = "{fifo}"
     (dir, config, fifo)
 }
 
-fn spawn(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &Child) {
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -TERM failed: {st}");
-}
-
-/// Waits for the child to exit, at most `limit`; `None` if it is still running (then killed,
-/// as systemd would).
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn snapshot(state_dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(state_dir.join("status.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 /// Waits until the daemon's status snapshot satisfies `ready`.
 fn wait_for(
     child: &mut Child,
@@ -141,7 +102,7 @@ fn open_writer(fifo: &Path) -> mpsc::Receiver<File> {
 fn sigterm_with_a_fifo_device_and_no_writer_exits_0_before_the_stop_timeout() {
     let (dir, config, _fifo) = setup();
     let state = dir.path().join("state");
-    let mut child = spawn(&config);
+    let mut child = spawn_run(&config, None);
     wait_for(&mut child, &state, "running", |s| s["running"] == true);
 
     sigterm(&child);
@@ -158,7 +119,7 @@ fn sigterm_with_a_silent_fifo_writer_exits_0_and_keeps_what_it_sent() {
     use std::io::Write;
     let (dir, config, fifo) = setup();
     let state = dir.path().join("state");
-    let mut child = spawn(&config);
+    let mut child = spawn_run(&config, None);
     let mut writer = open_writer(&fifo)
         .recv_timeout(Duration::from_secs(60))
         .expect("the daemon never opened the FIFO");

@@ -3,10 +3,13 @@
 //! full-file check; one killed with SIGKILL does not, so the next start checks in full. And
 //! the status snapshot is not rewritten while nothing but timestamps changes.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use support::process::{snapshot, spawn_run};
 use vitalgate::store::{MasterKey, Outbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -49,22 +52,6 @@ interval_ms = {interval_ms}
     (dir, path, key)
 }
 
-fn spawn(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn snapshot(state: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(state.join("status.json")).ok()?).ok()
-}
-
 /// Waits (generously) until the daemon's snapshot says a reading was committed.
 fn wait_committed(state: &Path, child: &mut Child) {
     let t0 = Instant::now();
@@ -100,12 +87,12 @@ fn after_sigterm_the_next_start_skips_the_full_check_and_after_sigkill_it_does_n
     let (dir, config, key) = setup(100);
     let state = dir.path().join("state");
 
-    let mut child = spawn(&config);
+    let mut child = spawn_run(&config, None);
     wait_committed(&state, &mut child);
     sigterm_and_wait(&mut child);
     assert!(!reopen(&state, &key).full_check, "after a clean stop");
 
-    let mut child = spawn(&config);
+    let mut child = spawn_run(&config, None);
     wait_committed(&state, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -117,7 +104,7 @@ fn the_status_snapshot_is_not_rewritten_while_only_timestamps_change() {
     // One reading set a minute: between two sets nothing but clocks move.
     let (dir, config, _key) = setup(60_000);
     let state = dir.path().join("state");
-    let mut child = spawn(&config);
+    let mut child = spawn_run(&config, None);
     wait_committed(&state, &mut child);
     // Let the first set's counts and the device's state settle into one snapshot.
     std::thread::sleep(Duration::from_secs(5));

@@ -3,13 +3,16 @@
 //! device, a datagram socket standing in for systemd's `NOTIFY_SOCKET` with a 1 s watchdog,
 //! and a ballast file that takes every free byte of the file system.
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::process::{sigterm, spawn_run, wait_exit};
 use vitalgate::store::{Lane, MasterKey, Outbox, Record};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -134,20 +137,7 @@ impl Drop for Daemon {
 }
 
 fn spawn(config: &Path, notify: Option<&Path>) -> Daemon {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(sock) = notify {
-        cmd.env("NOTIFY_SOCKET", sock)
-            .env("WATCHDOG_USEC", "1000000");
-    }
-    Daemon(cmd.spawn().unwrap())
+    Daemon(spawn_run(config, notify))
 }
 
 fn ingest_status(state: &Path) -> Option<serde_json::Value> {
@@ -182,27 +172,6 @@ fn wait_ingest(
 
 fn committed(i: &serde_json::Value) -> u64 {
     i["readings_committed"].as_u64().unwrap_or(0)
-}
-
-fn sigterm(child: &Child) {
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 /// Every datagram received, with when it arrived.

@@ -3,10 +3,14 @@
 //! uplink, a temporary state dir and a key from `vitalgate keygen`, stopped with SIGTERM sent
 //! by the `kill` command. A datagram socket stands in for systemd's `NOTIFY_SOCKET`.
 
+mod support;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::process::{sigterm, snapshot, spawn_run as spawn, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 
@@ -53,53 +57,6 @@ interval_ms = 100
     let path = dir.path().join("vitalgate.toml");
     std::fs::write(&path, cfg).unwrap();
     (dir, path)
-}
-
-fn spawn(config: &Path, notify_socket: Option<&Path>) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(sock) = notify_socket {
-        // WATCHDOG_PID is left unset (the child's pid is not known yet): sd-notify then
-        // accepts WATCHDOG_USEC for itself. 1 s: pings every 250 ms while the writer ticks.
-        cmd.env("NOTIFY_SOCKET", sock)
-            .env("WATCHDOG_USEC", "1000000");
-    }
-    cmd.spawn().unwrap()
-}
-
-fn sigterm(child: &Child) {
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -TERM failed: {st}");
-}
-
-/// Waits for the child to exit, at most `limit`; `None` if it is still running (then killed).
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn snapshot(state_dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(state_dir.join("status.json")).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// Waits until the daemon's status snapshot exists and devices have delivered readings.

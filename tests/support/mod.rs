@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use vitalgate::uplink::UplinkConfig;
 
 pub mod daemon;
+pub mod process;
 
 pub const PLATFORM_CN: &str = "platform";
 
