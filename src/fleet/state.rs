@@ -72,6 +72,20 @@ struct OnDisk {
 }
 
 impl OnDisk {
+    /// `applied`'s metadata in clear beside its document sealed (and, during a master
+    /// rotation, sealed again under the incoming key).
+    fn sealed(applied: &Applied, sealed: Sealed, next: Option<Sealed>) -> OnDisk {
+        OnDisk {
+            version: applied.version,
+            sha256: applied.sha256.clone(),
+            key_id: applied.key_id.clone(),
+            applied_at: applied.applied_at,
+            document: None,
+            sealed: Some(sealed),
+            next,
+        }
+    }
+
     /// The stored document, opened; `Err` says why it cannot be (the metadata still holds).
     /// The flag says the file should be written again under `master` alone (a document in
     /// clear from an earlier version, or a master rotation's second seal).
@@ -164,16 +178,8 @@ pub fn load(state_dir: &Path, master: &MasterKey) -> Result<Option<Applied>, Sta
 /// Persists `applied` atomically (temporary file, fsync, rename, fsync of the directory),
 /// its document sealed under `master`.
 pub fn save(state_dir: &Path, applied: &Applied, master: &MasterKey) -> Result<(), StateError> {
-    let disk = OnDisk {
-        version: applied.version,
-        sha256: applied.sha256.clone(),
-        key_id: applied.key_id.clone(),
-        applied_at: applied.applied_at,
-        document: None,
-        sealed: Some(seal_for(state_dir, master, &applied.document)?),
-        next: None,
-    };
-    write(state_dir, &disk)
+    let sealed = seal_for(state_dir, master, &applied.document)?;
+    write(state_dir, &OnDisk::sealed(applied, sealed, None))
 }
 
 /// For `key rotate-master`, before the new key is installed: the stored document (if any,
@@ -192,16 +198,9 @@ pub fn stage_for_master(
         // Nothing the old key opens: the next start drops it either way (its version stays).
         return Ok(false);
     }
-    let disk = OnDisk {
-        version: applied.version,
-        sha256: applied.sha256.clone(),
-        key_id: applied.key_id.clone(),
-        applied_at: applied.applied_at,
-        document: None,
-        sealed: Some(seal_for(state_dir, old, &applied.document)?),
-        next: Some(seal_for(state_dir, new, &applied.document)?),
-    };
-    write(state_dir, &disk)?;
+    let sealed = seal_for(state_dir, old, &applied.document)?;
+    let next = seal_for(state_dir, new, &applied.document)?;
+    write(state_dir, &OnDisk::sealed(&applied, sealed, Some(next)))?;
     Ok(true)
 }
 

@@ -207,25 +207,32 @@ fn remove_range(tx: &rusqlite::Transaction<'_>, x: i64, y: i64) -> rusqlite::Res
 /// The retention purge: deletes the rows delivered before `cutoff_ms` (tallied per minute
 /// first) and their ranges. Returns the rows deleted.
 pub(super) fn purge(tx: &rusqlite::Transaction<'_>, cutoff_ms: i64) -> rusqlite::Result<u64> {
-    tx.prepare_cached(
-        "INSERT INTO purged_minutes (minute, lane, rows)
-             SELECT o.created_at / 60000, o.lane, COUNT(*) FROM delivered d
-             JOIN outbox o ON o.id BETWEEN d.first AND d.last
-             WHERE d.at < ?1 GROUP BY 1, 2
-         ON CONFLICT(minute, lane) DO UPDATE SET rows = rows + excluded.rows",
-    )?
-    .execute([cutoff_ms])?;
     let due: Vec<(i64, i64)> = tx
         .prepare_cached("SELECT first, last FROM delivered WHERE at < ?1")?
         .query_map([cutoff_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut purged = 0u64;
-    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
-    for (first, last) in due {
-        purged += delete.execute([first, last])? as u64;
-    }
+    let purged = delete_tallied(tx, &due)?;
     tx.prepare_cached("DELETE FROM delivered WHERE at < ?1")?
         .execute([cutoff_ms])?;
+    Ok(purged)
+}
+
+/// Deletes the rows of each id range `(first, last)`, after adding them to the per-minute
+/// tally of rows no longer held (`purged_minutes`, which `resync` counts). Both purges, by
+/// retention and by the storage cap, go through here. Returns the rows deleted.
+fn delete_tallied(tx: &rusqlite::Transaction<'_>, ranges: &[(i64, i64)]) -> rusqlite::Result<u64> {
+    let mut tally = tx.prepare_cached(
+        "INSERT INTO purged_minutes (minute, lane, rows)
+             SELECT created_at / 60000, lane, COUNT(*) FROM outbox
+             WHERE id BETWEEN ?1 AND ?2 GROUP BY 1, 2
+         ON CONFLICT(minute, lane) DO UPDATE SET rows = rows + excluded.rows",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
+    let mut purged = 0u64;
+    for &(first, last) in ranges {
+        tally.execute([first, last])?;
+        purged += delete.execute([first, last])? as u64;
+    }
     Ok(purged)
 }
 
@@ -255,23 +262,11 @@ pub(crate) fn purge_oldest(tx: &rusqlite::Transaction<'_>, limit: i64) -> rusqli
             None => return Ok(0),
         },
     };
-    tx.prepare_cached(
-        "INSERT INTO purged_minutes (minute, lane, rows)
-             SELECT o.created_at / 60000, o.lane, COUNT(*) FROM delivered d
-             JOIN outbox o ON o.id BETWEEN d.first AND MIN(d.last, ?1)
-             WHERE d.first <= ?1 GROUP BY 1, 2
-         ON CONFLICT(minute, lane) DO UPDATE SET rows = rows + excluded.rows",
-    )?
-    .execute([upto])?;
     let due: Vec<(i64, i64)> = tx
         .prepare_cached("SELECT first, MIN(last, ?1) FROM delivered WHERE first <= ?1")?
         .query_map([upto], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut purged = 0u64;
-    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
-    for (first, last) in due {
-        purged += delete.execute([first, last])? as u64;
-    }
+    let purged = delete_tallied(tx, &due)?;
     tx.prepare_cached("DELETE FROM delivered WHERE last <= ?1")?
         .execute([upto])?;
     tx.prepare_cached("UPDATE delivered SET first = ?1 + 1 WHERE first <= ?1 AND last > ?1")?
