@@ -645,3 +645,38 @@ fn a_commit_after_another_writer_took_the_next_ids_succeeds_on_retry() {
     let ids = mine.append(&[spo2(92)], now()).unwrap();
     assert_eq!(ids, vec![2]);
 }
+
+/// Found under real systemd (a Debian 12 container booted with systemd-nspawn): the retention
+/// purge, on its own connection, read first and then wrote in a deferred transaction, so a
+/// commit by the ingest writer in between left it a stale snapshot and SQLite refused the
+/// upgrade at once ("database is locked") instead of waiting. Every write transaction on the
+/// store's connections now takes the write lock when it begins, and waits its turn.
+#[test]
+fn retention_purge_waits_for_a_concurrent_writer_instead_of_failing_locked() {
+    let (_dir, path, key) = fresh();
+    let mut writer = open(&path, &key);
+    writer.append(&[spo2(97)], now()).unwrap();
+    let mut retention = Outbox::open_secondary(&path, &key).unwrap();
+
+    // Another connection holds the write lock and commits a change a little later, as the
+    // ingest writer does many times a second.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder_path = path.clone();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&holder_path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT OR REPLACE INTO meta (key, value) VALUES ('test.concurrent_write', 1);")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+
+    let purged = retention.purge_delivered_before(now());
+    holder.join().unwrap();
+    assert_eq!(
+        purged.unwrap(),
+        0,
+        "nothing delivered yet, so nothing to purge"
+    );
+}

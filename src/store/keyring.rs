@@ -992,7 +992,10 @@ pub(super) fn reseal_legacy(outbox: &mut super::outbox::Outbox) -> Result<(), St
             rotate_after,
             now,
         )?;
-        let tx = outbox.conn.transaction().map_err(sql(&path))?;
+        let tx = outbox
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql(&path))?;
         for (id, kind, owner, plain) in opened {
             let Some(key_id) = keys.get(&owner).copied() else {
                 continue;

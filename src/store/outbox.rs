@@ -508,7 +508,10 @@ impl Outbox {
             self.rotate_after,
             OffsetDateTime::now_utc(),
         )?;
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         put_sealed_state(&tx, &mut self.keyring, &keys, &updates, &path)?;
         count_sealed_by_owner(&tx, &keys, &owners).map_err(err)?;
         tx.execute("DELETE FROM device_state", []).map_err(err)?;
@@ -828,7 +831,10 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         tx.execute(
             "INSERT OR REPLACE INTO quarantine (id, lane, kind, created_at, key_id, nonce, ciphertext, reason, quarantined_at)
              SELECT id, lane, kind, created_at, key_id, nonce, ciphertext, ?2, ?3 FROM outbox WHERE id = ?1",
@@ -965,7 +971,10 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let purged = super::delivery::purge(&tx, ms(cutoff)).map_err(err)?;
         Delta {
             delivered_held: -(purged as i64),

@@ -221,7 +221,10 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let purged = crate::store::delivery::purge_oldest(&tx, limit).map_err(err)?;
         Delta {
             delivered_held: -(purged as i64),
@@ -241,7 +244,10 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let mut delta = Delta::default();
         let mut dropped = 0u64;
         {
