@@ -284,6 +284,89 @@ pub fn disk(cfg: &Config) -> Finding {
     }
 }
 
+/// What the packaged unit's root directory shows the service (packaging/vitalgate.service,
+/// `RootDirectory=` and its bind mounts): a file the config names anywhere else is missing
+/// for the service, though present for an engineer's shell.
+pub const SERVICE_VISIBLE: &[&str] = &[
+    "/usr",
+    "/etc",
+    "/bin",
+    "/lib",
+    "/var/lib/vitalgate",
+    "/run/vitalgate",
+    "/dev/serial/by-id",
+];
+
+/// Every file the config names lies where the packaged service can see it (only where
+/// systemd runs: elsewhere no unit confines the gateway).
+pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
+    if !host.systemd_run.exists() {
+        return Finding::skip("sandbox", "this machine is not running systemd");
+    }
+    let hidden: Vec<String> = named_paths(cfg)
+        .into_iter()
+        .filter(|(_, path)| path.is_absolute() && !visible_to_the_service(path))
+        .map(|(what, path)| format!("{what} {}", path.display()))
+        .collect();
+    if hidden.is_empty() {
+        return Finding::pass(
+            "sandbox",
+            "every file the config names is inside the service's root",
+        );
+    }
+    Finding::fail(
+        "sandbox",
+        format!(
+            "the service cannot see {}: its root holds only {}",
+            hidden.join(", "),
+            SERVICE_VISIBLE.join(", ")
+        ),
+        "move the file under /etc/vitalgate (serial ports: /dev/serial/by-id/...), or bind it in with `BindReadOnlyPaths=PATH` in a drop-in (`systemctl edit vitalgate`)",
+    )
+}
+
+fn visible_to_the_service(path: &Path) -> bool {
+    SERVICE_VISIBLE.iter().any(|root| path.starts_with(root))
+}
+
+/// The files and directories a config names, with the setting that names each.
+fn named_paths(cfg: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = vec![(
+        "gateway.state_dir".to_owned(),
+        cfg.gateway.state_dir.clone(),
+    )];
+    for dir in &cfg.gateway.devices_dirs {
+        out.push(("gateway.devices_dirs".to_owned(), dir.clone()));
+    }
+    if let Some(up) = &cfg.uplink {
+        out.push(("uplink.ca_file".to_owned(), up.ca_file.clone()));
+        out.push(("uplink.cert_file".to_owned(), up.cert_file.clone()));
+        out.push(("uplink.key_file".to_owned(), up.key_file.clone()));
+    }
+    if let Some(tls) = cfg.hl7.as_ref().and_then(|h| h.tls.as_ref()) {
+        out.push(("hl7.tls.cert_file".to_owned(), tls.cert_file.clone()));
+        out.push(("hl7.tls.key_file".to_owned(), tls.key_file.clone()));
+        out.push((
+            "hl7.tls.client_ca_file".to_owned(),
+            tls.client_ca_file.clone(),
+        ));
+    }
+    for device in &cfg.devices {
+        if let Some(path) = &device.path {
+            out.push((format!("device {} path", device.id), path.clone()));
+        }
+    }
+    if let Some(program) = cfg
+        .alerts
+        .annunciator_command
+        .as_ref()
+        .and_then(|c| c.first())
+    {
+        out.push(("alerts.annunciator_command".to_owned(), program.into()));
+    }
+    out
+}
+
 /// The service is active (only where systemd runs).
 pub fn systemd_unit(host: &Host) -> Finding {
     if !host.systemd_run.exists() {
@@ -383,6 +466,40 @@ mod tests {
             "group read only"
         );
         assert!(service_user_can_open(0o20666, 0, None), "/dev/null style");
+    }
+
+    fn with_paths(device_path: &str) -> Config {
+        Config::parse(
+            &format!("[gateway]\nid = \"g\"\nstate_dir = \"/var/lib/vitalgate\"\n[[patient]]\nid = \"p1\"\n[[device]]\nid = \"entry\"\npatient = \"p1\"\ndriver = \"jsonl\"\npath = \"{device_path}\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sandbox_check_fails_naming_a_file_the_service_cannot_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path());
+        std::fs::create_dir(&host.systemd_run).unwrap();
+        let f = sandbox(&with_paths("/opt/site/readings.jsonl"), &host);
+        assert_eq!(f.outcome, Outcome::Fail, "{f}");
+        assert!(f.detail.contains("/opt/site/readings.jsonl"), "{f}");
+        assert!(f.fix.unwrap().contains("BindReadOnlyPaths="));
+    }
+
+    #[test]
+    fn sandbox_check_passes_files_under_the_services_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path());
+        std::fs::create_dir(&host.systemd_run).unwrap();
+        let f = sandbox(&with_paths("/run/vitalgate/manual.jsonl"), &host);
+        assert_eq!(f.outcome, Outcome::Pass, "{f}");
+        let f = sandbox(&with_paths("/dev/ttyUSB0"), &host);
+        assert_eq!(
+            f.outcome,
+            Outcome::Fail,
+            "a port outside /dev/serial/by-id: {f}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! does not apply does not fail).
 //!
 //! Each check is a function returning a [`Finding`] (or several, e.g. one per serial device),
-//! in [`checks`] (config, key, serial, Bluetooth, clock, disk, systemd) and [`tls`]
+//! in [`checks`] (config, key, serial, Bluetooth, clock, disk, systemd, the unit's sandbox) and [`tls`]
 //! (certificates and a real TLS 1.3 mutual-TLS handshake with the broker). [`Host`] names the
 //! system files the checks read, so tests can point them elsewhere.
 
@@ -139,6 +139,7 @@ pub fn run(path: &Path, host: &Host) -> Vec<Finding> {
     out.push(checks::clock(host));
     out.push(checks::disk(&cfg));
     out.push(checks::systemd_unit(host));
+    out.push(checks::sandbox(&cfg, host));
     out
 }
 
