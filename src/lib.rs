@@ -39,6 +39,7 @@ pub mod nhs_number;
 pub mod preflight;
 pub mod reading;
 pub mod redact;
+pub mod sandbox;
 pub mod secure_file;
 pub mod status;
 pub mod store;

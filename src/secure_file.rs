@@ -115,7 +115,7 @@ pub const DEVICE_PROFILE: FileKind = FileKind {
 /// Why a file was not read. Never holds any of its content.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{path}: {what} does not exist")]
+    #[error("{path}: {what} does not exist{hint}", hint = crate::sandbox::missing_file_hint(path))]
     Missing { path: PathBuf, what: &'static str },
     #[error("{path}: cannot read the {what}: {source}")]
     Io {

@@ -531,3 +531,39 @@ fn ble_device_without_bluetooth_is_unavailable_and_the_rest_works() {
     );
     assert!(exit.success());
 }
+
+/// Under systemd the packaged service runs in its own root directory, where a file outside
+/// /usr, /etc, /var/lib/vitalgate, /run/vitalgate and /dev/serial/by-id does not exist even
+/// though the engineer's shell sees it: the error says so and what to do, instead of a bare
+/// "does not exist" (the service sets INVOCATION_ID, as systemd does).
+#[test]
+fn run_as_a_service_names_the_sandbox_when_a_file_outside_its_root_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let uplink = "[uplink]\nbroker = \"localhost\"\nca_file = \"/opt/vitalgate-site/ca.pem\"\ncert_file = \"/opt/vitalgate-site/client.pem\"\nkey_file = \"/opt/vitalgate-site/client.key\"\n";
+    let cfg = config(dir.path(), &format!("{}\n{uplink}", sim_device(1000)));
+    let as_service = bin()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!as_service.status.success());
+    let err = stderr(&as_service);
+    assert!(
+        err.contains("/opt/vitalgate-site/")
+            && err.contains("inside the service's root directory")
+            && err.contains("BindReadOnlyPaths="),
+        "{err}"
+    );
+    let from_a_shell = bin()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env_remove("INVOCATION_ID")
+        .output()
+        .unwrap();
+    assert!(!from_a_shell.status.success());
+    assert!(
+        !stderr(&from_a_shell).contains("root directory"),
+        "{}",
+        stderr(&from_a_shell)
+    );
+}

@@ -540,7 +540,7 @@ fn packaged_config_names_only_files_the_sandboxed_service_can_see() {
         for quoted in line.split('"').skip(1).step_by(2) {
             if quoted.starts_with('/') {
                 assert!(
-                    vitalgate::doctor::checks::SERVICE_VISIBLE
+                    vitalgate::sandbox::SERVICE_VISIBLE
                         .iter()
                         .any(|root| std::path::Path::new(quoted).starts_with(root)),
                     "config/vitalgate.toml names {quoted}, which the service cannot see"
@@ -549,7 +549,7 @@ fn packaged_config_names_only_files_the_sandboxed_service_can_see() {
         }
     }
     let unit = read("packaging/vitalgate.service");
-    for visible in vitalgate::doctor::checks::SERVICE_VISIBLE {
+    for visible in vitalgate::sandbox::SERVICE_VISIBLE {
         assert!(unit.contains(visible), "{visible} is not named in the unit");
     }
 }

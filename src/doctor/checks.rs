@@ -284,19 +284,6 @@ pub fn disk(cfg: &Config) -> Finding {
     }
 }
 
-/// What the packaged unit's root directory shows the service (packaging/vitalgate.service,
-/// `RootDirectory=` and its bind mounts): a file the config names anywhere else is missing
-/// for the service, though present for an engineer's shell.
-pub const SERVICE_VISIBLE: &[&str] = &[
-    "/usr",
-    "/etc",
-    "/bin",
-    "/lib",
-    "/var/lib/vitalgate",
-    "/run/vitalgate",
-    "/dev/serial/by-id",
-];
-
 /// Every file the config names lies where the packaged service can see it (only where
 /// systemd runs: elsewhere no unit confines the gateway).
 pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
@@ -305,7 +292,7 @@ pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
     }
     let hidden: Vec<String> = named_paths(cfg)
         .into_iter()
-        .filter(|(_, path)| path.is_absolute() && !visible_to_the_service(path))
+        .filter(|(_, path)| crate::sandbox::hidden_from_the_service(path))
         .map(|(what, path)| format!("{what} {}", path.display()))
         .collect();
     if hidden.is_empty() {
@@ -319,14 +306,10 @@ pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
         format!(
             "the service cannot see {}: its root holds only {}",
             hidden.join(", "),
-            SERVICE_VISIBLE.join(", ")
+            crate::sandbox::SERVICE_VISIBLE.join(", ")
         ),
         "move the file under /etc/vitalgate (serial ports: /dev/serial/by-id/...), or bind it in with `BindReadOnlyPaths=PATH` in a drop-in (`systemctl edit vitalgate`)",
     )
-}
-
-fn visible_to_the_service(path: &Path) -> bool {
-    SERVICE_VISIBLE.iter().any(|root| path.starts_with(root))
 }
 
 /// The files and directories a config names, with the setting that names each.
