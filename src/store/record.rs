@@ -1,6 +1,8 @@
-//! What one outbox row holds, before sealing: a [`Record`], stored as CBOR. `cbor4ii` (the
-//! faster) writes readings and reads everything; `ciborium` writes alerts and derived records
-//! and reads what `cbor4ii` refuses. See [`Record::encode`] and [`Record::decode`].
+//! What one outbox row holds, before sealing: a [`Record`]. Readings (nearly every row) are
+//! stored packed (`packed.rs`: codes and varints, about half the CBOR size, issue 18);
+//! alerts and derived records as CBOR (`ciborium`). Rows written before as CBOR readings
+//! stay readable: `cbor4ii` reads them (the faster), `ciborium` what `cbor4ii` refuses. See
+//! [`Record::encode`] and [`Record::decode`].
 //!
 //! One row is one message to the platform: a single reading, or readings taken together that
 //! become one FHIR Observation (a blood-pressure set), or an alert event. Keeping that unit in
@@ -10,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::reading::Reading;
+
+mod packed;
 
 /// The outbox lanes. The publisher always drains `Alert` before `Reading`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -244,34 +248,35 @@ impl Record {
         }
     }
 
-    /// CBOR. Readings (nearly every row) go through `cbor4ii`, twice as fast, which writes
-    /// exactly the bytes `ciborium` writes for them: integers, strings, unit variants and
-    /// absent fields left out, never a float or a `null` (a property test holds the two to the
-    /// same bytes). Alerts and derived records go through `ciborium`, as before: their JSON
-    /// can hold `null`, which `cbor4ii`'s serde encoder writes as an empty array.
+    /// The plaintext of the row. Readings are packed (`packed.rs`, starting with its
+    /// format byte); alerts and derived records are CBOR through `ciborium`: their JSON can
+    /// hold `null`, which `cbor4ii`'s serde encoder writes as an empty array.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         match self {
-            Record::Reading(_) => {
-                cbor4ii::serde::to_vec(Vec::with_capacity(128), self).map_err(|e| e.to_string())
-            }
+            Record::Reading(r) => Ok(packed::encode(r)),
             Record::Alert(_) | Record::Derived(_) => self.encode_with_ciborium(),
         }
     }
 
-    /// The `ciborium` encoding: alerts and derived records, and every row written before.
+    /// The `ciborium` encoding: alerts and derived records, and every row written before
+    /// (readings included, until issue 18).
     fn encode_with_ciborium(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
         Ok(out)
     }
 
-    /// Decodes with `cbor4ii`, 2.5x faster than `ciborium` for a reading (the publisher
-    /// decodes every row it sends), and falls back to `ciborium` for what `cbor4ii` refuses:
+    /// Decodes a packed reading (told by its first byte); any other row is CBOR, decoded with
+    /// `cbor4ii`, 2.5x faster than `ciborium` for a reading (the publisher decodes every row
+    /// it sends), and falling back to `ciborium` for what `cbor4ii` refuses:
     /// `ciborium` shrinks floats to half precision when that is lossless, and `cbor4ii` reads
     /// those only with a feature. The tests below hold `cbor4ii` to giving exactly what
     /// `ciborium` gives, or an error. The plaintext is authenticated, so a refusal is a
     /// format matter, never damage.
     pub fn decode(bytes: &[u8]) -> Result<Record, String> {
+        if bytes.first() == Some(&packed::FORMAT) {
+            return packed::decode(bytes).map(Record::Reading);
+        }
         match cbor4ii::serde::from_slice(bytes) {
             Ok(record) => Ok(record),
             Err(fast) => ciborium::from_reader(bytes).map_err(|e| format!("{e} (cbor4ii: {fast})")),
@@ -481,10 +486,26 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn readings_are_written_as_the_very_bytes_ciborium_writes(record in reading_record()) {
+        fn readings_are_stored_packed_and_read_back_exactly(record in reading_record()) {
             let bytes = record.encode().unwrap();
-            proptest::prop_assert_eq!(&bytes, &legacy(&record));
+            proptest::prop_assert_eq!(bytes[0], packed::FORMAT);
             proptest::prop_assert_eq!(Record::decode(&bytes).unwrap(), record);
+        }
+
+        #[test]
+        fn readings_stored_as_cbor_before_the_packed_form_still_read_back(record in reading_record()) {
+            proptest::prop_assert_eq!(Record::decode(&legacy(&record)).unwrap(), record);
+        }
+
+        #[test]
+        fn a_packed_reading_cut_short_or_extended_is_an_error_not_a_panic(record in reading_record()) {
+            let bytes = record.encode().unwrap();
+            for end in 0..bytes.len() {
+                proptest::prop_assert!(Record::decode(&bytes[..end]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            proptest::prop_assert!(Record::decode(&longer).is_err());
         }
 
         #[test]
@@ -496,9 +517,46 @@ mod tests {
         }
     }
 
+    /// An oximeter reading as the simulator and most serial devices give it (device time,
+    /// unit, boot stamp, NHS Number): packed, it is 55 % of its CBOR size or less (issue 18: the row size is
+    /// the bytes written to the SD card per reading).
+    #[test]
+    fn a_packed_oximeter_reading_is_at_most_55_percent_of_its_cbor_size() {
+        let at = time::macros::datetime!(2026-12-03 09:30:01.250_123_456 UTC);
+        let record = Record::Reading(ReadingRecord {
+            device_id: "sim-0".into(),
+            patient_id: "p1".into(),
+            nhs_number: Some("9434765919".into()),
+            received_at: at,
+            clock_synced: true,
+            readings: vec![Reading::canonical(Metric::Spo2, Decimal::int(97))
+                .at(at - time::Duration::milliseconds(40))],
+            boot: Some(crate::clock::BootStamp {
+                boot: crate::clock::BootId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+                since_boot_ms: 86_400_000,
+            }),
+        });
+        let packed = record.encode().unwrap();
+        let cbor = legacy(&record);
+        assert!(
+            packed.len() * 100 <= cbor.len() * 55,
+            "packed {} bytes, CBOR {}",
+            packed.len(),
+            cbor.len()
+        );
+        assert_eq!(Record::decode(&packed).unwrap(), record);
+    }
+
     #[test]
     fn bytes_that_are_not_a_record_are_an_error_not_a_panic() {
-        for bytes in [&b""[..], b"\xff", b"\xa1\x61x\x01", &[0x9f; 64]] {
+        for bytes in [
+            &b""[..],
+            b"\xff",
+            b"\xa1\x61x\x01",
+            &[0x9f; 64],
+            b"\x01",
+            &[0x01, 0x00, 0x7f],
+        ] {
             assert!(Record::decode(bytes).is_err(), "{bytes:?}");
         }
     }

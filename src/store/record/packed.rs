@@ -1,0 +1,567 @@
+//! The packed storage form of a [`ReadingRecord`] (issue 18, bytes written per reading).
+//!
+//! Why: every reading is written to the SD card at least twice (the WAL, then the database
+//! at a checkpoint), so its row size is the footprint. The CBOR form spells its field names,
+//! its enum variants as text (`"Reading"`, `"Spo2"`, `"PerMinute"`) and its integers at
+//! CBOR's widths: about 115 bytes for an oximeter reading. This form writes the same values,
+//! losslessly, as codes and LEB128 varints: about half of that.
+//!
+//! Layout (every integer a LEB128 varint, signed ones zigzag-encoded, strings as a length
+//! then UTF-8):
+//!
+//! ```text
+//! FORMAT (1 byte) | bits (1 byte) | device_id | patient_id | [nhs] | received_at | [boot]
+//!   | count | count x reading
+//! time    = seconds (signed) | nanoseconds | UTC offset seconds (signed)
+//! device time: the same, its seconds counted from received_at's (a byte, not five)
+//! nhs     = ten digits as one integer (bit NHS_DIGITS) or a string (bit NHS_TEXT)
+//! boot    = boot id (16 bytes, big-endian) | ms since boot
+//! reading = metric code | shape bits | value | [unit code] | [device time] | [flags]
+//! ```
+//!
+//! The first byte tells the forms apart: a CBOR record (every row written before) starts
+//! with a one-entry map (`0xA1`), this one with [`FORMAT`]. The codes below are part of the
+//! stored format: never renumber one; a new variant takes a new code (the tests fail when a
+//! variant has none). Decoding is strict: a truncated, over-long or unknown value is an
+//! error naming what was wrong, never a panic (the plaintext is authenticated, so an error
+//! is a format matter, not damage).
+
+use time::{OffsetDateTime, UtcOffset};
+
+use super::ReadingRecord;
+use crate::clock::{BootId, BootStamp};
+use crate::reading::{Absent, Acvpu, Decimal, Flag, Metric, Reading, Unit, Value};
+
+/// The first byte of a packed reading record (a CBOR record starts with `0xA1`).
+pub const FORMAT: u8 = 0x01;
+
+const SYNCED: u8 = 1;
+const NHS_DIGITS: u8 = 1 << 1;
+const NHS_TEXT: u8 = 1 << 2;
+const BOOT: u8 = 1 << 3;
+
+const VALUE_NUMBER: u8 = 0;
+const VALUE_CODE: u8 = 1;
+const VALUE_ABSENT: u8 = 2;
+const VALUE_MASK: u8 = 0b11;
+const HAS_UNIT: u8 = 1 << 2;
+const HAS_TIME: u8 = 1 << 3;
+const HAS_FLAGS: u8 = 1 << 4;
+
+/// Writes `record` in the packed form.
+pub fn encode(record: &ReadingRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let nhs_digits = record.nhs_number.as_deref().and_then(ten_digits);
+    let mut bits = 0;
+    if record.clock_synced {
+        bits |= SYNCED;
+    }
+    match (&record.nhs_number, nhs_digits) {
+        (Some(_), Some(_)) => bits |= NHS_DIGITS,
+        (Some(_), None) => bits |= NHS_TEXT,
+        (None, _) => {}
+    }
+    if record.boot.is_some() {
+        bits |= BOOT;
+    }
+    out.push(FORMAT);
+    out.push(bits);
+    put_str(&mut out, &record.device_id);
+    put_str(&mut out, &record.patient_id);
+    match (&record.nhs_number, nhs_digits) {
+        (_, Some(n)) => put_u64(&mut out, n),
+        (Some(text), None) => put_str(&mut out, text),
+        (None, None) => {}
+    }
+    put_time(&mut out, record.received_at);
+    if let Some(boot) = record.boot {
+        out.extend_from_slice(&boot.boot.0.to_be_bytes());
+        put_u64(&mut out, boot.since_boot_ms);
+    }
+    put_u64(&mut out, record.readings.len() as u64);
+    for r in &record.readings {
+        out.push(metric_code(r.metric));
+        let mut shape = match r.value {
+            Value::Number(_) => VALUE_NUMBER,
+            Value::Code(_) => VALUE_CODE,
+            Value::Absent(_) => VALUE_ABSENT,
+        };
+        if r.unit.is_some() {
+            shape |= HAS_UNIT;
+        }
+        if r.device_time.is_some() {
+            shape |= HAS_TIME;
+        }
+        if !r.flags.is_empty() {
+            shape |= HAS_FLAGS;
+        }
+        out.push(shape);
+        match r.value {
+            Value::Number(d) => {
+                put_i64(&mut out, d.mantissa);
+                out.push(d.exponent as u8);
+            }
+            Value::Code(c) => out.push(acvpu_code(c)),
+            Value::Absent(a) => out.push(absent_code(a)),
+        }
+        if let Some(u) = r.unit {
+            out.push(unit_code(u));
+        }
+        if let Some(t) = r.device_time {
+            put_time_from(&mut out, t, record.received_at.unix_timestamp());
+        }
+        if !r.flags.is_empty() {
+            put_u64(&mut out, r.flags.len() as u64);
+            out.extend(r.flags.iter().map(|&f| flag_code(f)));
+        }
+    }
+    out
+}
+
+/// Reads a packed record (starting with [`FORMAT`]); every byte must be used.
+pub fn decode(bytes: &[u8]) -> Result<ReadingRecord, String> {
+    let mut r = Reader { bytes, at: 0 };
+    let format = r.byte("format")?;
+    if format != FORMAT {
+        return Err(format!("packed record format {format} is not {FORMAT}"));
+    }
+    let bits = r.byte("flags")?;
+    let both_nhs = NHS_DIGITS | NHS_TEXT;
+    if bits & !(SYNCED | both_nhs | BOOT) != 0 || bits & both_nhs == both_nhs {
+        return Err(format!("unknown record flags {bits:#04x}"));
+    }
+    let device_id = r.string("device id")?;
+    let patient_id = r.string("patient id")?;
+    let nhs_number = if bits & NHS_DIGITS != 0 {
+        let n = r.u64("NHS Number")?;
+        if n > 9_999_999_999 {
+            return Err("NHS Number out of range".into());
+        }
+        Some(format!("{n:010}"))
+    } else if bits & NHS_TEXT != 0 {
+        Some(r.string("NHS Number")?)
+    } else {
+        None
+    };
+    let received_at = r.time("received time")?;
+    let boot = if bits & BOOT != 0 {
+        let id = r.take(16, "boot id")?;
+        let mut b = [0u8; 16];
+        b.copy_from_slice(id);
+        Some(BootStamp {
+            boot: BootId(u128::from_be_bytes(b)),
+            since_boot_ms: r.u64("ms since boot")?,
+        })
+    } else {
+        None
+    };
+    let count = r.u64("reading count")?;
+    // Each reading takes at least three bytes: a count beyond that is damage, not a size
+    // to allocate for.
+    if count > (bytes.len() as u64) / 3 {
+        return Err(format!("reading count {count} exceeds the record"));
+    }
+    let mut readings = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        readings.push(r.reading(received_at.unix_timestamp())?);
+    }
+    if r.at != bytes.len() {
+        return Err(format!(
+            "{} bytes left over after the record",
+            bytes.len() - r.at
+        ));
+    }
+    Ok(ReadingRecord {
+        device_id,
+        patient_id,
+        nhs_number,
+        received_at,
+        clock_synced: bits & SYNCED != 0,
+        readings,
+        boot,
+    })
+}
+
+/// A 10-digit NHS Number (the only form a configured one takes) as one integer.
+fn ten_digits(text: &str) -> Option<u64> {
+    (text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_time(out: &mut Vec<u8>, t: OffsetDateTime) {
+    put_time_from(out, t, 0);
+}
+
+/// `t` with its seconds counted from `base` (unix seconds). Both lie within the `time`
+/// crate's range (years -9999..=9999), so the difference cannot overflow.
+fn put_time_from(out: &mut Vec<u8>, t: OffsetDateTime, base: i64) {
+    put_i64(out, t.unix_timestamp() - base);
+    put_u64(out, u64::from(t.nanosecond()));
+    put_i64(out, i64::from(t.offset().whole_seconds()));
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("record ends inside its {what}"))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte(what)?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                break;
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("{what} is not a 64-bit integer"))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, String> {
+        let v = self.u64(what)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        let len = usize::try_from(self.u64(what)?).map_err(|_| format!("{what} too long"))?;
+        let raw = self.take(len, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    }
+
+    fn time(&mut self, what: &str) -> Result<OffsetDateTime, String> {
+        self.time_from(what, 0)
+    }
+
+    fn time_from(&mut self, what: &str, base: i64) -> Result<OffsetDateTime, String> {
+        let seconds = self
+            .i64(what)?
+            .checked_add(base)
+            .ok_or_else(|| format!("{what} out of range"))?;
+        let nanos =
+            u32::try_from(self.u64(what)?).map_err(|_| format!("{what}: bad nanoseconds"))?;
+        let offset = i32::try_from(self.i64(what)?).map_err(|_| format!("{what}: bad offset"))?;
+        let utc =
+            OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| format!("{what}: {e}"))?;
+        let t = utc
+            .replace_nanosecond(nanos)
+            .map_err(|e| format!("{what}: {e}"))?;
+        let offset = UtcOffset::from_whole_seconds(offset).map_err(|e| format!("{what}: {e}"))?;
+        Ok(t.to_offset(offset))
+    }
+
+    fn reading(&mut self, received: i64) -> Result<Reading, String> {
+        let metric = decode_code(self.byte("metric")?, &METRICS, "metric")?;
+        let shape = self.byte("reading shape")?;
+        if shape & !(VALUE_MASK | HAS_UNIT | HAS_TIME | HAS_FLAGS) != 0 {
+            return Err(format!("unknown reading shape {shape:#04x}"));
+        }
+        let value = match shape & VALUE_MASK {
+            VALUE_NUMBER => {
+                let mantissa = self.i64("value")?;
+                let exponent = self.byte("exponent")? as i8;
+                Value::Number(Decimal::new(mantissa, exponent))
+            }
+            VALUE_CODE => Value::Code(decode_code(self.byte("code")?, &ACVPU, "ACVPU code")?),
+            VALUE_ABSENT => {
+                Value::Absent(decode_code(self.byte("absence")?, &ABSENT, "absence code")?)
+            }
+            other => return Err(format!("unknown value kind {other}")),
+        };
+        let unit = if shape & HAS_UNIT != 0 {
+            Some(decode_code(self.byte("unit")?, &UNITS, "unit")?)
+        } else {
+            None
+        };
+        let device_time = if shape & HAS_TIME != 0 {
+            Some(self.time_from("device time", received)?)
+        } else {
+            None
+        };
+        let flags = if shape & HAS_FLAGS != 0 {
+            let n = self.u64("flag count")?;
+            if n > FLAGS.len() as u64 * 4 {
+                return Err(format!("flag count {n} out of range"));
+            }
+            (0..n)
+                .map(|_| decode_code(self.byte("flag")?, &FLAGS, "flag"))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Reading {
+            metric,
+            value,
+            unit,
+            device_time,
+            flags,
+        })
+    }
+}
+
+/// `table[code]`, where each table lists the variants in code order.
+fn decode_code<T: Copy>(code: u8, table: &[T], what: &str) -> Result<T, String> {
+    table
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| format!("unknown {what} code {code}"))
+}
+
+// The codes: a match per enum (a new variant does not compile without one) and the table
+// in code order for decoding (the tests check the two agree for every variant).
+
+const METRICS: [Metric; 15] = [
+    Metric::HeartRate,
+    Metric::PulseRate,
+    Metric::Spo2,
+    Metric::RespiratoryRate,
+    Metric::BodyTemperature,
+    Metric::SystolicBp,
+    Metric::DiastolicBp,
+    Metric::MeanBp,
+    Metric::BodyWeight,
+    Metric::BodyHeight,
+    Metric::Bmi,
+    Metric::BloodGlucose,
+    Metric::PerfusionIndex,
+    Metric::InspiredOxygen,
+    Metric::Acvpu,
+];
+
+fn metric_code(m: Metric) -> u8 {
+    match m {
+        Metric::HeartRate => 0,
+        Metric::PulseRate => 1,
+        Metric::Spo2 => 2,
+        Metric::RespiratoryRate => 3,
+        Metric::BodyTemperature => 4,
+        Metric::SystolicBp => 5,
+        Metric::DiastolicBp => 6,
+        Metric::MeanBp => 7,
+        Metric::BodyWeight => 8,
+        Metric::BodyHeight => 9,
+        Metric::Bmi => 10,
+        Metric::BloodGlucose => 11,
+        Metric::PerfusionIndex => 12,
+        Metric::InspiredOxygen => 13,
+        Metric::Acvpu => 14,
+    }
+}
+
+const UNITS: [Unit; 15] = [
+    Unit::PerMinute,
+    Unit::Percent,
+    Unit::Celsius,
+    Unit::Fahrenheit,
+    Unit::MmHg,
+    Unit::KiloPascal,
+    Unit::Kilogram,
+    Unit::Pound,
+    Unit::Centimetre,
+    Unit::Metre,
+    Unit::Inch,
+    Unit::KgPerM2,
+    Unit::MmolPerL,
+    Unit::MgPerDl,
+    Unit::LitrePerMinute,
+];
+
+fn unit_code(u: Unit) -> u8 {
+    match u {
+        Unit::PerMinute => 0,
+        Unit::Percent => 1,
+        Unit::Celsius => 2,
+        Unit::Fahrenheit => 3,
+        Unit::MmHg => 4,
+        Unit::KiloPascal => 5,
+        Unit::Kilogram => 6,
+        Unit::Pound => 7,
+        Unit::Centimetre => 8,
+        Unit::Metre => 9,
+        Unit::Inch => 10,
+        Unit::KgPerM2 => 11,
+        Unit::MmolPerL => 12,
+        Unit::MgPerDl => 13,
+        Unit::LitrePerMinute => 14,
+    }
+}
+
+const ACVPU: [Acvpu; 5] = [Acvpu::A, Acvpu::C, Acvpu::V, Acvpu::P, Acvpu::U];
+
+fn acvpu_code(c: Acvpu) -> u8 {
+    match c {
+        Acvpu::A => 0,
+        Acvpu::C => 1,
+        Acvpu::V => 2,
+        Acvpu::P => 3,
+        Acvpu::U => 4,
+    }
+}
+
+const ABSENT: [Absent; 5] = [
+    Absent::Nan,
+    Absent::Nres,
+    Absent::PosInf,
+    Absent::NegInf,
+    Absent::Missing,
+];
+
+fn absent_code(a: Absent) -> u8 {
+    match a {
+        Absent::Nan => 0,
+        Absent::Nres => 1,
+        Absent::PosInf => 2,
+        Absent::NegInf => 3,
+        Absent::Missing => 4,
+    }
+}
+
+const FLAGS: [Flag; 19] = [
+    Flag::SensorOff,
+    Flag::ProbeDisconnected,
+    Flag::SensorFault,
+    Flag::LowPerfusion,
+    Flag::LowBattery,
+    Flag::Motion,
+    Flag::Artifact,
+    Flag::OutOfTrack,
+    Flag::Searching,
+    Flag::LowSignalQuality,
+    Flag::IrregularPulse,
+    Flag::CuffFitLoose,
+    Flag::BodyMovement,
+    Flag::ImproperPosition,
+    Flag::Stored,
+    Flag::TimeCorrected,
+    Flag::DeviceClockSuspect,
+    Flag::Interference,
+    Flag::Questionable,
+];
+
+fn flag_code(f: Flag) -> u8 {
+    match f {
+        Flag::SensorOff => 0,
+        Flag::ProbeDisconnected => 1,
+        Flag::SensorFault => 2,
+        Flag::LowPerfusion => 3,
+        Flag::LowBattery => 4,
+        Flag::Motion => 5,
+        Flag::Artifact => 6,
+        Flag::OutOfTrack => 7,
+        Flag::Searching => 8,
+        Flag::LowSignalQuality => 9,
+        Flag::IrregularPulse => 10,
+        Flag::CuffFitLoose => 11,
+        Flag::BodyMovement => 12,
+        Flag::ImproperPosition => 13,
+        Flag::Stored => 14,
+        Flag::TimeCorrected => 15,
+        Flag::DeviceClockSuspect => 16,
+        Flag::Interference => 17,
+        Flag::Questionable => 18,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_table_lists_each_variant_at_its_own_code() {
+        for (i, &m) in METRICS.iter().enumerate() {
+            assert_eq!(usize::from(metric_code(m)), i, "{m:?}");
+        }
+        assert_eq!(METRICS.len(), Metric::ALL.len());
+        for (i, &u) in UNITS.iter().enumerate() {
+            assert_eq!(usize::from(unit_code(u)), i, "{u:?}");
+        }
+        for (i, &c) in ACVPU.iter().enumerate() {
+            assert_eq!(usize::from(acvpu_code(c)), i, "{c:?}");
+        }
+        for (i, &a) in ABSENT.iter().enumerate() {
+            assert_eq!(usize::from(absent_code(a)), i, "{a:?}");
+        }
+        for (i, &f) in FLAGS.iter().enumerate() {
+            assert_eq!(usize::from(flag_code(f)), i, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn every_unit_a_metric_accepts_has_a_code() {
+        for m in Metric::ALL {
+            for &u in m.accepted_units() {
+                assert_eq!(UNITS[usize::from(unit_code(u))], u);
+            }
+        }
+    }
+
+    #[test]
+    fn varints_round_trip_at_their_limits() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, v);
+            assert_eq!(Reader { bytes: &out, at: 0 }.u64("v").unwrap(), v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            put_i64(&mut out, v);
+            assert_eq!(Reader { bytes: &out, at: 0 }.i64("v").unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn a_varint_longer_than_64_bits_is_an_error() {
+        let bytes = [0xff; 11];
+        assert!(Reader {
+            bytes: &bytes,
+            at: 0
+        }
+        .u64("v")
+        .is_err());
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert!(Reader {
+            bytes: &over,
+            at: 0
+        }
+        .u64("v")
+        .is_err());
+    }
+}
