@@ -331,6 +331,7 @@ pub fn start_with(
         policy,
         arrivals: std::collections::VecDeque::new(),
         inbox: Vec::with_capacity(RECEIVE_AT_ONCE),
+        taken_at: Instant::now(),
         committed,
         hook,
         counters: counters.clone(),
@@ -354,6 +355,8 @@ struct Writer {
     /// Messages taken from the queue and not yet handled, the next one last
     /// ([`Writer::next_now`]).
     inbox: Vec<Message>,
+    /// When the writer last took messages from the queue (or found it empty).
+    taken_at: Instant,
     committed: Arc<Notify>,
     hook: Box<dyn CommitHook>,
     counters: Arc<IngestCounters>,
@@ -375,16 +378,19 @@ impl Writer {
                 }
             };
             let started = Instant::now();
+            self.taken_at = started;
             self.arrived(started);
             let mut batch = vec![first];
             let mut readings = batch[0].readings.len();
             let mut tick = false;
             // Frames in the batch when the writer last lingered (None: not yet).
             let mut at_linger: Option<usize> = None;
-            while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
+            while readings < self.policy.max_batch
+                && self.taken_at.saturating_duration_since(started) < self.policy.max_wait
+            {
                 match self.next_now() {
                     Some(Message::Frame(frame)) => {
-                        self.arrived(Instant::now());
+                        self.arrived(self.taken_at);
                         readings += frame.readings.len();
                         batch.push(frame);
                     }
@@ -430,8 +436,10 @@ impl Writer {
     /// at a time: each take from the queue gives its slots back to the devices and may wake
     /// one, and doing that per frame cost the writer thread about a twentieth of its time
     /// (issue 18, acceptance 4).
+    /// [`Writer::taken_at`] is read once per take, not per frame.
     fn next_now(&mut self) -> Option<Message> {
         if self.inbox.is_empty() {
+            self.taken_at = Instant::now();
             self.rx
                 .recv_many(&mut self.inbox, RECEIVE_AT_ONCE)
                 .now_or_never()?;
@@ -443,6 +451,9 @@ impl Writer {
     /// Notes a frame taken from the queue at `at`, forgetting arrivals too old to predict
     /// anything.
     fn arrived(&mut self, at: Instant) {
+        if self.arrivals.back() == Some(&at) {
+            return; // taken with the frame before: one arrival is enough to predict
+        }
         self.arrivals.push_back(at);
         while self
             .arrivals

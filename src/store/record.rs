@@ -252,7 +252,9 @@ impl Record {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         match self {
             Record::Reading(_) => {
-                cbor4ii::serde::to_vec(Vec::with_capacity(128), self).map_err(|e| e.to_string())
+                // Room for a reading record (about 120 bytes) and the 16-byte AEAD tag that
+                // sealing appends in place, so the seal does not copy it to a larger buffer.
+                cbor4ii::serde::to_vec(Vec::with_capacity(192), self).map_err(|e| e.to_string())
             }
             Record::Alert(_) | Record::Derived(_) => self.encode_with_ciborium(),
         }
