@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -44,6 +45,9 @@ pub use extras::WriterExtras;
 /// Frames waiting for the writer. Bounded: a slow disk pushes back on the devices instead of
 /// growing memory without limit.
 pub const QUEUE_CAPACITY: usize = 4096;
+
+/// The most messages the writer takes from the queue at once ([`Writer::next_now`]).
+const RECEIVE_AT_ONCE: usize = 256;
 
 /// How long the writer waits, once per batch, for more frames when the queue runs empty.
 const LINGER: Duration = Duration::from_millis(2);
@@ -326,6 +330,8 @@ pub fn start_with(
         rx,
         policy,
         arrivals: std::collections::VecDeque::new(),
+        inbox: Vec::with_capacity(RECEIVE_AT_ONCE),
+        taken_at: Instant::now(),
         committed,
         hook,
         counters: counters.clone(),
@@ -346,6 +352,11 @@ struct Writer {
     policy: GroupCommit,
     /// When frames were taken from the queue over the last [`RHYTHM`] and `max_wait`.
     arrivals: std::collections::VecDeque<Instant>,
+    /// Messages taken from the queue and not yet handled, the next one last
+    /// ([`Writer::next_now`]).
+    inbox: Vec<Message>,
+    /// When the writer last took messages from the queue (or found it empty).
+    taken_at: Instant,
     committed: Arc<Notify>,
     hook: Box<dyn CommitHook>,
     counters: Arc<IngestCounters>,
@@ -358,7 +369,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) -> Outbox {
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.next_now().or_else(|| self.rx.blocking_recv()) {
             let first = match first {
                 Message::Frame(f) => f,
                 Message::Tick => {
@@ -367,24 +378,26 @@ impl Writer {
                 }
             };
             let started = Instant::now();
+            self.taken_at = started;
             self.arrived(started);
             let mut batch = vec![first];
             let mut readings = batch[0].readings.len();
             let mut tick = false;
             // Frames in the batch when the writer last lingered (None: not yet).
             let mut at_linger: Option<usize> = None;
-            while readings < self.policy.max_batch && started.elapsed() < self.policy.max_wait {
-                match self.rx.try_recv() {
-                    Ok(Message::Frame(frame)) => {
-                        self.arrived(Instant::now());
+            while readings < self.policy.max_batch
+                && self.taken_at.saturating_duration_since(started) < self.policy.max_wait
+            {
+                match self.next_now() {
+                    Some(Message::Frame(frame)) => {
+                        self.arrived(self.taken_at);
                         readings += frame.readings.len();
                         batch.push(frame);
                     }
-                    Ok(Message::Tick) => tick = true,
-                    Err(_)
-                        if self
-                            .expected_before(started + self.policy.max_wait)
-                            .is_some() =>
+                    Some(Message::Tick) => tick = true,
+                    None if self
+                        .expected_before(started + self.policy.max_wait)
+                        .is_some() =>
                     {
                         // A device that sent a second ago, a little after this batch's
                         // first frame, is due again within `max_wait`: wait for it, so
@@ -397,7 +410,7 @@ impl Writer {
                         // A device that stopped is waited for once: its due time has passed.
                         at_linger = Some(batch.len());
                     }
-                    Err(_) if at_linger != Some(batch.len()) => {
+                    None if at_linger != Some(batch.len()) => {
                         // Devices on the same clock (1 Hz monitors started together) send
                         // within a millisecond or two of each other, one after another:
                         // waiting while they keep coming (never past `max_wait` from the
@@ -408,7 +421,7 @@ impl Writer {
                         let left = self.policy.max_wait.saturating_sub(started.elapsed());
                         std::thread::sleep(LINGER.min(left));
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             self.commit(batch);
@@ -419,9 +432,28 @@ impl Writer {
         self.outbox
     }
 
+    /// The next message already queued, without waiting. Takes up to [`RECEIVE_AT_ONCE`]
+    /// at a time: each take from the queue gives its slots back to the devices and may wake
+    /// one, and doing that per frame cost the writer thread about a twentieth of its time
+    /// (issue 18, acceptance 4).
+    /// [`Writer::taken_at`] is read once per take, not per frame.
+    fn next_now(&mut self) -> Option<Message> {
+        if self.inbox.is_empty() {
+            self.taken_at = Instant::now();
+            self.rx
+                .recv_many(&mut self.inbox, RECEIVE_AT_ONCE)
+                .now_or_never()?;
+            self.inbox.reverse();
+        }
+        self.inbox.pop()
+    }
+
     /// Notes a frame taken from the queue at `at`, forgetting arrivals too old to predict
     /// anything.
     fn arrived(&mut self, at: Instant) {
+        if self.arrivals.back() == Some(&at) {
+            return; // taken with the frame before: one arrival is enough to predict
+        }
         self.arrivals.push_back(at);
         while self
             .arrivals
@@ -480,44 +512,28 @@ impl Writer {
         let mut extra = HookOutput::default();
         let clock = self.clock_sample();
         for (i, frame) in batch.iter_mut().enumerate() {
-            let mut accepted = Vec::with_capacity(frame.readings.len());
-            for r in std::mem::take(&mut frame.readings) {
-                match r.validate() {
-                    Ok(()) => accepted.push(r),
-                    Err(why) => {
-                        self.counters
-                            .readings_rejected
-                            .fetch_add(1, Ordering::Relaxed);
-                        if self.rejected_logged.allow() {
-                            tracing::warn!(device = %frame.device_id, metric = %r.metric, reason = %why, "reading rejected");
-                        }
-                        extra.extend(self.hook.on_reject(&Rejection {
-                            device_id: frame.device_id.clone(),
-                            patient_id: frame.patient_id.clone(),
-                            metric: r.metric,
-                            reason: why.to_string(),
-                            at: now,
-                        }));
-                    }
-                }
-            }
-            // One reading (the common case) is its own group: no regrouping needed.
-            let groups = if accepted.len() == 1 {
-                vec![accepted]
-            } else {
-                crate::fhir::group_for_fhir(&accepted)
-            };
-            for group in groups {
-                records.push(Record::Reading(ReadingRecord {
+            let accepted = self.accept(frame, now, &mut extra);
+            let record = |readings| {
+                Record::Reading(ReadingRecord {
                     device_id: frame.device_id.to_string(),
                     patient_id: frame.patient_id.to_string(),
                     nhs_number: frame.nhs_number.as_deref().map(str::to_string),
                     received_at: frame.received_at,
                     clock_synced: clock.map_or(frame.clock_synced, |c| c.synced),
-                    readings: group,
+                    readings,
                     boot: clock.and_then(|c| c.stamp),
-                }));
+                })
+            };
+            // One reading (the common case) is its own group: its vector becomes the
+            // record's as it is, with no regrouping and no allocation.
+            if accepted.len() == 1 {
+                records.push(record(accepted));
                 owners.push(i);
+            } else {
+                for group in crate::fhir::group_for_fhir(&accepted) {
+                    records.push(record(group));
+                    owners.push(i);
+                }
             }
         }
         let n_readings = records.len();
@@ -595,15 +611,54 @@ impl Writer {
             self.committed.notify_one();
         }
 
-        let mut per_frame: Vec<Vec<i64>> = vec![Vec::new(); batch.len()];
-        for (id, owner) in ids.iter().zip(&owners) {
-            per_frame[*owner].push(*id);
-        }
-        for (frame, ids) in batch.into_iter().zip(per_frame) {
+        // Row ids go only to the frames that wait for them (`submit_and_wait`): a frame's
+        // records are contiguous in `records`, so its ids are one run of `ids`.
+        let mut at = 0;
+        for (i, frame) in batch.into_iter().enumerate() {
+            let from = at;
+            while owners.get(at) == Some(&i) {
+                at += 1;
+            }
             if let Some(done) = frame.done {
-                let _ = done.send(Ok(ids));
+                let _ = done.send(Ok(ids[from..at].to_vec()));
             }
         }
+    }
+
+    /// Takes the frame's valid readings, rejecting (counted, logged, hooked) the others.
+    /// The common case, every reading valid, hands back the frame's own vector.
+    fn accept(
+        &mut self,
+        frame: &mut Frame,
+        now: OffsetDateTime,
+        extra: &mut HookOutput,
+    ) -> Vec<Reading> {
+        let readings = std::mem::take(&mut frame.readings);
+        if readings.iter().all(|r| r.validate().is_ok()) {
+            return readings;
+        }
+        let mut accepted = Vec::with_capacity(readings.len());
+        for r in readings {
+            match r.validate() {
+                Ok(()) => accepted.push(r),
+                Err(why) => {
+                    self.counters
+                        .readings_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self.rejected_logged.allow() {
+                        tracing::warn!(device = %frame.device_id, metric = %r.metric, reason = %why, "reading rejected");
+                    }
+                    extra.extend(self.hook.on_reject(&Rejection {
+                        device_id: frame.device_id.clone(),
+                        patient_id: frame.patient_id.clone(),
+                        metric: r.metric,
+                        reason: why.to_string(),
+                        at: now,
+                    }));
+                }
+            }
+        }
+        accepted
     }
 
     /// Appends, retrying with backoff while the failure may pass (disk full, I/O, busy).

@@ -108,6 +108,33 @@ pub fn migrate_to_v5(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(MIGRATE_V5)
 }
 
+/// The schema version from which the outbox's writer counts its rows per data key itself
+/// (outbox migration number 8).
+pub const SCHEMA_V6: i64 = 6;
+
+/// Outbox migration 8: the row-count trigger on `INSERT INTO outbox` goes. It ran an upsert
+/// of `meta` for every row, about as costly as the row's own insert (issue 18, acceptance
+/// 4); the one writer of rows, `Outbox::write_batch`, adds each key's rows once per batch
+/// in the same transaction instead ([`count_rows`]). Deletes, re-keys and quarantine keep
+/// their triggers: they are rare, and made by several statements.
+pub fn migrate_to_v6(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DROP TRIGGER IF EXISTS key_rows_outbox_insert;")
+}
+
+/// Counts `n` more outbox rows sealed under `key_id` (the `rows:<key_id>` that
+/// [`destroy_spent`] reads), in the caller's transaction: what the insert trigger did per
+/// row before schema 6.
+pub(super) fn count_rows(tx: &Transaction<'_>, key_id: u32, n: i64) -> rusqlite::Result<()> {
+    if n > 0 {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('rows:' || ?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+        )?
+        .execute(params![key_id, n])?;
+    }
+    Ok(())
+}
+
 /// What a data key seals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

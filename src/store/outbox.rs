@@ -42,7 +42,7 @@ pub mod cap;
 mod clock_anchor;
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = super::keyring::SCHEMA_V6;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -349,6 +349,12 @@ impl Outbox {
             tx.pragma_update(None, "user_version", super::keyring::SCHEMA_V5)
                 .map_err(err)?;
             tracing::info!(path = %path.display(), to = super::keyring::SCHEMA_V5, "outbox schema migrated");
+        }
+        if version < super::keyring::SCHEMA_V6 {
+            super::keyring::migrate_to_v6(&tx).map_err(err)?;
+            tx.pragma_update(None, "user_version", super::keyring::SCHEMA_V6)
+                .map_err(err)?;
+            tracing::info!(path = %path.display(), to = super::keyring::SCHEMA_V6, "outbox schema migrated");
         }
         tx.commit().map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
@@ -690,9 +696,21 @@ impl Outbox {
                 .map_err(err)?;
             let mut id = self.next_id;
             let mut counts = Delta::default();
+            // Rows per data key, counted once per batch (`keyring::count_rows`); and the
+            // last patient's key, so a run of one patient's rows looks it up once.
+            let mut rows_by_key: Vec<(u32, i64)> = Vec::new();
+            let mut last: Option<(&str, u32)> = None;
             for record in records {
                 let plaintext = record.encode().map_err(StoreError::Encode)?;
-                let key_id = key_of(&keys, &record_owner(record), &path)?;
+                let key_id = match last {
+                    Some((patient, key_id)) if patient == record_patient(record) => key_id,
+                    _ => key_of(&keys, &record_owner(record), &path)?,
+                };
+                last = Some((record_patient(record), key_id));
+                match rows_by_key.iter_mut().find(|(k, _)| *k == key_id) {
+                    Some((_, n)) => *n += 1,
+                    None => rows_by_key.push((key_id, 1)),
+                }
                 let identity = RecordIdentity {
                     row_id: id,
                     kind: record.kind(),
@@ -718,6 +736,9 @@ impl Outbox {
                 id += 1;
             }
             counts.apply(&tx).map_err(err)?;
+            for (key_id, n) in rows_by_key {
+                super::keyring::count_rows(&tx, key_id, n).map_err(err)?;
+            }
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('next_id', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [id],
@@ -1364,10 +1385,15 @@ fn count_sealed(tx: &rusqlite::Transaction<'_>, key_id: u32, n: i64) -> rusqlite
 
 /// Whose data key seals `record`: its patient's, or the gateway's when it has none.
 fn record_owner(record: &Record) -> Owner {
+    Owner::of_patient(record_patient(record))
+}
+
+/// The patient id of `record` (empty: the gateway's), which alone decides its owner.
+fn record_patient(record: &Record) -> &str {
     match record {
-        Record::Reading(r) => Owner::of_patient(&r.patient_id),
-        Record::Alert(a) => Owner::of_patient(&a.patient_id),
-        Record::Derived(d) => Owner::of_patient(&d.patient_id),
+        Record::Reading(r) => &r.patient_id,
+        Record::Alert(a) => &a.patient_id,
+        Record::Derived(d) => &d.patient_id,
     }
 }
 
@@ -1377,11 +1403,22 @@ fn sealing_owners(
     state: &[DeviceStateUpdate],
 ) -> std::collections::BTreeMap<Owner, i64> {
     let mut owners = std::collections::BTreeMap::new();
-    for owner in records
-        .iter()
-        .map(record_owner)
-        .chain(state.iter().map(|u| Owner::of_state(&u.device_id)))
-    {
+    // A run of one patient's records (the common batch) makes one owner, not one each.
+    let mut run: Option<(&str, i64)> = None;
+    for patient in records.iter().map(record_patient) {
+        match &mut run {
+            Some((p, n)) if *p == patient => *n += 1,
+            _ => {
+                if let Some((p, n)) = run.replace((patient, 1)) {
+                    *owners.entry(Owner::of_patient(p)).or_insert(0) += n;
+                }
+            }
+        }
+    }
+    if let Some((p, n)) = run {
+        *owners.entry(Owner::of_patient(p)).or_insert(0) += n;
+    }
+    for owner in state.iter().map(|u| Owner::of_state(&u.device_id)) {
         *owners.entry(owner).or_insert(0) += 1;
     }
     owners

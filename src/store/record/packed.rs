@@ -50,7 +50,8 @@ const HAS_FLAGS: u8 = 1 << 4;
 
 /// Writes `record` in the packed form.
 pub fn encode(record: &ReadingRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+    // Room for a typical record and the 16-byte AEAD tag that sealing appends in place.
+    let mut out = Vec::with_capacity(128);
     let nhs_digits = record.nhs_number.as_deref().and_then(ten_digits);
     let mut bits = 0;
     if record.clock_synced {
