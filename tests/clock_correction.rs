@@ -230,3 +230,25 @@ async fn a_step_of_the_wall_clock_without_timesyncd_counts_as_sync() {
     assert_eq!(published[0]["effectiveDateTime"], "2026-12-05T07:59:50Z");
     assert!(clock_note(&published[0]).unwrap().contains("corrected"));
 }
+
+/// Only a reading received before sync is ever corrected from its boot's anchor, so only it
+/// carries the boot stamp: a synced reading's row is 18 bytes shorter (issue 18, bytes
+/// written per reading).
+#[tokio::test]
+async fn a_reading_received_after_sync_is_stored_without_a_boot_stamp() {
+    let hub = Hub::new();
+    let clock = FakeClock::new(BOOT_A, EPOCH);
+    clock.advance(Duration::from_secs(40));
+    let (handle, writer) = hub.start(&clock);
+    handle.submit_and_wait(frame(&clock, 61)).await.unwrap();
+    clock.set_wall(REAL);
+    clock.report_sync(true);
+    handle.submit_and_wait(frame(&clock, 62)).await.unwrap();
+    Hub::stop(handle, writer).await;
+
+    let records = hub.records();
+    assert!(!records[0].clock_synced);
+    assert!(records[0].boot.is_some(), "before sync: stamped");
+    assert!(records[1].clock_synced);
+    assert_eq!(records[1].boot, None, "after sync: no stamp");
+}
