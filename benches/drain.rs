@@ -115,7 +115,7 @@ fn main() {
             rt.block_on(common::raw_rumqttc(&b, "gw-base", &payloads, window))
         });
         bases.push(base);
-        let ((p, ours, broker), cpu) = common::measure_cpu(b.pid(), n, || {
+        let ((p, ours, broker, source), cpu) = common::measure_cpu(b.pid(), n, || {
             rt.block_on(drain(&config, &master, n, b.pid(), false))
         });
         pubs.push(p);
@@ -133,11 +133,12 @@ fn main() {
         );
         println!("          drain {:.2} s: {ours}", ours.wall.as_secs_f64());
         println!("          broker: {broker}");
+        println!("          source: {source}");
         cpu_bases.push(base_cpu);
         cpu_pubs.push(cpu);
         if compare_single {
             reset_delivery(&outbox);
-            let (s, ours, _) = rt.block_on(drain(&config, &master, n, b.pid(), true));
+            let (s, ours, _, _) = rt.block_on(drain(&config, &master, n, b.pid(), true));
             println!(
                 "          one connection (before issue 18): {s:.0} readings/s, ratio {:.2}; {:.2} s: {ours}",
                 s / base,
@@ -183,10 +184,6 @@ fn main() {
     );
 }
 
-/// Same rows again: forget their delivery (as a fresh backlog). Those 100,000 row writes are
-/// then checkpointed and synced before anything is timed: a real backlog is written by
-/// ingest over hours, not in the second before the drain, and the disk flushing this one
-/// would otherwise land on the drain alone.
 /// Same rows again: forget their delivery (as a fresh backlog). Those writes are then
 /// checkpointed and synced before anything is timed: a real backlog is written by ingest over
 /// hours, not in the second before the drain, and the disk flushing this one would otherwise
@@ -206,18 +203,20 @@ async fn drain(
     n: usize,
     broker_pid: Option<u32>,
     single: bool,
-) -> (f64, common::sched::Delta, common::sched::Delta) {
+) -> (f64, common::sched::Delta, common::sched::Delta, String) {
     let open = || Outbox::open_secondary(&config.outbox_path(), master).unwrap();
     let source = if single {
         PublishSource::new(open(), "gw-drain".into(), config)
     } else {
         PublishSource::with_reader(open(), open(), "gw-drain".into(), config)
     };
+    let timings = source.timings();
     let mut cfg = config.uplink.clone().unwrap();
     cfg.gateway_id = Some("gw-drain".into());
     cfg.backoff_initial_ms = 100;
     cfg.backoff_max_s = 1;
     let wake = Arc::new(Notify::new());
     let up = Uplink::new(cfg, source, wake.clone()).unwrap();
-    common::timed_uplink_traced(up, &wake, n, broker_pid).await
+    let (rate, ours, broker) = common::timed_uplink_traced(up, &wake, n, broker_pid).await;
+    (rate, ours, broker, timings.to_string())
 }

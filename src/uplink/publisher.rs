@@ -90,7 +90,24 @@ pub const PLATFORM_NOT_SUBSCRIBED: &str = "platform_not_subscribed";
 /// the in-flight window (HAZ-05), and everything is recorded before a disconnect or stop. Rows acknowledged
 /// but not yet recorded when the process dies are sent again after the restart, with the
 /// same Observation ids (at least once, as after any crash); none is ever lost.
+///
+/// A backlog (the source handed over a window's worth or more at once) is different: its
+/// last acknowledgements are recorded as soon as its window empties, so a drain ends with
+/// its rows marked, not up to this interval later (`record_now`).
 pub const ACK_RECORD_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether acknowledged rows are recorded now: a window's worth (`chunk`) is pending, or the
+/// window is empty and either a backlog has just drained or [`ACK_RECORD_EVERY`] is over.
+fn record_now(
+    pending: usize,
+    chunk: usize,
+    window_empty: bool,
+    draining: bool,
+    due: Instant,
+    now: Instant,
+) -> bool {
+    pending >= chunk || (window_empty && (draining || due <= now))
+}
 
 /// Why the uplink cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +220,9 @@ struct Pump<S: OutboxSource> {
     /// [`ACK_RECORD_EVERY`]).
     recorded_at: Instant,
     record_due: Option<Instant>,
+    /// The source handed over a window's worth or more in one batch since the window was
+    /// last empty: a backlog is draining (see [`ACK_RECORD_EVERY`]).
+    draining: bool,
     // per connection:
     topics: Topics,
     after: [i64; 2],
@@ -326,6 +346,7 @@ impl<S: OutboxSource> Uplink<S> {
             acked: Vec::new(),
             recorded_at: Instant::now(),
             record_due: None,
+            draining: false,
             after: [0; 2],
             queues: [VecDeque::new(), VecDeque::new()],
             exhausted: [false; 2],
@@ -549,6 +570,9 @@ impl<S: OutboxSource> Pump<S> {
     /// Records acknowledged rows in the outbox (durable before return) and publishes status.
     fn flush_acks(&mut self) {
         self.record_due = None;
+        if self.window.is_empty() {
+            self.draining = false;
+        }
         if !self.acked.is_empty() {
             match self.source.mark_delivered(&self.acked) {
                 Ok(()) => {
@@ -692,6 +716,9 @@ impl<S: OutboxSource> Pump<S> {
                             self.after[ix] = last.row_id;
                         }
                         let got = rows.len();
+                        if got >= self.win_cap.min(limit) {
+                            self.draining = true;
+                        }
                         self.queues[ix].extend(rows.into_iter().map(|o| Row {
                             id: o.row_id,
                             lane: o.lane,
@@ -882,9 +909,14 @@ impl<S: OutboxSource> Pump<S> {
                         self.delivered_since_flush += 1;
                         self.last_ack = Some(now_utc());
                         let due = self.recorded_at + ACK_RECORD_EVERY;
-                        if self.acked.len() >= self.win_cap.min(self.cfg.batch_size)
-                            || (self.window.is_empty() && due <= Instant::now())
-                        {
+                        if record_now(
+                            self.acked.len(),
+                            self.win_cap.min(self.cfg.batch_size),
+                            self.window.is_empty(),
+                            self.draining,
+                            due,
+                            Instant::now(),
+                        ) {
                             self.flush_acks();
                         } else {
                             // Recorded by the timer at the latest, whatever else is in flight
@@ -1125,5 +1157,47 @@ impl Events {
 
     async fn recv(&mut self) -> Option<Result<Event, ConnectionError>> {
         futures::StreamExt::next(&mut self.0).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: usize = 64;
+
+    #[test]
+    fn a_drained_backlogs_last_acknowledgements_are_recorded_as_soon_as_its_window_empties() {
+        let now = Instant::now();
+        let due = now + ACK_RECORD_EVERY;
+        assert!(record_now(32, CHUNK, true, true, due, now));
+    }
+
+    #[test]
+    fn live_readings_are_recorded_once_the_interval_is_over_not_each_time_the_window_empties() {
+        let now = Instant::now();
+        assert!(!record_now(
+            10,
+            CHUNK,
+            true,
+            false,
+            now + ACK_RECORD_EVERY,
+            now
+        ));
+        assert!(record_now(10, CHUNK, true, false, now, now));
+    }
+
+    #[test]
+    fn a_window_s_worth_of_acknowledgements_is_recorded_at_once_even_with_publishes_in_flight() {
+        let now = Instant::now();
+        assert!(record_now(
+            CHUNK,
+            CHUNK,
+            false,
+            false,
+            now + ACK_RECORD_EVERY,
+            now
+        ));
+        assert!(!record_now(CHUNK - 1, CHUNK, false, true, now, now));
     }
 }

@@ -21,6 +21,7 @@ use crate::nhs_number::NhsNumber;
 use crate::reading::{Metric, Unit};
 use crate::store::{Lane, Outbox, ReadingRecord, Record};
 use crate::uplink::{OutboxSource, Outgoing, SourceError};
+pub use read_ahead::SourceTimings;
 use read_ahead::{ReadAhead, Request};
 
 /// When a record's measurement was taken: the device's time when it gave one, else when the
@@ -156,6 +157,11 @@ impl PublishSource {
     /// How many batches the read-ahead served (the rest were read on demand).
     pub fn batches_read_ahead(&self) -> u64 {
         self.ahead.used()
+    }
+
+    /// Where the publisher's calls into this source spent their time (benchmarks).
+    pub fn timings(&self) -> Arc<SourceTimings> {
+        self.ahead.timings().clone()
     }
 }
 
@@ -334,10 +340,14 @@ impl OutboxSource for PublishSource {
         let rendered = match self.ahead.take(request) {
             Some(ready) => ready,
             None => {
+                let started = std::time::Instant::now();
                 let rows = lock(&self.outbox)
                     .pending(lane, after, limit)
                     .map_err(unavailable)?;
-                self.render.render_all(rows)
+                let rendered = self.render.render_all(rows);
+                let t = self.ahead.timings();
+                SourceTimings::add_time(&t.on_demand, &t.on_demand_ns, started);
+                rendered
             }
         };
         if rendered.len() == limit {
@@ -371,9 +381,13 @@ impl OutboxSource for PublishSource {
     }
 
     fn mark_delivered(&mut self, row_ids: &[i64]) -> Result<(), SourceError> {
-        lock(&self.outbox)
+        let started = std::time::Instant::now();
+        let marked = lock(&self.outbox)
             .mark_delivered(row_ids, OffsetDateTime::now_utc())
-            .map_err(unavailable)
+            .map_err(unavailable);
+        let t = self.ahead.timings();
+        SourceTimings::add_time(&t.marks, &t.marks_ns, started);
+        marked
     }
 
     fn mark_refused(&mut self, row_id: i64, reason: &str) -> Result<(), SourceError> {
@@ -457,6 +471,50 @@ mod tests {
             source.batches_read_ahead() >= 10,
             "the read-ahead served {} of 16 batches",
             source.batches_read_ahead()
+        );
+    }
+
+    /// `read_ahead::READY_AHEAD` batches wait for a publisher that is busy elsewhere (so a
+    /// worker that waits for a CPU does not stall the drain), and no more (memory).
+    #[test]
+    fn the_read_ahead_keeps_its_batches_ready_and_no_more() {
+        use std::sync::atomic::Ordering;
+        let (_dir, mut source, ids, _) = source_with(1000);
+        let timings = source.timings();
+        let read_ahead = || timings.read_ahead.load(Ordering::Relaxed);
+        let wait_for = |n: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while read_ahead() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {n} batches read ahead",
+                    read_ahead()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let first = source.next_batch(Lane::Reading, 0, 100).unwrap();
+        wait_for(read_ahead::READY_AHEAD as u64);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            read_ahead(),
+            read_ahead::READY_AHEAD as u64,
+            "read ahead beyond its bound"
+        );
+        let second = source
+            .next_batch(Lane::Reading, first[99].row_id, 100)
+            .unwrap();
+        assert_eq!(ids_of(&second), ids[100..200]);
+        wait_for(read_ahead::READY_AHEAD as u64 + 1);
+        let third = source
+            .next_batch(Lane::Reading, second[99].row_id, 100)
+            .unwrap();
+        assert_eq!(ids_of(&third), ids[200..300]);
+        assert_eq!(source.batches_read_ahead(), 2);
+        assert_eq!(
+            timings.waited.load(Ordering::Relaxed),
+            0,
+            "the publisher waited for a batch that was ready"
         );
     }
 
