@@ -425,19 +425,19 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn init_logging(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::EnvFilter;
-    let initial = std::env::var("RUST_LOG")
+    let (initial, start_filter) = std::env::var("RUST_LOG")
         .ok()
-        .filter(|f| EnvFilter::builder().parse(f).is_ok())
-        .unwrap_or_else(|| default.to_owned());
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&initial));
+        .and_then(|f| Some((f.clone(), vitalgate::logging::parse(&f).ok()?)))
+        .unwrap_or_else(|| {
+            let f = vitalgate::logging::parse(default).expect("a valid built-in log level");
+            (default.to_owned(), f)
+        });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(start_filter);
     // `[logging] level` changes it live (vitalgate::logging).
     vitalgate::logging::install(
         &initial,
         Box::new(move |level: &str| {
-            let f = EnvFilter::builder()
-                .parse(level)
-                .map_err(|e| e.to_string())?;
+            let f = vitalgate::logging::parse(level)?;
             handle.reload(f).map_err(|e| e.to_string())
         }),
     );

@@ -224,9 +224,13 @@ fn bp_value(sys: u8, dia: u8, map: u8) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ble_central_against_mocked_bluez() {
     // `RUST_LOG=vitalgate=debug cargo test --test ble_mock -- --nocapture` shows the central's log.
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_max_level(tracing::Level::TRACE)
         .with_test_writer()
+        .finish()
+        .with(vitalgate::logging::parse(&filter).unwrap_or_default())
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs(Vec::new());

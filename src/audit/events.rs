@@ -110,8 +110,8 @@ pub fn scrub_nhs_numbers(details: &mut Value) {
 }
 
 fn scrub_text(s: &str) -> Option<String> {
-    static CANDIDATE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"\d{3}[ -]?\d{3}[ -]?\d{4}").expect("a valid literal pattern")
+    static CANDIDATE: std::sync::LazyLock<regex_lite::Regex> = std::sync::LazyLock::new(|| {
+        regex_lite::Regex::new(r"\d{3}[ -]?\d{3}[ -]?\d{4}").expect("a valid literal pattern")
     });
     let bytes = s.as_bytes();
     let mut out = String::new();

@@ -84,9 +84,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Masks anything shaped like an NHS Number (ten or more digits, optionally grouped 3-3-4 by
 /// spaces or dashes): a message that echoes part of a document must never carry one.
 pub fn redact(text: &str) -> String {
-    static RUNS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static RUNS: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
     let re = RUNS.get_or_init(|| {
-        regex::Regex::new(r"\d{3}[ \-]?\d{3}[ \-]?\d{4,}").expect("a valid static regex")
+        regex_lite::Regex::new(r"\d{3}[ \-]?\d{3}[ \-]?\d{4,}").expect("a valid static regex")
     });
     re.replace_all(text, "***").into_owned()
 }

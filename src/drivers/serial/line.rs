@@ -14,7 +14,7 @@
 //! receive time is the reading's time), checksums, binary framing, and arithmetic beyond
 //! power-of-ten scaling (a device that needs more deserves a real driver with tests).
 
-use regex::Regex;
+use regex_lite::Regex;
 
 use crate::drivers::{DecodeError, Step, StreamDecoder};
 use crate::reading::{parse_exact, Absent, Decimal, Flag, Metric, Reading, Unit};

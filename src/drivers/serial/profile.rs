@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use regex::Regex;
+use regex_lite::Regex;
 use serde::Deserialize;
 
 use super::line::{FieldSpec, FlagRule, LineDecoder, LineSpec, Source};
