@@ -205,9 +205,13 @@ fn device_ids(status: &Value) -> Vec<String> {
 async fn devices_become(h: &Hub, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut ids = device_ids(&h.status());
+        // Only the running daemon's answer: `status` of a daemon not yet up lists the
+        // configured devices too (from the config), which would end the wait before the
+        // daemon has started (a SIGHUP sent then finds no config that ran to go back to).
+        let status = h.status();
+        let mut ids = device_ids(&status);
         ids.sort();
-        if ids == want {
+        if status["daemon"]["running"] == true && ids == want {
             return;
         }
         assert!(Instant::now() < deadline, "devices {ids:?}, want {want:?}");
