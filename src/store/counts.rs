@@ -84,3 +84,22 @@ impl Counts {
         self.undelivered[lane as usize]
     }
 }
+
+/// Adds `n` to the `meta` counter `<prefix>:<key_id>` in the caller's transaction (`meta`
+/// is the page every append already writes): the per-key counts `sealed:` (values sealed,
+/// for rotation) and `rows:` (rows still held, for destroying spent keys).
+pub(super) fn add_per_key(
+    tx: &rusqlite::Transaction<'_>,
+    prefix: &str,
+    key_id: u32,
+    n: i64,
+) -> rusqlite::Result<()> {
+    if n > 0 {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1 || ':' || ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+        )?
+        .execute(params![prefix, key_id, n])?;
+    }
+    Ok(())
+}

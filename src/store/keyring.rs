@@ -125,14 +125,7 @@ pub fn migrate_to_v6(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// [`destroy_spent`] reads), in the caller's transaction: what the insert trigger did per
 /// row before schema 6.
 pub(super) fn count_rows(tx: &Transaction<'_>, key_id: u32, n: i64) -> rusqlite::Result<()> {
-    if n > 0 {
-        tx.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES ('rows:' || ?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-        )?
-        .execute(params![key_id, n])?;
-    }
-    Ok(())
+    super::counts::add_per_key(tx, "rows", key_id, n)
 }
 
 /// What a data key seals.

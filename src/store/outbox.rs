@@ -1373,14 +1373,7 @@ fn put_sealed_state(
 /// `sealed:<key_id>`: kept in `meta`, the page every append already writes (next id, row
 /// counts), a commit writes one page fewer to the WAL than with `keys` updated too.
 fn count_sealed(tx: &rusqlite::Transaction<'_>, key_id: u32, n: i64) -> rusqlite::Result<()> {
-    if n > 0 {
-        tx.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES ('sealed:' || ?2, ?1)
-             ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-        )?
-        .execute(params![n, key_id])?;
-    }
-    Ok(())
+    super::counts::add_per_key(tx, "sealed", key_id, n)
 }
 
 /// Whose data key seals `record`: its patient's, or the gateway's when it has none.
