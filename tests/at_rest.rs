@@ -5,6 +5,8 @@
 //! file) are searched for the values and the patient's NHS Number, while the daemon runs and
 //! after it stopped.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,36 +32,6 @@ fn keygen(dir: &Path) -> PathBuf {
         .unwrap();
     assert!(st.success(), "keygen: {st}");
     key
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// (file, marker) for each marker found in clear in a file under `dir`.
-fn in_clear(dir: &Path, markers: &[&str]) -> Vec<(PathBuf, String)> {
-    let mut found = Vec::new();
-    for file in files_under(dir) {
-        let Ok(bytes) = std::fs::read(&file) else {
-            continue; // removed meanwhile (the status temp file)
-        };
-        for m in markers {
-            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
-                found.push((file.clone(), m.to_string()));
-            }
-        }
-    }
-    found
 }
 
 fn sigterm_and_wait(child: &mut Child) {
@@ -157,12 +129,12 @@ path = "{device}"
         SPO2_MANTISSA,
         NHS_NUMBER,
     ];
-    let running = in_clear(&state, &markers);
+    let running = support::at_rest::in_clear(&state, &markers);
     sigterm_and_wait(&mut child);
-    let stopped = in_clear(&state, &markers);
+    let stopped = support::at_rest::in_clear(&state, &markers);
     assert!(
         running.is_empty() && stopped.is_empty(),
         "in clear while running: {running:?}; after stopping: {stopped:?} (files: {:?})",
-        files_under(&state)
+        support::at_rest::files_under(&state)
     );
 }

@@ -1374,36 +1374,6 @@ async fn a_reload_the_pipeline_refuses_falls_back_to_the_last_good_config_instea
 
 // ---- Fleet state at rest ----
 
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// (file, marker) for each marker found in a file under `dir`.
-fn found_in(dir: &Path, markers: &[&str]) -> Vec<(PathBuf, String)> {
-    let mut found = Vec::new();
-    for file in files_under(dir) {
-        let Ok(bytes) = std::fs::read(&file) else {
-            continue;
-        };
-        for m in markers {
-            if bytes.windows(m.len()).any(|w| w == m.as_bytes()) {
-                found.push((file.clone(), (*m).to_owned()));
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_nhs_number_applied_by_the_fleet_is_in_no_state_file_in_clear() {
     let h = Hub::new().await;
@@ -1422,9 +1392,9 @@ async fn an_nhs_number_applied_by_the_fleet_is_in_no_state_file_in_clear() {
     report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
     devices_become(&h, &["d1", "d2"]).await;
     let markers = [FLEET_NHS, payload.as_str()];
-    let running = found_in(h.state(), &markers);
+    let running = support::at_rest::in_clear(h.state(), &markers);
     d.stop().await;
-    let stopped = found_in(h.state(), &markers);
+    let stopped = support::at_rest::in_clear(h.state(), &markers);
     assert!(
         running.is_empty() && stopped.is_empty(),
         "in clear while running: {running:?}; after stopping: {stopped:?}"

@@ -20,6 +20,7 @@ use rumqttc::{TlsConfiguration, Transport};
 use tempfile::TempDir;
 use vitalgate::uplink::UplinkConfig;
 
+pub mod at_rest;
 pub mod daemon;
 pub mod process;
 
