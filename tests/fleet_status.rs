@@ -7,10 +7,9 @@
 
 mod support;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,7 +17,7 @@ use support::daemon::{wait_until, Daemon};
 use support::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use vitalgate::uplink::audit_lane::{AuditEntry, AuditSource};
+use vitalgate::uplink::audit_lane::MemoryAudit;
 use vitalgate::uplink::{Lane, MemorySource, Uplink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -636,37 +635,6 @@ async fn audit_entries_written_while_the_broker_is_down_are_forwarded_once_it_is
 }
 
 // ---- Lane order in the publisher ----
-
-/// Audit entries in memory, for the library `Uplink`.
-#[derive(Clone, Default)]
-struct MemoryAudit {
-    entries: Arc<Mutex<VecDeque<u64>>>,
-    cursor: Arc<Mutex<u64>>,
-}
-
-impl AuditSource for MemoryAudit {
-    fn forwarded(&mut self) -> Result<u64, String> {
-        Ok(*self.cursor.lock().unwrap())
-    }
-    fn entries_after(&mut self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, String> {
-        Ok(self
-            .entries
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| **s > after)
-            .take(limit)
-            .map(|s| AuditEntry {
-                seq: *s,
-                line: format!("{{\"seq\":{s}}}").into_bytes(),
-            })
-            .collect())
-    }
-    fn set_forwarded(&mut self, seq: u64) -> Result<(), String> {
-        *self.cursor.lock().unwrap() = seq;
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_go_first_then_audit_and_readings_take_turns() {

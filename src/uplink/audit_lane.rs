@@ -184,43 +184,45 @@ impl AuditLane {
     }
 }
 
+/// An in-memory audit log for tests and benchmarks: entries `{"seq":N}` for each sequence
+/// number in `entries`, and the forwarded cursor. Clones share both, so a test keeps one
+/// handle to inspect while the lane owns another (as [`super::MemorySource`] for the outbox).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryAudit {
+    pub entries: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    pub cursor: std::sync::Arc<std::sync::Mutex<u64>>,
+}
+
+impl AuditSource for MemoryAudit {
+    fn forwarded(&mut self) -> Result<u64, String> {
+        Ok(*self.cursor.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn entries_after(&mut self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, String> {
+        Ok(self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| **s > after)
+            .take(limit)
+            .map(|s| AuditEntry {
+                seq: *s,
+                line: format!("{{\"seq\":{s}}}").into_bytes(),
+            })
+            .collect())
+    }
+    fn set_forwarded(&mut self, seq: u64) -> Result<(), String> {
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct Log {
-        entries: Arc<Mutex<Vec<u64>>>,
-        cursor: Arc<Mutex<u64>>,
-    }
-
-    impl AuditSource for Log {
-        fn forwarded(&mut self) -> Result<u64, String> {
-            Ok(*self.cursor.lock().unwrap())
-        }
-        fn entries_after(&mut self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, String> {
-            Ok(self
-                .entries
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|s| **s > after)
-                .take(limit)
-                .map(|s| AuditEntry {
-                    seq: *s,
-                    line: format!("{{\"seq\":{s}}}").into_bytes(),
-                })
-                .collect())
-        }
-        fn set_forwarded(&mut self, seq: u64) -> Result<(), String> {
-            *self.cursor.lock().unwrap() = seq;
-            Ok(())
-        }
-    }
-
-    fn lane(seqs: &[u64], cursor: u64) -> (AuditLane, Log) {
-        let log = Log::default();
+    fn lane(seqs: &[u64], cursor: u64) -> (AuditLane, MemoryAudit) {
+        let log = MemoryAudit::default();
         log.entries.lock().unwrap().extend_from_slice(seqs);
         *log.cursor.lock().unwrap() = cursor;
         (AuditLane::new(Box::new(log.clone())), log)
