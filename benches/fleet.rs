@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::AsyncClient;
 use support::{Acl, Broker};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -101,45 +100,9 @@ fn start_gateway(b: &Broker, i: usize, dir: &Path, key: &SigningKey, stop: &Canc
 }
 
 async fn operator(b: &Broker) -> AsyncClient {
-    let (cert, key) = b.write_client(OPS, false);
-    let tls = vitalgate::uplink::tls::load(
-        &UplinkConfig {
-            broker: "localhost".into(),
-            ca_file: b.path("ca.pem"),
-            cert_file: cert,
-            key_file: key,
-            ..UplinkConfig::default()
-        },
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    let mut o = MqttOptions::new("bench-fleet-ops", "localhost", b.port);
-    o.set_max_packet_size(Some(1024 * 1024))
-        .set_outgoing_inflight_upper_limit(1000)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.config,
-        )));
-    let (client, mut el) = AsyncClient::new(o, 20_000);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(30), rx)
+    support::operator_client_sized(b, OPS, "bench-fleet-ops", Some(1000), 20_000)
         .await
-        .unwrap()
-        .unwrap();
-    client
+        .0
 }
 
 /// Established TCP connections on the broker's port (its side), from /proc/net/tcp.

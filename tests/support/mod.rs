@@ -530,6 +530,19 @@ pub async fn operator_client(
     cn: &str,
     client_id: &str,
 ) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    operator_client_sized(b, cn, client_id, None, 16).await
+}
+
+/// [`operator_client`] with room for bulk publishing (benches/fleet.rs signs for 500 hubs):
+/// an in-flight window of `inflight` (rumqttc's default when `None`) and a request channel of
+/// `capacity`.
+pub async fn operator_client_sized(
+    b: &Broker,
+    cn: &str,
+    client_id: &str,
+    inflight: Option<u16>,
+    capacity: usize,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let (cert, key) = b.write_client(cn, false);
     let tls = vitalgate::uplink::tls::load(
         &UplinkConfig {
@@ -547,7 +560,10 @@ pub async fn operator_client(
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.config,
         )));
-    let (client, mut el) = AsyncClient::new(o, 16);
+    if let Some(limit) = inflight {
+        o.set_outgoing_inflight_upper_limit(limit);
+    }
+    let (client, mut el) = AsyncClient::new(o, capacity);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut tx = Some(tx);
