@@ -158,6 +158,11 @@ enum Command {
     Doctor {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Instead of the checks: print a systemd drop-in that binds in, read-only, the files
+        /// the config names outside the service's root directory (nothing when there are none;
+        /// what no bind can fix goes to stderr). The package's postinst installs it.
+        #[arg(long)]
+        sandbox_drop_in: bool,
     },
     /// Fleet operator tools: signing keys, signed configuration documents and commands
     /// (docs/fleet.md).
@@ -587,7 +592,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             vitalgate::top::run(&socket, options).map_err(|e| UsageError(e.to_string()))?;
             Ok(())
         }
-        Command::Doctor { config } => {
+        Command::Doctor {
+            config,
+            sandbox_drop_in: true,
+        } => {
+            let cfg = Config::load(&config).map_err(|e| UsageError(e.to_string()))?;
+            let hidden = vitalgate::sandbox::HiddenPaths::of(&cfg);
+            for (setting, path, why) in &hidden.unbindable {
+                let path = vitalgate::redact::scrub(&path.to_string_lossy()).into_owned();
+                eprintln!("vitalgate: {setting} {path} is outside the service's root and not bound in: {why}");
+            }
+            if let Some(text) = hidden.drop_in() {
+                ignore_closed_pipe(out!("{text}"))?;
+            }
+            Ok(())
+        }
+        Command::Doctor { config, .. } => {
             let findings = vitalgate::doctor::run(&config, &vitalgate::doctor::Host::system());
             for f in &findings {
                 ignore_closed_pipe(outln!("{f}"))?;

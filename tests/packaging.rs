@@ -553,3 +553,57 @@ fn packaged_config_names_only_files_the_sandboxed_service_can_see() {
         assert!(unit.contains(visible), "{visible} is not named in the unit");
     }
 }
+
+/// The postinst's upgrade drop-in (docs/install.md, "Upgrading a hub provisioned before the
+/// root directory"): the command it runs binds in what it can and names the rest on stderr,
+/// without the long number a path may hold (no NHS Number in any output).
+#[test]
+fn sandbox_drop_in_binds_a_file_under_opt_and_names_a_path_it_cannot_spell_without_its_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vitalgate.toml");
+    let text = read("config/vitalgate.toml").replace(
+        "path = \"/run/vitalgate/manual.jsonl\"",
+        "path = \"/opt/site/manual.jsonl\"",
+    )
+        + "\n[[device]]\nid = \"ward-feed\"\npatient = \"patient-1\"\ndriver = \"jsonl\"\n\
+           path = \"/opt/site/9434765919 b.jsonl\"\n";
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .args(["doctor", "--sandbox-drop-in", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("\n[Service]\nBindReadOnlyPaths=-/opt/site/manual.jsonl\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("b.jsonl"), "{stdout}");
+    assert!(
+        stderr.contains("/opt/site/<10+ digits, not shown> b.jsonl"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("9434765919"), "{stderr}");
+}
+
+/// The postinst runs that command, and only where the package's own drop-in is not there yet.
+#[test]
+fn postinst_installs_the_sandbox_drop_in_without_overwriting_one() {
+    let postinst = read("packaging/debian/postinst");
+    assert!(postinst.contains("vitalgate doctor --sandbox-drop-in"));
+    assert!(postinst.contains(&format!(
+        "dropin={}",
+        vitalgate::sandbox::CONFIG_PATHS_DROP_IN
+    )));
+    assert!(postinst.contains("[ ! -e \"$dropin\" ]"));
+    let postrm = read("packaging/debian/postrm");
+    assert!(postrm.contains(vitalgate::sandbox::CONFIG_PATHS_DROP_IN));
+    assert!(postrm.contains(
+        vitalgate::sandbox::CONFIG_PATHS_DROP_IN_MARK
+            .split(" (")
+            .next()
+            .unwrap()
+    ));
+}

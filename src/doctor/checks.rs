@@ -290,7 +290,7 @@ pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
     if !host.systemd_run.exists() {
         return Finding::skip("sandbox", "this machine is not running systemd");
     }
-    let hidden: Vec<String> = named_paths(cfg)
+    let hidden: Vec<String> = crate::sandbox::named_paths(cfg)
         .into_iter()
         .filter(|(_, path)| crate::sandbox::hidden_from_the_service(path))
         .map(|(what, path)| format!("{what} {}", path.display()))
@@ -310,44 +310,6 @@ pub fn sandbox(cfg: &Config, host: &Host) -> Finding {
         ),
         "move the file under /etc/vitalgate (serial ports: /dev/serial/by-id/...), or bind it in with `BindReadOnlyPaths=PATH` in a drop-in (`systemctl edit vitalgate`)",
     )
-}
-
-/// The files and directories a config names, with the setting that names each.
-fn named_paths(cfg: &Config) -> Vec<(String, std::path::PathBuf)> {
-    let mut out = vec![(
-        "gateway.state_dir".to_owned(),
-        cfg.gateway.state_dir.clone(),
-    )];
-    for dir in &cfg.gateway.devices_dirs {
-        out.push(("gateway.devices_dirs".to_owned(), dir.clone()));
-    }
-    if let Some(up) = &cfg.uplink {
-        out.push(("uplink.ca_file".to_owned(), up.ca_file.clone()));
-        out.push(("uplink.cert_file".to_owned(), up.cert_file.clone()));
-        out.push(("uplink.key_file".to_owned(), up.key_file.clone()));
-    }
-    if let Some(tls) = cfg.hl7.as_ref().and_then(|h| h.tls.as_ref()) {
-        out.push(("hl7.tls.cert_file".to_owned(), tls.cert_file.clone()));
-        out.push(("hl7.tls.key_file".to_owned(), tls.key_file.clone()));
-        out.push((
-            "hl7.tls.client_ca_file".to_owned(),
-            tls.client_ca_file.clone(),
-        ));
-    }
-    for device in &cfg.devices {
-        if let Some(path) = &device.path {
-            out.push((format!("device {} path", device.id), path.clone()));
-        }
-    }
-    if let Some(program) = cfg
-        .alerts
-        .annunciator_command
-        .as_ref()
-        .and_then(|c| c.first())
-    {
-        out.push(("alerts.annunciator_command".to_owned(), program.into()));
-    }
-    out
 }
 
 /// The service is active (only where systemd runs).
