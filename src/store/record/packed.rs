@@ -76,6 +76,7 @@ pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
         (Some(text), None) => put_str(out, text),
         (None, None) => {}
     }
+    let received = record.received_at.unix_timestamp();
     put_time(out, record.received_at);
     if let Some(boot) = record.boot {
         out.extend_from_slice(&boot.boot.0.to_be_bytes());
@@ -111,7 +112,7 @@ pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
             out.push(unit_code(u));
         }
         if let Some(t) = r.device_time {
-            put_time_from(out, t, record.received_at.unix_timestamp());
+            put_time_from(out, t, received);
         }
         if !r.flags.is_empty() {
             put_u64(out, r.flags.len() as u64);
@@ -186,9 +187,13 @@ pub fn decode(bytes: &[u8]) -> Result<ReadingRecord, String> {
 
 /// A 10-digit NHS Number (the only form a configured one takes) as one integer.
 fn ten_digits(text: &str) -> Option<u64> {
-    (text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| text.parse().ok())
-        .flatten()
+    if text.len() != 10 {
+        return None;
+    }
+    // One pass that checks and adds up (ten digits cannot overflow a u64).
+    text.bytes().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// `n` (at most 9,999,999,999) as its ten digits, leading zeros kept: one allocation.
@@ -561,6 +566,22 @@ mod tests {
             let mut out = Vec::new();
             put_i64(&mut out, v);
             assert_eq!(Reader { bytes: &out, at: 0 }.i64("v").unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn only_ten_ascii_digits_are_packed_as_a_number() {
+        assert_eq!(ten_digits("9434765919"), Some(9_434_765_919));
+        assert_eq!(ten_digits("0000000001"), Some(1));
+        assert_eq!(ten_digits("9999999999"), Some(9_999_999_999));
+        for text in [
+            "943476591x",
+            "943 476 5919",
+            "943476591",
+            "94347659190",
+            "+434765919",
+        ] {
+            assert_eq!(ten_digits(text), None, "{text}");
         }
     }
 
