@@ -515,9 +515,10 @@ impl Writer {
             let accepted = self.accept(frame, now, &mut extra);
             let record = |readings| {
                 Record::Reading(ReadingRecord {
-                    device_id: frame.device_id.to_string(),
-                    patient_id: frame.patient_id.to_string(),
-                    nhs_number: frame.nhs_number.as_deref().map(str::to_string),
+                    // The frame's own texts, shared: no copy per reading.
+                    device_id: frame.device_id.clone(),
+                    patient_id: frame.patient_id.clone(),
+                    nhs_number: frame.nhs_number.clone(),
                     received_at: frame.received_at,
                     clock_synced: clock.map_or(frame.clock_synced, |c| c.synced),
                     readings,

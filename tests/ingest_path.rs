@@ -37,7 +37,7 @@ fn frame(patient: &str, values: &[i64]) -> Frame {
 
 fn reading(patient: &str, value: i64) -> Record {
     Record::Reading(ReadingRecord {
-        device_id: format!("ox-{patient}"),
+        device_id: format!("ox-{patient}").into(),
         patient_id: patient.into(),
         nhs_number: None,
         received_at: T0,

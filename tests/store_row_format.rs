@@ -66,10 +66,7 @@ fn an_outbox_written_before_the_packed_form_reads_and_delivers_every_row() {
         .collect();
     assert_eq!(readings.len(), 29);
     for r in &readings {
-        assert_eq!(
-            (r.device_id.as_str(), r.patient_id.as_str()),
-            ("sim-0", "p1")
-        );
+        assert_eq!((&*r.device_id, &*r.patient_id), ("sim-0", "p1"));
         assert_eq!(r.nhs_number.as_deref(), Some("9434765919"));
         assert!(!r.readings.is_empty());
     }

@@ -392,11 +392,11 @@ impl CommitHook for AlertHook {
         let mut sets: Vec<(&str, Vec<BatchReading<'_>>)> = Vec::new();
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
-            if !self.engines.contains_key(&r.patient_id) {
+            if !self.engines.contains_key(&*r.patient_id) {
                 continue;
             }
             let obs_ref = super::publish::observation_id(&self.gateway, r).to_string();
-            let set = match sets.iter_mut().position(|(p, _)| *p == r.patient_id) {
+            let set = match sets.iter_mut().position(|(p, _)| *p == &*r.patient_id) {
                 Some(i) => &mut sets[i].1,
                 None => {
                     sets.push((&r.patient_id, Vec::new()));

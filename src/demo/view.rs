@@ -158,7 +158,7 @@ impl CommitHook for DemoView {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         for rec in accepted {
             if let Record::Reading(r) = rec {
-                let row = latest.entry(r.patient_id.clone()).or_default();
+                let row = latest.entry(String::from(&*r.patient_id)).or_default();
                 for reading in &r.readings {
                     let shown = match reading.value {
                         Value::Number(d) => d.to_string(),

@@ -134,7 +134,7 @@ impl ClinicalCell {
         let mut c = self.lock();
         for rec in accepted {
             let Record::Reading(r) = rec else { continue };
-            let device = c.values.entry(r.device_id.clone()).or_default();
+            let device = c.values.entry(String::from(&*r.device_id)).or_default();
             for reading in &r.readings {
                 let value = match reading.value {
                     Value::Number(d) => d.to_string(),

@@ -19,6 +19,7 @@
 //! compiler may not drop). `ring`'s own key schedules (`hkdf::Prk`, `LessSafeKey`) are opaque
 //! and are not wiped by ring on drop; they live as long as the outbox connection.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -388,14 +389,7 @@ impl Keyring {
     }
 
     fn derive(&self, key_id: u32) -> Result<LessSafeKey, KeyError> {
-        let id = key_id.to_be_bytes();
-        let info: [&[u8]; 2] = [b"outbox data key", &id];
-        // `expand` fails only for output lengths HKDF cannot produce; 32 bytes is fine.
-        let okm = self
-            .prk
-            .expand(&info, &aead::AES_256_GCM)
-            .map_err(|_| KeyError::Derive)?;
-        Ok(LessSafeKey::new(UnboundKey::from(okm)))
+        derive_data_key(&self.prk, key_id)
     }
 
     /// The bytes of the schema 3 data key `key_id` (HKDF of the master), to be wrapped into
@@ -437,15 +431,14 @@ impl Keyring {
         self.derive_missing = false;
     }
 
+    /// The data key `key_id`: one hash of the id when installed (the writer asks once per
+    /// row), derived first where the schema allows it.
     fn key(&mut self, key_id: u32) -> Result<&LessSafeKey, KeyError> {
-        if !self.keys.contains_key(&key_id) {
-            if !self.derive_missing {
-                return Err(KeyError::Derive);
-            }
-            let key = self.derive(key_id)?;
-            self.keys.insert(key_id, key);
+        match self.keys.entry(key_id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(_) if !self.derive_missing => Err(KeyError::Derive),
+            Entry::Vacant(e) => Ok(e.insert(derive_data_key(&self.prk, key_id)?)),
         }
-        self.keys.get(&key_id).ok_or(KeyError::Derive)
     }
 
     fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], KeyError> {
@@ -467,15 +460,32 @@ impl Keyring {
         aad: &[u8],
         mut plaintext: Vec<u8>,
     ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        let nonce = self.seal_buffer(key_id, aad, &mut plaintext)?;
+        Ok((nonce, plaintext))
+    }
+
+    /// Encrypts `buffer` in place and appends the tag; returns the fresh nonce.
+    fn seal_buffer(
+        &mut self,
+        key_id: u32,
+        aad: &[u8],
+        buffer: &mut Vec<u8>,
+    ) -> Result<[u8; NONCE_LEN], KeyError> {
         let nonce = self.next_nonce()?;
         self.key(key_id)?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut plaintext,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buffer)
             .map_err(|_| KeyError::Random)?;
-        Ok((nonce, plaintext))
+        Ok(nonce)
+    }
+
+    /// [`Keyring::seal`] in place: `buffer` holds the plaintext and is left holding the
+    /// ciphertext (with tag), so the ingest writer seals every row of a batch in one buffer.
+    pub fn seal_in_place(
+        &mut self,
+        id: RecordIdentity,
+        buffer: &mut Vec<u8>,
+    ) -> Result<[u8; NONCE_LEN], KeyError> {
+        self.seal_buffer(id.key_id, &id.aad(), buffer)
     }
 
     /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
@@ -534,6 +544,17 @@ impl Keyring {
             }
         }
     }
+}
+
+/// The schema 3 data key `key_id`: HKDF of the master's `prk`.
+fn derive_data_key(prk: &hkdf::Prk, key_id: u32) -> Result<LessSafeKey, KeyError> {
+    let id = key_id.to_be_bytes();
+    let info: [&[u8]; 2] = [b"outbox data key", &id];
+    // `expand` fails only for output lengths HKDF cannot produce; 32 bytes is fine.
+    let okm = prk
+        .expand(&info, &aead::AES_256_GCM)
+        .map_err(|_| KeyError::Derive)?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
 /// Opens `ciphertext` in place and truncates it to the plaintext.

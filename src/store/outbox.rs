@@ -700,8 +700,18 @@ impl Outbox {
             // last patient's key, so a run of one patient's rows looks it up once.
             let mut rows_by_key: Vec<(u32, i64)> = Vec::new();
             let mut last: Option<(&str, u32)> = None;
+            // One buffer for every row: encoded, then sealed in place, then bound (SQLite
+            // copies it), then cleared for the next row.
+            let mut sealed = Vec::with_capacity(256);
+            // Parameters stay bound from row to row: lane, kind and key are bound again only
+            // when they change, the creation time once (issue 18, acceptance 4).
+            let mut bound: Option<(Lane, u8, u32)> = None;
+            insert.raw_bind_parameter(4, created).map_err(err)?;
             for record in records {
-                let plaintext = record.encode().map_err(StoreError::Encode)?;
+                sealed.clear();
+                record
+                    .encode_into(&mut sealed)
+                    .map_err(StoreError::Encode)?;
                 let key_id = match last {
                     Some((patient, key_id)) if patient == record_patient(record) => key_id,
                     _ => key_of(&keys, &record_owner(record), &path)?,
@@ -716,21 +726,21 @@ impl Outbox {
                     kind: record.kind(),
                     key_id,
                 };
-                let (nonce, ct) = self
+                let nonce = self
                     .keyring
-                    .seal(identity, plaintext)
+                    .seal_in_place(identity, &mut sealed)
                     .map_err(|e| StoreError::Key(e, path.clone()))?;
-                insert
-                    .execute(params![
-                        id,
-                        record.lane() as i64,
-                        record.kind(),
-                        created,
-                        key_id,
-                        &nonce[..],
-                        ct
-                    ])
-                    .map_err(err)?;
+                let shape = (record.lane(), record.kind(), key_id);
+                if bound != Some(shape) {
+                    insert.raw_bind_parameter(2, shape.0 as i64).map_err(err)?;
+                    insert.raw_bind_parameter(3, shape.1).map_err(err)?;
+                    insert.raw_bind_parameter(5, shape.2).map_err(err)?;
+                    bound = Some(shape);
+                }
+                insert.raw_bind_parameter(1, id).map_err(err)?;
+                insert.raw_bind_parameter(6, &nonce[..]).map_err(err)?;
+                insert.raw_bind_parameter(7, &sealed[..]).map_err(err)?;
+                insert.raw_execute().map_err(err)?;
                 ids.push(id);
                 counts.undelivered(record.lane() as i64, 1);
                 id += 1;

@@ -8,6 +8,8 @@
 //! become one FHIR Observation (a blood-pressure set), or an alert event. Keeping that unit in
 //! one row makes delivery accounting exact: one PUBACK marks one row.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -40,18 +42,27 @@ impl Lane {
 /// `Reading` is for people and the `decode` command, not for storage.
 ///
 /// `Debug` is written by hand: it masks the NHS Number.
+///
+/// The three texts are shared (`Arc<str>`), not owned: the ingest writer makes a record per
+/// reading from the frame's own `Arc`s, which costs a reference count each instead of an
+/// allocation, a copy and a free (issue 18, acceptance 4).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadingRecord {
     /// The configured device id.
-    #[serde(rename = "d")]
-    pub device_id: String,
+    #[serde(rename = "d", with = "shared_text")]
+    pub device_id: Arc<str>,
     /// The pseudonymous patient id from the config (never the NHS Number).
-    #[serde(rename = "p")]
-    pub patient_id: String,
+    #[serde(rename = "p", with = "shared_text")]
+    pub patient_id: Arc<str>,
     /// The patient's NHS Number at the time of the reading, if configured. Stored so a later
     /// config change cannot re-attribute an old reading. Encrypted with the rest of the row.
-    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
-    pub nhs_number: Option<String>,
+    #[serde(
+        rename = "n",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "shared_text::optional"
+    )]
+    pub nhs_number: Option<Arc<str>>,
     /// Gateway clock when ingest received the reading.
     #[serde(rename = "t", with = "compact::timestamp")]
     pub received_at: OffsetDateTime,
@@ -80,6 +91,37 @@ impl std::fmt::Debug for ReadingRecord {
             .field("readings", &self.readings)
             .field("boot", &self.boot)
             .finish()
+    }
+}
+
+/// `Arc<str>` through serde as a plain string (serde's own impl needs its `rc` feature, which
+/// would rebuild every crate that uses serde for two fields).
+mod shared_text {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(text: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
+
+    pub mod optional {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(text: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+            match text {
+                Some(t) => s.serialize_some(&**t),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
+            Option::<String>::deserialize(d).map(|t| t.map(Arc::from))
+        }
     }
 }
 
@@ -252,14 +294,29 @@ impl Record {
     /// format byte); alerts and derived records are CBOR through `ciborium`: their JSON can
     /// hold `null`, which `cbor4ii`'s serde encoder writes as an empty array.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`Record::encode`], appended to `out`: the ingest writer encodes and seals every row
+    /// of a batch in one reused buffer instead of allocating and freeing one per row.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
         match self {
-            Record::Reading(r) => Ok(packed::encode(r)),
-            Record::Alert(_) | Record::Derived(_) => self.encode_with_ciborium(),
+            Record::Reading(r) => {
+                packed::encode_into(r, out);
+                Ok(())
+            }
+            Record::Alert(_) | Record::Derived(_) => {
+                out.reserve(128);
+                ciborium::into_writer(self, out).map_err(|e| e.to_string())
+            }
         }
     }
 
     /// The `ciborium` encoding: alerts and derived records, and every row written before
     /// (readings included, until issue 18).
+    #[cfg(test)]
     fn encode_with_ciborium(&self) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         ciborium::into_writer(self, &mut out).map_err(|e| e.to_string())?;
@@ -472,9 +529,9 @@ mod tests {
             .prop_map(
                 |(device_id, nhs_number, received_at, clock_synced, readings, boot)| {
                     Record::Reading(ReadingRecord {
-                        device_id,
+                        device_id: device_id.into(),
                         patient_id: "p1".into(),
-                        nhs_number,
+                        nhs_number: nhs_number.map(Into::into),
                         received_at,
                         clock_synced,
                         readings,

@@ -107,7 +107,7 @@ impl Hub {
 
 pub fn reading(patient: &str, value: i64) -> Record {
     Record::Reading(ReadingRecord {
-        device_id: format!("ox-{patient}"),
+        device_id: format!("ox-{patient}").into(),
         patient_id: patient.into(),
         nhs_number: Some("9434765919".into()),
         received_at: OffsetDateTime::now_utc(),

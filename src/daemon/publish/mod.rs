@@ -73,7 +73,7 @@ fn observation_context<'a>(
     ObservationContext {
         gateway_id: gateway,
         device_id: &r.device_id,
-        device_display: displays.get(&r.device_id).map(String::as_str),
+        device_display: displays.get(&*r.device_id).map(String::as_str),
         nhs_number: nhs,
         setting: match setting {
             Setting::Residential => RecordingSetting::Residential,
@@ -205,7 +205,9 @@ struct TemplateEntry {
 
 impl TemplateEntry {
     fn serves(&self, r: &ReadingRecord, metric: Metric, unit: Unit) -> bool {
-        self.metric == metric && self.unit == unit && self.nhs_number == r.nhs_number
+        self.metric == metric
+            && self.unit == unit
+            && self.nhs_number.as_deref() == r.nhs_number.as_deref()
     }
 }
 
@@ -261,7 +263,7 @@ impl RenderContext {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = by_device
-                .get(&r.device_id)
+                .get(&*r.device_id)
                 .and_then(|entries| entries.iter().find(|e| e.serves(r, reading.metric, unit)))
             {
                 return entry.template.as_ref().and_then(render);
@@ -278,10 +280,10 @@ impl RenderContext {
             .unwrap_or_else(PoisonError::into_inner);
         let kept: usize = by_device.values().map(Vec::len).sum();
         if kept < MAX_TEMPLATES {
-            let entries = by_device.entry(r.device_id.clone()).or_default();
+            let entries = by_device.entry(String::from(&*r.device_id)).or_default();
             if !entries.iter().any(|e| e.serves(r, reading.metric, unit)) {
                 entries.push(TemplateEntry {
-                    nhs_number: r.nhs_number.clone(),
+                    nhs_number: r.nhs_number.as_deref().map(String::from),
                     metric: reading.metric,
                     unit,
                     template,
@@ -405,7 +407,7 @@ mod tests {
 
     fn record(i: i64) -> Record {
         Record::Reading(ReadingRecord {
-            device_id: format!("dev-{}", i % 3),
+            device_id: format!("dev-{}", i % 3).into(),
             patient_id: "p1".into(),
             nhs_number: Some("9434765919".into()),
             received_at: time::macros::datetime!(2026-11-23 10:00 UTC) + time::Duration::seconds(i),
@@ -646,7 +648,7 @@ mod tests {
                         let r = ReadingRecord {
                             device_id: device.into(),
                             patient_id: "p1".into(),
-                            nhs_number: nhs.map(str::to_owned),
+                            nhs_number: nhs.map(Into::into),
                             received_at: time::macros::datetime!(2026-11-23 10:00 +01:00)
                                 + time::Duration::milliseconds(1234 * i),
                             clock_synced: true,

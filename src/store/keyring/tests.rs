@@ -11,7 +11,7 @@ const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
 fn reading(patient: &str, value: i64) -> Record {
     Record::Reading(ReadingRecord {
-        device_id: format!("ox-{patient}"),
+        device_id: format!("ox-{patient}").into(),
         patient_id: patient.into(),
         nhs_number: None,
         received_at: T0,

@@ -26,6 +26,8 @@
 //! error naming what was wrong, never a panic (the plaintext is authenticated, so an error
 //! is a format matter, not damage).
 
+use std::sync::Arc;
+
 use time::{OffsetDateTime, UtcOffset};
 
 use super::ReadingRecord;
@@ -48,10 +50,10 @@ const HAS_UNIT: u8 = 1 << 2;
 const HAS_TIME: u8 = 1 << 3;
 const HAS_FLAGS: u8 = 1 << 4;
 
-/// Writes `record` in the packed form.
-pub fn encode(record: &ReadingRecord) -> Vec<u8> {
+/// Appends `record` in the packed form to `out` (the writer reuses one buffer per batch).
+pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
     // Room for a typical record and the 16-byte AEAD tag that sealing appends in place.
-    let mut out = Vec::with_capacity(128);
+    out.reserve(128);
     let nhs_digits = record.nhs_number.as_deref().and_then(ten_digits);
     let mut bits = 0;
     if record.clock_synced {
@@ -67,19 +69,20 @@ pub fn encode(record: &ReadingRecord) -> Vec<u8> {
     }
     out.push(FORMAT);
     out.push(bits);
-    put_str(&mut out, &record.device_id);
-    put_str(&mut out, &record.patient_id);
+    put_str(out, &record.device_id);
+    put_str(out, &record.patient_id);
     match (&record.nhs_number, nhs_digits) {
-        (_, Some(n)) => put_u64(&mut out, n),
-        (Some(text), None) => put_str(&mut out, text),
+        (_, Some(n)) => put_u64(out, n),
+        (Some(text), None) => put_str(out, text),
         (None, None) => {}
     }
-    put_time(&mut out, record.received_at);
+    let received = record.received_at.unix_timestamp();
+    put_time(out, record.received_at);
     if let Some(boot) = record.boot {
         out.extend_from_slice(&boot.boot.0.to_be_bytes());
-        put_u64(&mut out, boot.since_boot_ms);
+        put_u64(out, boot.since_boot_ms);
     }
-    put_u64(&mut out, record.readings.len() as u64);
+    put_u64(out, record.readings.len() as u64);
     for r in &record.readings {
         out.push(metric_code(r.metric));
         let mut shape = match r.value {
@@ -99,7 +102,7 @@ pub fn encode(record: &ReadingRecord) -> Vec<u8> {
         out.push(shape);
         match r.value {
             Value::Number(d) => {
-                put_i64(&mut out, d.mantissa);
+                put_i64(out, d.mantissa);
                 out.push(d.exponent as u8);
             }
             Value::Code(c) => out.push(acvpu_code(c)),
@@ -109,14 +112,13 @@ pub fn encode(record: &ReadingRecord) -> Vec<u8> {
             out.push(unit_code(u));
         }
         if let Some(t) = r.device_time {
-            put_time_from(&mut out, t, record.received_at.unix_timestamp());
+            put_time_from(out, t, received);
         }
         if !r.flags.is_empty() {
-            put_u64(&mut out, r.flags.len() as u64);
+            put_u64(out, r.flags.len() as u64);
             out.extend(r.flags.iter().map(|&f| flag_code(f)));
         }
     }
-    out
 }
 
 /// Reads a packed record (starting with [`FORMAT`]); every byte must be used.
@@ -138,7 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<ReadingRecord, String> {
         if n > 9_999_999_999 {
             return Err("NHS Number out of range".into());
         }
-        Some(format!("{n:010}"))
+        Some(ten_digit_text(n)?)
     } else if bits & NHS_TEXT != 0 {
         Some(r.string("NHS Number")?)
     } else {
@@ -185,11 +187,28 @@ pub fn decode(bytes: &[u8]) -> Result<ReadingRecord, String> {
 
 /// A 10-digit NHS Number (the only form a configured one takes) as one integer.
 fn ten_digits(text: &str) -> Option<u64> {
-    (text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| text.parse().ok())
-        .flatten()
+    if text.len() != 10 {
+        return None;
+    }
+    // One pass that checks and adds up (ten digits cannot overflow a u64).
+    text.bytes().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
+/// `n` (at most 9,999,999,999) as its ten digits, leading zeros kept: one allocation.
+fn ten_digit_text(mut n: u64) -> Result<Arc<str>, String> {
+    let mut digits = [b'0'; 10];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    std::str::from_utf8(&digits)
+        .map(Arc::from)
+        .map_err(|_| "NHS Number digits".to_string())
+}
+
+#[inline]
 fn put_u64(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -261,10 +280,13 @@ impl<'a> Reader<'a> {
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    fn string(&mut self, what: &str) -> Result<String, String> {
+    /// A text, shared as [`ReadingRecord`] holds it: one allocation.
+    fn string(&mut self, what: &str) -> Result<Arc<str>, String> {
         let len = usize::try_from(self.u64(what)?).map_err(|_| format!("{what} too long"))?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+        std::str::from_utf8(raw)
+            .map(Arc::from)
+            .map_err(|_| format!("{what} is not UTF-8"))
     }
 
     fn time(&mut self, what: &str) -> Result<OffsetDateTime, String> {
@@ -544,6 +566,22 @@ mod tests {
             let mut out = Vec::new();
             put_i64(&mut out, v);
             assert_eq!(Reader { bytes: &out, at: 0 }.i64("v").unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn only_ten_ascii_digits_are_packed_as_a_number() {
+        assert_eq!(ten_digits("9434765919"), Some(9_434_765_919));
+        assert_eq!(ten_digits("0000000001"), Some(1));
+        assert_eq!(ten_digits("9999999999"), Some(9_999_999_999));
+        for text in [
+            "943476591x",
+            "943 476 5919",
+            "943476591",
+            "94347659190",
+            "+434765919",
+        ] {
+            assert_eq!(ten_digits(text), None, "{text}");
         }
     }
 
