@@ -155,6 +155,51 @@ async fn uplink_short_batches_from_the_source_still_drain_everything() {
     within(30, "uplink shutdown", task).await.unwrap();
 }
 
+/// This process's TCP connections to `port` on loopback, each as a duplicate of its file
+/// descriptor (`pidfd_getfd`, so its socket options can be read without unsafe code).
+fn connections_to(port: u16) -> Vec<std::net::TcpStream> {
+    use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).expect("pidfd_open");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        let Ok(dup) = pidfd_getfd(&me, fd, PidfdGetfdFlags::empty()) else {
+            continue; // closed since it was listed
+        };
+        let stream = std::net::TcpStream::from(dup);
+        if stream.peer_addr().is_ok_and(|a| a.port() == port) {
+            found.push(stream);
+        }
+    }
+    found
+}
+
+/// Issue 18 (steady drains): Nagle's algorithm is off on the uplink's connection. With it
+/// on, a PUBLISH written while an earlier segment awaits its acknowledgement is held back,
+/// and with the window full both ends waited for a delayed ACK (40 ms), several times a
+/// drain (benches/drain.rs counts those stalls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_connection_sends_each_packet_without_waiting_for_the_last_ones_acknowledgement() {
+    let b = Broker::start(Acl::gateways(&["gw-nodelay"]));
+    let src = MemorySource::new();
+    let mut up = start(b.uplink_config("gw-nodelay"), &src);
+    up.until(30, "connected", |s| s.connected).await;
+    let connections = connections_to(b.port);
+    assert_eq!(connections.len(), 1, "one connection to the broker");
+    assert!(
+        connections[0].nodelay().unwrap(),
+        "the uplink's connection delays small packets (TCP_NODELAY off)"
+    );
+    up.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_broker_restart_mid_drain_loses_nothing_and_duplicates_stay_within_window() {
     let mut b = Broker::start(Acl::gateways(&["gw-restart"]));

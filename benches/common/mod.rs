@@ -148,8 +148,9 @@ pub async fn timed_uplink_traced<S: OutboxSource>(
     )
 }
 
-/// Raw rumqttc v5: publishes `payloads` at QoS 1 with `window` in flight as `gw`, from the
-/// ConnAck to the last PUBACK. Returns messages per second.
+/// Raw rumqttc v5: publishes `payloads` at QoS 1 with `window` in flight as `gw`, over a
+/// socket set up as the uplink's (TCP_NODELAY), from the ConnAck to the last PUBACK. Returns
+/// messages per second.
 pub async fn raw_rumqttc(b: &Broker, gw: &str, payloads: &[Bytes], window: u16) -> f64 {
     let cfg = b.uplink_config(gw);
     let tls = vitalgate::uplink::tls::load(&cfg, OffsetDateTime::now_utc()).unwrap();
@@ -161,6 +162,10 @@ pub async fn raw_rumqttc(b: &Broker, gw: &str, payloads: &[Bytes], window: u16) 
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.config,
         )));
+    // The uplink's socket options (`uplink/session.rs`): Nagle's algorithm off.
+    let mut net = o.network_options();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     let (client, mut el) = AsyncClient::new(o, usize::from(window));
     loop {
         if let Ok(Event::Incoming(Incoming::ConnAck(_))) = el.poll().await {

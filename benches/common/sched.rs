@@ -46,6 +46,8 @@ pub fn snapshot(pid: &str) -> Snapshot {
 
 /// Per thread name between two snapshots: (threads, on CPU, waiting for a CPU, off CPU).
 pub struct Delta {
+    /// When the section began (its first snapshot).
+    pub start: Instant,
     pub wall: Duration,
     pub by_name: BTreeMap<String, (usize, Duration, Duration, Duration)>,
 }
@@ -65,7 +67,11 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Delta {
         // here, so it is counted from the section's start (an upper bound).
         e.3 += wall.saturating_sub(run + wait);
     }
-    Delta { wall, by_name }
+    Delta {
+        start: before.at,
+        wall,
+        by_name,
+    }
 }
 
 impl std::fmt::Display for Delta {

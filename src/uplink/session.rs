@@ -37,6 +37,16 @@ pub(crate) fn options(
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.config.clone(),
         )));
+    // Each packet leaves as soon as it is written (TCP_NODELAY). With Nagle's algorithm a
+    // PUBLISH written while an earlier segment awaits its acknowledgement is held back, and a
+    // broker holds its PUBACKs the same way (Mosquitto's default): with the window full,
+    // neither side then sends what would carry the other's ACK, and both wait for a delayed
+    // acknowledgement (40 ms on Linux), several times a drain (issue 18, steady drains).
+    // Over a WAN the same hold costs an alert a round trip. rumqttc writes everything it has
+    // queued at once, so a burst still leaves in few segments.
+    let mut net = o.network_options();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     o
 }
 
