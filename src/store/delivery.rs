@@ -38,6 +38,8 @@ use time::OffsetDateTime;
 
 use super::counts::Delta;
 use super::outbox::StoreError;
+
+pub mod deferred;
 use super::record::Lane;
 
 /// Schema step 3 -> 4 (migration number 4): the purge tally. Touches only its own table.
