@@ -189,19 +189,52 @@ impl SnapshotWriter {
 /// Fields that change all the time without the state changing.
 const VOLATILE: &[&str] = &["updated_at", "last_data_at", "last_ack", "in_flight"];
 
+/// Sections whose counts `vitalgate status` reads only from this file (the live state has no
+/// `hl7` part yet): a count there is a change when it reaches a new power of two, so the
+/// file follows their order of magnitude (an HL7 listener's connections and refusals are
+/// rare next to readings).
+const COUNTED: &[&str] = &["hl7"];
+
 /// `value` without [`VOLATILE`] fields and without its numbers (counts, gauges): what is
-/// left are states, flags, errors and the set of devices.
+/// left are states, flags, errors and the set of devices; in [`COUNTED`] sections each
+/// count is replaced by its bit length instead.
 fn substance(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), substance(v)))
+                .map(|(k, v)| {
+                    let kept = if COUNTED.contains(&k.as_str()) {
+                        magnitude(v)
+                    } else {
+                        substance(v)
+                    };
+                    (k.clone(), kept)
+                })
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(substance).collect()),
         Value::Number(_) => Value::Null,
+        other => other.clone(),
+    }
+}
+
+/// `value` without [`VOLATILE`] fields and with every count replaced by its bit length.
+fn magnitude(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), magnitude(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(magnitude).collect()),
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => Value::from(u64::BITS - u.leading_zeros()),
+            None => value.clone(),
+        },
         other => other.clone(),
     }
 }
@@ -270,5 +303,17 @@ mod tests {
             1 << 20,
             "the file written carries the current counts"
         );
+    }
+
+    #[test]
+    fn an_hl7_count_reaching_a_new_power_of_two_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::default();
+        let hl7 = |n: u64| json!({"updated_at": "t", "hl7": {"connections": {"closed_idle": n}}});
+        assert!(w.write_if_changed(dir.path(), &hl7(0)).unwrap());
+        assert!(w.write_if_changed(dir.path(), &hl7(1)).unwrap());
+        assert!(!w.write_if_changed(dir.path(), &hl7(1)).unwrap());
+        assert!(w.write_if_changed(dir.path(), &hl7(2)).unwrap());
+        assert!(!w.write_if_changed(dir.path(), &hl7(3)).unwrap());
     }
 }

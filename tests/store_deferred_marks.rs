@@ -237,3 +237,44 @@ fn a_clean_stop_records_the_marks_still_waiting() {
     writer.close_clean().unwrap();
     assert_eq!(backlog_on_disk(&path, &key), 0);
 }
+
+#[test]
+fn a_mark_that_cannot_be_written_never_holds_up_the_readings() {
+    let mut p = pair();
+    let ids = p
+        .writer
+        .append(&readings(10), OffsetDateTime::now_utc())
+        .unwrap();
+    let raw = rusqlite::Connection::open(&p.path).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER refuse_marks BEFORE INSERT ON delivered
+         BEGIN SELECT RAISE(ABORT, 'marks refused'); END;",
+    )
+    .unwrap();
+    p.publisher
+        .mark_delivered(&ids, OffsetDateTime::now_utc())
+        .unwrap();
+
+    let more = p
+        .writer
+        .append(&readings(3), OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(more.len(), 3, "the readings committed");
+    assert_eq!(backlog_on_disk(&p.path, &p.key), 13, "the marks did not");
+    assert!(
+        pending_ids(&mut p.publisher)
+            .iter()
+            .all(|id| !ids.contains(id)),
+        "the rows given back stay out of the publisher's reads"
+    );
+
+    raw.execute_batch("DROP TRIGGER refuse_marks;").unwrap();
+    p.writer
+        .append(&readings(1), OffsetDateTime::now_utc())
+        .unwrap();
+    assert_eq!(
+        backlog_on_disk(&p.path, &p.key),
+        4,
+        "the marks given back ride on the next commit"
+    );
+}

@@ -687,7 +687,7 @@ impl Outbox {
         // connection retired or destroyed meanwhile (rotate-key, erase-patient) is never
         // sealed under; the keyring is re-read and the keys chosen again.
         let mut attempts = 0;
-        let (keys, tx) = loop {
+        let (keys, mut tx) = loop {
             let keys = self.envelope.keys_for(
                 &mut self.conn,
                 &mut self.keyring,
@@ -767,17 +767,27 @@ impl Outbox {
             count_sealed_by_owner(&tx, &keys, &owners).map_err(err)?;
         }
         // Delivery marks the publisher handed over ride along (`delivery::deferred`); given
-        // back if this transaction fails.
-        let carried = match &self.marks {
+        // back if this transaction fails. A mark that cannot be written never holds up the
+        // readings: it is rolled back to a savepoint and given back (the publisher's
+        // connection then records it, or reports why it cannot).
+        let mut carried = match &self.marks {
             Some(MarksRole::Carry(q)) => {
                 q.served(std::time::Instant::now());
                 q.take()
             }
             _ => Vec::new(),
         };
-        let committed = mark_all(&tx, &carried)
-            .and_then(|()| tx.commit())
-            .map_err(err);
+        if !carried.is_empty() {
+            let written = tx.savepoint().and_then(|sp| {
+                mark_all(&sp, &carried)?;
+                sp.commit()
+            });
+            if let (Err(e), Some(MarksRole::Carry(q))) = (written, &self.marks) {
+                tracing::warn!(error = %e, "delivery marks left out of this commit; given back");
+                q.restore(std::mem::take(&mut carried));
+            }
+        }
+        let committed = tx.commit().map_err(err);
         if let Some(MarksRole::Carry(q)) = &self.marks {
             match committed {
                 Ok(()) => q.committed(&carried),
@@ -1813,7 +1823,7 @@ fn count_set_aside(path: &Path) -> u64 {
 /// `ids` as ascending runs of consecutive integers `(first, last)`, duplicates ignored:
 /// `[5, 3, 4, 9]` gives `[(3, 5), (9, 9)]`.
 /// Marks every run of `marks` delivered at its own time, with the counts, in `tx`.
-fn mark_all(tx: &rusqlite::Transaction<'_>, marks: &[Mark]) -> rusqlite::Result<()> {
+fn mark_all(tx: &Connection, marks: &[Mark]) -> rusqlite::Result<()> {
     if marks.is_empty() {
         return Ok(());
     }
