@@ -475,6 +475,7 @@ impl Writer {
     }
 
     fn tick(&mut self) {
+        self.outbox.record_due_marks(); // marks no commit carried (store::delivery::deferred)
         let now = OffsetDateTime::now_utc();
         let backlog = match self.outbox.backlog() {
             Ok(n) => n,

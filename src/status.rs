@@ -1,8 +1,9 @@
 //! Status: what the gateway holds and how its parts are doing.
 //!
 //! The daemon keeps a [`Registry`] of device states in memory and writes a snapshot
-//! (`status.json`, mode 0600) to the state dir only when it changes ([`SnapshotWriter`]) and
-//! at shutdown: a hub's SD card is not rewritten every few seconds to say the same thing. `vitalgate status` combines
+//! (`status.json`, mode 0600) to the state dir only when a state changes ([`SnapshotWriter`]) and
+//! at shutdown: a hub's SD card is not rewritten every few seconds to say the same thing,
+//! nor for every count; the running daemon's counts are served live (`live/`). `vitalgate status` combines
 //! that snapshot with counts read straight from the outbox (no key needed), so it works
 //! whether or not the daemon is running, and says which.
 
@@ -156,9 +157,13 @@ fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes the snapshot only when what it says has changed: a device, uplink or storage state,
-/// an error, or a counter reaching a new power of two (so the file follows the order of
-/// magnitude of the counts, not every reading). Timestamps alone and in-flight gauges are
-/// no change. Checked against the last snapshot written, in memory.
+/// a flag, an error, a device added or removed. Counts are no change (they move with every
+/// reading; the live socket serves them, `live/`), nor are timestamps and in-flight gauges:
+/// at 10 devices x 1 Hz a rule that also wrote when a count reached a new power of two
+/// rewrote the 4 KiB file about 25 times in a minute, some 30 bytes per reading on the SD
+/// card (issue 18, `scripts/footprint`). The file written carries every current value; the
+/// one written at stop ([`write_snapshot`]) is what `vitalgate status` shows of a stopped
+/// daemon. Checked against the last snapshot written, in memory.
 #[derive(Debug, Default)]
 pub struct SnapshotWriter {
     last: Option<serde_json::Value>,
@@ -184,17 +189,48 @@ impl SnapshotWriter {
 /// Fields that change all the time without the state changing.
 const VOLATILE: &[&str] = &["updated_at", "last_data_at", "last_ack", "in_flight"];
 
-/// `value` without [`VOLATILE`] fields and with every count replaced by its bit length.
+/// Sections whose counts `vitalgate status` reads only from this file (the live state has no
+/// `hl7` part yet): a count there is a change when it reaches a new power of two, so the
+/// file follows their order of magnitude (an HL7 listener's connections and refusals are
+/// rare next to readings).
+const COUNTED: &[&str] = &["hl7"];
+
+/// `value` without [`VOLATILE`] fields and without its numbers (counts, gauges): what is
+/// left are states, flags, errors and the set of devices; in [`COUNTED`] sections each
+/// count is replaced by its bit length instead.
 fn substance(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), substance(v)))
+                .map(|(k, v)| {
+                    let kept = if COUNTED.contains(&k.as_str()) {
+                        magnitude(v)
+                    } else {
+                        substance(v)
+                    };
+                    (k.clone(), kept)
+                })
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(substance).collect()),
+        Value::Number(_) => Value::Null,
+        other => other.clone(),
+    }
+}
+
+/// `value` without [`VOLATILE`] fields and with every count replaced by its bit length.
+fn magnitude(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), magnitude(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(magnitude).collect()),
         Value::Number(n) => match n.as_u64() {
             Some(u) => Value::from(u64::BITS - u.leading_zeros()),
             None => value.clone(),
@@ -241,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn a_state_change_or_a_count_reaching_a_new_power_of_two_is_written() {
+    fn a_state_change_is_written_and_a_count_change_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SnapshotWriter::default();
         assert!(w
@@ -250,22 +286,34 @@ mod tests {
         assert!(w
             .write_if_changed(dir.path(), &doc(0, "connected", "t2"))
             .unwrap());
+        for (n, at) in [(1, "t3"), (2, "t4"), (64, "t5"), (1 << 20, "t6")] {
+            assert!(
+                !w.write_if_changed(dir.path(), &doc(n, "connected", at))
+                    .unwrap(),
+                "{n} readings is no change of state"
+            );
+        }
         assert!(w
-            .write_if_changed(dir.path(), &doc(1, "connected", "t3"))
-            .unwrap());
-        assert!(!w
-            .write_if_changed(dir.path(), &doc(1, "connected", "t4"))
-            .unwrap());
-        assert!(w
-            .write_if_changed(dir.path(), &doc(2, "connected", "t5"))
-            .unwrap());
-        assert!(!w
-            .write_if_changed(dir.path(), &doc(3, "connected", "t6"))
-            .unwrap());
-        assert!(w
-            .write_if_changed(dir.path(), &doc(4, "no_data", "t7"))
+            .write_if_changed(dir.path(), &doc(1 << 20, "no_data", "t7"))
             .unwrap());
         let on_disk = super::read_snapshot(dir.path()).unwrap();
         assert_eq!(on_disk["devices"][0]["state"], "no_data");
+        assert_eq!(
+            on_disk["devices"][0]["readings"],
+            1 << 20,
+            "the file written carries the current counts"
+        );
+    }
+
+    #[test]
+    fn an_hl7_count_reaching_a_new_power_of_two_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::default();
+        let hl7 = |n: u64| json!({"updated_at": "t", "hl7": {"connections": {"closed_idle": n}}});
+        assert!(w.write_if_changed(dir.path(), &hl7(0)).unwrap());
+        assert!(w.write_if_changed(dir.path(), &hl7(1)).unwrap());
+        assert!(!w.write_if_changed(dir.path(), &hl7(1)).unwrap());
+        assert!(w.write_if_changed(dir.path(), &hl7(2)).unwrap());
+        assert!(!w.write_if_changed(dir.path(), &hl7(3)).unwrap());
     }
 }

@@ -1,7 +1,7 @@
 //! Issue 18 (footprint), acceptance 1 and 7, end to end on the real binary: a daemon stopped
 //! with SIGTERM leaves its outbox marked cleanly stopped, so the next start skips the
 //! full-file check; one killed with SIGKILL does not, so the next start checks in full. And
-//! the status snapshot is not rewritten while nothing but timestamps changes.
+//! the status snapshot is not rewritten while nothing but timestamps or counts change.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use support::process::{snapshot, spawn_run};
+use support::process::{live_committed, snapshot, spawn_run};
 use vitalgate::store::{MasterKey, Outbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -52,14 +52,10 @@ interval_ms = {interval_ms}
     (dir, path, key)
 }
 
-/// Waits (generously) until the daemon's snapshot says a reading was committed.
+/// Waits (generously) until the daemon's live state says a reading was committed.
 fn wait_committed(state: &Path, child: &mut Child) {
     let t0 = Instant::now();
-    while snapshot(state)
-        .and_then(|s| s["ingest"]["readings_committed"].as_u64())
-        .unwrap_or(0)
-        == 0
-    {
+    while live_committed(state) == 0 {
         assert!(child.try_wait().unwrap().is_none(), "daemon exited");
         assert!(t0.elapsed() < Duration::from_secs(60), "nothing committed");
         std::thread::sleep(Duration::from_millis(50));
@@ -121,4 +117,46 @@ fn the_status_snapshot_is_not_rewritten_while_only_timestamps_change() {
     assert_eq!(before, after, "status.json rewritten with nothing changed");
     let last = snapshot(&state).unwrap();
     assert_eq!(last["running"], false, "the snapshot at stop is written");
+}
+
+#[test]
+fn the_status_snapshot_is_not_rewritten_while_only_counts_change() {
+    // Ten reading sets a second: the counts double within seconds, the states stay put.
+    let (dir, config, _key) = setup(100);
+    let state = dir.path().join("state");
+    let mut child = spawn_run(&config, None);
+    wait_committed(&state, &mut child);
+    let written = |p: &Path| {
+        std::fs::metadata(p.join("status.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    // The device connected and the first counts are in: from here on only counts move.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = written(&state);
+    let from = live_committed(&state);
+    let t0 = Instant::now();
+    // Past twice as many: a count crossing a power of two (the old rule's trigger) included.
+    while live_committed(&state) <= 2 * from + 1 {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the count did not double from {from}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = written(&state);
+    let moved_to = live_committed(&state);
+    sigterm_and_wait(&mut child);
+    assert_eq!(
+        before, after,
+        "status.json rewritten while readings committed went from {from} to {moved_to}"
+    );
+    let last = snapshot(&state).unwrap();
+    assert_eq!(last["running"], false, "the snapshot at stop is written");
+    assert!(
+        last["ingest"]["readings_committed"].as_u64().unwrap() >= moved_to,
+        "the snapshot at stop carries the final counts: {last}"
+    );
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::process::{sigterm, spawn_run, wait_exit};
+use support::process::{live, sigterm, spawn_run, wait_exit};
 use vitalgate::store::{Lane, MasterKey, Outbox, Record};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
@@ -140,13 +140,18 @@ fn spawn(config: &Path, notify: Option<&Path>) -> Daemon {
     Daemon(spawn_run(config, notify))
 }
 
+/// The `ingest` part of `status.json` (written when a state such as `storage_full` changes,
+/// in place when the disk is full), with `readings_committed` from the live state (counts
+/// are served live, not written to the file for every commit).
 fn ingest_status(state: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(state.join("status.json")).ok()?;
     let snap: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(snap["ingest"].clone())
+    let mut ingest = snap["ingest"].clone();
+    ingest["readings_committed"] = live(state)?["ingest"]["readings_committed"].clone();
+    Some(ingest)
 }
 
-/// Polls `status.json` until `ok` holds for its `ingest` part (at most 90 s).
+/// Polls `status.json` and the live state until `ok` holds for `ingest_status` (at most 90 s).
 fn wait_ingest(
     state: &Path,
     child: &mut Child,

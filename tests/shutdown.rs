@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::process::{sigterm, snapshot, spawn_run as spawn, wait_exit};
+use support::process::{live_committed, sigterm, snapshot, spawn_run as spawn, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitalgate");
 
@@ -59,17 +59,14 @@ interval_ms = 100
     (dir, path)
 }
 
-/// Waits until the daemon's status snapshot exists and devices have delivered readings.
+/// Waits until the daemon's live state says devices have delivered readings.
 fn wait_running(state_dir: &Path, child: &mut Child) {
     let t0 = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("vitalgate run exited before running: {st}");
         }
-        let committed = snapshot(state_dir)
-            .and_then(|s| s["ingest"]["readings_committed"].as_u64())
-            .unwrap_or(0);
-        if committed > 0 {
+        if live_committed(state_dir) > 0 {
             return;
         }
         assert!(
@@ -237,11 +234,7 @@ fn run_with_unread_notify_socket_keeps_ingesting_and_stops_in_time() {
     let _sock = UnixDatagram::bind(&sock_path).unwrap(); // never read
     let mut child = spawn(&config, Some(&sock_path));
     wait_running(&state, &mut child);
-    let committed = |s: &Path| {
-        snapshot(s)
-            .and_then(|v| v["ingest"]["readings_committed"].as_u64())
-            .unwrap_or(0)
-    };
+    let committed = live_committed;
     // 4 messages/s (WATCHDOG_USEC=1 s) fill the queue. It is full when a non-blocking send
     // of our own is refused (each probe that is accepted only fills it faster).
     let probe = UnixDatagram::unbound().unwrap();
@@ -259,8 +252,8 @@ fn run_with_unread_notify_socket_keeps_ingesting_and_stops_in_time() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // From then on, status.json (written every 2 s by a task on the runtime) must still move;
-    // a stalled runtime never moves it again.
+    // From then on, the live state (assembled every second by a task on the runtime) must
+    // still move; a stalled runtime never moves it again.
     let before = committed(&state);
     let t0 = Instant::now();
     let mut after = before;

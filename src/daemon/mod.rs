@@ -206,6 +206,8 @@ pub async fn run(
     }
 
     let committed = Arc::new(Notify::new());
+    // Delivery marks ride on the writer's commits (store/delivery/deferred.rs).
+    let marks = crate::store::DeferredMarks::default();
     // The uplink: its own outbox connection, woken by every commit.
     let uplink_token = CancellationToken::new();
     let mut uplink_to_run = None;
@@ -213,9 +215,14 @@ pub async fn run(
     if let Some(up_cfg) = &config.uplink {
         let mut up_cfg = up_cfg.clone();
         up_cfg.gateway_id = Some(gateway_id.clone());
+        let handing = |mut o: Outbox| {
+            o.hand_marks_to(marks.clone());
+            o
+        };
+        outbox.carry_marks_from(marks.clone());
         let source = publish::PublishSource::with_reader(
-            Outbox::open_secondary(&outbox_path, &master)?,
-            Outbox::open_secondary(&outbox_path, &master)?,
+            handing(Outbox::open_secondary(&outbox_path, &master)?),
+            handing(Outbox::open_secondary(&outbox_path, &master)?),
             gateway_id.clone(),
             &config,
         );
@@ -540,6 +547,8 @@ pub async fn run(
             None
         }
     };
+    marks.writer_stopped(); // the uplink's last marks are its own commits
+
     // Last, the uplink: it stops sending, waits briefly for outstanding PUBACKs, publishes
     // its retained offline status and disconnects.
     uplink_token.cancel();

@@ -1,7 +1,7 @@
 //! The demo's outbox table: the latest stored value of each vital per simulated patient and,
 //! when the demo runs an uplink, its state (connected, delivered, backlog), printed every
 //! [`EVERY`]. It is a commit hook, so it shows only what was committed; the uplink figures come
-//! from the daemon's `status.json` and a read-only look at the outbox, as `vitalgate status`
+//! from the daemon's live socket and a read-only look at the outbox, as `vitalgate status`
 //! reads them. It never shows an NHS Number (rows are keyed by pseudonym).
 
 use std::collections::BTreeMap;
@@ -114,9 +114,12 @@ impl DemoView {
     }
 }
 
-/// One line on the uplink: from the daemon's status snapshot and the outbox counts.
+/// One line on the uplink: from the daemon's live state (`status.json` is written only when
+/// a state changes, so its counts lag) and the outbox counts.
 fn uplink_state(state_dir: &std::path::Path, outbox: &std::path::Path) -> String {
-    let snapshot = crate::status::read_snapshot(state_dir);
+    let snapshot = crate::live::fetch(&crate::live::server::socket_path(state_dir))
+        .ok()
+        .and_then(|s| serde_json::to_value(s).ok());
     let up = snapshot
         .as_ref()
         .and_then(|s| s.get("uplink"))

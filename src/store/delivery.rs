@@ -38,6 +38,8 @@ use time::OffsetDateTime;
 
 use super::counts::Delta;
 use super::outbox::StoreError;
+
+pub mod deferred;
 use super::record::Lane;
 
 /// Schema step 3 -> 4 (migration number 4): the purge tally. Touches only its own table.
@@ -110,7 +112,7 @@ pub(super) fn settled_through(conn: &Connection) -> rusqlite::Result<i64> {
 /// Marks runs of ids delivered at `at` (ms), adding what changed to `counts`. Ids already
 /// delivered or without a row are skipped, so marking twice changes nothing.
 pub(super) fn mark(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     runs: &[(i64, i64)],
     at: i64,
     counts: &mut Delta,
@@ -135,7 +137,7 @@ pub(super) fn mark(
 
 /// Records ids `x..=y` delivered at `at`, merging with the range before (ending at `x - 1`)
 /// and the one after (starting at `y + 1`) when delivered within the same hour.
-fn add_range(tx: &rusqlite::Transaction<'_>, x: i64, y: i64, at: i64) -> rusqlite::Result<()> {
+fn add_range(tx: &Connection, x: i64, y: i64, at: i64) -> rusqlite::Result<()> {
     let (mut first, mut last, mut stamp) = (x, y, at);
     let before: Option<(i64, i64, i64)> = tx
         .prepare_cached(

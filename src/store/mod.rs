@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod record;
 
 pub use crypto::{KeyError, KeySource, MasterKey};
+pub use delivery::deferred::DeferredMarks;
 pub use outbox::cap::{CapGuard, CapOutcome, StorageCap, WhenFull};
 pub use outbox::{OpenReport, Outbox, OutboxStats, StoreError};
 pub use record::{AlertRecord, DerivedRecord, Lane, ReadingRecord, Record};

@@ -35,6 +35,7 @@ use time::OffsetDateTime;
 
 use super::counts::{Counts, Delta};
 use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
+use super::delivery::deferred::{DeferredMarks, Mark};
 use super::keyring::{Envelope, Owner};
 use super::record::{Lane, Record};
 
@@ -248,6 +249,10 @@ pub struct OutboxStats {
 /// A row as read from disk: id, kind, key id, nonce, ciphertext.
 type SealedRow = (i64, u8, u32, Vec<u8>, Vec<u8>);
 
+/// The last id a full read of `pending` reached (more rows may follow), `None` after a
+/// short read.
+type ReadUpTo = Option<i64>;
+
 /// A device-state value to set atomically with a batch of records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStateUpdate {
@@ -276,6 +281,18 @@ pub struct Outbox {
     rotate_after: i64,
     /// Rows quarantined by this connection since open (also persisted in `meta`).
     pub quarantined_now: Vec<Quarantined>,
+    /// Delivery marks handed to the ingest writer's commits, or carried by them
+    /// (`delivery::deferred`); `None`: every mark is its own transaction.
+    marks: Option<MarksRole>,
+}
+
+/// This connection's part in [`DeferredMarks`].
+#[derive(Debug)]
+enum MarksRole {
+    /// The publisher's: hands marks over, and reads around the ones not yet committed.
+    Hand(DeferredMarks),
+    /// The ingest writer's: commits the marks handed over with its own transactions.
+    Carry(DeferredMarks),
 }
 
 impl std::fmt::Debug for Outbox {
@@ -373,7 +390,8 @@ impl Outbox {
     /// the WAL into the database (`wal_checkpoint(TRUNCATE)`, synced) and sets the clean-stop
     /// marker, so the next start skips the full-file check (see [`OpenReport::full_check`]).
     /// Not calling it is always safe: the next open then checks the whole file.
-    pub fn close_clean(self) -> Result<(), StoreError> {
+    pub fn close_clean(mut self) -> Result<(), StoreError> {
+        self.record_waiting_marks()?;
         let err = self.sql_err();
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -431,6 +449,7 @@ impl Outbox {
             envelope,
             rotate_after: ROTATE_AFTER_RECORDS,
             quarantined_now: Vec::new(),
+            marks: None,
         };
         outbox.next_id = outbox.load_next_id()?;
         Ok(outbox)
@@ -668,7 +687,7 @@ impl Outbox {
         // connection retired or destroyed meanwhile (rotate-key, erase-patient) is never
         // sealed under; the keyring is re-read and the keys chosen again.
         let mut attempts = 0;
-        let (keys, tx) = loop {
+        let (keys, mut tx) = loop {
             let keys = self.envelope.keys_for(
                 &mut self.conn,
                 &mut self.keyring,
@@ -757,7 +776,35 @@ impl Outbox {
             put_sealed_state(&tx, &mut self.keyring, &keys, state, &path)?;
             count_sealed_by_owner(&tx, &keys, &owners).map_err(err)?;
         }
-        tx.commit().map_err(err)?;
+        // Delivery marks the publisher handed over ride along (`delivery::deferred`); given
+        // back if this transaction fails. A mark that cannot be written never holds up the
+        // readings: it is rolled back to a savepoint and given back (the publisher's
+        // connection then records it, or reports why it cannot).
+        let mut carried = match &self.marks {
+            Some(MarksRole::Carry(q)) => {
+                q.served(std::time::Instant::now());
+                q.take()
+            }
+            _ => Vec::new(),
+        };
+        if !carried.is_empty() {
+            let written = tx.savepoint().and_then(|sp| {
+                mark_all(&sp, &carried)?;
+                sp.commit()
+            });
+            if let (Err(e), Some(MarksRole::Carry(q))) = (written, &self.marks) {
+                tracing::warn!(error = %e, "delivery marks left out of this commit; given back");
+                q.restore(std::mem::take(&mut carried));
+            }
+        }
+        let committed = tx.commit().map_err(err);
+        if let Some(MarksRole::Carry(q)) = &self.marks {
+            match committed {
+                Ok(()) => q.committed(&carried),
+                Err(_) => q.restore(carried),
+            }
+        }
+        committed?;
         self.next_id += records.len() as i64;
         for (owner, n) in &owners {
             self.envelope.sealed(owner, *n);
@@ -773,7 +820,32 @@ impl Outbox {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Record)>, StoreError> {
-        let rows: Vec<SealedRow> = {
+        let mut after = after;
+        loop {
+            let (rows, read_up_to) = self.pending_once(lane, after, limit)?;
+            // Rows handed over as delivered and maybe not committed yet are left out; a
+            // batch that was all such rows is not "nothing left": read on after it.
+            match (rows.is_empty(), read_up_to) {
+                (true, Some(last)) => after = last,
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    /// One read of [`Outbox::pending`]: the rows, and the last id read when the read was
+    /// full (more may follow).
+    fn pending_once(
+        &mut self,
+        lane: Lane,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<(i64, Record)>, ReadUpTo), StoreError> {
+        // Taken before the read: a mark committed meanwhile is in what the read sees.
+        let hidden = match &self.marks {
+            Some(MarksRole::Hand(q)) => q.hidden(),
+            _ => Vec::new(),
+        };
+        let mut rows: Vec<SealedRow> = {
             let start =
                 super::delivery::pending_start(&self.conn, lane, after).map_err(self.sql_err())?;
             let mut st = self
@@ -787,6 +859,10 @@ impl Outbox {
                 .map_err(self.sql_err())?;
             it.collect::<Result<_, _>>().map_err(self.sql_err())?
         };
+        let read_up_to = rows.last().filter(|_| rows.len() == limit).map(|r| r.0);
+        if !hidden.is_empty() {
+            rows.retain(|r| !hidden.iter().any(|&(x, y)| (x..=y).contains(&r.0)));
+        }
         let mut out = Vec::with_capacity(rows.len());
         for (id, kind, key_id, nonce, ct) in rows {
             match self.unseal(id, kind, key_id, &nonce, ct) {
@@ -794,7 +870,7 @@ impl Outbox {
                 Err(reason) => self.quarantine(id, &reason)?,
             }
         }
-        Ok(out)
+        Ok((out, read_up_to))
     }
 
     fn unseal(
@@ -909,9 +985,36 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks rows delivered (their own PUBACK said success). Durable on return.
+    /// Marks rows delivered (their own PUBACK said success). Durable on return, or, on a
+    /// connection that hands marks to the ingest writer ([`Outbox::hand_marks_to`]), handed
+    /// over to be committed with the writer's next transaction within about a second
+    /// (`delivery::deferred` says when and what a crash can then send again).
     pub fn mark_delivered(&mut self, ids: &[i64], at: OffsetDateTime) -> Result<(), StoreError> {
         let at = ms(at);
+        // Recorded as id ranges (`delivery`), never in the rows: a drain acknowledges rows
+        // in id order, so a flush mostly extends the last range. Every id of a run is in
+        // `ids`, so no row outside `ids` is ever marked.
+        let runs = consecutive_runs(ids);
+        let mut marks = Vec::new();
+        if let Some(MarksRole::Hand(q)) = &self.marks {
+            if q.offer(&runs, ids.len(), at, std::time::Instant::now()) {
+                return Ok(());
+            }
+            marks = q.take();
+        }
+        marks.push(Mark::now(runs, at));
+        let recorded = self.record_marks(&marks);
+        if let Some(MarksRole::Hand(q)) = &self.marks {
+            match recorded {
+                Ok(()) => q.committed(&marks),
+                Err(_) => q.restore(marks),
+            }
+        }
+        recorded
+    }
+
+    /// Commits `marks` in one transaction of their own.
+    fn record_marks(&mut self, marks: &[Mark]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -921,15 +1024,55 @@ impl Outbox {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        {
-            let mut counts = Delta::default();
-            // Recorded as id ranges (`delivery`), never in the rows: a drain acknowledges
-            // rows in id order, so a flush mostly extends the last range. Every id of a run
-            // is in `ids`, so no row outside `ids` is ever marked.
-            super::delivery::mark(&tx, &consecutive_runs(ids), at, &mut counts).map_err(err)?;
-            counts.apply(&tx).map_err(err)?;
-        }
+        mark_all(&tx, marks).map_err(err)?;
         tx.commit().map_err(err)
+    }
+
+    /// Hands this connection's delivery marks to the ingest writer's transactions (the
+    /// publisher's connections; `pending` then leaves out the rows handed over).
+    pub fn hand_marks_to(&mut self, marks: DeferredMarks) {
+        self.marks = Some(MarksRole::Hand(marks));
+    }
+
+    /// Commits the delivery marks handed over through `marks` with this connection's
+    /// transactions (the ingest writer's).
+    pub fn carry_marks_from(&mut self, marks: DeferredMarks) {
+        self.marks = Some(MarksRole::Carry(marks));
+    }
+
+    /// The writer's tick: commits the handed-over marks alone once they have waited
+    /// [`super::delivery::deferred::HOLD_AT_MOST`] (no ingest commit came to carry them).
+    /// A failure is logged; the marks wait for the next commit or tick.
+    pub fn record_due_marks(&mut self) {
+        let Some(MarksRole::Carry(q)) = &self.marks else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        q.served(now);
+        if q.due(now) {
+            if let Err(e) = self.record_waiting_marks() {
+                tracing::warn!(error = %e, "delivery marks not recorded yet; retried with the next commit");
+            }
+        }
+    }
+
+    /// Commits every mark handed over and still waiting, alone (a tick, a clean stop).
+    fn record_waiting_marks(&mut self) -> Result<(), StoreError> {
+        let Some(MarksRole::Carry(q)) = &self.marks else {
+            return Ok(());
+        };
+        let marks = q.take();
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let recorded = self.record_marks(&marks);
+        if let Some(MarksRole::Carry(q)) = &self.marks {
+            match recorded {
+                Ok(()) => q.committed(&marks),
+                Err(_) => q.restore(marks),
+            }
+        }
+        recorded
     }
 
     /// A second connection for WAL checkpoints. Whoever uses it should turn this
@@ -1689,6 +1832,18 @@ fn count_set_aside(path: &Path) -> u64 {
 
 /// `ids` as ascending runs of consecutive integers `(first, last)`, duplicates ignored:
 /// `[5, 3, 4, 9]` gives `[(3, 5), (9, 9)]`.
+/// Marks every run of `marks` delivered at its own time, with the counts, in `tx`.
+fn mark_all(tx: &Connection, marks: &[Mark]) -> rusqlite::Result<()> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut counts = Delta::default();
+    for m in marks {
+        super::delivery::mark(tx, &m.runs, m.at_ms, &mut counts)?;
+    }
+    counts.apply(tx)
+}
+
 pub(super) fn consecutive_runs(ids: &[i64]) -> Vec<(i64, i64)> {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();

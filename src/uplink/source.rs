@@ -51,7 +51,10 @@ pub trait OutboxSource: Send + 'static {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Outgoing>, SourceError>;
-    /// Marks rows delivered (their PUBACK said success). Must be durable before returning.
+    /// Marks rows delivered (their PUBACK said success). Durable before returning, or (the
+    /// daemon's outbox at live pace) committed with the ingest writer's next transaction
+    /// within about a second (`store::delivery::deferred`): a crash in between only sends
+    /// those rows again, and until then the source does not hand them out again.
     fn mark_delivered(&mut self, row_ids: &[i64]) -> Result<(), SourceError>;
     /// A row the broker refused (PUBACK >= 0x80) or that can never be sent (too large): kept,
     /// not delivered; the source records the reason (for status) — never deletes it.

@@ -58,3 +58,19 @@ pub fn snapshot(state_dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(state_dir.join("status.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// The running daemon's live state (`live.sock`, as `vitalgate status` reads it) as JSON, if
+/// it answers: its counts move with every reading, while `status.json` is written only when a
+/// state changes and at stop.
+pub fn live(state_dir: &Path) -> Option<serde_json::Value> {
+    let state = vitalgate::live::fetch(&vitalgate::live::server::socket_path(state_dir)).ok()?;
+    serde_json::to_value(state).ok()
+}
+
+/// Readings the running daemon has committed since it started, from its live state (0 while
+/// it does not answer yet).
+pub fn live_committed(state_dir: &Path) -> u64 {
+    live(state_dir)
+        .and_then(|s| s["ingest"]["readings_committed"].as_u64())
+        .unwrap_or(0)
+}
