@@ -420,8 +420,7 @@ impl Config {
         file: &Path,
         more: impl FnOnce(&Config) -> Vec<Problem>,
     ) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = toml::from_str(text).map_err(|e| {
             let e = crate::redact::ParseError::from_toml(e, text);
             ConfigError {
                 file: file.to_path_buf(),

@@ -169,11 +169,13 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    /// From a `serde_path_to_error`-wrapped `toml` error over `text`.
-    pub fn from_toml(e: serde_path_to_error::Error<toml::de::Error>, text: &str) -> ParseError {
-        let key = scrub(&e.path().to_string()).into_owned();
-        let key = if key == "." { String::new() } else { key };
-        let inner = e.into_inner();
+    /// From a `toml` error over `text`; the key path is found from the error's span
+    /// ([`crate::toml_path::at`]).
+    pub fn from_toml(inner: toml::de::Error, text: &str) -> ParseError {
+        let key = inner
+            .span()
+            .map(|span| scrub(&crate::toml_path::at(text, span.start)).into_owned())
+            .unwrap_or_default();
         // `message()` is the kind alone; `Display` would add the excerpt.
         let message = inner.message().trim().replace('\n', "; ");
         let message = scrub(&drop_quoted_numbers(&message)).into_owned();

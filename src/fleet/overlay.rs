@@ -90,12 +90,15 @@ impl Overlay {
         if !unknown.is_empty() {
             return Err(OverlayError::Invalid(unknown));
         }
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let key = match e.span() {
+                Some(span) => crate::toml_path::at(text, span.start),
+                None => String::new(),
+            };
+            let key = if key.is_empty() { ".".to_owned() } else { key };
             // The message only, never toml's snippet of the source line, and with anything
             // shaped like an NHS Number masked (serde names the offending value).
-            let msg = super::redact(e.into_inner().message());
+            let msg = super::redact(e.message());
             OverlayError::Invalid(vec![format!("{key}: {msg}")])
         })
     }

@@ -1,0 +1,141 @@
+//! The key path of a place in a TOML document, for naming what a deserialisation error is
+//! about (`patient[0].nhs_number`, `store`).
+//!
+//! The config and the fleet's overlays are deserialised straight from `toml`; the parser's
+//! error carries the span of the key, value or table header it is about, and [`at`] turns
+//! that span back into the path of keys and array indices, from the same document parsed with
+//! spans. This replaces `serde_path_to_error`, which wrapped every visitor of the config
+//! schema and so compiled the whole schema's deserialisation a second time (~490 KiB of the
+//! production binary, issue 18).
+
+use std::ops::Range;
+
+use toml_edit::{ImDocument, Item, Table, Value};
+
+/// The path (`gateway.id`, `patient[0].nhs_number`, `device[1]`) of the innermost key, value
+/// or table header of `text` whose span holds `offset`; empty when nothing but the document
+/// root does (or `text` is not valid TOML, whose errors are about the root).
+pub fn at(text: &str, offset: usize) -> String {
+    let Ok(doc) = ImDocument::parse(text) else {
+        return String::new();
+    };
+    let mut best = Best::default();
+    walk_table(doc.as_table(), "", offset, &mut best);
+    best.path
+}
+
+/// The smallest span found so far that holds the offset, and its path.
+#[derive(Default)]
+struct Best {
+    len: Option<usize>,
+    path: String,
+}
+
+impl Best {
+    fn offer(&mut self, span: Option<Range<usize>>, offset: usize, path: &str) {
+        let Some(span) = span else { return };
+        // An empty span (the end of the document) holds the offset at its start.
+        let holds = span.start <= offset && (offset < span.end || span.start == span.end);
+        let len = span.end - span.start;
+        if holds && self.len.is_none_or(|best| len <= best) {
+            self.len = Some(len);
+            self.path = path.to_owned();
+        }
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn walk_table(table: &Table, path: &str, offset: usize, best: &mut Best) {
+    for (key, item) in table.iter() {
+        let here = join(path, key);
+        best.offer(table.key(key).and_then(|k| k.span()), offset, &here);
+        walk_item(item, &here, offset, best);
+    }
+}
+
+fn walk_item(item: &Item, path: &str, offset: usize, best: &mut Best) {
+    match item {
+        Item::None => {}
+        Item::Value(value) => walk_value(value, path, offset, best),
+        Item::Table(table) => {
+            best.offer(table.span(), offset, path);
+            walk_table(table, path, offset, best);
+        }
+        Item::ArrayOfTables(tables) => {
+            for (i, table) in tables.iter().enumerate() {
+                let here = format!("{path}[{i}]");
+                best.offer(table.span(), offset, &here);
+                walk_table(table, &here, offset, best);
+            }
+        }
+    }
+}
+
+fn walk_value(value: &Value, path: &str, offset: usize, best: &mut Best) {
+    best.offer(value.span(), offset, path);
+    match value {
+        Value::Array(array) => {
+            for (i, element) in array.iter().enumerate() {
+                walk_value(element, &format!("{path}[{i}]"), offset, best);
+            }
+        }
+        Value::InlineTable(table) => {
+            for (key, element) in table.iter() {
+                let here = join(path, key);
+                best.offer(table.key(key).and_then(|k| k.span()), offset, &here);
+                walk_value(element, &here, offset, best);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The path at the first occurrence of `needle` in `text`.
+    fn path_at(text: &str, needle: &str) -> String {
+        at(text, text.find(needle).expect("needle in text"))
+    }
+
+    #[test]
+    fn a_value_in_a_table_is_named_by_table_and_key() {
+        let text = "[gateway]\nid = \"g\"\n[store]\nretention_days = \"x\"\n";
+        assert_eq!(path_at(text, "\"x\""), "store.retention_days");
+        assert_eq!(path_at(text, "retention_days"), "store.retention_days");
+    }
+
+    #[test]
+    fn a_table_header_is_named_by_the_table() {
+        let text = "[gateway]\nid = \"g\"\n[store]\nretention_days = 3\n";
+        assert_eq!(path_at(text, "[store]"), "store");
+    }
+
+    #[test]
+    fn array_of_tables_entries_are_named_by_index() {
+        let text = "[[patient]]\nid = \"p1\"\n[[patient]]\nid = \"p2\"\nnhs_number = 9434765919\n";
+        assert_eq!(path_at(text, "9434765919"), "patient[1].nhs_number");
+        assert_eq!(at(text, text.rfind("[[patient]]").unwrap()), "patient[1]");
+    }
+
+    #[test]
+    fn inline_tables_arrays_and_dotted_keys_are_followed() {
+        let text = "a = { b = [1, \"two\"] }\nc.d = true\n";
+        assert_eq!(path_at(text, "\"two\""), "a.b[1]");
+        assert_eq!(path_at(text, "true"), "c.d");
+    }
+
+    #[test]
+    fn outside_any_key_or_in_invalid_toml_is_the_root() {
+        assert_eq!(at("# only a comment\n", 3), "");
+        assert_eq!(at("a = [\n", 2), "");
+    }
+}
