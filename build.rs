@@ -14,8 +14,18 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" {
+        return;
+    }
+    // A binary with packed relocations needs a glibc that reads them (`GLIBC_ABI_DT_RELR`,
+    // 2.36): link them only against such a libc, so a build on an older system still runs.
+    let linker = std::env::var("RUSTC_LINKER").unwrap_or_else(|_| "cc".into());
+    if !libc_reads_packed_relocations(&linker) {
+        println!(
+            "cargo:warning=the target's glibc predates 2.36: relocations not packed (a bigger binary)"
+        );
         return;
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
@@ -38,4 +48,21 @@ fn rust_lld_gcc_ld_dir(rustc: &str, host: &str) -> Option<PathBuf> {
         .iter()
         .collect();
     dir.join("ld.lld").is_file().then_some(dir)
+}
+
+/// Whether the C library the linker uses defines `GLIBC_ABI_DT_RELR` (glibc >= 2.36), which a
+/// binary with packed relocations requires. Asks the linker driver where its `libc.so.6` is.
+fn libc_reads_packed_relocations(linker: &str) -> bool {
+    let Ok(out) = std::process::Command::new(linker)
+        .arg("-print-file-name=libc.so.6")
+        .output()
+    else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    std::fs::read(&path).is_ok_and(|bytes| {
+        bytes
+            .windows(b"GLIBC_ABI_DT_RELR".len())
+            .any(|w| w == b"GLIBC_ABI_DT_RELR")
+    })
 }
