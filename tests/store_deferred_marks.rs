@@ -57,6 +57,22 @@ fn pair() -> Pair {
     }
 }
 
+impl Pair {
+    /// Appends `n` readings through the writer; their row ids.
+    fn append(&mut self, n: i64) -> Vec<i64> {
+        self.writer
+            .append(&readings(n), OffsetDateTime::now_utc())
+            .unwrap()
+    }
+
+    /// The publisher records `ids` delivered.
+    fn mark(&mut self, ids: &[i64]) {
+        self.publisher
+            .mark_delivered(ids, OffsetDateTime::now_utc())
+            .unwrap()
+    }
+}
+
 /// Undelivered readings as a fresh connection reads them from the file.
 fn backlog_on_disk(path: &Path, key: &MasterKey) -> u64 {
     Outbox::open_secondary(path, key)
@@ -82,16 +98,11 @@ fn pending_ids(o: &mut Outbox) -> Vec<i64> {
 #[test]
 fn a_mark_at_live_pace_makes_no_commit_and_rides_on_the_writers_next_one() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(10), OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(10);
     let observer = rusqlite::Connection::open(&p.path).unwrap();
     let before = data_version(&observer);
 
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    p.mark(&ids);
     assert_eq!(
         data_version(&observer),
         before,
@@ -99,9 +110,7 @@ fn a_mark_at_live_pace_makes_no_commit_and_rides_on_the_writers_next_one() {
     );
     assert_eq!(backlog_on_disk(&p.path, &p.key), 10, "not committed yet");
 
-    p.writer
-        .append(&readings(3), OffsetDateTime::now_utc())
-        .unwrap();
+    p.append(3);
     assert_eq!(
         data_version(&observer),
         before + 1,
@@ -117,13 +126,8 @@ fn a_mark_at_live_pace_makes_no_commit_and_rides_on_the_writers_next_one() {
 #[test]
 fn rows_handed_over_are_not_read_as_undelivered_before_their_mark_commits() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(10), OffsetDateTime::now_utc())
-        .unwrap();
-    p.publisher
-        .mark_delivered(&ids[..6], OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(10);
+    p.mark(&ids[..6]);
     // After a reconnect the publisher reads again from the start: the 6 must not come back.
     assert_eq!(pending_ids(&mut p.publisher), ids[6..].to_vec());
     // A batch made only of such rows is not "nothing left": the read goes on after it.
@@ -134,13 +138,8 @@ fn rows_handed_over_are_not_read_as_undelivered_before_their_mark_commits() {
 #[test]
 fn a_mark_lost_before_the_writer_commits_leaves_its_rows_to_send_again() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(10), OffsetDateTime::now_utc())
-        .unwrap();
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(10);
+    p.mark(&ids);
     // The process dies: the queue lives in memory only.
     let Pair {
         writer,
@@ -159,13 +158,8 @@ fn a_mark_lost_before_the_writer_commits_leaves_its_rows_to_send_again() {
 #[test]
 fn the_writers_tick_records_a_mark_that_no_commit_carried() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(5), OffsetDateTime::now_utc())
-        .unwrap();
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(5);
+    p.mark(&ids);
     p.writer.record_due_marks();
     assert_eq!(
         backlog_on_disk(&p.path, &p.key),
@@ -186,17 +180,12 @@ fn the_writers_tick_records_a_mark_that_no_commit_carried() {
 #[test]
 fn marks_of_a_drain_are_durable_on_return_once_past_the_limit() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(600), OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(600);
     let chunks: Vec<&[i64]> = ids.chunks(100).collect();
     // Records in quick succession: the first two wait (the limit is 256 rows); the one
     // that would pass it is committed at once, with them.
     for chunk in &chunks[..3] {
-        p.publisher
-            .mark_delivered(chunk, OffsetDateTime::now_utc())
-            .unwrap();
+        p.mark(chunk);
     }
     assert_eq!(backlog_on_disk(&p.path, &p.key), 300);
 }
@@ -204,27 +193,17 @@ fn marks_of_a_drain_are_durable_on_return_once_past_the_limit() {
 #[test]
 fn once_the_writer_stopped_a_mark_is_committed_at_once() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(5), OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(5);
     p.marks.writer_stopped();
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    p.mark(&ids);
     assert_eq!(backlog_on_disk(&p.path, &p.key), 0);
 }
 
 #[test]
 fn a_clean_stop_records_the_marks_still_waiting() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(5), OffsetDateTime::now_utc())
-        .unwrap();
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(5);
+    p.mark(&ids);
     let Pair {
         writer,
         publisher,
@@ -241,24 +220,16 @@ fn a_clean_stop_records_the_marks_still_waiting() {
 #[test]
 fn a_mark_that_cannot_be_written_never_holds_up_the_readings() {
     let mut p = pair();
-    let ids = p
-        .writer
-        .append(&readings(10), OffsetDateTime::now_utc())
-        .unwrap();
+    let ids = p.append(10);
     let raw = rusqlite::Connection::open(&p.path).unwrap();
     raw.execute_batch(
         "CREATE TRIGGER refuse_marks BEFORE INSERT ON delivered
          BEGIN SELECT RAISE(ABORT, 'marks refused'); END;",
     )
     .unwrap();
-    p.publisher
-        .mark_delivered(&ids, OffsetDateTime::now_utc())
-        .unwrap();
+    p.mark(&ids);
 
-    let more = p
-        .writer
-        .append(&readings(3), OffsetDateTime::now_utc())
-        .unwrap();
+    let more = p.append(3);
     assert_eq!(more.len(), 3, "the readings committed");
     assert_eq!(backlog_on_disk(&p.path, &p.key), 13, "the marks did not");
     assert!(
@@ -269,9 +240,7 @@ fn a_mark_that_cannot_be_written_never_holds_up_the_readings() {
     );
 
     raw.execute_batch("DROP TRIGGER refuse_marks;").unwrap();
-    p.writer
-        .append(&readings(1), OffsetDateTime::now_utc())
-        .unwrap();
+    p.append(1);
     assert_eq!(
         backlog_on_disk(&p.path, &p.key),
         4,
