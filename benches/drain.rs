@@ -184,7 +184,10 @@ fn main() {
     println!("  runs raw rumqttc:     {bases:.0?} msg/s");
     println!("  uplink + outbox (median): {p:.0} readings/s");
     println!("  raw rumqttc, same payloads (median): {base:.0} msg/s");
-    println!("  ratio of medians: {:.2} (target >= 0.90, issue 18 point 5)", p / base);
+    println!(
+        "  ratio of medians: {:.2} (target >= 0.90, issue 18 point 5)",
+        p / base
+    );
     let mut paired: Vec<f64> = pubs.iter().zip(&bases).map(|(p, b)| p / b).collect();
     println!("  paired ratios (each drain / the baseline just before it): {paired:.2?}");
     let below = paired.iter().filter(|r| **r < 0.8).count();
