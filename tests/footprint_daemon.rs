@@ -95,6 +95,14 @@ fn after_sigterm_the_next_start_skips_the_full_check_and_after_sigkill_it_does_n
     assert!(reopen(&state, &key).full_check, "after SIGKILL");
 }
 
+/// When `status.json` in `state` was last written.
+fn snapshot_written_at(state: &Path) -> std::time::SystemTime {
+    std::fs::metadata(state.join("status.json"))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
 #[test]
 fn the_status_snapshot_is_not_rewritten_while_only_timestamps_change() {
     // One reading set a minute: between two sets nothing but clocks move.
@@ -104,15 +112,9 @@ fn the_status_snapshot_is_not_rewritten_while_only_timestamps_change() {
     wait_committed(&state, &mut child);
     // Let the first set's counts and the device's state settle into one snapshot.
     std::thread::sleep(Duration::from_secs(5));
-    let written = |p: &Path| {
-        std::fs::metadata(p.join("status.json"))
-            .unwrap()
-            .modified()
-            .unwrap()
-    };
-    let before = written(&state);
+    let before = snapshot_written_at(&state);
     std::thread::sleep(Duration::from_secs(6)); // three of the old 2 s rewrites
-    let after = written(&state);
+    let after = snapshot_written_at(&state);
     sigterm_and_wait(&mut child);
     assert_eq!(before, after, "status.json rewritten with nothing changed");
     let last = snapshot(&state).unwrap();
@@ -126,15 +128,9 @@ fn the_status_snapshot_is_not_rewritten_while_only_counts_change() {
     let state = dir.path().join("state");
     let mut child = spawn_run(&config, None);
     wait_committed(&state, &mut child);
-    let written = |p: &Path| {
-        std::fs::metadata(p.join("status.json"))
-            .unwrap()
-            .modified()
-            .unwrap()
-    };
     // The device connected and the first counts are in: from here on only counts move.
     std::thread::sleep(Duration::from_secs(3));
-    let before = written(&state);
+    let before = snapshot_written_at(&state);
     let from = live_committed(&state);
     let t0 = Instant::now();
     // Past twice as many: a count crossing a power of two (the old rule's trigger) included.
@@ -146,7 +142,7 @@ fn the_status_snapshot_is_not_rewritten_while_only_counts_change() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let after = written(&state);
+    let after = snapshot_written_at(&state);
     let moved_to = live_committed(&state);
     sigterm_and_wait(&mut child);
     assert_eq!(

@@ -799,10 +799,7 @@ impl Outbox {
         }
         let committed = tx.commit().map_err(err);
         if let Some(MarksRole::Carry(q)) = &self.marks {
-            match committed {
-                Ok(()) => q.committed(&carried),
-                Err(_) => q.restore(carried),
-            }
+            q.settle(carried, &committed);
         }
         committed?;
         self.next_id += records.len() as i64;
@@ -1005,10 +1002,7 @@ impl Outbox {
         marks.push(Mark::now(runs, at));
         let recorded = self.record_marks(&marks);
         if let Some(MarksRole::Hand(q)) = &self.marks {
-            match recorded {
-                Ok(()) => q.committed(&marks),
-                Err(_) => q.restore(marks),
-            }
+            q.settle(marks, &recorded);
         }
         recorded
     }
@@ -1067,10 +1061,7 @@ impl Outbox {
         }
         let recorded = self.record_marks(&marks);
         if let Some(MarksRole::Carry(q)) = &self.marks {
-            match recorded {
-                Ok(()) => q.committed(&marks),
-                Err(_) => q.restore(marks),
-            }
+            q.settle(marks, &recorded);
         }
         recorded
     }

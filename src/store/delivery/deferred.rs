@@ -177,6 +177,15 @@ impl DeferredMarks {
         g.waiting = marks;
     }
 
+    /// Settles marks taken into a transaction by its outcome: forgotten once it committed
+    /// ([`Self::committed`]), put back if it failed ([`Self::restore`]).
+    pub(in crate::store) fn settle<T, E>(&self, marks: Vec<Mark>, outcome: &Result<T, E>) {
+        match outcome {
+            Ok(_) => self.committed(&marks),
+            Err(_) => self.restore(marks),
+        }
+    }
+
     /// The writer is serving the queue (it took marks or ticked at `now`).
     pub(in crate::store) fn served(&self, now: Instant) {
         self.lock().served_at = Some(now);
