@@ -42,6 +42,21 @@ pub fn check_args(name: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
+/// A random id (UUID v4) that no NHS Number filter would hide. The audit log masks whatever
+/// in an entry reads as a valid NHS Number (`audit::events::scrub_nhs_numbers`: ten digits,
+/// a hyphen allowed between groups, passing Modulus 11), and a UUID's hyphens can join its
+/// digits across groups: that command's id would be masked in its audit entries and could not
+/// be traced there. An id holding any run of ten digits (the stricter `redact::scrub` rule,
+/// about one UUID in eleven) is drawn again.
+fn fresh_id() -> String {
+    loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        if matches!(crate::redact::scrub(&id), std::borrow::Cow::Borrowed(_)) {
+            return id;
+        }
+    }
+}
+
 /// Longest a command may stay valid: bounds the replay store and a delayed delivery.
 pub const MAX_LIFETIME: time::Duration = time::Duration::hours(24);
 
@@ -81,7 +96,7 @@ impl CommandPayload {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         CommandPayload {
             gateway: gateway.to_owned(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id: fresh_id(),
             name: name.to_owned(),
             args,
             issued_at: now,
@@ -260,6 +275,22 @@ mod tests {
 
     fn ping() -> CommandPayload {
         CommandPayload::new("gw-1", "ping", vec![], NOW, time::Duration::minutes(10))
+    }
+
+    #[test]
+    fn fresh_command_ids_are_never_masked_as_nhs_numbers() {
+        // About one random UUID in eleven holds a run of ten digits: 20,000 fresh ids would
+        // hold some 1,800 of them if the id were not drawn again.
+        for _ in 0..20_000 {
+            let id = ping().id;
+            assert!(
+                matches!(crate::redact::scrub(&id), std::borrow::Cow::Borrowed(_)),
+                "{id}"
+            );
+            let mut audited = serde_json::json!({ "id": id });
+            crate::audit::events::scrub_nhs_numbers(&mut audited);
+            assert_eq!(audited["id"], id.as_str());
+        }
     }
 
     fn code(k: &SigningKey, p: &CommandPayload, seen: bool) -> &'static str {
