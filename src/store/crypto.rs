@@ -88,6 +88,9 @@ pub enum KeyError {
     Random,
     #[error("data key derivation failed")]
     Derive,
+    /// A row buffer without room for its nonce in front, or too long for AES-GCM.
+    #[error("a record could not be sealed: its buffer is not a row's (no room for the nonce, or too long)")]
+    Seal,
 }
 
 /// Where the master key came from (reported in `status`, never the key itself).
@@ -371,6 +374,11 @@ pub struct Keyring {
     nonce_pool: Vec<u8>,
 }
 
+/// What a row's `nonce` column holds when its nonce leads its ciphertext (schema 7, the
+/// form the ingest writer stores; [`Keyring::seal_inline`]): nothing. A real nonce is
+/// always [`NONCE_LEN`] bytes.
+pub const INLINE_NONCE: &[u8] = &[];
+
 /// Hashes a data key id for [`Keyring`]'s map: one multiplication. The writer looks a key up
 /// for every row it seals, and the default SipHash cost about a tenth of sealing a reading
 /// (issue 18, acceptance 4). Key ids are the outbox's own, never an attacker's choice, so
@@ -509,14 +517,31 @@ impl Keyring {
         Ok(nonce)
     }
 
-    /// [`Keyring::seal`] in place: `buffer` holds the plaintext and is left holding the
-    /// ciphertext (with tag), so the ingest writer seals every row of a batch in one buffer.
-    pub fn seal_in_place(
+    /// Seals a row in the form the writer stores since schema 7 ([`INLINE_NONCE`]): `buffer`
+    /// holds [`NONCE_LEN`] bytes of room and then the plaintext, and is left holding the
+    /// fresh nonce, the ciphertext and the tag, one value for one column. The ingest writer
+    /// seals every row of a batch in one buffer this way; a row's nonce in a column of its own
+    /// cost a second blob bound per row (issue 18, acceptance 4).
+    pub fn seal_inline(
         &mut self,
         id: RecordIdentity,
         buffer: &mut Vec<u8>,
-    ) -> Result<[u8; NONCE_LEN], KeyError> {
-        self.seal_buffer(id.key_id, &id.aad(), buffer)
+    ) -> Result<(), KeyError> {
+        if buffer.len() < NONCE_LEN {
+            return Err(KeyError::Seal);
+        }
+        let nonce = self.next_nonce()?;
+        let tag = self
+            .key(id.key_id)?
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(id.aad()),
+                &mut buffer[NONCE_LEN..],
+            )
+            .map_err(|_| KeyError::Seal)?;
+        buffer[..NONCE_LEN].copy_from_slice(&nonce);
+        buffer.extend_from_slice(tag.as_ref());
+        Ok(())
     }
 
     /// Seals `plaintext` for the row `id`. Returns the fresh nonce and ciphertext (with tag).
@@ -538,7 +563,12 @@ impl Keyring {
         self.seal_with(id.key_id, &id.aad(), plaintext.to_vec())
     }
 
-    /// Opens a sealed record, checking it belongs to row `id`.
+    /// Opens a sealed record, checking it belongs to row `id`. Takes both stored forms: a
+    /// row's `nonce` column holding its nonce (every row written before schema 7, and
+    /// re-sealed legacy rows), or empty, the nonce then leading `ciphertext`
+    /// ([`INLINE_NONCE`], [`Keyring::seal_inline`]). No nonce is ever empty, so the two
+    /// cannot be confused; an emptied nonce column makes a row fail authentication, as any
+    /// other change does.
     pub fn open(
         &mut self,
         id: RecordIdentity,
@@ -546,6 +576,23 @@ impl Keyring {
         mut ciphertext: Vec<u8>,
     ) -> Result<Vec<u8>, Unauthentic> {
         let key = self.key(id.key_id).map_err(|_| Unauthentic)?;
+        if nonce.is_empty() {
+            let inline: [u8; NONCE_LEN] = ciphertext
+                .get(..NONCE_LEN)
+                .and_then(|n| n.try_into().ok())
+                .ok_or(Unauthentic)?;
+            let len = key
+                .open_within(
+                    Nonce::assume_unique_for_key(inline),
+                    Aad::from(id.aad()),
+                    &mut ciphertext,
+                    NONCE_LEN..,
+                )
+                .map_err(|_| Unauthentic)?
+                .len();
+            ciphertext.truncate(len);
+            return Ok(ciphertext);
+        }
         open_with(key, &id.aad(), nonce, &mut ciphertext)?;
         Ok(ciphertext)
     }
@@ -672,6 +719,67 @@ mod tests {
         let (n, c) = k.seal(id(1), b"x".to_vec()).unwrap();
         let other = RecordIdentity { key_id: 2, ..id(1) };
         assert_eq!(k.open(other, &n, c), Err(Unauthentic));
+    }
+
+    /// A row as the writer stores it since schema 7: room for the nonce, then the plaintext.
+    fn inline(k: &mut Keyring, row: RecordIdentity, plaintext: &[u8]) -> Vec<u8> {
+        let mut buffer = vec![0u8; NONCE_LEN];
+        buffer.extend_from_slice(plaintext);
+        k.seal_inline(row, &mut buffer).unwrap();
+        buffer
+    }
+
+    #[test]
+    fn a_row_sealed_with_its_nonce_inline_opens_with_an_empty_nonce_column() {
+        let mut k = ring();
+        let sealed = inline(&mut k, id(7), b"hello");
+        assert_eq!(sealed.len(), NONCE_LEN + 5 + 16);
+        assert_eq!(
+            k.open(id(7), INLINE_NONCE, sealed.clone()).unwrap(),
+            b"hello"
+        );
+        // The same bytes as a nonce column and a ciphertext: the forms agree.
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        assert_eq!(k.open(id(7), nonce, ciphertext.to_vec()).unwrap(), b"hello");
+        assert_eq!(k.open(id(8), INLINE_NONCE, sealed), Err(Unauthentic));
+    }
+
+    #[test]
+    fn inline_nonces_are_fresh_per_row() {
+        let mut k = ring();
+        let a = inline(&mut k, id(1), b"x");
+        let b = inline(&mut k, id(1), b"x");
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+    }
+
+    #[test]
+    fn an_inline_row_altered_or_cut_short_fails_authentication_without_panicking() {
+        let mut k = ring();
+        let sealed = inline(&mut k, id(3), b"reading");
+        for at in [0, NONCE_LEN - 1, NONCE_LEN, sealed.len() - 1] {
+            let mut altered = sealed.clone();
+            altered[at] ^= 0x80;
+            assert_eq!(
+                k.open(id(3), INLINE_NONCE, altered),
+                Err(Unauthentic),
+                "{at}"
+            );
+        }
+        for end in 0..sealed.len() {
+            let cut = sealed[..end].to_vec();
+            assert_eq!(k.open(id(3), INLINE_NONCE, cut), Err(Unauthentic), "{end}");
+        }
+    }
+
+    #[test]
+    fn a_buffer_without_room_for_the_nonce_is_refused() {
+        let mut k = ring();
+        let mut short = vec![0u8; NONCE_LEN - 1];
+        assert!(matches!(
+            k.seal_inline(id(1), &mut short),
+            Err(KeyError::Seal)
+        ));
+        assert_eq!(short, vec![0u8; NONCE_LEN - 1], "left as it was");
     }
 
     #[test]
