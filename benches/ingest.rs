@@ -66,7 +66,8 @@ fn main() {
     println!(
         "    validation, a sealed reading record (packed, AES-256-GCM under the patient's data key),"
     );
-    println!("    one INSERT binding id, nonce and ciphertext (lane, kind, time and key bound when they change);");
+    println!("    one INSERT binding id and the sealed value (nonce, ciphertext and tag in one blob; lane, kind,");
+    println!("    time and key bound when they change);");
     println!("    per batch: keyring generation check, row and per-key counts, id mark, commit");
     println!(
         "  raw rusqlite baseline: per row one INSERT binding id and a blob of the same size (the other"

@@ -748,7 +748,7 @@ impl Outbox {
                     .encode_into(&mut sealed)
                     .map_err(StoreError::Encode)?;
                 let key_id = match last {
-                    Some((patient, key_id)) if patient == record_patient(record) => key_id,
+                    Some((patient, key_id)) if same_text(patient, record_patient(record)) => key_id,
                     _ => key_of(&keys, &record_owner(record), &path)?,
                 };
                 last = Some((record_patient(record), key_id));
@@ -1548,6 +1548,12 @@ fn record_patient(record: &Record) -> &str {
     }
 }
 
+/// Whether two texts are equal, told at once when they are the same shared text (a batch's
+/// records share their frame's patient id; the writer asks for every row).
+fn same_text(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// How many values each owner seals in a batch of `records` and `state`.
 fn sealing_owners(
     records: &[Record],
@@ -1558,7 +1564,7 @@ fn sealing_owners(
     let mut run: Option<(&str, i64)> = None;
     for patient in records.iter().map(record_patient) {
         match &mut run {
-            Some((p, n)) if *p == patient => *n += 1,
+            Some((p, n)) if same_text(p, patient) => *n += 1,
             _ => {
                 if let Some((p, n)) = run.replace((patient, 1)) {
                     *owners.entry(Owner::of_patient(p)).or_insert(0) += n;
