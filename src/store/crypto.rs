@@ -27,7 +27,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
@@ -374,8 +374,14 @@ pub struct Keyring {
     nonce_pool: Vec<u8>,
 }
 
+/// The AES-256-GCM tag's length, after a row's ciphertext.
+pub const TAG_LEN: usize = 16;
+
+/// The nonce's length (96 bits), in front of a row's ciphertext since schema 7.
+pub use ring::aead::NONCE_LEN;
+
 /// What a row's `nonce` column holds when its nonce leads its ciphertext (schema 7, the
-/// form the ingest writer stores; [`Keyring::seal_inline`]): nothing. A real nonce is
+/// form the ingest writer stores; [`Keyring::seal_row`]): nothing. A real nonce is
 /// always [`NONCE_LEN`] bytes.
 pub const INLINE_NONCE: &[u8] = &[];
 
@@ -517,30 +523,28 @@ impl Keyring {
         Ok(nonce)
     }
 
-    /// Seals a row in the form the writer stores since schema 7 ([`INLINE_NONCE`]): `buffer`
-    /// holds [`NONCE_LEN`] bytes of room and then the plaintext, and is left holding the
-    /// fresh nonce, the ciphertext and the tag, one value for one column. The ingest writer
-    /// seals every row of a batch in one buffer this way; a row's nonce in a column of its own
-    /// cost a second blob bound per row (issue 18, acceptance 4).
-    pub fn seal_inline(
-        &mut self,
-        id: RecordIdentity,
-        buffer: &mut Vec<u8>,
-    ) -> Result<(), KeyError> {
-        if buffer.len() < NONCE_LEN {
+    /// Seals a row in the form the writer stores since schema 7 ([`INLINE_NONCE`]): `row`
+    /// holds [`NONCE_LEN`] bytes of room, the plaintext, and [`TAG_LEN`] bytes of room, and
+    /// is left holding the fresh nonce, the ciphertext and the tag, one value for one column.
+    /// The ingest writer seals every row of a batch in one buffer this way; a row's nonce in
+    /// a column of its own cost a second blob bound per row (issue 18, acceptance 4).
+    pub fn seal_row(&mut self, id: RecordIdentity, row: &mut [u8]) -> Result<(), KeyError> {
+        let Some(plaintext_len) = row.len().checked_sub(NONCE_LEN + TAG_LEN) else {
             return Err(KeyError::Seal);
-        }
+        };
         let nonce = self.next_nonce()?;
+        let (nonce_room, rest) = row.split_at_mut(NONCE_LEN);
+        let (plaintext, tag_room) = rest.split_at_mut(plaintext_len);
         let tag = self
             .key(id.key_id)?
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(id.aad()),
-                &mut buffer[NONCE_LEN..],
+                plaintext,
             )
             .map_err(|_| KeyError::Seal)?;
-        buffer[..NONCE_LEN].copy_from_slice(&nonce);
-        buffer.extend_from_slice(tag.as_ref());
+        nonce_room.copy_from_slice(&nonce);
+        tag_room.copy_from_slice(tag.as_ref());
         Ok(())
     }
 
@@ -566,7 +570,7 @@ impl Keyring {
     /// Opens a sealed record, checking it belongs to row `id`. Takes both stored forms: a
     /// row's `nonce` column holding its nonce (every row written before schema 7, and
     /// re-sealed legacy rows), or empty, the nonce then leading `ciphertext`
-    /// ([`INLINE_NONCE`], [`Keyring::seal_inline`]). No nonce is ever empty, so the two
+    /// ([`INLINE_NONCE`], [`Keyring::seal_row`]). No nonce is ever empty, so the two
     /// cannot be confused; an emptied nonce column makes a row fail authentication, as any
     /// other change does.
     pub fn open(
@@ -721,11 +725,13 @@ mod tests {
         assert_eq!(k.open(other, &n, c), Err(Unauthentic));
     }
 
-    /// A row as the writer stores it since schema 7: room for the nonce, then the plaintext.
+    /// A row as the writer stores it since schema 7: room for the nonce, the plaintext,
+    /// room for the tag, sealed in place.
     fn inline(k: &mut Keyring, row: RecordIdentity, plaintext: &[u8]) -> Vec<u8> {
         let mut buffer = vec![0u8; NONCE_LEN];
         buffer.extend_from_slice(plaintext);
-        k.seal_inline(row, &mut buffer).unwrap();
+        buffer.extend_from_slice(&[0u8; TAG_LEN]);
+        k.seal_row(row, &mut buffer).unwrap();
         buffer
     }
 
@@ -772,14 +778,14 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_without_room_for_the_nonce_is_refused() {
+    fn a_row_without_room_for_its_nonce_and_tag_is_refused() {
         let mut k = ring();
-        let mut short = vec![0u8; NONCE_LEN - 1];
-        assert!(matches!(
-            k.seal_inline(id(1), &mut short),
-            Err(KeyError::Seal)
-        ));
-        assert_eq!(short, vec![0u8; NONCE_LEN - 1], "left as it was");
+        let mut short = vec![0u8; NONCE_LEN + TAG_LEN - 1];
+        assert!(matches!(k.seal_row(id(1), &mut short), Err(KeyError::Seal)));
+        assert_eq!(short, vec![0u8; NONCE_LEN + TAG_LEN - 1], "left as it was");
+        let mut empty_plaintext = vec![0u8; NONCE_LEN + TAG_LEN];
+        k.seal_row(id(1), &mut empty_plaintext).unwrap();
+        assert_eq!(k.open(id(1), INLINE_NONCE, empty_plaintext).unwrap(), b"");
     }
 
     #[test]

@@ -34,11 +34,12 @@ use rusqlite::{
 use time::OffsetDateTime;
 
 use super::counts::{Counts, Delta};
-use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
+use super::crypto::{
+    KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic, NONCE_LEN, TAG_LEN,
+};
 use super::delivery::deferred::{DeferredMarks, Mark};
 use super::keyring::{Envelope, Owner};
 use super::record::{Lane, Record};
-use ring::aead::NONCE_LEN;
 
 pub mod cap;
 mod clock_anchor;
@@ -733,19 +734,18 @@ impl Outbox {
             let mut rows_by_key: Vec<(u32, i64)> = Vec::new();
             let mut last: Option<(&str, u32)> = None;
             // One buffer for every row: room for the nonce, the record encoded after it,
-            // sealed in place, bound (SQLite copies it), then cleared for the next row. The
-            // nonce leads the ciphertext in one column (schema 7, `crypto::INLINE_NONCE`):
-            // one blob bound per row, not two (issue 18, acceptance 4).
-            let mut sealed = Vec::with_capacity(256);
+            // room for the tag, sealed in place, bound (SQLite copies it); the next row is
+            // written over it. The nonce leads the ciphertext in one column (schema 7,
+            // `crypto::INLINE_NONCE`): one blob bound per row, not two (issue 18,
+            // acceptance 4).
+            let mut sealed = Vec::new();
             // Parameters stay bound from row to row: lane, kind and key are bound again only
             // when they change, the creation time once (issue 18, acceptance 4).
             let mut bound: Option<(Lane, u8, u32)> = None;
             insert.raw_bind_parameter(4, created).map_err(err)?;
             for record in records {
-                sealed.clear();
-                sealed.resize(NONCE_LEN, 0);
-                record
-                    .encode_into(&mut sealed)
+                let len = record
+                    .encode_row(&mut sealed, NONCE_LEN, TAG_LEN)
                     .map_err(StoreError::Encode)?;
                 let key_id = match last {
                     Some((patient, key_id)) if same_text(patient, record_patient(record)) => key_id,
@@ -761,8 +761,9 @@ impl Outbox {
                     kind: record.kind(),
                     key_id,
                 };
+                let row = &mut sealed[..len];
                 self.keyring
-                    .seal_inline(identity, &mut sealed)
+                    .seal_row(identity, row)
                     .map_err(|e| StoreError::Key(e, path.clone()))?;
                 let shape = (record.lane(), record.kind(), key_id);
                 if bound != Some(shape) {
@@ -772,7 +773,7 @@ impl Outbox {
                     bound = Some(shape);
                 }
                 insert.raw_bind_parameter(1, id).map_err(err)?;
-                insert.raw_bind_parameter(6, &sealed[..]).map_err(err)?;
+                insert.raw_bind_parameter(6, &*row).map_err(err)?;
                 insert.raw_execute().map_err(err)?;
                 ids.push(id);
                 counts.undelivered(record.lane() as i64, 1);

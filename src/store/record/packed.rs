@@ -50,25 +50,34 @@ const HAS_UNIT: u8 = 1 << 2;
 const HAS_TIME: u8 = 1 << 3;
 const HAS_FLAGS: u8 = 1 << 4;
 
-/// Appends `record` in the packed form to `out` (the writer reuses one buffer per batch).
-///
-/// Written into a slice of `out` sized beforehand ([`most_bytes`]) rather than byte by byte
-/// with `Vec::push`: a push must reload the vector's length after every byte it stores (the
-/// byte could alias it), a slice index does not, and the ingest writer encodes every row
-/// (issue 18, acceptance 4). The bytes are exactly those of the format (the golden test).
+/// Appends `record` in the packed form to `out`.
 pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
     let start = out.len();
+    let end = encode_at(record, out, start, 0);
+    out.truncate(end);
+}
+
+/// Writes `record` packed into `buf` from `from` on and returns where it ends. `buf` grows
+/// (zero-filled) only when it is shorter than the record at its widest ([`most_bytes`])
+/// plus `spare` bytes; what lies after the record is left as it was. The ingest writer
+/// reuses one buffer for every row of a batch, so it is filled once, not per row.
+///
+/// Written into a slice sized beforehand rather than byte by byte with `Vec::push`: a push
+/// must reload the vector's length after every byte it stores (the byte could alias it), a
+/// slice index does not (issue 18, acceptance 4). The bytes are exactly those of the format
+/// (the golden test).
+pub fn encode_at(record: &ReadingRecord, buf: &mut Vec<u8>, from: usize, spare: usize) -> usize {
     let most = most_bytes(record);
-    // Room for the 16-byte AEAD tag that sealing appends in place, too.
-    out.reserve(most + 16);
-    out.resize(start + most, 0);
+    let need = from + most + spare;
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
     let mut w = Packer {
-        buf: &mut out[start..],
+        buf: &mut buf[from..from + most],
         at: 0,
     };
     w.record(record);
-    let written = w.at;
-    out.truncate(start + written);
+    from + w.at
 }
 
 /// The most bytes a varint takes (a `u64`, 7 bits a byte).
