@@ -387,9 +387,10 @@ impl Writer {
             let mut tick = false;
             // Frames in the batch when the writer last lingered (None: not yet).
             let mut at_linger: Option<usize> = None;
-            while readings < self.policy.max_batch
-                && self.taken_at.saturating_duration_since(started) < self.policy.max_wait
-            {
+            // The batch closes at `max_wait` after its first frame (one comparison per frame
+            // against a deadline computed once: the writer runs this for every reading).
+            let deadline = started + self.policy.max_wait;
+            while readings < self.policy.max_batch && self.taken_at < deadline {
                 match self.next_now() {
                     Some(Message::Frame(frame)) => {
                         self.arrived(self.taken_at);
@@ -397,17 +398,14 @@ impl Writer {
                         batch.push(frame);
                     }
                     Some(Message::Tick) => tick = true,
-                    None if self
-                        .expected_before(started + self.policy.max_wait)
-                        .is_some() =>
-                    {
+                    None if self.expected_before(deadline).is_some() => {
                         // A device that sent a second ago, a little after this batch's
                         // first frame, is due again within `max_wait`: wait for it, so
                         // devices out of step by a few tens of milliseconds still share one
                         // transaction a second (a 1 Hz ward's commits halve; issue 18).
-                        let due = self.expected_before(started + self.policy.max_wait);
+                        let due = self.expected_before(deadline);
                         let until = due.map_or(started, |t| t + LINGER);
-                        let left = until.min(started + self.policy.max_wait);
+                        let left = until.min(deadline);
                         std::thread::sleep(left.saturating_duration_since(Instant::now()));
                         // A device that stopped is waited for once: its due time has passed.
                         at_linger = Some(batch.len());
