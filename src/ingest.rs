@@ -331,6 +331,7 @@ pub fn start_with(
         policy,
         arrivals: std::collections::VecDeque::new(),
         inbox: Vec::with_capacity(RECEIVE_AT_ONCE),
+        inbox_next: 0,
         taken_at: Instant::now(),
         committed,
         hook,
@@ -352,9 +353,10 @@ struct Writer {
     policy: GroupCommit,
     /// When frames were taken from the queue over the last [`RHYTHM`] and `max_wait`.
     arrivals: std::collections::VecDeque<Instant>,
-    /// Messages taken from the queue and not yet handled, the next one last
-    /// ([`Writer::next_now`]).
+    /// Messages taken from the queue at once, in order; those before `inbox_next` are
+    /// handled (left as `Tick`s) ([`Writer::next_now`]).
     inbox: Vec<Message>,
+    inbox_next: usize,
     /// When the writer last took messages from the queue (or found it empty).
     taken_at: Instant,
     committed: Arc<Notify>,
@@ -385,9 +387,10 @@ impl Writer {
             let mut tick = false;
             // Frames in the batch when the writer last lingered (None: not yet).
             let mut at_linger: Option<usize> = None;
-            while readings < self.policy.max_batch
-                && self.taken_at.saturating_duration_since(started) < self.policy.max_wait
-            {
+            // The batch closes at `max_wait` after its first frame (one comparison per frame
+            // against a deadline computed once: the writer runs this for every reading).
+            let deadline = started + self.policy.max_wait;
+            while readings < self.policy.max_batch && self.taken_at < deadline {
                 match self.next_now() {
                     Some(Message::Frame(frame)) => {
                         self.arrived(self.taken_at);
@@ -395,17 +398,14 @@ impl Writer {
                         batch.push(frame);
                     }
                     Some(Message::Tick) => tick = true,
-                    None if self
-                        .expected_before(started + self.policy.max_wait)
-                        .is_some() =>
-                    {
+                    None if self.expected_before(deadline).is_some() => {
                         // A device that sent a second ago, a little after this batch's
                         // first frame, is due again within `max_wait`: wait for it, so
                         // devices out of step by a few tens of milliseconds still share one
                         // transaction a second (a 1 Hz ward's commits halve; issue 18).
-                        let due = self.expected_before(started + self.policy.max_wait);
+                        let due = self.expected_before(deadline);
                         let until = due.map_or(started, |t| t + LINGER);
-                        let left = until.min(started + self.policy.max_wait);
+                        let left = until.min(deadline);
                         std::thread::sleep(left.saturating_duration_since(Instant::now()));
                         // A device that stopped is waited for once: its due time has passed.
                         at_linger = Some(batch.len());
@@ -438,14 +438,19 @@ impl Writer {
     /// (issue 18, acceptance 4).
     /// [`Writer::taken_at`] is read once per take, not per frame.
     fn next_now(&mut self) -> Option<Message> {
-        if self.inbox.is_empty() {
+        if self.inbox_next == self.inbox.len() {
+            self.inbox.clear();
+            self.inbox_next = 0;
             self.taken_at = Instant::now();
             self.rx
                 .recv_many(&mut self.inbox, RECEIVE_AT_ONCE)
                 .now_or_never()?;
-            self.inbox.reverse();
         }
-        self.inbox.pop()
+        // Read in order, each message moved out once (its slot left a `Tick`, which holds
+        // nothing): reversing the take to pop from its end moved every frame twice more.
+        let slot = self.inbox.get_mut(self.inbox_next)?;
+        self.inbox_next += 1;
+        Some(std::mem::replace(slot, Message::Tick))
     }
 
     /// Notes a frame taken from the queue at `at`, forgetting arrivals too old to predict
@@ -503,40 +508,67 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, mut batch: Vec<Frame>) {
+    fn commit(&mut self, batch: Vec<Frame>) {
         let now = OffsetDateTime::now_utc();
         self.counters
             .frames_received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut records = Vec::with_capacity(batch.len());
         let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
+                                                          // Each frame's waiter (`submit_and_wait`), told its row ids or why not.
+        let mut waiting = Vec::with_capacity(batch.len());
+        // Cursors commit with the readings; the last one per device and key wins.
+        let mut state: Vec<DeviceStateUpdate> = Vec::new();
         let mut extra = HookOutput::default();
         let clock = self.clock_sample();
-        for (i, frame) in batch.iter_mut().enumerate() {
-            let accepted = self.accept(frame, now, &mut extra);
-            let record = |readings| {
+        // Only a record not synchronised at receipt is ever corrected by its boot's anchor
+        // (publish/clock.rs): a synced one needs no stamp, and leaving it out keeps 18 bytes
+        // per row off the SD card.
+        let boot = clock.filter(|c| !c.synced).and_then(|c| c.stamp);
+        for (i, mut frame) in batch.into_iter().enumerate() {
+            let accepted = self.accept(&mut frame, now, &mut extra);
+            // The frame is taken apart: its texts move into its record (shared with more
+            // records only when it makes several), no copy and no reference count touched
+            // per reading (issue 18, acceptance 4).
+            let Frame {
+                device_id,
+                patient_id,
+                nhs_number,
+                received_at,
+                clock_synced,
+                cursor,
+                done,
+                readings: _,
+            } = frame;
+            if let Some((key, value)) = cursor {
+                state.push(DeviceStateUpdate {
+                    device_id: device_id.to_string(),
+                    key,
+                    value,
+                });
+            }
+            waiting.push(done);
+            let clock_synced = clock.map_or(clock_synced, |c| c.synced);
+            let record = |device_id, patient_id, nhs_number, readings| {
                 Record::Reading(ReadingRecord {
-                    // The frame's own texts, shared: no copy per reading.
-                    device_id: frame.device_id.clone(),
-                    patient_id: frame.patient_id.clone(),
-                    nhs_number: frame.nhs_number.clone(),
-                    received_at: frame.received_at,
-                    clock_synced: clock.map_or(frame.clock_synced, |c| c.synced),
+                    device_id,
+                    patient_id,
+                    nhs_number,
+                    received_at,
+                    clock_synced,
                     readings,
-                    // Only a record not synchronised at receipt is ever corrected by its
-                    // boot's anchor (publish/clock.rs): a synced one needs no stamp, and
-                    // leaving it out keeps 18 bytes per row off the SD card.
-                    boot: clock.filter(|c| !c.synced).and_then(|c| c.stamp),
+                    boot,
                 })
             };
             // One reading (the common case) is its own group: its vector becomes the
             // record's as it is, with no regrouping and no allocation.
             if accepted.len() == 1 {
-                records.push(record(accepted));
+                records.push(record(device_id, patient_id, nhs_number, accepted));
                 owners.push(i);
             } else {
                 for group in crate::fhir::group_for_fhir(&accepted) {
-                    records.push(record(group));
+                    let texts = (device_id.clone(), patient_id.clone(), nhs_number.clone());
+                    records.push(record(texts.0, texts.1, texts.2, group));
                     owners.push(i);
                 }
             }
@@ -544,27 +576,12 @@ impl Writer {
         let n_readings = records.len();
         extra.extend(self.hook.on_batch(&records, now));
         records.extend(extra.records);
-        if records.is_empty() && extra.state.is_empty() && batch.iter().all(|f| f.cursor.is_none())
-        {
-            for frame in batch {
-                if let Some(done) = frame.done {
-                    let _ = done.send(Ok(Vec::new()));
-                }
+        if records.is_empty() && extra.state.is_empty() && state.is_empty() {
+            for done in waiting.into_iter().flatten() {
+                let _ = done.send(Ok(Vec::new()));
             }
             return;
         }
-
-        // Cursors commit with the readings; the last one per device and key wins.
-        let mut state: Vec<DeviceStateUpdate> = batch
-            .iter()
-            .filter_map(|f| {
-                f.cursor.as_ref().map(|(key, value)| DeviceStateUpdate {
-                    device_id: f.device_id.to_string(),
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-            })
-            .collect();
         state.extend(extra.state);
         let ids = self.append_with_retry(&mut records, &state, now);
         let Some(ids) = ids else {
@@ -579,10 +596,8 @@ impl Writer {
             self.counters
                 .readings_not_stored
                 .fetch_add(lost as u64, Ordering::Relaxed);
-            for frame in batch {
-                if let Some(done) = frame.done {
-                    let _ = done.send(Err("the outbox cannot be written".into()));
-                }
+            for done in waiting.into_iter().flatten() {
+                let _ = done.send(Err("the outbox cannot be written".into()));
             }
             return;
         };
@@ -619,12 +634,12 @@ impl Writer {
         // Row ids go only to the frames that wait for them (`submit_and_wait`): a frame's
         // records are contiguous in `records`, so its ids are one run of `ids`.
         let mut at = 0;
-        for (i, frame) in batch.into_iter().enumerate() {
+        for (i, done) in waiting.into_iter().enumerate() {
             let from = at;
             while owners.get(at) == Some(&i) {
                 at += 1;
             }
-            if let Some(done) = frame.done {
+            if let Some(done) = done {
                 let _ = done.send(Ok(ids[from..at].to_vec()));
             }
         }

@@ -34,7 +34,9 @@ use rusqlite::{
 use time::OffsetDateTime;
 
 use super::counts::{Counts, Delta};
-use super::crypto::{KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic};
+use super::crypto::{
+    KeyError, Keyring, MasterKey, RecordIdentity, StateIdentity, Unauthentic, NONCE_LEN, TAG_LEN,
+};
 use super::delivery::deferred::{DeferredMarks, Mark};
 use super::keyring::{Envelope, Owner};
 use super::record::{Lane, Record};
@@ -43,7 +45,14 @@ pub mod cap;
 mod clock_anchor;
 
 /// The schema version this build writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = super::keyring::SCHEMA_V6;
+pub const SCHEMA_VERSION: i64 = SCHEMA_V7;
+
+/// The schema version from which the writer stores a row's nonce in front of its
+/// ciphertext, its `nonce` column empty (`crypto::INLINE_NONCE`; issue 18, acceptance 4).
+/// Nothing is rewritten: rows written before keep their nonce column and read as they
+/// did. The version is raised so that an older build, which would take the new rows for
+/// tampered ones and quarantine them, refuses the file instead ([`StoreError::TooNew`]).
+pub const SCHEMA_V7: i64 = 7;
 
 /// Migrations, in order: `MIGRATIONS[n]` moves a database from version `n` to `n + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -372,6 +381,11 @@ impl Outbox {
             tx.pragma_update(None, "user_version", super::keyring::SCHEMA_V6)
                 .map_err(err)?;
             tracing::info!(path = %path.display(), to = super::keyring::SCHEMA_V6, "outbox schema migrated");
+        }
+        if version < SCHEMA_V7 {
+            tx.pragma_update(None, "user_version", SCHEMA_V7)
+                .map_err(err)?;
+            tracing::info!(path = %path.display(), to = SCHEMA_V7, "outbox schema migrated");
         }
         tx.commit().map_err(err)?;
         let mut outbox = Outbox::finish_open(conn, path, master)?;
@@ -710,7 +724,7 @@ impl Outbox {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO outbox (id, lane, kind, created_at, key_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO outbox (id, lane, kind, created_at, key_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, x'', ?6)",
                 )
                 .map_err(err)?;
             let mut id = self.next_id;
@@ -719,20 +733,22 @@ impl Outbox {
             // last patient's key, so a run of one patient's rows looks it up once.
             let mut rows_by_key: Vec<(u32, i64)> = Vec::new();
             let mut last: Option<(&str, u32)> = None;
-            // One buffer for every row: encoded, then sealed in place, then bound (SQLite
-            // copies it), then cleared for the next row.
-            let mut sealed = Vec::with_capacity(256);
+            // One buffer for every row: room for the nonce, the record encoded after it,
+            // room for the tag, sealed in place, bound (SQLite copies it); the next row is
+            // written over it. The nonce leads the ciphertext in one column (schema 7,
+            // `crypto::INLINE_NONCE`): one blob bound per row, not two (issue 18,
+            // acceptance 4).
+            let mut sealed = Vec::new();
             // Parameters stay bound from row to row: lane, kind and key are bound again only
             // when they change, the creation time once (issue 18, acceptance 4).
             let mut bound: Option<(Lane, u8, u32)> = None;
             insert.raw_bind_parameter(4, created).map_err(err)?;
             for record in records {
-                sealed.clear();
-                record
-                    .encode_into(&mut sealed)
+                let len = record
+                    .encode_row(&mut sealed, NONCE_LEN, TAG_LEN)
                     .map_err(StoreError::Encode)?;
                 let key_id = match last {
-                    Some((patient, key_id)) if patient == record_patient(record) => key_id,
+                    Some((patient, key_id)) if same_text(patient, record_patient(record)) => key_id,
                     _ => key_of(&keys, &record_owner(record), &path)?,
                 };
                 last = Some((record_patient(record), key_id));
@@ -745,9 +761,9 @@ impl Outbox {
                     kind: record.kind(),
                     key_id,
                 };
-                let nonce = self
-                    .keyring
-                    .seal_in_place(identity, &mut sealed)
+                let row = &mut sealed[..len];
+                self.keyring
+                    .seal_row(identity, row)
                     .map_err(|e| StoreError::Key(e, path.clone()))?;
                 let shape = (record.lane(), record.kind(), key_id);
                 if bound != Some(shape) {
@@ -757,8 +773,7 @@ impl Outbox {
                     bound = Some(shape);
                 }
                 insert.raw_bind_parameter(1, id).map_err(err)?;
-                insert.raw_bind_parameter(6, &nonce[..]).map_err(err)?;
-                insert.raw_bind_parameter(7, &sealed[..]).map_err(err)?;
+                insert.raw_bind_parameter(6, &*row).map_err(err)?;
                 insert.raw_execute().map_err(err)?;
                 ids.push(id);
                 counts.undelivered(record.lane() as i64, 1);
@@ -1534,6 +1549,12 @@ fn record_patient(record: &Record) -> &str {
     }
 }
 
+/// Whether two texts are equal, told at once when they are the same shared text (a batch's
+/// records share their frame's patient id; the writer asks for every row).
+fn same_text(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// How many values each owner seals in a batch of `records` and `state`.
 fn sealing_owners(
     records: &[Record],
@@ -1544,7 +1565,7 @@ fn sealing_owners(
     let mut run: Option<(&str, i64)> = None;
     for patient in records.iter().map(record_patient) {
         match &mut run {
-            Some((p, n)) if *p == patient => *n += 1,
+            Some((p, n)) if same_text(p, patient) => *n += 1,
             _ => {
                 if let Some((p, n)) = run.replace((patient, 1)) {
                     *owners.entry(Owner::of_patient(p)).or_insert(0) += n;

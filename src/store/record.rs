@@ -314,6 +314,32 @@ impl Record {
         }
     }
 
+    /// The row the ingest writer seals in place, written at the start of `buf` (one buffer
+    /// reused for every row of a batch): `room_before` bytes for the nonce, the plaintext,
+    /// `room_after` bytes for the tag. Returns the row's length: the row is `buf[..len]`;
+    /// what lies after it is left from earlier rows and never read. A reading is packed
+    /// straight into place, the buffer filled only when it grows (issue 18, acceptance 4).
+    pub fn encode_row(
+        &self,
+        buf: &mut Vec<u8>,
+        room_before: usize,
+        room_after: usize,
+    ) -> Result<usize, String> {
+        match self {
+            Record::Reading(r) => {
+                Ok(packed::encode_at(r, buf, room_before, room_after) + room_after)
+            }
+            Record::Alert(_) | Record::Derived(_) => {
+                buf.clear();
+                buf.resize(room_before, 0);
+                self.encode_into(buf)?;
+                let len = buf.len() + room_after;
+                buf.resize(len, 0);
+                Ok(len)
+            }
+        }
+    }
+
     /// The `ciborium` encoding: alerts and derived records, and every row written before
     /// (readings included, until issue 18).
     #[cfg(test)]
@@ -602,6 +628,28 @@ mod tests {
             cbor.len()
         );
         assert_eq!(Record::decode(&packed).unwrap(), record);
+    }
+
+    /// The ingest writer's buffer, reused row after row without being cleared: each row is
+    /// the room before, exactly its own plaintext, and the room after, whatever a longer row
+    /// left behind it.
+    #[test]
+    fn rows_written_over_one_buffer_each_hold_exactly_their_own_plaintext() {
+        let mut records = samples();
+        records.reverse(); // the longest rows (alerts, many readings) first, then short ones
+        records.push(Record::Alert(AlertRecord {
+            patient_id: "p1".into(),
+            event: serde_json::json!({"alert_id": "a1"}),
+        }));
+        records.extend(samples());
+        let mut buffer = Vec::new();
+        for record in &records {
+            let len = record.encode_row(&mut buffer, 12, 16).unwrap();
+            let plaintext = record.encode().unwrap();
+            assert_eq!(len, 12 + plaintext.len() + 16, "{record:?}");
+            assert_eq!(&buffer[12..len - 16], &plaintext[..], "{record:?}");
+            assert!(buffer.len() >= len);
+        }
     }
 
     #[test]

@@ -50,41 +50,110 @@ const HAS_UNIT: u8 = 1 << 2;
 const HAS_TIME: u8 = 1 << 3;
 const HAS_FLAGS: u8 = 1 << 4;
 
-/// Appends `record` in the packed form to `out` (the writer reuses one buffer per batch).
+/// Appends `record` in the packed form to `out`.
 pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
-    // Room for a typical record and the 16-byte AEAD tag that sealing appends in place.
-    out.reserve(128);
-    let nhs_digits = record.nhs_number.as_deref().and_then(ten_digits);
-    let mut bits = 0;
-    if record.clock_synced {
-        bits |= SYNCED;
+    let start = out.len();
+    let end = encode_at(record, out, start, 0);
+    out.truncate(end);
+}
+
+/// Writes `record` packed into `buf` from `from` on and returns where it ends. `buf` grows
+/// (zero-filled) only when it is shorter than the record at its widest ([`most_bytes`])
+/// plus `spare` bytes; what lies after the record is left as it was. The ingest writer
+/// reuses one buffer for every row of a batch, so it is filled once, not per row.
+///
+/// Written into a slice sized beforehand rather than byte by byte with `Vec::push`: a push
+/// must reload the vector's length after every byte it stores (the byte could alias it), a
+/// slice index does not (issue 18, acceptance 4). The bytes are exactly those of the format
+/// (the golden test).
+pub fn encode_at(record: &ReadingRecord, buf: &mut Vec<u8>, from: usize, spare: usize) -> usize {
+    let most = most_bytes(record);
+    let need = from + most + spare;
+    if buf.len() < need {
+        buf.resize(need, 0);
     }
-    match (&record.nhs_number, nhs_digits) {
-        (Some(_), Some(_)) => bits |= NHS_DIGITS,
-        (Some(_), None) => bits |= NHS_TEXT,
-        (None, _) => {}
+    let mut w = Packer {
+        buf: &mut buf[from..from + most],
+        at: 0,
+    };
+    w.record(record);
+    from + w.at
+}
+
+/// The most bytes a varint takes (a `u64`, 7 bits a byte).
+const VARINT_MAX: usize = 10;
+/// The most bytes a time takes: three varints.
+const TIME_MAX: usize = 3 * VARINT_MAX;
+
+/// An upper bound of `record`'s packed size: each field at its widest, in the order
+/// [`Packer::record`] writes them.
+fn most_bytes(record: &ReadingRecord) -> usize {
+    let text = |s: &str| VARINT_MAX + s.len();
+    let header = 2
+        + text(&record.device_id)
+        + text(&record.patient_id)
+        + record.nhs_number.as_deref().map_or(0, text)
+        + TIME_MAX
+        + 16
+        + VARINT_MAX
+        + VARINT_MAX;
+    let readings: usize = record
+        .readings
+        .iter()
+        .map(|r| 2 + VARINT_MAX + 1 + 1 + TIME_MAX + VARINT_MAX + r.flags.len())
+        .sum();
+    header + readings
+}
+
+/// Writes the packed form into a slice at least [`most_bytes`] long.
+struct Packer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+/// Every step is inlined into [`encode_at`]: in one function the write position stays
+/// in a register instead of being stored and reloaded around each byte (the writer packs
+/// every row; issue 18, acceptance 4).
+impl Packer<'_> {
+    #[inline(always)]
+    fn record(&mut self, record: &ReadingRecord) {
+        let nhs_digits = record.nhs_number.as_deref().and_then(ten_digits);
+        let mut bits = 0;
+        if record.clock_synced {
+            bits |= SYNCED;
+        }
+        match (&record.nhs_number, nhs_digits) {
+            (Some(_), Some(_)) => bits |= NHS_DIGITS,
+            (Some(_), None) => bits |= NHS_TEXT,
+            (None, _) => {}
+        }
+        if record.boot.is_some() {
+            bits |= BOOT;
+        }
+        self.byte(FORMAT);
+        self.byte(bits);
+        self.text(&record.device_id);
+        self.text(&record.patient_id);
+        match (&record.nhs_number, nhs_digits) {
+            (_, Some(n)) => self.u64(n),
+            (Some(text), None) => self.text(text),
+            (None, None) => {}
+        }
+        let received = record.received_at.unix_timestamp();
+        self.time_from(record.received_at, received, 0);
+        if let Some(boot) = record.boot {
+            self.bytes(&boot.boot.0.to_be_bytes());
+            self.u64(boot.since_boot_ms);
+        }
+        self.u64(record.readings.len() as u64);
+        for r in &record.readings {
+            self.reading(r, received);
+        }
     }
-    if record.boot.is_some() {
-        bits |= BOOT;
-    }
-    out.push(FORMAT);
-    out.push(bits);
-    put_str(out, &record.device_id);
-    put_str(out, &record.patient_id);
-    match (&record.nhs_number, nhs_digits) {
-        (_, Some(n)) => put_u64(out, n),
-        (Some(text), None) => put_str(out, text),
-        (None, None) => {}
-    }
-    let received = record.received_at.unix_timestamp();
-    put_time(out, record.received_at);
-    if let Some(boot) = record.boot {
-        out.extend_from_slice(&boot.boot.0.to_be_bytes());
-        put_u64(out, boot.since_boot_ms);
-    }
-    put_u64(out, record.readings.len() as u64);
-    for r in &record.readings {
-        out.push(metric_code(r.metric));
+
+    #[inline(always)]
+    fn reading(&mut self, r: &Reading, received: i64) {
+        self.byte(metric_code(r.metric));
         let mut shape = match r.value {
             Value::Number(_) => VALUE_NUMBER,
             Value::Code(_) => VALUE_CODE,
@@ -99,26 +168,74 @@ pub fn encode_into(record: &ReadingRecord, out: &mut Vec<u8>) {
         if !r.flags.is_empty() {
             shape |= HAS_FLAGS;
         }
-        out.push(shape);
+        self.byte(shape);
         match r.value {
             Value::Number(d) => {
-                put_i64(out, d.mantissa);
-                out.push(d.exponent as u8);
+                self.i64(d.mantissa);
+                self.byte(d.exponent as u8);
             }
-            Value::Code(c) => out.push(acvpu_code(c)),
-            Value::Absent(a) => out.push(absent_code(a)),
+            Value::Code(c) => self.byte(acvpu_code(c)),
+            Value::Absent(a) => self.byte(absent_code(a)),
         }
         if let Some(u) = r.unit {
-            out.push(unit_code(u));
+            self.byte(unit_code(u));
         }
         if let Some(t) = r.device_time {
-            put_time_from(out, t, received);
+            self.time_from(t, t.unix_timestamp(), received);
         }
         if !r.flags.is_empty() {
-            put_u64(out, r.flags.len() as u64);
-            out.extend(r.flags.iter().map(|&f| flag_code(f)));
+            self.u64(r.flags.len() as u64);
+            for &f in &r.flags {
+                self.byte(flag_code(f));
+            }
         }
     }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.at] = b;
+        self.at += 1;
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+
+    #[inline(always)]
+    fn u64(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    #[inline(always)]
+    fn i64(&mut self, v: i64) {
+        self.u64(zigzag(v));
+    }
+
+    #[inline(always)]
+    fn text(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+
+    /// `t` (whose unix seconds are `seconds`) with its seconds counted from `base`. Both lie
+    /// within the `time` crate's range (years -9999..=9999), so the difference cannot
+    /// overflow.
+    #[inline(always)]
+    fn time_from(&mut self, t: OffsetDateTime, seconds: i64, base: i64) {
+        self.i64(seconds - base);
+        self.u64(u64::from(t.nanosecond()));
+        self.i64(i64::from(t.offset().whole_seconds()));
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
 }
 
 /// Reads a packed record (starting with [`FORMAT`]); every byte must be used.
@@ -187,13 +304,16 @@ pub fn decode(bytes: &[u8]) -> Result<ReadingRecord, String> {
 
 /// A 10-digit NHS Number (the only form a configured one takes) as one integer.
 fn ten_digits(text: &str) -> Option<u64> {
-    if text.len() != 10 {
+    let digits: &[u8; 10] = text.as_bytes().try_into().ok()?;
+    // A fixed length: the checks and the sum unroll (ten digits cannot overflow a u64).
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    // One pass that checks and adds up (ten digits cannot overflow a u64).
-    text.bytes().try_fold(0u64, |n, b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &b| n * 10 + u64::from(b - b'0')),
+    )
 }
 
 /// `n` (at most 9,999,999,999) as its ten digits, leading zeros kept: one allocation.
@@ -206,36 +326,6 @@ fn ten_digit_text(mut n: u64) -> Result<Arc<str>, String> {
     std::str::from_utf8(&digits)
         .map(Arc::from)
         .map_err(|_| "NHS Number digits".to_string())
-}
-
-#[inline]
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_i64(out: &mut Vec<u8>, v: i64) {
-    put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u64(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_time(out: &mut Vec<u8>, t: OffsetDateTime) {
-    put_time_from(out, t, 0);
-}
-
-/// `t` with its seconds counted from `base` (unix seconds). Both lie within the `time`
-/// crate's range (years -9999..=9999), so the difference cannot overflow.
-fn put_time_from(out: &mut Vec<u8>, t: OffsetDateTime, base: i64) {
-    put_i64(out, t.unix_timestamp() - base);
-    put_u64(out, u64::from(t.nanosecond()));
-    put_i64(out, i64::from(t.offset().whole_seconds()));
 }
 
 struct Reader<'a> {
@@ -555,18 +645,59 @@ mod tests {
         }
     }
 
+    /// A varint written by [`Packer`] (at most [`VARINT_MAX`] bytes), as the decoder reads it.
+    fn packed_varint(write: impl FnOnce(&mut Packer)) -> Vec<u8> {
+        let mut out = vec![0; VARINT_MAX];
+        let mut w = Packer {
+            buf: &mut out,
+            at: 0,
+        };
+        write(&mut w);
+        let n = w.at;
+        out.truncate(n);
+        out
+    }
+
     #[test]
     fn varints_round_trip_at_their_limits() {
         for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX - 1, u64::MAX] {
-            let mut out = Vec::new();
-            put_u64(&mut out, v);
+            let out = packed_varint(|w| w.u64(v));
             assert_eq!(Reader { bytes: &out, at: 0 }.u64("v").unwrap(), v);
         }
         for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
-            let mut out = Vec::new();
-            put_i64(&mut out, v);
+            let out = packed_varint(|w| w.i64(v));
             assert_eq!(Reader { bytes: &out, at: 0 }.i64("v").unwrap(), v);
         }
+    }
+
+    #[test]
+    fn the_size_bound_holds_for_every_field_at_its_widest() {
+        let widest = |s: &str| -> Arc<str> { s.repeat(40).into() };
+        let t = time::macros::datetime!(-9999-01-01 00:00:00.999_999_999 -25:59:59);
+        let reading = Reading {
+            metric: Metric::BodyWeight,
+            value: Value::Number(Decimal::new(i64::MIN, -128)),
+            unit: Some(Unit::Pound),
+            device_time: Some(time::macros::datetime!(+9999-12-31 23:59:59.999_999_999 +25:59:59)),
+            flags: FLAGS.to_vec(),
+        };
+        let record = ReadingRecord {
+            device_id: widest("d\u{e9}"),
+            patient_id: widest("p"),
+            nhs_number: Some(widest("9 ")),
+            received_at: t,
+            clock_synced: true,
+            readings: vec![reading; 5],
+            boot: Some(BootStamp {
+                boot: BootId(u128::MAX),
+                since_boot_ms: u64::MAX,
+            }),
+        };
+        let mut out = vec![7u8; 3]; // appended after what the buffer holds
+        encode_into(&record, &mut out);
+        assert_eq!(&out[..3], &[7, 7, 7]);
+        assert!(out.len() - 3 <= most_bytes(&record));
+        assert_eq!(decode(&out[3..]).unwrap(), record);
     }
 
     #[test]
@@ -582,6 +713,78 @@ mod tests {
             "+434765919",
         ] {
             assert_eq!(ten_digits(text), None, "{text}");
+        }
+    }
+
+    /// Two records covering every field, in the bytes the packed form has had since issue 18:
+    /// an encoder rewritten for speed must write exactly these (rows already on disk are
+    /// read by the same decoder).
+    fn golden_records() -> [ReadingRecord; 2] {
+        let at = time::macros::datetime!(2026-12-03 09:30:01.250_123_456 +01:00);
+        let oximeter = ReadingRecord {
+            device_id: "sim-0".into(),
+            patient_id: "p1".into(),
+            nhs_number: Some("9434765919".into()),
+            received_at: at,
+            clock_synced: true,
+            readings: vec![
+                Reading::canonical(Metric::Spo2, Decimal::int(97))
+                    .at(at - time::Duration::milliseconds(40)),
+                Reading::canonical(Metric::PulseRate, Decimal::int(72))
+                    .at(at - time::Duration::milliseconds(40)),
+            ],
+            boot: None,
+        };
+        let odd = ReadingRecord {
+            device_id: "bp-\u{e9}".into(),
+            patient_id: "".into(),
+            nhs_number: Some("943 476 5919".into()),
+            received_at: time::macros::datetime!(1969-07-20 20:17:40.5 -05:30),
+            clock_synced: false,
+            readings: vec![
+                Reading {
+                    metric: Metric::BodyTemperature,
+                    value: Value::Number(Decimal::new(-3_751, -2)),
+                    unit: Some(Unit::Fahrenheit),
+                    device_time: Some(time::macros::datetime!(2026-12-03 09:30:01 UTC)),
+                    flags: vec![Flag::Motion, Flag::Questionable],
+                },
+                Reading {
+                    metric: Metric::Acvpu,
+                    value: Value::Code(Acvpu::V),
+                    unit: None,
+                    device_time: None,
+                    flags: Vec::new(),
+                },
+                Reading {
+                    metric: Metric::HeartRate,
+                    value: Value::Absent(Absent::Nres),
+                    unit: Some(Unit::PerMinute),
+                    device_time: None,
+                    flags: Vec::new(),
+                },
+            ],
+            boot: Some(BootStamp {
+                boot: BootId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+                since_boot_ms: u64::MAX,
+            }),
+        };
+        [oximeter, odd]
+    }
+
+    #[test]
+    fn the_packed_form_keeps_its_bytes() {
+        let expected = [
+            "01030573696d2d30027031dfb4ec922392a289b10dc0a9a277a03802020cc201000100c0f59864a038010c9001000000c0f59864a038",
+            "010c0562702dc3a9000c39343320343736203539313987f3c00d80cab5ee01afb5020123456789abcdef\
+             0123456789abcdefffffffffffffffffff0103041ccd3afe03bacdcabe0d00000205120e010200060100",
+        ];
+        for (record, hex) in golden_records().iter().zip(expected) {
+            let mut out = Vec::new();
+            encode_into(record, &mut out);
+            let got: String = out.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, hex, "{record:?}");
+            assert_eq!(&decode(&out).unwrap(), record);
         }
     }
 
