@@ -4,35 +4,17 @@
 //! they did; nothing is rewritten. Real SQLite files on disk, the outbox written by an
 //! earlier build (tests/fixtures/outbox-cbor-rows, schema 5) for the rows written before.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
 use time::OffsetDateTime;
 use vitalgate::reading::{Decimal, Metric, Reading};
 use vitalgate::store::outbox::SCHEMA_VERSION;
 use vitalgate::store::{Lane, MasterKey, Outbox, ReadingRecord, Record};
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/outbox-cbor-rows"
-);
+mod support;
+use support::fixtures::outbox_written_before;
 
 /// The AES-GCM nonce and tag lengths.
 const NONCE: usize = 12;
 const TAG: usize = 16;
-
-/// The outbox written by an earlier build and its key, copied where the test may change
-/// them (the key file with the mode a master key must have).
-fn outbox_written_before(dir: &Path) -> (PathBuf, MasterKey) {
-    let db = dir.join("outbox.db");
-    std::fs::copy(Path::new(FIXTURE).join("outbox.sqlite"), &db).unwrap();
-    let key = dir.join("master.key");
-    std::fs::copy(Path::new(FIXTURE).join("master.key"), &key).unwrap();
-    for f in [&db, &key] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    (db, MasterKey::load(&key).unwrap())
-}
 
 fn reading(value: i64) -> Record {
     let at = time::macros::datetime!(2026-12-05 10:00:00.250 UTC);

@@ -3,30 +3,12 @@
 //! readings sealed as CBOR, still opens, reads and delivers every row beside new ones.
 //! Real SQLite files on disk.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
 use time::OffsetDateTime;
 use vitalgate::reading::{Decimal, Metric, Reading};
 use vitalgate::store::{Lane, MasterKey, Outbox, ReadingRecord, Record};
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/outbox-cbor-rows"
-);
-
-/// The pre-change outbox and its key, copied where the test may change them (the key file
-/// with the mode a master key must have).
-fn outbox_written_before(dir: &Path) -> (PathBuf, MasterKey) {
-    let db = dir.join("outbox.db");
-    std::fs::copy(Path::new(FIXTURE).join("outbox.sqlite"), &db).unwrap();
-    let key = dir.join("master.key");
-    std::fs::copy(Path::new(FIXTURE).join("master.key"), &key).unwrap();
-    for f in [&db, &key] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    (db, MasterKey::load(&key).unwrap())
-}
+mod support;
+use support::fixtures::outbox_written_before;
 
 fn oximeter_reading(at: OffsetDateTime) -> Record {
     Record::Reading(ReadingRecord {

@@ -22,6 +22,7 @@ use vitalgate::uplink::UplinkConfig;
 
 pub mod at_rest;
 pub mod daemon;
+pub mod fixtures;
 pub mod process;
 
 pub const PLATFORM_CN: &str = "platform";
