@@ -43,6 +43,7 @@ pub mod sandbox;
 pub mod secure_file;
 pub mod status;
 pub mod store;
+pub mod task;
 pub mod toml_path;
 pub mod top;
 pub mod transport;

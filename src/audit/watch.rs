@@ -20,7 +20,7 @@ pub async fn quarantine(outbox: Outbox, audit: Arc<AuditLog>, token: Cancellatio
     let count = || {
         let outbox = outbox.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
+            crate::task::spawn_blocking(move || {
                 let ob = outbox.lock().unwrap_or_else(|p| p.into_inner());
                 ob.stats().map(|s| s.quarantined)
             })

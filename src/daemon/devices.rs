@@ -18,6 +18,7 @@
 //! Deliberately not here: BLE devices (another transport), udev matching of USB ids, and any
 //! decoding (the drivers do it, purely).
 
+use crate::task::TrackBoxed;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,7 +123,7 @@ pub fn spawn_one(
         registry: registry.clone(),
         token: token.clone(),
     };
-    tracker.spawn(run_device(ctx, resume));
+    tracker.spawn_boxed(run_device(ctx, resume));
     Some(binding)
 }
 
@@ -540,7 +541,7 @@ pub fn spawn_ble(
         ..CentralOptions::default()
     };
     let central = BleCentral::new(devices).with_options(options);
-    tracker.spawn(central.run(sink, token.clone()));
+    tracker.spawn_boxed(central.run(sink, token.clone()));
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! patient) as soon as a binding arrives: the held store outlives a SIGHUP reload, and each
 //! new pipeline first releases what its config now binds.
 
+use crate::task::TrackBoxed;
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -395,7 +396,7 @@ pub fn spawn(
         log_limit: Mutex::new(RateLimit::new(Duration::from_secs(10))),
     });
     let (token, inner_tracker) = (token.clone(), tracker.clone());
-    tracker.spawn(async move {
+    tracker.spawn_boxed(async move {
         service.release_held().await;
         let listen = service.cfg.listen.clone();
         let listener = loop {

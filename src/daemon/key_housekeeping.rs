@@ -58,7 +58,7 @@ impl KeyHousekeeping {
                 _ = tokio::time::sleep(EVERY) => {}
             }
             let job = this.clone();
-            let done = tokio::task::spawn_blocking(move || {
+            let done = crate::task::spawn_blocking(move || {
                 job.lock().unwrap_or_else(|p| p.into_inner()).round()
             })
             .await;

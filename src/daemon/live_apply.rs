@@ -19,6 +19,7 @@
 //! devices (one central serves them all), and a change of a device's `display` (the publisher
 //! renders FHIR from it).
 
+use crate::task::TrackBoxed;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -187,7 +188,7 @@ impl Applier {
         // (live or whole) waits for it.
         let task = binding
             .is_some()
-            .then(|| self.tracker.spawn(async move { local.wait().await }));
+            .then(|| self.tracker.spawn_boxed(async move { local.wait().await }));
         Running {
             token,
             binding,

@@ -11,6 +11,7 @@
 //! dropped so the writer commits what it holds and ends, then the final status is written.
 //! A failing device task is logged and retried; it never stops ingest.
 
+use crate::task::TrackBoxed;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,7 +233,7 @@ pub async fn run(
             let target = uplink.reload_handle();
             let audit = audit.clone();
             let token = uplink_token.clone();
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => break,
@@ -317,7 +318,7 @@ pub async fn run(
         alerts: alerts_slot,
         retention_days,
     };
-    tracker.spawn(applier.run(cursors, opts.live_changes.take()));
+    tracker.spawn_boxed(applier.run(cursors, opts.live_changes.take()));
     devices::spawn_ble(
         &config,
         ble_devices,
@@ -340,7 +341,7 @@ pub async fn run(
     {
         let ingest = ingest.clone();
         let token = devices_token.clone();
-        tracker.spawn(async move {
+        tracker.spawn_boxed(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -372,7 +373,7 @@ pub async fn run(
         }
         None => None,
     };
-    let uplink_task = uplink_to_run.map(|u| tokio::spawn(u.run(uplink_token.clone())));
+    let uplink_task = uplink_to_run.map(|u| crate::task::spawn(u.run(uplink_token.clone())));
     let counters = ingest.counters.clone();
     drop(ingest); // device tasks hold the only handles now
     tracing::info!(devices = config.devices.len(), outbox = %outbox_path.display(), "vitalgate running");
@@ -387,7 +388,7 @@ pub async fn run(
         let audit = audit.clone();
         let secondary = Outbox::open_secondary(&path, &master)?;
         let token = retention_token.clone();
-        tracker.spawn(async move {
+        tracker.spawn_boxed(async move {
             let secondary = Arc::new(std::sync::Mutex::new(secondary));
             loop {
                 // A live change (live_apply.rs) wakes it to purge under the new retention.
@@ -397,7 +398,7 @@ pub async fn run(
                     .checked_sub(time::Duration::days(i64::from(days)))
                     .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
                 let ob = secondary.clone();
-                let purged = tokio::task::spawn_blocking(move || ob.lock().unwrap_or_else(|p| p.into_inner()).purge_delivered_before(cutoff)).await;
+                let purged = crate::task::spawn_blocking(move || ob.lock().unwrap_or_else(|p| p.into_inner()).purge_delivered_before(cutoff)).await;
                 match purged {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => audit.note("retention_purge", serde_json::json!({"rows": n, "delivered_before": status::rfc3339(cutoff), "retention_days": days})),
@@ -414,13 +415,13 @@ pub async fn run(
     }
 
     // Keys the writer creates are audited; spent ones destroyed (key_housekeeping.rs).
-    tracker.spawn(
+    tracker.spawn_boxed(
         key_housekeeping::KeyHousekeeping::new(&outbox_path, &master, audit.clone())?
             .run(retention_token.clone()),
     );
 
     // Rows the publisher quarantines are audited (audit/watch.rs).
-    tracker.spawn(crate::audit::watch::quarantine(
+    tracker.spawn_boxed(crate::audit::watch::quarantine(
         Outbox::open_secondary(&outbox_path, &master)?,
         audit.clone(),
         retention_token.clone(),
@@ -457,7 +458,7 @@ pub async fn run(
         let snapshot = snapshot.clone();
         let dir = state_dir.clone();
         let token = retention_token.clone();
-        tracker.spawn(async move {
+        tracker.spawn_boxed(async move {
             // Checked in memory every STATUS_EVERY; written only on change (status.rs).
             let mut writer = status::SnapshotWriter::default();
             loop {
@@ -495,7 +496,7 @@ pub async fn run(
         let watchdog = sd_notify::watchdog_enabled();
         let (registry, uplink_status) = (registry.clone(), uplink_status.clone());
         let token = retention_token.clone();
-        tracker.spawn(systemd::supervise(
+        tracker.spawn_boxed(systemd::supervise(
             n,
             watchdog,
             heartbeat,
@@ -533,7 +534,7 @@ pub async fn run(
     // every committed transaction).
     let outbox = match tokio::time::timeout(
         SHUTDOWN_GRACE,
-        tokio::task::spawn_blocking(move || writer.join()),
+        crate::task::spawn_blocking(move || writer.join()),
     )
     .await
     {

@@ -100,7 +100,7 @@ pub async fn serve(
             let mut current = config.clone();
             let audit = audit.clone();
             let good = good.clone();
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 let mut applies = applies.lock().await;
                 let mut agent_alive = true;
                 loop {
@@ -186,7 +186,7 @@ pub async fn serve(
             // may replace the view's before the pipeline is up.
             let up = Good::now(&config, &view);
             let good = good.clone();
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 if rx.await.is_ok() {
                     *good.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
                     if let Some(ready) = first {

@@ -227,7 +227,7 @@ impl Agent {
         // fsync off the runtime's worker threads (the publisher shares them).
         let saved = {
             let (dir, a, key) = (self.state_dir.clone(), applied.clone(), self.master.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::task::spawn_blocking(move || {
                 state::save(&dir, &a, &key).map_err(|e| e.to_string())
             })
             .await
@@ -552,7 +552,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
             up.gateway_id = Some(gateway.clone());
             let (in_tx, in_rx) = mpsc::channel(16);
             let (out_tx, out_rx) = mpsc::channel(16);
-            tokio::spawn(crate::uplink::fleet_link::run(
+            crate::task::spawn(crate::uplink::fleet_link::run(
                 up,
                 in_tx,
                 out_rx,
@@ -566,7 +566,7 @@ pub fn start(local: Config, controls: Controls, shutdown: &CancellationToken) ->
                 apply_tx,
                 controls,
             );
-            tokio::spawn(agent.run(in_rx, out_tx, shutdown.clone(), failed_rx));
+            crate::task::spawn(agent.run(in_rx, out_tx, shutdown.clone(), failed_rx));
         }
         (None, false, _) => {
             tracing::warn!(

@@ -139,7 +139,7 @@ pub async fn run(live: Live, src: Sources, token: CancellationToken) {
             last_count = Some(tokio::time::Instant::now());
             let (path, dir) = (src.outbox_path.clone(), src.state_dir.clone());
             if let Ok((counted, store)) =
-                tokio::task::spawn_blocking(move || (count(&path), storage_of(&dir, &path))).await
+                crate::task::spawn_blocking(move || (count(&path), storage_of(&dir, &path))).await
             {
                 if let Some(c) = counted {
                     outbox = OutboxLive {

@@ -38,6 +38,7 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) {
     let path = socket_path(&sources.state_dir);
-    tracker.spawn(collector::run(live.clone(), sources, token.clone()));
-    tracker.spawn(server::serve(live, path, token));
+    use crate::task::TrackBoxed;
+    tracker.spawn_boxed(collector::run(live.clone(), sources, token.clone()));
+    tracker.spawn_boxed(server::serve(live, path, token));
 }

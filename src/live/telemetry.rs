@@ -16,6 +16,7 @@
 //! The last will and a clean stop keep the short `offline` payload (DESIGN.md). Patients
 //! appear by their pseudonymous ids only; nothing here can hold an NHS Number.
 
+use crate::task::TrackBoxed;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -396,7 +397,7 @@ pub fn spawn(
 ) -> StatusFeed {
     let (tx, rx) = watch::channel(0u64);
     let report = Arc::new(TelemetryReport(sources.clone()));
-    tracker.spawn(run(sources, interval, tx, token));
+    tracker.spawn_boxed(run(sources, interval, tx, token));
     StatusFeed {
         report,
         trigger: rx,

@@ -13,6 +13,7 @@
 //! The handler runs to completion before the next frame of that connection is read, so a
 //! monitor's messages are committed and acknowledged in the order it sent them.
 
+use crate::task::TrackBoxed;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -178,7 +179,7 @@ pub async fn serve<H, F>(
             token.clone(),
             tls.clone(),
         );
-        tracker.spawn(async move {
+        tracker.spawn_boxed(async move {
             let _permit = permit;
             match tls {
                 None => connection(stream, peer, limits, handler, &counters, token).await,

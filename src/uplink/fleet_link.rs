@@ -142,7 +142,7 @@ async fn session(
             gateway.clone(),
             cfg.clone(),
         );
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {

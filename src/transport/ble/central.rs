@@ -385,7 +385,7 @@ impl BleCentral {
             // `index` comes from `position` over this same list; unreachable.
             return Session {
                 link_lost,
-                handle: tokio::spawn(async { Duration::ZERO }),
+                handle: crate::task::spawn(async { Duration::ZERO }),
             };
         };
         let ctx = SessionCtx {
@@ -397,7 +397,7 @@ impl BleCentral {
         };
         Session {
             link_lost,
-            handle: tokio::spawn(ctx.run(peripheral)),
+            handle: crate::task::spawn(ctx.run(peripheral)),
         }
     }
 }
