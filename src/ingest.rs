@@ -514,8 +514,9 @@ impl Writer {
             .frames_received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut records = Vec::with_capacity(batch.len());
-        let mut owners = Vec::with_capacity(batch.len()); // frame index of each reading record
-                                                          // Each frame's waiter (`submit_and_wait`), told its row ids or why not.
+        // The frame index of each reading record.
+        let mut owners = Vec::with_capacity(batch.len());
+        // Each frame's waiter (`submit_and_wait`), told its row ids or why not.
         let mut waiting = Vec::with_capacity(batch.len());
         // Cursors commit with the readings; the last one per device and key wins.
         let mut state: Vec<DeviceStateUpdate> = Vec::new();
