@@ -580,24 +580,13 @@ impl Keyring {
         mut ciphertext: Vec<u8>,
     ) -> Result<Vec<u8>, Unauthentic> {
         let key = self.key(id.key_id).map_err(|_| Unauthentic)?;
-        if nonce.is_empty() {
-            let inline: [u8; NONCE_LEN] = ciphertext
-                .get(..NONCE_LEN)
-                .and_then(|n| n.try_into().ok())
-                .ok_or(Unauthentic)?;
-            let len = key
-                .open_within(
-                    Nonce::assume_unique_for_key(inline),
-                    Aad::from(id.aad()),
-                    &mut ciphertext,
-                    NONCE_LEN..,
-                )
-                .map_err(|_| Unauthentic)?
-                .len();
-            ciphertext.truncate(len);
-            return Ok(ciphertext);
-        }
-        open_with(key, &id.aad(), nonce, &mut ciphertext)?;
+        let (nonce, from) = if nonce.is_empty() {
+            let inline = ciphertext.get(..NONCE_LEN).ok_or(Unauthentic)?;
+            (nonce_of(inline)?, NONCE_LEN)
+        } else {
+            (nonce_of(nonce)?, 0)
+        };
+        open_within(key, &id.aad(), nonce, &mut ciphertext, from)?;
         Ok(ciphertext)
     }
 
@@ -618,7 +607,9 @@ impl Keyring {
                 &derived
             }
         };
-        match open_with(key, &id.aad(), nonce, &mut ciphertext) {
+        let opened =
+            nonce_of(nonce).and_then(|n| open_within(key, &id.aad(), n, &mut ciphertext, 0));
+        match opened {
             Ok(()) => Ok(Zeroizing::new(ciphertext)),
             Err(e) => {
                 ciphertext.zeroize();
@@ -639,23 +630,30 @@ fn derive_data_key(prk: &hkdf::Prk, key_id: u32) -> Result<LessSafeKey, KeyError
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
-/// Opens `ciphertext` in place and truncates it to the plaintext.
-fn open_with(
+/// A stored nonce, which is exactly [`NONCE_LEN`] bytes or a tampered row.
+fn nonce_of(bytes: &[u8]) -> Result<[u8; NONCE_LEN], Unauthentic> {
+    bytes.try_into().map_err(|_| Unauthentic)
+}
+
+/// Opens the sealed bytes `buffer[from..]` in place and leaves `buffer` holding just the
+/// plaintext (what lies before `from`, an inline nonce, is dropped with the tag).
+fn open_within(
     key: &LessSafeKey,
     aad: &[u8],
-    nonce: &[u8],
-    ciphertext: &mut Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+    buffer: &mut Vec<u8>,
+    from: usize,
 ) -> Result<(), Unauthentic> {
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| Unauthentic)?;
     let len = key
-        .open_in_place(
+        .open_within(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad),
-            ciphertext,
+            buffer,
+            from..,
         )
         .map_err(|_| Unauthentic)?
         .len();
-    ciphertext.truncate(len);
+    buffer.truncate(len);
     Ok(())
 }
 
