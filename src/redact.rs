@@ -172,10 +172,7 @@ impl ParseError {
     /// From a `toml` error over `text`; the key path is found from the error's span
     /// ([`crate::toml_path::at`]).
     pub fn from_toml(inner: toml::de::Error, text: &str) -> ParseError {
-        let key = inner
-            .span()
-            .map(|span| scrub(&crate::toml_path::at(text, span.start)).into_owned())
-            .unwrap_or_default();
+        let key = scrub(&crate::toml_path::of_error(&inner, text)).into_owned();
         // `message()` is the kind alone; `Display` would add the excerpt.
         let message = inner.message().trim().replace('\n', "; ");
         let message = scrub(&drop_quoted_numbers(&message)).into_owned();

@@ -12,6 +12,13 @@ use std::ops::Range;
 
 use toml_edit::{ImDocument, Item, Table, Value};
 
+/// The path of what a `toml` deserialisation error of `text` is about ([`at`] its span's
+/// start); empty when it has no span or is about the document root.
+pub fn of_error(e: &toml::de::Error, text: &str) -> String {
+    e.span()
+        .map_or_else(String::new, |span| at(text, span.start))
+}
+
 /// The path (`gateway.id`, `patient[0].nhs_number`, `device[1]`) of the innermost key, value
 /// or table header of `text` whose span holds `offset`; empty when nothing but the document
 /// root does (or `text` is not valid TOML, whose errors are about the root).

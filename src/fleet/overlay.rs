@@ -91,10 +91,7 @@ impl Overlay {
             return Err(OverlayError::Invalid(unknown));
         }
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let key = match e.span() {
-                Some(span) => crate::toml_path::at(text, span.start),
-                None => String::new(),
-            };
+            let key = crate::toml_path::of_error(&e, text);
             let key = if key.is_empty() { ".".to_owned() } else { key };
             // The message only, never toml's snippet of the source line, and with anything
             // shaped like an NHS Number masked (serde names the offending value).

@@ -299,8 +299,8 @@ impl Record {
         Ok(out)
     }
 
-    /// [`Record::encode`], appended to `out`: the ingest writer encodes and seals every row
-    /// of a batch in one reused buffer instead of allocating and freeing one per row.
+    /// [`Record::encode`], appended to `out` ([`Record::encode_row`] writes an alert or a
+    /// derived record this way, after its nonce's room).
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
         match self {
             Record::Reading(r) => {
