@@ -199,43 +199,46 @@ const COUNTED: &[&str] = &["hl7"];
 /// left are states, flags, errors and the set of devices; in [`COUNTED`] sections each
 /// count is replaced by its bit length instead.
 fn substance(value: &serde_json::Value) -> serde_json::Value {
+    without_volatile(value, |_| serde_json::Value::Null)
+}
+
+/// `value` without [`VOLATILE`] fields, each number replaced by `number` of it, or by its
+/// bit length inside a [`COUNTED`] section.
+fn without_volatile(
+    value: &serde_json::Value,
+    number: fn(&serde_json::Number) -> serde_json::Value,
+) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
                 .map(|(k, v)| {
-                    let kept = if COUNTED.contains(&k.as_str()) {
-                        magnitude(v)
+                    let number = if COUNTED.contains(&k.as_str()) {
+                        bit_length
                     } else {
-                        substance(v)
+                        number
                     };
-                    (k.clone(), kept)
+                    (k.clone(), without_volatile(v, number))
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(substance).collect()),
-        Value::Number(_) => Value::Null,
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| without_volatile(item, number))
+                .collect(),
+        ),
+        Value::Number(n) => number(n),
         other => other.clone(),
     }
 }
 
-/// `value` without [`VOLATILE`] fields and with every count replaced by its bit length.
-fn magnitude(value: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), magnitude(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(magnitude).collect()),
-        Value::Number(n) => match n.as_u64() {
-            Some(u) => Value::from(u64::BITS - u.leading_zeros()),
-            None => value.clone(),
-        },
-        other => other.clone(),
+/// A count's bit length (its order of magnitude); a number that is no count as it is.
+fn bit_length(n: &serde_json::Number) -> serde_json::Value {
+    match n.as_u64() {
+        Some(u) => serde_json::Value::from(u64::BITS - u.leading_zeros()),
+        None => serde_json::Value::Number(n.clone()),
     }
 }
 
