@@ -53,9 +53,9 @@ pub fn convert(value: Decimal, from: Unit, to: Unit) -> Result<Decimal, FhirErro
     }
     let c = conversion(from, to).ok_or(FhirError::NoConversion { from, to })?;
     let overflow = FhirError::ValueOutOfRange { value };
-    if !(-18..=18).contains(&value.exponent) {
-        return Err(overflow);
-    }
+    // No fixed window on the exponent: a plausible 0.2 m can arrive with 19 decimals (an i64
+    // mantissa holds 19 digits), and the checked i128 steps below refuse whatever does not fit.
+    let value = value.normalized();
     let pow = |e: u32| 10i128.checked_pow(e);
     let (v_num, v_den) = if value.exponent >= 0 {
         let p = pow(value.exponent.unsigned_abs().into()).ok_or(overflow.clone())?;
@@ -180,6 +180,20 @@ mod tests {
         assert!(matches!(e, Err(FhirError::ValueOutOfRange { .. })));
         let e = convert(Decimal::new(1, -128), Unit::Pound, Unit::Kilogram);
         assert!(matches!(e, Err(FhirError::ValueOutOfRange { .. })));
+    }
+
+    #[test]
+    fn a_plausible_value_with_nineteen_decimals_converts() {
+        // Found by `group_for_fhir_groups_always_map_when_readings_are_valid`: 0.2 m to 19
+        // decimals validates (20 cm is the lowest plausible height), so FHIR must map it too.
+        assert_eq!(
+            conv(1_999_999_999_999_999_695, -19, Unit::Metre, Unit::Centimetre),
+            "20"
+        );
+        assert_eq!(
+            conv(9_000_000_000_000_000_000, -19, Unit::Pound, Unit::Kilogram),
+            "0.408"
+        );
     }
 
     #[test]
