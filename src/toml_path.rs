@@ -10,7 +10,8 @@
 
 use std::ops::Range;
 
-use toml_edit::{ImDocument, Item, Table, Value};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// The path of what a `toml` deserialisation error of `text` is about ([`at`] its span's
 /// start); empty when it has no span or is about the document root.
@@ -21,13 +22,15 @@ pub fn of_error(e: &toml::de::Error, text: &str) -> String {
 
 /// The path (`gateway.id`, `patient[0].nhs_number`, `device[1]`) of the innermost key, value
 /// or table header of `text` whose span holds `offset`; empty when nothing but the document
-/// root does (or `text` is not valid TOML, whose errors are about the root).
+/// root does. In text that is not valid TOML, the path is found in what could be parsed.
+///
+/// The document is parsed with `toml`'s own spanned parser, the one that deserialises it, so
+/// no second TOML parser is linked (`toml_edit` was ~110 KiB of the binary, issue 18).
 pub fn at(text: &str, offset: usize) -> String {
-    let Ok(doc) = ImDocument::parse(text) else {
-        return String::new();
-    };
+    // What could be parsed: a duplicate key or table is itself the error to name.
+    let (doc, _errors) = DeTable::parse_recoverable(text);
     let mut best = Best::default();
-    walk_table(doc.as_table(), "", offset, &mut best);
+    walk_table(doc.get_ref(), "", offset, &mut best);
     best.path
 }
 
@@ -39,8 +42,7 @@ struct Best {
 }
 
 impl Best {
-    fn offer(&mut self, span: Option<Range<usize>>, offset: usize, path: &str) {
-        let Some(span) = span else { return };
+    fn offer(&mut self, span: Range<usize>, offset: usize, path: &str) {
         // An empty span (the end of the document) holds the offset at its start.
         let holds = span.start <= offset && (offset < span.end || span.start == span.end);
         let len = span.end - span.start;
@@ -59,47 +61,23 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-fn walk_table(table: &Table, path: &str, offset: usize, best: &mut Best) {
-    for (key, item) in table.iter() {
-        let here = join(path, key);
-        best.offer(table.key(key).and_then(|k| k.span()), offset, &here);
-        walk_item(item, &here, offset, best);
+fn walk_table(table: &DeTable<'_>, path: &str, offset: usize, best: &mut Best) {
+    for (key, value) in table {
+        let here = join(path, key.get_ref());
+        best.offer(key.span(), offset, &here);
+        walk_value(value, &here, offset, best);
     }
 }
 
-fn walk_item(item: &Item, path: &str, offset: usize, best: &mut Best) {
-    match item {
-        Item::None => {}
-        Item::Value(value) => walk_value(value, path, offset, best),
-        Item::Table(table) => {
-            best.offer(table.span(), offset, path);
-            walk_table(table, path, offset, best);
-        }
-        Item::ArrayOfTables(tables) => {
-            for (i, table) in tables.iter().enumerate() {
-                let here = format!("{path}[{i}]");
-                best.offer(table.span(), offset, &here);
-                walk_table(table, &here, offset, best);
-            }
-        }
-    }
-}
-
-fn walk_value(value: &Value, path: &str, offset: usize, best: &mut Best) {
+fn walk_value(value: &Spanned<DeValue<'_>>, path: &str, offset: usize, best: &mut Best) {
     best.offer(value.span(), offset, path);
-    match value {
-        Value::Array(array) => {
+    match value.get_ref() {
+        DeValue::Array(array) => {
             for (i, element) in array.iter().enumerate() {
                 walk_value(element, &format!("{path}[{i}]"), offset, best);
             }
         }
-        Value::InlineTable(table) => {
-            for (key, element) in table.iter() {
-                let here = join(path, key);
-                best.offer(table.key(key).and_then(|k| k.span()), offset, &here);
-                walk_value(element, &here, offset, best);
-            }
-        }
+        DeValue::Table(table) => walk_table(table, path, offset, best),
         _ => {}
     }
 }
@@ -138,6 +116,14 @@ mod tests {
         let text = "a = { b = [1, \"two\"] }\nc.d = true\n";
         assert_eq!(path_at(text, "\"two\""), "a.b[1]");
         assert_eq!(path_at(text, "true"), "c.d");
+    }
+
+    #[test]
+    fn a_duplicate_table_is_named_by_the_table() {
+        let text =
+            "[store]\nretention_days = 3\n[gateway]\nid = \"g\"\n[store]\nretention_days = 0\n";
+        let second = text.rfind("store").unwrap();
+        assert_eq!(at(text, second), "store");
     }
 
     #[test]

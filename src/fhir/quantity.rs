@@ -187,7 +187,12 @@ mod tests {
         // Found by `group_for_fhir_groups_always_map_when_readings_are_valid`: 0.2 m to 19
         // decimals validates (20 cm is the lowest plausible height), so FHIR must map it too.
         assert_eq!(
-            conv(1_999_999_999_999_999_695, -19, Unit::Metre, Unit::Centimetre),
+            conv(
+                1_999_999_999_999_999_695,
+                -19,
+                Unit::Metre,
+                Unit::Centimetre
+            ),
             "20"
         );
         assert_eq!(
