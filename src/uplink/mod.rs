@@ -1,7 +1,8 @@
 //! The uplink: the MQTT 5 session over mutual TLS 1.3 and the at-least-once publisher.
 //!
 //! - [`config`]: the `[uplink]` schema and validation.
-//! - [`tls`]: rustls client configuration from PEM files (TLS 1.3 only, ring provider).
+//! - [`tls`]: rustls client configuration from PEM files (TLS 1.3 only, ring provider);
+//!   [`cert_fields`] reads a certificate's validity and subject CN for it.
 //! - [`source`]: the [`OutboxSource`] boundary the publisher reads, and [`MemorySource`].
 //! - [`publisher`]: [`Uplink`], the task that drains the outbox to the broker.
 //! - [`session`], [`topics`], [`backoff`]: connection options and error text, topic names and
@@ -15,6 +16,7 @@
 
 pub mod audit_lane;
 pub mod backoff;
+pub mod cert_fields;
 pub mod config;
 pub mod fleet_link;
 pub mod publisher;

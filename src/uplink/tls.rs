@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use time::OffsetDateTime;
 
+use super::cert_fields;
 use super::config::{valid_topic_level, UplinkConfig};
 use crate::secure_file::{self, FileError, FileKind};
 
@@ -204,42 +205,25 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
+/// The validity and subject CN of a DER certificate ([`cert_fields`]).
+fn fields(der: &CertificateDer<'_>, file: &Path) -> Result<cert_fields::CertFields, TlsError> {
+    cert_fields::read(der).map_err(|e| TlsError::BadCertificate {
+        file: file.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// notBefore and notAfter of a DER certificate.
 fn validity(
     der: &CertificateDer<'_>,
     file: &Path,
 ) -> Result<(OffsetDateTime, OffsetDateTime), TlsError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
-            file: file.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let v = cert.validity();
-    let conv = |ts: i64| {
-        OffsetDateTime::from_unix_timestamp(ts).map_err(|e| TlsError::BadCertificate {
-            file: file.to_owned(),
-            reason: format!("validity out of range: {e}"),
-        })
-    };
-    Ok((
-        conv(v.not_before.timestamp())?,
-        conv(v.not_after.timestamp())?,
-    ))
+    let f = fields(der, file)?;
+    Ok((f.not_before, f.not_after))
 }
 
 pub(crate) fn common_name(der: &CertificateDer<'_>, file: &Path) -> Result<String, TlsError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
-            file: file.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned);
-    match cn {
+    match fields(der, file)?.common_name {
         Some(cn) if valid_topic_level(&cn) => Ok(cn),
         _ => Err(TlsError::NoCommonName {
             file: file.to_owned(),
