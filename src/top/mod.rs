@@ -2,14 +2,16 @@
 //! SSH or a nurse at the bedside gateway's screen.
 //!
 //! It reads the daemon's [`LiveState`] over the live socket once a second (never files),
-//! draws it with ratatui on crossterm, fits an 80x24 terminal, and without colour
+//! draws it as plain text with ANSI escapes ([`screen`]), fits an 80x24 terminal, and without colour
 //! (`NO_COLOR`, see <https://no-color.org>) still says everything: priorities and bands are
 //! words (`HIGH`, `MED`, `LOW`), colour only repeats them. Keys: `q` (or Esc, Ctrl-C) quits,
 //! arrows select a device or patient for detail, `?` toggles help.
 //!
-//! [`view`] is pure (state in, frame out) and tested on ratatui's test backend; this module
-//! owns the terminal (raw mode and alternate screen, restored on exit and on panic).
+//! [`view`] is pure (state in, rows of styled text out) and unit-tested; [`terminal`] owns
+//! the terminal (raw mode and alternate screen, restored on exit and on panic).
 
+pub mod screen;
+pub mod terminal;
 pub mod view;
 
 use std::path::{Path, PathBuf};
@@ -17,9 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-
 use crate::live::{LiveClient, LiveState};
+use terminal::{Key, Terminal};
 
 /// How often the state is fetched.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -90,20 +91,17 @@ impl App {
     }
 
     /// Applies a key; returns false when it means quit.
-    pub fn key(&mut self, code: KeyCode, modifiers: KeyModifiers) -> bool {
-        match code {
-            KeyCode::Char('q') | KeyCode::Esc => return false,
-            KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return false,
-            KeyCode::Char('?') | KeyCode::Char('h') => self.help = !self.help,
-            KeyCode::Down | KeyCode::Char('j') | KeyCode::Right => {
+    pub fn key(&mut self, key: Key) -> bool {
+        match key {
+            Key::Char('q') | Key::Esc | Key::Ctrl('c') => return false,
+            Key::Char('?') | Key::Char('h') => self.help = !self.help,
+            Key::Down | Key::Char('j') | Key::Right => {
                 let n = self.rows().len();
                 if n > 0 {
                     self.selected = (self.selected + 1).min(n - 1);
                 }
             }
-            KeyCode::Up | KeyCode::Char('k') | KeyCode::Left => {
-                self.selected = self.selected.saturating_sub(1)
-            }
+            Key::Up | Key::Char('k') | Key::Left => self.selected = self.selected.saturating_sub(1),
             _ => {}
         }
         true
@@ -112,14 +110,13 @@ impl App {
 
 /// Runs the dashboard on this terminal until `q` (or `options.stop`).
 pub fn run(socket: &Path, options: TopOptions) -> Result<(), TopError> {
-    let mut terminal = ratatui::try_init().map_err(TopError::Terminal)?;
-    let result = event_loop(&mut terminal, socket.to_path_buf(), options);
-    ratatui::restore();
-    result
+    let mut terminal = Terminal::enter().map_err(TopError::Terminal)?;
+    // Dropping the terminal restores it, on an error as on `q`.
+    event_loop(&mut terminal, socket.to_path_buf(), options)
 }
 
 fn event_loop(
-    terminal: &mut ratatui::DefaultTerminal,
+    terminal: &mut Terminal,
     socket: PathBuf,
     options: TopOptions,
 ) -> Result<(), TopError> {
@@ -157,17 +154,17 @@ fn event_loop(
                 }
             }
         }
+        let (width, height) = terminal.size();
+        let rows = view::draw(&app, width, height);
         terminal
-            .draw(|f| view::draw(f, &app))
+            .draw(screen::frame(&rows, app.options.colour))
             .map_err(TopError::Terminal)?;
         let wait = next_fetch
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(250));
-        if event::poll(wait).map_err(TopError::Terminal)? {
-            if let Event::Key(k) = event::read().map_err(TopError::Terminal)? {
-                if k.kind == KeyEventKind::Press && !app.key(k.code, k.modifiers) {
-                    return Ok(());
-                }
+        if let Some(key) = terminal.key(wait).map_err(TopError::Terminal)? {
+            if !app.key(key) {
+                return Ok(());
             }
         }
     }

@@ -1,17 +1,13 @@
-//! Drawing `top`: [`App`] in, one frame out. Pure, so it is tested on ratatui's
-//! `TestBackend` at 80x24.
+//! Drawing `top`: [`App`] in, the screen's rows of styled text out. Pure, so it is tested
+//! at 80x24 without a terminal.
 //!
 //! Everything colour says is also written: priorities as `HIGH` / `MED` / `LOW`, NEWS2 bands
 //! as words, device states as words, the selected row with a `>` marker as well as reverse
 //! video. With colour off (`NO_COLOR`) no colour is emitted at all.
 
-use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Sparkline, Table, Wrap};
-use ratatui::Frame;
 use time::OffsetDateTime;
 
+use super::screen::{bordered, sparkline, table_row, wrap, Colour as Color, Line, Span, Style};
 use super::{App, Row};
 use crate::alerts::{Priority, RiskBand};
 use crate::live::health::{age, evaluate, human_secs, Verdict};
@@ -19,7 +15,7 @@ use crate::live::model::{DeviceLive, LiveState, PatientLive, ValueLive};
 use crate::live::report::{band_text, bytes};
 
 /// Rows given to the detail pane (with its border).
-const DETAIL_HEIGHT: u16 = 7;
+const DETAIL_HEIGHT: usize = 7;
 
 struct Paint {
     colour: bool,
@@ -27,23 +23,22 @@ struct Paint {
 
 impl Paint {
     fn fg(&self, c: Color) -> Style {
-        if self.colour {
-            Style::default().fg(c)
-        } else {
-            Style::default()
+        Style {
+            fg: self.colour.then_some(c),
+            ..Style::default()
         }
     }
 
-    fn priority(&self, p: Priority) -> Span<'static> {
+    fn priority(&self, p: Priority) -> Span {
         let (text, c) = match p {
             Priority::High => ("HIGH", Color::Red),
             Priority::Medium => ("MED ", Color::Yellow),
             Priority::Low => ("LOW ", Color::Cyan),
         };
-        Span::styled(text, self.fg(c).add_modifier(Modifier::BOLD))
+        Span::styled(text, self.fg(c).with_bold())
     }
 
-    fn band(&self, b: RiskBand) -> Span<'static> {
+    fn band(&self, b: RiskBand) -> Span {
         let c = match b {
             RiskBand::High => Color::Red,
             RiskBand::Medium | RiskBand::LowMedium => Color::Yellow,
@@ -52,7 +47,7 @@ impl Paint {
         Span::styled(band_text(b), self.fg(c))
     }
 
-    fn state(&self, s: &str) -> Span<'static> {
+    fn state(&self, s: &str) -> Span {
         let c = match s {
             "connected" => Color::Green,
             "starting" => Color::Yellow,
@@ -62,12 +57,11 @@ impl Paint {
     }
 }
 
-/// Draws the whole screen.
-pub fn draw(f: &mut Frame, app: &App) {
+/// The whole screen, `height` rows of `width` columns.
+pub fn draw(app: &App, width: usize, height: usize) -> Vec<Line> {
     let paint = Paint {
         colour: app.options.colour,
     };
-    let area = f.area();
     let Some(state) = &app.state else {
         let text = match &app.error {
             Some(e) => format!(
@@ -75,70 +69,76 @@ pub fn draw(f: &mut Frame, app: &App) {
             ),
             None => "vitalgate top: connecting to the daemon...".to_owned(),
         };
-        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: false }), area);
-        return;
+        let mut rows: Vec<Line> = text
+            .split('\n')
+            .flat_map(|l| {
+                let wrapped = wrap(&Line::raw(l), width);
+                if wrapped.is_empty() {
+                    vec![Line::default()]
+                } else {
+                    wrapped
+                }
+            })
+            .collect();
+        return fit(&mut rows, width, height);
     };
     let banner = app
         .error
         .as_ref()
         .map(|e| format!("STALE: {e}"))
         .or_else(|| app.options.banner.clone());
-    let rows_for_tables = area
-        .height
-        .saturating_sub(5 + u16::from(banner.is_some()) + DETAIL_HEIGHT + 1);
-    let device_rows =
-        (state.devices.len() as u16 + 1).min(rows_for_tables.saturating_sub(2).max(2));
-    let [header, uplink, outbox, rates, banner_area, devices, patients, detail, footer] =
-        Layout::vertical([
-            Constraint::Length(1),
-            Constraint::Length(1),
-            Constraint::Length(1),
-            Constraint::Length(1),
-            Constraint::Length(u16::from(banner.is_some())),
-            Constraint::Length(device_rows),
-            Constraint::Min(2),
-            Constraint::Length(DETAIL_HEIGHT),
-            Constraint::Length(1),
-        ])
-        .areas(area);
-    f.render_widget(Paragraph::new(header_line(state, app, &paint)), header);
-    f.render_widget(Paragraph::new(uplink_line(state, &paint)), uplink);
-    f.render_widget(Paragraph::new(outbox_line(state)), outbox);
-    draw_rates(f, rates, state, &paint);
+    let rows_for_tables =
+        height.saturating_sub(5 + usize::from(banner.is_some()) + DETAIL_HEIGHT + 1);
+    let device_rows = (state.devices.len() + 1).min(rows_for_tables.saturating_sub(2).max(2));
+    let patient_rows = height
+        .saturating_sub(4 + usize::from(banner.is_some()) + device_rows + DETAIL_HEIGHT + 1)
+        .max(2);
+    let mut rows = vec![
+        header_line(state, app, &paint),
+        uplink_line(state, &paint),
+        outbox_line(state),
+        rates_line(state, width, &paint),
+    ];
     if let Some(b) = banner {
         let style = if app.error.is_some() {
-            paint.fg(Color::Red).add_modifier(Modifier::BOLD)
+            paint.fg(Color::Red).with_bold()
         } else {
             paint.fg(Color::Magenta)
         };
-        f.render_widget(Paragraph::new(Span::styled(b, style)), banner_area);
+        rows.push(Line(vec![Span::styled(b, style)]));
     }
     let selected = app.selected_row();
-    draw_devices(f, devices, state, selected, &paint);
-    draw_patients(f, patients, state, selected, &paint);
-    if app.help {
-        draw_help(f, detail);
+    rows.extend(device_table(state, selected, &paint, width, device_rows));
+    rows.extend(patient_table(state, selected, &paint, width, patient_rows));
+    let detail = if app.help {
+        help_lines()
     } else {
-        draw_detail(f, detail, state, selected, &paint);
-    }
-    f.render_widget(
-        Paragraph::new(Line::from(vec![
-            Span::styled(" q", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw(" quit  "),
-            Span::styled("↑/↓", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw(" select device or patient  "),
-            Span::styled("?", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw(" help"),
-        ])),
-        footer,
-    );
+        detail_lines(state, selected, &paint)
+    };
+    rows.extend(bordered(&detail.0, &detail.1, width, DETAIL_HEIGHT));
+    let key = Style::bold();
+    rows.push(Line(vec![
+        Span::styled(" q", key),
+        Span::raw(" quit  "),
+        Span::styled("↑/↓", key),
+        Span::raw(" select device or patient  "),
+        Span::styled("?", key),
+        Span::raw(" help"),
+    ]));
+    fit(&mut rows, width, height)
+}
+
+/// Exactly `height` rows of `width` columns: cut, or padded with blank rows.
+fn fit(rows: &mut Vec<Line>, width: usize, height: usize) -> Vec<Line> {
+    rows.resize(height, Line::default());
+    rows.drain(..).map(|r| r.fitted(width)).collect()
 }
 
 fn clock(t: OffsetDateTime) -> String {
     format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
 }
 
-fn header_line(s: &LiveState, app: &App, paint: &Paint) -> Line<'static> {
+fn header_line(s: &LiveState, app: &App, paint: &Paint) -> Line {
     let health = evaluate(s, &app.options.thresholds);
     let (word, c) = match health.verdict {
         Verdict::Healthy => ("HEALTHY", Color::Green),
@@ -146,11 +146,8 @@ fn header_line(s: &LiveState, app: &App, paint: &Paint) -> Line<'static> {
         Verdict::Unreachable => ("UNREACHABLE", Color::Red),
     };
     Line::from(vec![
-        Span::styled(
-            format!(" vitalgate {} ", s.gateway),
-            Style::default().add_modifier(Modifier::BOLD),
-        ),
-        Span::styled(word, paint.fg(c).add_modifier(Modifier::BOLD)),
+        Span::styled(format!(" vitalgate {} ", s.gateway), Style::bold()),
+        Span::styled(word, paint.fg(c).with_bold()),
         Span::raw(format!(
             "  up {}  clock {}  {} UTC",
             human_secs((s.now - s.started_at).whole_seconds().max(0) as u64),
@@ -164,14 +161,14 @@ fn header_line(s: &LiveState, app: &App, paint: &Paint) -> Line<'static> {
     ])
 }
 
-fn uplink_line(s: &LiveState, paint: &Paint) -> Line<'static> {
+fn uplink_line(s: &LiveState, paint: &Paint) -> Line {
     let mut spans = vec![Span::raw(" uplink ")];
     match &s.uplink {
         Some(u) => {
             spans.push(if u.connected {
                 Span::styled("CONNECTED", paint.fg(Color::Green))
             } else {
-                Span::styled("DOWN", paint.fg(Color::Red).add_modifier(Modifier::BOLD))
+                Span::styled("DOWN", paint.fg(Color::Red).with_bold())
             });
             spans.push(Span::raw(format!(
                 " {}  {} sent",
@@ -182,10 +179,7 @@ fn uplink_line(s: &LiveState, paint: &Paint) -> Line<'static> {
                 let left = (t - s.now).whole_seconds();
                 let text = format!("  cert {} left", human_secs(left.max(0) as u64));
                 spans.push(if left <= 0 {
-                    Span::styled(
-                        "  cert EXPIRED",
-                        paint.fg(Color::Red).add_modifier(Modifier::BOLD),
-                    )
+                    Span::styled("  cert EXPIRED", paint.fg(Color::Red).with_bold())
                 } else if left < 30 * 86_400 {
                     Span::styled(text, paint.fg(Color::Yellow))
                 } else {
@@ -201,7 +195,7 @@ fn uplink_line(s: &LiveState, paint: &Paint) -> Line<'static> {
     Line::from(spans)
 }
 
-fn outbox_line(s: &LiveState) -> Line<'static> {
+fn outbox_line(s: &LiveState) -> Line {
     let o = &s.outbox;
     let oldest = o
         .oldest_undelivered
@@ -219,40 +213,22 @@ fn outbox_line(s: &LiveState) -> Line<'static> {
     ))
 }
 
-fn draw_rates(f: &mut Frame, area: Rect, s: &LiveState, paint: &Paint) {
-    let [l1, g1, l2, g2] = Layout::horizontal([
-        Constraint::Length(12),
-        Constraint::Fill(1),
-        Constraint::Length(12),
-        Constraint::Fill(1),
-    ])
-    .areas(area);
+/// Ingest and delivery per minute, each with a sparkline of the last hour's minutes.
+fn rates_line(s: &LiveState, width: usize, paint: &Paint) -> Line {
     let last = |v: &[u64]| v.last().copied().unwrap_or(0);
-    f.render_widget(
-        Paragraph::new(format!(" in {:>5}/m", last(&s.rates.ingest))),
-        l1,
+    let graphs = width.saturating_sub(24);
+    let (first, second) = (graphs / 2, graphs - graphs / 2);
+    let mut line = Line::raw(format!(" in {:>5}/m", last(&s.rates.ingest))).fitted(12);
+    line.0
+        .extend(sparkline(&s.rates.ingest, first, paint.fg(Color::Cyan)).0);
+    line.0.extend(
+        Line::raw(format!(" out {:>4}/m", last(&s.rates.delivery)))
+            .fitted(12)
+            .0,
     );
-    f.render_widget(
-        Sparkline::default()
-            .data(tail(&s.rates.ingest, g1.width))
-            .style(paint.fg(Color::Cyan)),
-        g1,
-    );
-    f.render_widget(
-        Paragraph::new(format!(" out {:>4}/m", last(&s.rates.delivery))),
-        l2,
-    );
-    f.render_widget(
-        Sparkline::default()
-            .data(tail(&s.rates.delivery, g2.width))
-            .style(paint.fg(Color::Green)),
-        g2,
-    );
-}
-
-/// The newest `width` buckets.
-fn tail(v: &[u64], width: u16) -> Vec<u64> {
-    v[v.len().saturating_sub(width as usize)..].to_vec()
+    line.0
+        .extend(sparkline(&s.rates.delivery, second, paint.fg(Color::Green)).0);
+    line
 }
 
 fn short_metric(m: &str) -> &str {
@@ -334,46 +310,65 @@ fn marker(on: bool) -> &'static str {
 }
 
 fn selected_style(on: bool) -> Style {
-    if on {
-        Style::default().add_modifier(Modifier::REVERSED)
-    } else {
-        Style::default()
+    Style {
+        reverse: on,
+        ..Style::default()
     }
 }
 
-fn draw_devices(f: &mut Frame, area: Rect, s: &LiveState, selected: Option<Row>, paint: &Paint) {
-    let rows = s.devices.iter().enumerate().map(|(i, d)| {
+/// A table's header row: bold and underlined.
+fn table_header(titles: &[&str], columns: &[usize], width: usize) -> Line {
+    let style = Style {
+        bold: true,
+        underline: true,
+        ..Style::default()
+    };
+    table_row(
+        titles.iter().map(|t| Line::raw(*t)).collect(),
+        columns,
+        width,
+    )
+    .patched(style)
+}
+
+const DEVICE_COLUMNS: [usize; 3] = [18, 12, 6];
+
+/// The device table, its header included, in `rows` rows.
+fn device_table(
+    s: &LiveState,
+    selected: Option<Row>,
+    paint: &Paint,
+    width: usize,
+    rows: usize,
+) -> Vec<Line> {
+    let mut out = vec![table_header(
+        &[" DEVICE", "STATE", "LAST", "LATEST VALUES"],
+        &DEVICE_COLUMNS,
+        width,
+    )];
+    out.extend(s.devices.iter().enumerate().map(|(i, d)| {
         let on = selected == Some(Row::Device(i));
         let last = d
             .last_data_at
             .map(|t| age(s.now, t))
             .unwrap_or_else(|| "-".into());
-        TableRow::new(vec![
-            Cell::from(format!("{}{}", marker(on), d.id)),
-            Cell::from(paint.state(&d.state)),
-            Cell::from(last),
-            Cell::from(glance(d)),
-        ])
-        .style(selected_style(on))
-    });
-    let header = TableRow::new(vec![" DEVICE", "STATE", "LAST", "LATEST VALUES"])
-        .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
-    f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(18),
-                Constraint::Length(12),
-                Constraint::Length(6),
-                Constraint::Fill(1),
+        table_row(
+            vec![
+                Line::raw(format!("{}{}", marker(on), d.id)),
+                Line(vec![paint.state(&d.state)]),
+                Line::raw(last),
+                Line::raw(glance(d)),
             ],
+            &DEVICE_COLUMNS,
+            width,
         )
-        .header(header),
-        area,
-    );
+        .patched(selected_style(on))
+    }));
+    out.resize(rows, Line::default());
+    out
 }
 
-fn alerts_summary(p: &PatientLive, paint: &Paint) -> Line<'static> {
+fn alerts_summary(p: &PatientLive, paint: &Paint) -> Line {
     let Some(top) = p.alerts.first() else {
         return Line::from("no open alerts");
     };
@@ -387,43 +382,49 @@ fn alerts_summary(p: &PatientLive, paint: &Paint) -> Line<'static> {
     Line::from(spans)
 }
 
-fn draw_patients(f: &mut Frame, area: Rect, s: &LiveState, selected: Option<Row>, paint: &Paint) {
-    let rows = s.patients.iter().enumerate().map(|(i, p)| {
+const PATIENT_COLUMNS: [usize; 3] = [28, 14, 5];
+
+/// The patient table, its header included, in `rows` rows.
+fn patient_table(
+    s: &LiveState,
+    selected: Option<Row>,
+    paint: &Paint,
+    width: usize,
+    rows: usize,
+) -> Vec<Line> {
+    let mut out = vec![table_header(
+        &[" PATIENT", "NEWS2", "OPEN", "HIGHEST ALERT"],
+        &PATIENT_COLUMNS,
+        width,
+    )];
+    out.extend(s.patients.iter().enumerate().map(|(i, p)| {
         let on = selected == Some(Row::Patient(i));
         let news2 = match &p.news2 {
-            Some(n) => Line::from(vec![
+            Some(n) => Line(vec![
                 Span::raw(format!("{:>2} ", n.total)),
                 paint.band(n.band),
             ]),
-            None => Line::from(" - incomplete"),
+            None => Line::raw(" - incomplete"),
         };
-        TableRow::new(vec![
-            Cell::from(format!("{}{}", marker(on), p.id)),
-            Cell::from(news2),
-            Cell::from(format!("{:>2}", p.alerts.len())),
-            Cell::from(alerts_summary(p, paint)),
-        ])
-        .style(selected_style(on))
-    });
-    let header = TableRow::new(vec![" PATIENT", "NEWS2", "OPEN", "HIGHEST ALERT"])
-        .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
-    f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(28),
-                Constraint::Length(14),
-                Constraint::Length(5),
-                Constraint::Fill(1),
+        table_row(
+            vec![
+                Line::raw(format!("{}{}", marker(on), p.id)),
+                news2,
+                Line::raw(format!("{:>2}", p.alerts.len())),
+                alerts_summary(p, paint),
             ],
+            &PATIENT_COLUMNS,
+            width,
         )
-        .header(header),
-        area,
-    );
+        .patched(selected_style(on))
+    }));
+    out.resize(rows, Line::default());
+    out
 }
 
-fn draw_detail(f: &mut Frame, area: Rect, s: &LiveState, selected: Option<Row>, paint: &Paint) {
-    let (title, lines): (String, Vec<Line>) = match selected {
+/// The detail box's title and lines for the selected device or patient.
+fn detail_lines(s: &LiveState, selected: Option<Row>, paint: &Paint) -> (String, Vec<Line>) {
+    match selected {
         Some(Row::Device(i)) => {
             let d = &s.devices[i];
             let mut lines = vec![Line::from(format!(
@@ -431,10 +432,10 @@ fn draw_detail(f: &mut Frame, area: Rect, s: &LiveState, selected: Option<Row>, 
                 d.patient, d.driver, d.frames, d.readings, d.decode_errors
             ))];
             if let Some(e) = &d.last_error {
-                lines.push(Line::from(Span::styled(
+                lines.push(Line(vec![Span::styled(
                     format!("last error: {e}"),
                     paint.fg(Color::Red),
-                )));
+                )]));
             }
             let values: Vec<String> = d.last_values.iter().map(value_text).collect();
             lines.push(Line::from(values.join("  ")));
@@ -467,25 +468,82 @@ fn draw_detail(f: &mut Frame, area: Rect, s: &LiveState, selected: Option<Row>, 
             (format!(" patient {} ", p.id), lines)
         }
         None => (" detail ".into(), vec![Line::from("no devices configured")]),
-    };
-    f.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
-            .block(Block::default().borders(Borders::ALL).title(title)),
-        area,
-    );
+    }
 }
 
-fn draw_help(f: &mut Frame, area: Rect) {
-    let lines = vec![
-        Line::from("q / Esc  quit (the daemon keeps running)"),
-        Line::from("↑ ↓      select a device or a patient; the box shows its detail"),
-        Line::from("?        this help.   Priorities: HIGH > MED > LOW; NEWS2 bands:"),
-        Line::from("         low, low-medium (a single 3), MEDIUM (5-6), HIGH (7+)"),
-        Line::from("Data: the daemon's live socket, refreshed every second."),
+/// The help box's title and lines.
+fn help_lines() -> (String, Vec<Line>) {
+    let lines = [
+        "q / Esc  quit (the daemon keeps running)",
+        "↑ ↓      select a device or a patient; the box shows its detail",
+        "?        this help.   Priorities: HIGH > MED > LOW; NEWS2 bands:",
+        "         low, low-medium (a single 3), MEDIUM (5-6), HIGH (7+)",
+        "Data: the daemon's live socket, refreshed every second.",
     ];
-    f.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" help ")),
-        area,
-    );
+    (" help ".into(), lines.into_iter().map(Line::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::health::tests::healthy;
+    use crate::top::TopOptions;
+
+    fn app(state: Option<LiveState>, colour: bool) -> App {
+        App {
+            state,
+            options: TopOptions {
+                colour,
+                ..TopOptions::default()
+            },
+            ..App::default()
+        }
+    }
+
+    fn texts(rows: &[Line]) -> Vec<String> {
+        rows.iter().map(Line::text).collect()
+    }
+
+    #[test]
+    fn the_screen_is_exactly_its_size_whatever_the_state() {
+        for (w, h) in [(80, 24), (120, 40), (40, 10), (1, 1)] {
+            for state in [None, Some(healthy())] {
+                let rows = draw(&app(state, true), w, h);
+                assert_eq!(rows.len(), h);
+                assert!(rows.iter().all(|r| r.width() == w), "{:?}", texts(&rows));
+            }
+        }
+    }
+
+    #[test]
+    fn at_80x24_the_footer_is_the_last_row_and_the_device_row_is_selected() {
+        let rows = texts(&draw(&app(Some(healthy()), false), 80, 24));
+        assert!(rows[23].starts_with(" q quit"), "{rows:#?}");
+        assert!(rows[0].contains("HEALTHY"), "{rows:#?}");
+        let device = rows
+            .iter()
+            .find(|r| r.starts_with(">ox-1"))
+            .expect("device row");
+        assert!(device.contains("connected"), "{device}");
+        assert!(
+            rows.iter().any(|r| r.starts_with("┌ device ox-1 ")),
+            "{rows:#?}"
+        );
+    }
+
+    #[test]
+    fn without_a_daemon_the_screen_says_so_and_how_to_quit() {
+        let mut a = app(None, false);
+        a.error = Some("connection refused: is the daemon running?".into());
+        let rows = texts(&draw(&a, 80, 24));
+        assert_eq!(rows[0].trim_end(), "vitalgate top: cannot reach the daemon");
+        assert!(rows.iter().any(|r| r.contains("q quits")), "{rows:#?}");
+    }
+
+    #[test]
+    fn a_selected_row_is_reversed_and_marked() {
+        let rows = draw(&app(Some(healthy()), false), 80, 24);
+        let device = rows.iter().find(|r| r.text().starts_with(">ox-1")).unwrap();
+        assert!(device.0.iter().all(|s| s.style.reverse), "{device:?}");
+    }
 }
