@@ -316,22 +316,32 @@ fn selected_style(on: bool) -> Style {
     }
 }
 
-/// A table's header row: bold and underlined.
-fn table_header(titles: &[&str], columns: &[usize], width: usize) -> Line {
-    let style = Style {
+/// A table in `rows` rows: the bold, underlined header, then one row per entry (the selected
+/// one in reverse video), cut or padded with blank rows.
+fn table(
+    titles: &[&str],
+    columns: &[usize],
+    entries: impl Iterator<Item = (bool, Vec<Line>)>,
+    width: usize,
+    rows: usize,
+) -> Vec<Line> {
+    let header = Style {
         bold: true,
         underline: true,
         ..Style::default()
     };
-    table_row(
+    let mut out = vec![table_row(
         titles.iter().map(|t| Line::raw(*t)).collect(),
         columns,
         width,
     )
-    .patched(style)
+    .patched(header)];
+    out.extend(
+        entries.map(|(on, cells)| table_row(cells, columns, width).patched(selected_style(on))),
+    );
+    out.resize(rows, Line::default());
+    out
 }
-
-const DEVICE_COLUMNS: [usize; 3] = [18, 12, 6];
 
 /// The device table, its header included, in `rows` rows.
 fn device_table(
@@ -341,31 +351,27 @@ fn device_table(
     width: usize,
     rows: usize,
 ) -> Vec<Line> {
-    let mut out = vec![table_header(
-        &[" DEVICE", "STATE", "LAST", "LATEST VALUES"],
-        &DEVICE_COLUMNS,
-        width,
-    )];
-    out.extend(s.devices.iter().enumerate().map(|(i, d)| {
+    let entries = s.devices.iter().enumerate().map(|(i, d)| {
         let on = selected == Some(Row::Device(i));
         let last = d
             .last_data_at
             .map(|t| age(s.now, t))
             .unwrap_or_else(|| "-".into());
-        table_row(
-            vec![
-                Line::raw(format!("{}{}", marker(on), d.id)),
-                Line(vec![paint.state(&d.state)]),
-                Line::raw(last),
-                Line::raw(glance(d)),
-            ],
-            &DEVICE_COLUMNS,
-            width,
-        )
-        .patched(selected_style(on))
-    }));
-    out.resize(rows, Line::default());
-    out
+        let cells = vec![
+            Line::raw(format!("{}{}", marker(on), d.id)),
+            Line(vec![paint.state(&d.state)]),
+            Line::raw(last),
+            Line::raw(glance(d)),
+        ];
+        (on, cells)
+    });
+    table(
+        &[" DEVICE", "STATE", "LAST", "LATEST VALUES"],
+        &[18, 12, 6],
+        entries,
+        width,
+        rows,
+    )
 }
 
 fn alerts_summary(p: &PatientLive, paint: &Paint) -> Line {
@@ -382,8 +388,6 @@ fn alerts_summary(p: &PatientLive, paint: &Paint) -> Line {
     Line::from(spans)
 }
 
-const PATIENT_COLUMNS: [usize; 3] = [28, 14, 5];
-
 /// The patient table, its header included, in `rows` rows.
 fn patient_table(
     s: &LiveState,
@@ -392,12 +396,7 @@ fn patient_table(
     width: usize,
     rows: usize,
 ) -> Vec<Line> {
-    let mut out = vec![table_header(
-        &[" PATIENT", "NEWS2", "OPEN", "HIGHEST ALERT"],
-        &PATIENT_COLUMNS,
-        width,
-    )];
-    out.extend(s.patients.iter().enumerate().map(|(i, p)| {
+    let entries = s.patients.iter().enumerate().map(|(i, p)| {
         let on = selected == Some(Row::Patient(i));
         let news2 = match &p.news2 {
             Some(n) => Line(vec![
@@ -406,20 +405,21 @@ fn patient_table(
             ]),
             None => Line::raw(" - incomplete"),
         };
-        table_row(
-            vec![
-                Line::raw(format!("{}{}", marker(on), p.id)),
-                news2,
-                Line::raw(format!("{:>2}", p.alerts.len())),
-                alerts_summary(p, paint),
-            ],
-            &PATIENT_COLUMNS,
-            width,
-        )
-        .patched(selected_style(on))
-    }));
-    out.resize(rows, Line::default());
-    out
+        let cells = vec![
+            Line::raw(format!("{}{}", marker(on), p.id)),
+            news2,
+            Line::raw(format!("{:>2}", p.alerts.len())),
+            alerts_summary(p, paint),
+        ];
+        (on, cells)
+    });
+    table(
+        &[" PATIENT", "NEWS2", "OPEN", "HIGHEST ALERT"],
+        &[28, 14, 5],
+        entries,
+        width,
+        rows,
+    )
 }
 
 /// The detail box's title and lines for the selected device or patient.
