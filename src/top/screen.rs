@@ -115,10 +115,19 @@ impl Line {
         self.0.iter().map(|s| s.text.as_str()).collect()
     }
 
-    /// Cut to `width` columns, then padded with spaces to it.
+    /// Cut to `width` columns, then padded with spaces to it. A control character (an
+    /// escape sequence in a device's error text, say) is shown as `?`, never sent to the
+    /// terminal, where it could move the cursor, retitle the window or worse.
     pub fn fitted(mut self, width: usize) -> Line {
         let mut left = width;
         for span in &mut self.0 {
+            if span.text.contains(char::is_control) {
+                span.text = span
+                    .text
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+            }
             let n = span.text.chars().count();
             if n > left {
                 span.text = span.text.chars().take(left).collect();
@@ -308,13 +317,19 @@ pub fn bordered(title: &str, lines: &[Line], width: usize, height: usize) -> Vec
 }
 
 /// The escapes that draw `rows` as the whole screen from its top left corner: each row
-/// styled, the rest of each row and of the screen cleared.
+/// styled, the rest of each row and of the screen cleared. The rows are [`Line::fitted`]'s,
+/// so no control character in them reaches the terminal.
 pub fn frame(rows: &[Line], colour: bool) -> String {
     let mut out = String::from("\x1b[H");
     for (i, row) in rows.iter().enumerate() {
         let _ = write!(out, "\x1b[{};1H", i + 1);
+        // A style is set where it changes, not before every span.
+        let mut current = None;
         for span in &row.0 {
-            span.style.sgr(colour, &mut out);
+            if current != Some(span.style) {
+                span.style.sgr(colour, &mut out);
+                current = Some(span.style);
+            }
             out.push_str(&span.text);
         }
         out.push_str("\x1b[0m\x1b[K");
@@ -332,6 +347,25 @@ mod tests {
         let line = Line(vec![Span::raw("abc"), Span::styled("def", Style::bold())]);
         assert_eq!(line.clone().fitted(4).text(), "abcd");
         assert_eq!(line.fitted(8).text(), "abcdef  ");
+    }
+
+    #[test]
+    fn control_characters_in_text_never_reach_the_terminal() {
+        let hostile = Line::raw("probe \x1b]0;owned\x07\x1b[2J\r\nend");
+        let drawn = frame(&[hostile.fitted(40)], true);
+        // Only the frame's own escapes: cursor moves, styles, clears.
+        let escapes: Vec<&str> = drawn.split('\x1b').skip(1).collect();
+        assert!(
+            escapes
+                .iter()
+                .all(|e| e.starts_with('[') && !e.starts_with("[2J")),
+            "{drawn:?}"
+        );
+        assert!(
+            !drawn.contains('\x07') && !drawn.contains('\r'),
+            "{drawn:?}"
+        );
+        assert!(drawn.contains("probe ?]0;owned??[2J??end"), "{drawn:?}");
     }
 
     #[test]

@@ -541,6 +541,16 @@ mod tests {
     }
 
     #[test]
+    fn a_device_error_with_escape_sequences_is_drawn_inert() {
+        let mut state = healthy();
+        state.devices[0].last_error = Some("bad frame \x1b]52;c;cGF5bG9hZA==\x07\x1b[2J".into());
+        let rows = draw(&app(Some(state), true), 80, 24);
+        let drawn = crate::top::screen::frame(&rows, true);
+        assert!(drawn.contains("last error: bad frame ?]52;c;"), "{drawn:?}");
+        assert!(!drawn.contains("\x1b]") && !drawn.contains("\x1b[2J") && !drawn.contains('\x07'));
+    }
+
+    #[test]
     fn a_selected_row_is_reversed_and_marked() {
         let rows = draw(&app(Some(healthy()), false), 80, 24);
         let device = rows.iter().find(|r| r.text().starts_with(">ox-1")).unwrap();
