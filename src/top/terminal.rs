@@ -54,10 +54,14 @@ impl Terminal {
         })
     }
 
-    /// Columns and rows (80x24 when the terminal does not say).
+    /// Columns and rows (80x24 when the terminal does not say), at most 1000x500: every
+    /// frame is built whole, and a window the size of a wall needs no more.
     pub fn size(&self) -> (usize, usize) {
         match tcgetwinsize(io::stdout()) {
-            Ok(w) if w.ws_col > 0 && w.ws_row > 0 => (usize::from(w.ws_col), usize::from(w.ws_row)),
+            Ok(w) if w.ws_col > 0 && w.ws_row > 0 => (
+                usize::from(w.ws_col).min(1000),
+                usize::from(w.ws_row).min(500),
+            ),
             _ => (80, 24),
         }
     }
