@@ -2,10 +2,10 @@
 //! SSH or a nurse at the bedside gateway's screen.
 //!
 //! It reads the daemon's [`LiveState`] over the live socket once a second (never files),
-//! draws it as plain text with ANSI escapes ([`screen`]), fits an 80x24 terminal, and without colour
-//! (`NO_COLOR`, see <https://no-color.org>) still says everything: priorities and bands are
-//! words (`HIGH`, `MED`, `LOW`), colour only repeats them. Keys: `q` (or Esc, Ctrl-C) quits,
-//! arrows select a device or patient for detail, `?` toggles help.
+//! draws it as plain text with ANSI escapes ([`screen`]), fits an 80x24 terminal, and
+//! without colour (`NO_COLOR`, see <https://no-color.org>) still says everything: priorities
+//! and bands are words (`HIGH`, `MED`, `LOW`), colour only repeats them. Keys: `q` (or Esc,
+//! Ctrl-C) quits, arrows select a device or patient for detail, `?` toggles help.
 //!
 //! [`view`] is pure (state in, rows of styled text out) and unit-tested; [`terminal`] owns
 //! the terminal (raw mode and alternate screen, restored on exit and on panic).

@@ -46,12 +46,14 @@ impl Terminal {
         *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
         install_panic_restore();
         tcsetattr(stdin, OptionalActions::Flush, &raw)?;
+        // Built before anything else can fail, so that its drop restores the settings.
+        let terminal = Terminal {
+            last_frame: String::new(),
+        };
         let mut out = io::stdout().lock();
         out.write_all(ENTER.as_bytes())?;
         out.flush()?;
-        Ok(Terminal {
-            last_frame: String::new(),
-        })
+        Ok(terminal)
     }
 
     /// Columns and rows (80x24 when the terminal does not say), at most 1000x500: every
