@@ -115,24 +115,15 @@ impl Line {
         self.0.iter().map(|s| s.text.as_str()).collect()
     }
 
-    /// Cut to `width` columns, then padded with spaces to it. A control character (an
-    /// escape sequence in a device's error text, say) is shown as `?`, never sent to the
-    /// terminal, where it could move the cursor, retitle the window or worse.
+    /// Cut to `width` columns, then padded with spaces to it.
     pub fn fitted(mut self, width: usize) -> Line {
         let mut left = width;
         for span in &mut self.0 {
-            if span.text.contains(char::is_control) {
-                span.text = span
-                    .text
-                    .chars()
-                    .map(|c| if c.is_control() { '?' } else { c })
-                    .collect();
-            }
             let n = span.text.chars().count();
             if n > left {
                 span.text = span.text.chars().take(left).collect();
             }
-            left -= span.text.chars().count();
+            left -= n.min(left);
         }
         self.0.retain(|s| !s.text.is_empty());
         if left > 0 {
@@ -317,8 +308,10 @@ pub fn bordered(title: &str, lines: &[Line], width: usize, height: usize) -> Vec
 }
 
 /// The escapes that draw `rows` as the whole screen from its top left corner: each row
-/// styled, the rest of each row and of the screen cleared. The rows are [`Line::fitted`]'s,
-/// so no control character in them reaches the terminal.
+/// styled, the rest of each row and of the screen cleared. A control character in the text
+/// (an escape sequence in a device's error, say) is written as `?`: only this function's own
+/// escapes reach the terminal, where others could move the cursor, retitle the window or
+/// worse.
 pub fn frame(rows: &[Line], colour: bool) -> String {
     let mut out = String::from("\x1b[H");
     for (i, row) in rows.iter().enumerate() {
@@ -330,7 +323,11 @@ pub fn frame(rows: &[Line], colour: bool) -> String {
                 span.style.sgr(colour, &mut out);
                 current = Some(span.style);
             }
-            out.push_str(&span.text);
+            out.extend(
+                span.text
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c }),
+            );
         }
         out.push_str("\x1b[0m\x1b[K");
     }

@@ -69,30 +69,22 @@ pub fn draw(app: &App, width: usize, height: usize) -> Vec<Line> {
             ),
             None => "vitalgate top: connecting to the daemon...".to_owned(),
         };
-        let mut rows: Vec<Line> = text
+        let rows = text
             .split('\n')
-            .flat_map(|l| {
-                let wrapped = wrap(&Line::raw(l), width);
-                if wrapped.is_empty() {
-                    vec![Line::default()]
-                } else {
-                    wrapped
-                }
-            })
+            .flat_map(|l| wrap(&Line::raw(l), width))
             .collect();
-        return fit(&mut rows, width, height);
+        return fit(rows, width, height);
     };
     let banner = app
         .error
         .as_ref()
         .map(|e| format!("STALE: {e}"))
         .or_else(|| app.options.banner.clone());
-    let rows_for_tables =
-        height.saturating_sub(5 + usize::from(banner.is_some()) + DETAIL_HEIGHT + 1);
+    // Four status rows, the banner, the detail box and the footer; the tables share the rest.
+    let fixed = 4 + usize::from(banner.is_some()) + DETAIL_HEIGHT + 1;
+    let rows_for_tables = height.saturating_sub(fixed + 1);
     let device_rows = (state.devices.len() + 1).min(rows_for_tables.saturating_sub(2).max(2));
-    let patient_rows = height
-        .saturating_sub(4 + usize::from(banner.is_some()) + device_rows + DETAIL_HEIGHT + 1)
-        .max(2);
+    let patient_rows = height.saturating_sub(fixed + device_rows).max(2);
     let mut rows = vec![
         header_line(state, app, &paint),
         uplink_line(state, &paint),
@@ -125,13 +117,13 @@ pub fn draw(app: &App, width: usize, height: usize) -> Vec<Line> {
         Span::styled("?", key),
         Span::raw(" help"),
     ]));
-    fit(&mut rows, width, height)
+    fit(rows, width, height)
 }
 
 /// Exactly `height` rows of `width` columns: cut, or padded with blank rows.
-fn fit(rows: &mut Vec<Line>, width: usize, height: usize) -> Vec<Line> {
+fn fit(mut rows: Vec<Line>, width: usize, height: usize) -> Vec<Line> {
     rows.resize(height, Line::default());
-    rows.drain(..).map(|r| r.fitted(width)).collect()
+    rows.into_iter().map(|r| r.fitted(width)).collect()
 }
 
 fn clock(t: OffsetDateTime) -> String {
