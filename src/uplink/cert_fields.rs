@@ -116,14 +116,16 @@ fn time_of(
     if rest[10] != b'Z' {
         return Err(bad);
     }
-    let field = |i: usize| digits(&rest[i..i + 2]).ok_or(bad.clone());
-    let month = Month::try_from(u8::try_from(field(0)?).map_err(|_| bad.clone())?)
-        .map_err(|_| bad.clone())?;
+    // Two ASCII digits: always below 100, so a u8.
+    let field = |i: usize| {
+        digits(&rest[i..i + 2])
+            .and_then(|v| u8::try_from(v).ok())
+            .ok_or(bad.clone())
+    };
+    let month = Month::try_from(field(0)?).map_err(|_| bad.clone())?;
     let year = i32::try_from(year).map_err(|_| bad.clone())?;
-    let small = |v: u32| u8::try_from(v).map_err(|_| bad.clone());
-    let date = Date::from_calendar_date(year, month, small(field(2)?)?).map_err(|_| bad.clone())?;
-    let time = Time::from_hms(small(field(4)?)?, small(field(6)?)?, small(field(8)?)?)
-        .map_err(|_| bad.clone())?;
+    let date = Date::from_calendar_date(year, month, field(2)?).map_err(|_| bad.clone())?;
+    let time = Time::from_hms(field(4)?, field(6)?, field(8)?).map_err(|_| bad.clone())?;
     Ok(PrimitiveDateTime::new(date, time).assume_utc())
 }
 
