@@ -15,6 +15,7 @@
 //! - [`alerts`]: the clinical rules engine (NEWS2, thresholds, technical alarms).
 //! - [`fhir`]: Reading -> UK Core Observation JSON.
 //! - [`uplink`]: MQTT session and publisher.
+//! - [`crash`]: what a panic was doing, and what the next start does about it.
 //! - [`daemon`]: wires the tasks together for `vitalgate run` and `vitalgate demo`.
 //! - `demo` (cargo feature `demo`, in the default features, left out of the Debian packages):
 //!   `vitalgate demo`: certificates, its own broker, a platform subscriber, the view.
@@ -23,6 +24,7 @@ pub mod alerts;
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;

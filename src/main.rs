@@ -477,6 +477,9 @@ const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_se
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
+            // A panic is a bug: the hook records what it struck (once `serve` arms it) and
+            // aborts, in every build; the next start acts on it (vitalgate::crash).
+            vitalgate::crash::install_hook();
             // Signal handlers first: a SIGTERM (or SIGHUP) that arrives while the config,
             // key and outbox are being opened must mean "stop cleanly", not the default
             // action of killing the process mid-start.

@@ -301,6 +301,9 @@ impl DeviceCtx {
 
 async fn run_device(ctx: DeviceCtx, resume_offset: Option<u64>) {
     let id = ctx.device_id.clone();
+    if !wait_out_crash_pause(&ctx.registry, &id, &ctx.token).await {
+        return;
+    }
     let result = if ctx.cfg.driver == "sim" {
         run_sim(&ctx).await
     } else {
@@ -313,6 +316,37 @@ async fn run_device(ctx: DeviceCtx, resume_offset: Option<u64>) {
             d.last_error = Some(e.to_string());
         });
     }
+}
+
+/// A device whose decoding crashed the gateway twice within the hour ([`crate::crash`]) waits,
+/// shown as `paused` with the reason, until its pause ends; the other devices run meanwhile.
+/// `false`: stopped while waiting.
+pub(crate) async fn wait_out_crash_pause(
+    registry: &Registry,
+    id: &str,
+    token: &CancellationToken,
+) -> bool {
+    let now = OffsetDateTime::now_utc();
+    let Some(until) = crate::crash::recovered().device_paused_until(id, now) else {
+        return true;
+    };
+    let reason = crate::crash::pause_reason(until);
+    tracing::error!(device = %id, %reason, "device paused");
+    registry.update(id, |d| {
+        d.state = LinkState::Paused;
+        d.last_error = Some(reason.clone());
+    });
+    let wait = Duration::try_from(until - now).unwrap_or_default();
+    tokio::select! {
+        _ = token.cancelled() => return false,
+        _ = tokio::time::sleep(wait) => {}
+    }
+    tracing::info!(device = %id, "device pause over; starting it again");
+    registry.update(id, |d| {
+        d.state = LinkState::Starting;
+        d.last_error = None;
+    });
+    true
 }
 
 async fn run_sim(ctx: &DeviceCtx) -> Result<(), ingest::IngestError> {
@@ -427,7 +461,9 @@ async fn run_stream(
                 let mut pos = 0;
                 let (mut frames, mut readings, mut errors) = (0u64, 0u64, 0u64);
                 while pos < buf.len() {
-                    match decoder.feed(buf.get(pos..).unwrap_or_default()) {
+                    let input = buf.get(pos..).unwrap_or_default();
+                    let device = crate::crash::Current::Device(ctx.device_id.clone());
+                    match crate::crash::during(device, || decoder.feed(input)) {
                         Step::NeedMore => break,
                         Step::Frame {
                             consumed,

@@ -46,6 +46,8 @@ pub struct Hl7Counters {
     pub unbound: AtomicU64,
     pub identity_conflicts: AtomicU64,
     pub ingest_failures: AtomicU64,
+    /// Messages refused because decoding them crashed the gateway before (`crate::crash`).
+    pub crashed_decoding: AtomicU64,
     pub released_readings: AtomicU64,
 }
 
@@ -136,6 +138,7 @@ impl Hl7Shared {
                 "unbound": g(&c.unbound),
                 "identity_conflicts": g(&c.identity_conflicts),
                 "ingest_failures": g(&c.ingest_failures),
+                "crashed_decoding": g(&c.crashed_decoding),
             },
             "readings_committed": g(&c.readings_committed),
             "rows_skipped": g(&c.rows_skipped),
@@ -246,7 +249,25 @@ impl Service {
                 };
             }
         };
-        let verdict = match hl7::decode(&text, self.zone) {
+        // A message that crashed decoding (a bug) is named by its digest only; sent again, it
+        // is refused instead of crashing the gateway again (crate::crash).
+        let digest = crate::crash::hl7_digest(&payload);
+        if crate::crash::recovered().hl7_message_crashed(&digest) {
+            c.crashed_decoding.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%peer, sender = %header.sending_application, control_id = %header.control_id, %digest, "hl7: message refused: decoding it crashed the gateway before (a bug: please report it)");
+            let verdict = Verdict::Reject {
+                code: ("207", "Application internal error"),
+                text: "decoding this message crashed the gateway (a bug): not stored; please report it".into(),
+            };
+            return Reply {
+                ack: ack::build(&header, &verdict, &stamp).map(String::into_bytes),
+                strike: false,
+            };
+        }
+        let decoded = crate::crash::during(crate::crash::Current::Hl7(digest), || {
+            hl7::decode(&text, self.zone)
+        });
+        let verdict = match decoded {
             Err(refusal) => {
                 let counter = match &refusal {
                     Refusal::DemoData(_) => &c.demo_rejected,

@@ -189,6 +189,13 @@ pub async fn run(
         );
     }
     outbox.set_key_rotation_days(config.store.key_rotation_days);
+    // A row the previous run crashed rendering is quarantined, not rendered again
+    // (crate::crash). A later generation finds it moved already.
+    if let Some(row) = crate::crash::recovered().row_to_quarantine() {
+        if let Err(e) = outbox.quarantine_row(row, crate::crash::RENDER_PANIC_REASON) {
+            tracing::error!(row_id = row, error = %e, "cannot quarantine the row that crashed rendering; it will be tried again");
+        }
+    }
     if let Some(h) = outbox.master_handover() {
         audit.note("master_key_handover", serde_json::json!({ "outcome": h }));
     }

@@ -52,6 +52,7 @@ pub async fn serve(
     super::create_private_dir(&local.gateway.state_dir)?;
     let mut _instance = super::instance_lock::InstanceLock::acquire(&local.gateway.state_dir)?;
     let mut audit = Arc::new(AuditLog::open(&local.gateway.state_dir, &master)?);
+    recover_from_crash(&local.gateway.state_dir, &audit);
     let hl7 = Arc::new(super::hl7::Hl7Shared::default()); // held readings outlive a reload
                                                           // Lives across generations: `restart-uplink` notifies it whichever pipeline runs.
     let certs = Arc::new(Notify::new());
@@ -328,4 +329,62 @@ fn note_log_level(config: &Config, audit: &AuditLog) {
         tracing::info!(%level, "log level changed");
         audit.note("log_level_changed", serde_json::json!({"level": level}));
     }
+}
+
+/// Acts on the breadcrumb of a run that ended on a panic ([`crate::crash`]): says what struck
+/// and what is done about it in the journal and the audit log, then arms the hook so a panic
+/// in this run leaves a breadcrumb in turn. Called with the instance lock held.
+fn recover_from_crash(state_dir: &std::path::Path, audit: &AuditLog) {
+    use crate::crash::{self, Work};
+    let recovery = crash::recover(state_dir);
+    for problem in &recovery.problems {
+        tracing::warn!(%problem, "crash records");
+    }
+    if let Some(last) = &recovery.last {
+        let now = time::OffsetDateTime::now_utc();
+        let action = match &last.work {
+            Some(Work::RenderingRow(id)) => {
+                format!("row {id} is quarantined: {}", crash::RENDER_PANIC_REASON)
+            }
+            Some(Work::DecodingDevice(device)) => match recovery.device_paused_until(device, now) {
+                Some(until) => format!(
+                    "device {device:?} crashed the gateway {} times within {} min: paused until {}",
+                    crash::DEVICE_CRASHES_TO_PAUSE,
+                    crash::DEVICE_CRASH_WINDOW.whole_minutes(),
+                    crate::status::rfc3339(until)
+                ),
+                None => format!(
+                    "device {device:?} runs again; a second crash within {} min pauses it",
+                    crash::DEVICE_CRASH_WINDOW.whole_minutes()
+                ),
+            },
+            Some(Work::DecodingHl7(_)) => {
+                "that HL7 message is answered with an error ACK if it is sent again".into()
+            }
+            None => "none (the panic was in no row, device or message): restarted".into(),
+        };
+        let day = recovery.crashes_since(now - time::Duration::hours(24));
+        let work = last.work.as_ref().map(crash::describe);
+        tracing::error!(
+            at = %crate::status::rfc3339(last.at),
+            location = %last.location,
+            thread = %last.thread,
+            work = work.as_deref().unwrap_or("unnamed"),
+            %action,
+            crashes_last_24h = day,
+            "the previous run stopped on a panic (a bug: please report it)"
+        );
+        let details = serde_json::json!({
+            "at": crate::status::rfc3339(last.at),
+            "location": last.location,
+            "thread": last.thread,
+            "work": last.work,
+            "action": action,
+            "crashes_last_24h": day,
+        });
+        if let Err(e) = audit.record("crash_recovered", details) {
+            tracing::error!(error = %e, "cannot audit the crash recovery");
+        }
+    }
+    crash::arm(state_dir, recovery);
 }

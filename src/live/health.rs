@@ -89,7 +89,7 @@ pub struct Health {
 }
 
 /// Device states that mean nothing is arriving.
-const SILENT_STATES: [&str; 3] = ["no_data", "disconnected", "unavailable"];
+const SILENT_STATES: [&str; 4] = ["no_data", "disconnected", "unavailable", "paused"];
 
 /// Judges `state` against `limits`.
 pub fn evaluate(state: &LiveState, limits: &StatusThresholds) -> Health {

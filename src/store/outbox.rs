@@ -942,6 +942,24 @@ impl Outbox {
         }
     }
 
+    /// Moves a row the previous run crashed rendering ([`crate::crash`]) to quarantine: kept,
+    /// never sent, counted in `status` and audited, as a row that fails authentication is.
+    /// `Ok(false)`: the outbox does not hold it (already moved).
+    pub fn quarantine_row(&mut self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let held: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(self.sql_err())?;
+        if held {
+            self.quarantine(id, reason)?;
+        }
+        Ok(held)
+    }
+
     /// Moves a row that failed authentication to the quarantine table (kept, never dropped).
     fn quarantine(&mut self, id: i64, reason: &str) -> Result<(), StoreError> {
         let now = ms(OffsetDateTime::now_utc());
@@ -988,7 +1006,7 @@ impl Outbox {
         tracing::error!(
             row_id = id,
             reason,
-            "outbox record failed authentication; moved to quarantine"
+            "outbox record moved to quarantine (kept, never sent)"
         );
         self.quarantined_now.push(Quarantined {
             id,

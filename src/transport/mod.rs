@@ -57,6 +57,9 @@ pub enum LinkState {
     Disconnected,
     /// The transport cannot work on this host (e.g. no Bluetooth adapter).
     Unavailable,
+    /// Not started: decoding its input crashed the gateway (a bug, `crate::crash`); it is
+    /// tried again when the pause its `last_error` names ends.
+    Paused,
 }
 
 /// Tests that make pseudo-terminals take this lock: pty numbers are reused as soon as one is

@@ -20,10 +20,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. a debug build's
+    /// `VITALGATE_INJECT_PANIC`, tests/crash_recovery.rs).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -296,8 +296,15 @@ impl RenderContext {
     /// Renders a batch in order on the calling thread.
     pub(crate) fn render_rows(&self, rows: Vec<(i64, Record)>) -> Vec<Rendered> {
         rows.into_iter()
-            .map(|(id, rec)| (id, self.render(&rec)))
+            .map(|(id, rec)| (id, self.render_row(id, &rec)))
             .collect()
+    }
+
+    /// Renders one row, named as the thread's work: a panic in it (a bug) leaves a breadcrumb
+    /// that makes the next start hold this row instead of crashing on it again
+    /// ([`crate::crash`], HAZ-16).
+    fn render_row(&self, id: i64, rec: &Record) -> Result<Vec<u8>, String> {
+        crate::crash::during(crate::crash::Current::Row(id), || self.render(rec))
     }
 
     /// Renders a batch in order. Large batches are split over two threads: when the
@@ -311,20 +318,16 @@ impl RenderContext {
             let helper = scope.spawn(|| {
                 second
                     .iter()
-                    .map(|(id, rec)| (*id, self.render(rec)))
+                    .map(|(id, rec)| (*id, self.render_row(*id, rec)))
                     .collect::<Vec<_>>()
             });
             let mut out = self.render_rows(rows);
-            match helper.join() {
-                Ok(rest) => out.extend(rest),
-                // A panic while rendering is a bug; report those rows rather than lose them.
-                Err(_) => out.extend(second.iter().map(|(id, _)| {
-                    (
-                        *id,
-                        Err("rendering panicked (a bug): kept, please report".into()),
-                    )
-                })),
-            }
+            // The daemon aborts on a panic (crate::crash); elsewhere (tests) it goes on up.
+            out.extend(
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
             out
         })
     }

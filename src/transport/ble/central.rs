@@ -1,6 +1,7 @@
 //! The btleplug side of the central: adapter, scan loop, watchdog, and one session task per
 //! connected device (see the module docs in `mod.rs`).
 
+use crate::crash;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -452,6 +453,14 @@ impl<S: BleSink> SessionCtx<S> {
     async fn run(self, peripheral: Peripheral) -> Duration {
         let id = self.device().id.clone();
         let address = self.device().address.clone();
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(until) = crate::crash::recovered().device_paused_until(&id, now) {
+            // Its decoding crashed the gateway twice within the hour (crate::crash).
+            let reason = crate::crash::pause_reason(until);
+            tracing::error!(device = %id, %reason, "device paused");
+            self.sink.state(&id, LinkState::Paused, Some(reason));
+            return Duration::try_from(until - now).unwrap_or_default();
+        }
         let result = self.serve(&peripheral).await;
         self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -744,15 +753,17 @@ impl<S: BleSink> SessionCtx<S> {
             tracing::warn!(device = %dev.id, characteristic = format!("{uuid16:04x}"), value = %hex::encode(&n.value), error = %e, "{what}");
         };
         match uuid16 {
-            RECORD_ACCESS_CONTROL_POINT => match decode_racp_response(&n.value) {
-                Ok(r) => Ok(Some(r)),
-                Err(e) => {
-                    decode_error("unreadable RACP response", &e);
-                    Ok(None)
+            RECORD_ACCESS_CONTROL_POINT => {
+                match crash::decoding(&dev.id, || decode_racp_response(&n.value)) {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) => {
+                        decode_error("unreadable RACP response", &e);
+                        Ok(None)
+                    }
                 }
-            },
+            }
             GLUCOSE_MEASUREMENT => {
-                let m = match decode_glucose(&n.value) {
+                let m = match crash::decoding(&dev.id, || decode_glucose(&n.value)) {
                     Ok(m) => m,
                     Err(e) => {
                         decode_error("unreadable Glucose Measurement", &e);
@@ -793,7 +804,7 @@ impl<S: BleSink> SessionCtx<S> {
                 Ok(None)
             }
             GLUCOSE_MEASUREMENT_CONTEXT => {
-                match decode_glucose_context(&n.value) {
+                match crash::decoding(&dev.id, || decode_glucose_context(&n.value)) {
                     Ok(c) => {
                         tracing::debug!(device = %dev.id, context = ?c, "glucose measurement context")
                     }
@@ -809,7 +820,7 @@ impl<S: BleSink> SessionCtx<S> {
                 let DriverKind::Value(decode) = driver.kind else {
                     return Ok(None);
                 };
-                match decode(&n.value) {
+                match crash::decoding(&dev.id, || decode(&n.value)) {
                     Ok(readings) if readings.is_empty() => {
                         tracing::info!(device = %dev.id, driver = driver.name, "value is not patient data (demonstration, test or control); not stored");
                     }
