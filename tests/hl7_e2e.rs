@@ -765,3 +765,47 @@ async fn with_mutual_tls_only_monitors_with_a_client_certificate_are_served() {
     })
     .await;
 }
+
+/// HAZ-16, src/crash.rs: a message whose decoding panics (a bug; injected in this debug
+/// build) stops the gateway once. Sent again after the restart, it is refused with `CR`
+/// naming the bug instead of crashing it again, and the monitor's next message is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_decoding_panics_stops_the_gateway_once_and_is_refused_when_sent_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let g = local_gateway("", &bed("3West^301^1", "p1"));
+    let poison = oru("P1", "3West^301^1", "00A0370098006601", 1, "\r");
+    let inject = format!(
+        "decoding HL7 message {}",
+        vitalgate::crash::hl7_digest(poison.as_bytes())
+    );
+    let env = [("VITALGATE_INJECT_PANIC", inject.as_str())];
+    let mut first = Daemon::start_with_env(&g.config, &env);
+    let mut s = g.connect().await;
+    s.write_all(&frame(&poison)).await.unwrap();
+    closed_by_peer(&mut s, 60).await;
+    let exit = first.wait_exit(60).await;
+    assert_eq!(exit.signal(), Some(6), "aborted: {exit:?}");
+
+    // Started again, as systemd would; the monitor re-sends what was not acknowledged.
+    let _d = Daemon::start_with_env(&g.config, &env);
+    let mut s = g.connect().await;
+    s.write_all(&frame(&poison)).await.unwrap();
+    let (code, id, text) = read_ack(&mut s).await;
+    assert_eq!((code.as_str(), id.as_str()), ("CR", "P1"), "{text:?}");
+    assert!(text.contains("crashed the gateway"), "{text:?}");
+    s.write_all(&frame(&oru(
+        "P2",
+        "3West^301^1",
+        "00A0370098006601",
+        2,
+        "\r",
+    )))
+    .await
+    .unwrap();
+    let (code, id, _) = read_ack(&mut s).await;
+    assert_eq!((code.as_str(), id.as_str()), ("CA", "P2"));
+    g.status_until(30, "the refusal counted, the next readings stored", |s| {
+        s["hl7"]["messages"]["crashed_decoding"] == 1 && s["backlog"]["readings"] == 5
+    })
+    .await;
+}

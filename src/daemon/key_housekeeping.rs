@@ -65,7 +65,7 @@ impl KeyHousekeeping {
             match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "keyring housekeeping failed"),
-                Err(e) => tracing::error!(error = %e, "keyring housekeeping panicked"),
+                Err(e) => tracing::error!(error = %e, "keyring housekeeping did not finish"),
             }
         }
     }

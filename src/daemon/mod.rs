@@ -410,7 +410,7 @@ pub async fn run(
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => audit.note("retention_purge", serde_json::json!({"rows": n, "delivered_before": status::rfc3339(cutoff), "retention_days": days})),
                     Ok(Err(e)) => tracing::error!(error = %e, "retention purge failed"),
-                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
+                    Err(e) => tracing::error!(error = %e, "retention task did not finish"),
                 }
                 tokio::select! {
                     _ = token.cancelled() => break,
