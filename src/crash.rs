@@ -25,8 +25,10 @@
 //!   - an HL7 message that crashed decoding is answered with an error ACK when it is sent
 //!     again (the monitor keeps it): one restart.
 //!
-//!   A panic in no named work restarts the gateway each time (HAZ-16); every crash is in the
-//!   audit log and the journal.
+//!   Only the running version's crashes count (an upgrade may be the fix), and none dated
+//!   after the present (a clock set back must not stretch a pause). A panic in no named work
+//!   restarts the gateway each time (HAZ-16); every crash is in the audit log, the journal
+//!   and `status` (`crashes`).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -154,7 +156,14 @@ pub struct Crash {
     /// `file:line:column` of the panic.
     pub location: String,
     pub thread: String,
+    /// The vitalgate version that crashed: only the running version's crashes pause a device
+    /// or refuse a message (an upgrade may be the fix). Empty in a cut-short breadcrumb.
+    #[serde(default)]
+    pub version: String,
 }
+
+/// This build's version, as a [`Crash`] records it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Where the hook writes, once [`arm`]ed.
 static ARMED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -185,6 +194,7 @@ pub fn install_hook() {
             work,
             location,
             thread,
+            version: VERSION.into(),
         };
         let written = ARMED_DIR
             .try_lock()
@@ -285,12 +295,15 @@ impl Recovery {
 
     /// Until when `device` stays paused: it crashed the gateway [`DEVICE_CRASHES_TO_PAUSE`]
     /// times within [`DEVICE_CRASH_WINDOW`] of the last one, which was less than that ago.
+    ///
+    /// Only this version's crashes count, and none dated after `now`: a clock that was wrong
+    /// then (set back by NTP since) must not pause a device for longer than the window.
     pub fn device_paused_until(&self, device: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let crashes: Vec<OffsetDateTime> = self
-            .history
-            .iter()
+            .actionable()
             .filter(|c| matches!(&c.work, Some(Work::DecodingDevice(d)) if d == device))
             .map(|c| c.at)
+            .filter(|&at| at <= now)
             .collect();
         let latest = *crashes.iter().max()?;
         let recent = crashes
@@ -303,9 +316,13 @@ impl Recovery {
 
     /// Whether an HL7 message with this digest crashed decoding before.
     pub fn hl7_message_crashed(&self, digest: &str) -> bool {
-        self.history
-            .iter()
+        self.actionable()
             .any(|c| matches!(&c.work, Some(Work::DecodingHl7(d)) if d == digest))
+    }
+
+    /// The crashes this version had: what pauses and refusals are judged on.
+    fn actionable(&self) -> impl Iterator<Item = &Crash> {
+        self.history.iter().filter(|c| c.version == VERSION)
     }
 
     /// Crashes remembered since `since`.
@@ -342,6 +359,7 @@ pub fn recover(state_dir: &Path) -> Recovery {
                 work: None,
                 location: "unknown (unreadable breadcrumb)".into(),
                 thread: "unknown".into(),
+                version: String::new(),
             })
         }
     };
@@ -370,6 +388,32 @@ pub fn recover(state_dir: &Path) -> Recovery {
         history,
         problems,
     }
+}
+
+/// The `crashes` part of `vitalgate status`: how many panics the gateway restarted after in the
+/// last 24 h, and the latest (a breadcrumb not yet recovered included). Reads only.
+pub fn status_json(state_dir: &Path, now: OffsetDateTime) -> serde_json::Value {
+    let mut crashes: Vec<Crash> = read_json(&state_dir.join(HISTORY_FILE), "crash history")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if let Ok(Some(pending)) =
+        read_json::<Crash>(&state_dir.join(BREADCRUMB_FILE), "crash breadcrumb")
+    {
+        crashes.push(pending);
+    }
+    let day = crashes
+        .iter()
+        .filter(|c| c.at >= now - Duration::hours(24))
+        .count();
+    let last = crashes.iter().max_by_key(|c| c.at).map(|c| {
+        serde_json::json!({
+            "at": crate::status::rfc3339(c.at),
+            "location": c.location,
+            "work": c.work.as_ref().map(describe),
+        })
+    });
+    serde_json::json!({ "last_24h": day, "last": last })
 }
 
 /// A JSON file of the state dir: `Ok(None)` when it is not there.
@@ -403,6 +447,7 @@ mod tests {
             work,
             location: "src/x.rs:1:1".into(),
             thread: "t".into(),
+            version: VERSION.into(),
         }
     }
 
@@ -466,6 +511,38 @@ mod tests {
             ..Recovery::default()
         };
         assert_eq!(r.device_paused_until("a", second), None);
+    }
+
+    #[test]
+    fn crashes_dated_after_now_do_not_pause_a_device() {
+        let now = datetime!(2026-12-05 10:00 UTC);
+        // Recorded while the clock was a year ahead; NTP has set it right since.
+        let ahead = now + Duration::days(365);
+        let r = Recovery {
+            history: vec![crash(ahead, device("a")), crash(ahead, device("a"))],
+            ..Recovery::default()
+        };
+        assert_eq!(r.device_paused_until("a", now), None);
+    }
+
+    #[test]
+    fn another_versions_crashes_neither_pause_nor_refuse() {
+        let at = datetime!(2026-12-05 10:00 UTC);
+        let old = |work| Crash {
+            version: "0.0.1".into(),
+            ..crash(at, work)
+        };
+        let digest = hl7_digest(b"MSH|x");
+        let r = Recovery {
+            history: vec![
+                old(device("a")),
+                old(device("a")),
+                old(Some(Work::DecodingHl7(digest.clone()))),
+            ],
+            ..Recovery::default()
+        };
+        assert_eq!(r.device_paused_until("a", at), None);
+        assert!(!r.hl7_message_crashed(&digest));
     }
 
     #[test]
@@ -587,6 +664,36 @@ mod tests {
     }
 
     #[test]
+    fn status_counts_the_last_days_crashes_and_names_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = datetime!(2026-12-05 10:00 UTC);
+        write_breadcrumb(dir.path(), &crash(now - Duration::hours(30), None)).unwrap();
+        recover(dir.path());
+        write_breadcrumb(dir.path(), &crash(now - Duration::hours(2), device("a"))).unwrap();
+        recover(dir.path());
+        // Not recovered yet: the daemon has not started again.
+        write_breadcrumb(
+            dir.path(),
+            &crash(now - Duration::minutes(1), Some(Work::RenderingRow(4))),
+        )
+        .unwrap();
+        let s = status_json(dir.path(), now);
+        assert_eq!(s["last_24h"], 2);
+        assert_eq!(s["last"]["work"], "rendering outbox row 4");
+        assert!(
+            dir.path().join(BREADCRUMB_FILE).exists(),
+            "status only reads"
+        );
+    }
+
+    #[test]
+    fn status_without_crashes_says_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = status_json(dir.path(), OffsetDateTime::now_utc());
+        assert_eq!(s, serde_json::json!({"last_24h": 0, "last": null}));
+    }
+
+    #[test]
     fn the_breadcrumb_is_private_and_holds_no_message_text() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -600,6 +707,6 @@ mod tests {
         let fields: serde_json::Value = serde_json::from_str(&text).unwrap();
         let mut keys: Vec<_> = fields.as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["at", "location", "thread", "work"]);
+        assert_eq!(keys, ["at", "location", "thread", "version", "work"]);
     }
 }

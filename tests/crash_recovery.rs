@@ -177,6 +177,8 @@ async fn a_device_whose_decoding_panics_twice_is_paused_and_the_others_go_on() {
     })
     .await;
     assert!(third.running(), "{:#?}", third.log_tail());
+    assert_eq!(before["crashes"]["last_24h"], 2, "{before:#}");
+    assert_eq!(before["crashes"]["last"]["work"], inject);
     let recovered = audited(&config, "crash_recovered");
     assert_eq!(recovered.len(), 2, "{recovered:#?}");
     assert!(

@@ -669,5 +669,6 @@ pub fn status_json(config: &Config) -> Result<serde_json::Value, StoreError> {
         "audit": snapshot.as_ref().and_then(|s| s.get("audit")).cloned(),
         "hl7": snapshot.as_ref().and_then(|s| s.get("hl7")).cloned(),
         "fleet": crate::fleet::agent::status_json(&config.gateway.state_dir),
+        "crashes": crate::crash::status_json(&config.gateway.state_dir, OffsetDateTime::now_utc()),
     }))
 }
