@@ -198,6 +198,15 @@ async fn read_ack(s: &mut TcpStream) -> (String, String, String) {
     (f[1].to_string(), f.get(2).unwrap_or(&"").to_string(), text)
 }
 
+/// Sends the bed 3West^301^1 monitor's next message (control id `control`) on `s` and
+/// asserts it is acknowledged `CA`: the connection still serves after what came before.
+async fn the_next_message_is_stored(s: &mut TcpStream, control: &str) {
+    let msg = oru(control, "3West^301^1", "00A0370098006601", 2, "\r");
+    s.write_all(&frame(&msg)).await.unwrap();
+    let (code, id, _) = read_ack(s).await;
+    assert_eq!((code.as_str(), id.as_str()), ("CA", control));
+}
+
 /// Waits until the peer closes the connection (read returns 0 or an error).
 async fn closed_by_peer(s: &mut TcpStream, secs: u64) {
     let mut buf = [0u8; 1024];
@@ -497,17 +506,7 @@ async fn a_frame_over_the_cap_is_refused_with_ar() {
     let (code, _, text) = read_ack(&mut s).await;
     assert_eq!(code, "AR");
     assert!(text.contains("exceeds max_frame_bytes 2048"), "{text:?}");
-    s.write_all(&frame(&oru(
-        "B2",
-        "3West^301^1",
-        "00A0370098006601",
-        2,
-        "\r",
-    )))
-    .await
-    .unwrap();
-    let (code, id, _) = read_ack(&mut s).await;
-    assert_eq!((code.as_str(), id.as_str()), ("CA", "B2"));
+    the_next_message_is_stored(&mut s, "B2").await;
 }
 
 /// Issue 16 point 2: idle connections time out; connections beyond the cap are closed.
@@ -793,17 +792,7 @@ async fn a_message_whose_decoding_panics_stops_the_gateway_once_and_is_refused_w
     let (code, id, text) = read_ack(&mut s).await;
     assert_eq!((code.as_str(), id.as_str()), ("CR", "P1"), "{text:?}");
     assert!(text.contains("crashed the gateway"), "{text:?}");
-    s.write_all(&frame(&oru(
-        "P2",
-        "3West^301^1",
-        "00A0370098006601",
-        2,
-        "\r",
-    )))
-    .await
-    .unwrap();
-    let (code, id, _) = read_ack(&mut s).await;
-    assert_eq!((code.as_str(), id.as_str()), ("CA", "P2"));
+    the_next_message_is_stored(&mut s, "P2").await;
     g.status_until(30, "the refusal counted, the next readings stored", |s| {
         s["hl7"]["messages"]["crashed_decoding"] == 1 && s["backlog"]["readings"] == 5
     })
