@@ -349,9 +349,18 @@ pub fn recover(state_dir: &Path) -> Recovery {
         Ok(c) => c,
         Err(e) => {
             problems.push(e);
-            // A crash happened even if its breadcrumb is unreadable (cut short by power loss).
-            let at = std::fs::symlink_metadata(&breadcrumb_path)
-                .and_then(|m| m.modified())
+            // A regular file the hook began is a crash even if unreadable (cut short by power
+            // loss); anything else there is not the hook's (said above, left for a person).
+            let meta = std::fs::symlink_metadata(&breadcrumb_path).ok();
+            let Some(meta) = meta.filter(|m| m.is_file()) else {
+                return Recovery {
+                    last: None,
+                    history,
+                    problems,
+                };
+            };
+            let at = meta
+                .modified()
                 .map(OffsetDateTime::from)
                 .unwrap_or_else(|_| OffsetDateTime::now_utc());
             Some(Crash {
@@ -646,6 +655,21 @@ mod tests {
             "{:?}",
             r.problems
         );
+        assert_eq!(r.last, None, "not the hook's: no crash counted");
+    }
+
+    #[test]
+    fn a_breadcrumb_that_is_a_fifo_is_named_without_blocking_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(BREADCRUMB_FILE);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let r = recover(dir.path());
+        assert!(r.problems[0].contains("FIFO"), "{:?}", r.problems);
+        assert_eq!(r.last, None, "not the hook's: no crash counted");
     }
 
     #[test]
