@@ -106,11 +106,19 @@ impl Hub {
         payload(version, overlay).sign(&self.key)
     }
 
-    fn audit_events(&self) -> Vec<Value> {
+    /// Every audit entry.
+    fn audit_entries(&self) -> Vec<Value> {
         std::fs::read_to_string(self.state().join("audit.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// The `fleet_*` audit entries.
+    fn audit_events(&self) -> Vec<Value> {
+        self.audit_entries()
+            .into_iter()
             .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("fleet_")))
             .collect()
     }
@@ -278,6 +286,67 @@ async fn rejected_end_to_end(code: &str, doc: impl FnOnce(&Hub) -> Vec<u8>) {
         "the stored configuration changed"
     );
     devices_become(&h, &["d1", "d2"]).await;
+}
+
+/// [`REBIND`] with a change that cannot be applied live (`status.telemetry_interval_s`): the
+/// pipeline restarts under it.
+fn rebind_with_restart() -> String {
+    format!("[status]\ntelemetry_interval_s = 30\n{REBIND}")
+}
+
+/// A debug build of the daemon whose pipeline refuses to start while device d2 is configured
+/// (`VITALGATE_INJECT_RUN_REFUSAL`): no fleet-settable key can make it refuse today, yet the
+/// supervisor's fallback must hold for whatever one day does.
+fn refusing_d2(h: &Hub) -> Daemon {
+    Daemon::start_with_env(&h.config, &[("VITALGATE_INJECT_RUN_REFUSAL", "d2")])
+}
+
+fn audited(h: &Hub, event: &str) -> Vec<Value> {
+    h.audit_entries()
+        .into_iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// Issue 14: a document the pipeline refuses to run under (a restart is needed) never becomes
+/// a crash loop: the supervisor goes back to the configuration that ran, audits
+/// `config_fallback`, and the platform is told `rejected` / `failed_to_start`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_the_pipeline_refuses_falls_back_to_the_config_that_ran() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-refused").await;
+    let mut d = refusing_d2(&h);
+    devices_become(&h, &["d1"]).await;
+    h.desire(h.sign(1, &rebind_with_restart())).await;
+    let r = report_where(&rx, &d, "failed_to_start", |v| v["result"] == "rejected").await;
+    assert_eq!(r["reason"], "failed_to_start", "{r}");
+    devices_become(&h, &["d1"]).await;
+    let fallback = audited(&h, "config_fallback");
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert_eq!(fallback[0]["details"]["to"], "last good configuration");
+    assert!(d.running(), "{:#?}", d.log_tail());
+}
+
+/// Issue 14: a stored document the pipeline refuses at start (e.g. after an upgrade) gives
+/// way to the local configuration, reported `failed_to_start`; the gateway runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_document_the_pipeline_refuses_at_start_gives_way_to_the_local_config() {
+    let h = Hub::new().await;
+    let rx = reported(&h, "platform-refused-at-start").await;
+    let d = Daemon::start(&h.config);
+    h.desire(h.sign(1, &rebind_with_restart())).await;
+    report_where(&rx, &d, "applied v1", |v| v["result"] == "applied").await;
+    devices_become(&h, &["d1", "d2"]).await;
+    d.stop().await;
+
+    let mut d = refusing_d2(&h);
+    let r = report_where(&rx, &d, "failed_to_start", |v| v["result"] == "rejected").await;
+    assert_eq!(r["reason"], "failed_to_start", "{r}");
+    devices_become(&h, &["d1"]).await;
+    let fallback = audited(&h, "config_fallback");
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert_eq!(fallback[0]["details"]["to"], "local configuration");
+    assert!(d.running(), "{:#?}", d.log_tail());
 }
 
 const SHRINK: &str =

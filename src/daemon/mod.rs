@@ -53,6 +53,13 @@ pub enum DaemonError {
     Uplink(#[from] crate::uplink::UplinkError),
     #[error(transparent)]
     Lock(#[from] instance_lock::LockError),
+    /// Debug builds only: a refusal the tests ask for, so the supervisor's fallback from a
+    /// configuration the pipeline refuses is exercised end to end (tests/fleet.rs).
+    #[cfg(debug_assertions)]
+    #[error(
+        "refused by fault injection: device {0:?} is configured (VITALGATE_INJECT_RUN_REFUSAL)"
+    )]
+    Injected(String),
 }
 
 /// Extras for `run`: the demo's live view hooks in here, as do tests.
@@ -142,6 +149,12 @@ pub async fn run(
     shutdown: CancellationToken,
     mut opts: RunOptions,
 ) -> Result<(), DaemonError> {
+    #[cfg(debug_assertions)]
+    if let Ok(id) = std::env::var("VITALGATE_INJECT_RUN_REFUSAL") {
+        if config.devices.iter().any(|d| d.id == id) {
+            return Err(DaemonError::Injected(id));
+        }
+    }
     let state_dir = config.gateway.state_dir.clone();
     create_private_dir(&state_dir)?;
     // One daemon per state dir, before anything in it is opened (instance_lock.rs). Under
