@@ -451,7 +451,39 @@ async fn ble_central_against_mocked_bluez() {
     // After all that waiting, the "no records" download still added nothing.
     assert_eq!(cursors(&sink), ["2", "3", "4"]);
 
-    // 11. Shutdown: run returns when cancelled.
+    // 11. A cuff whose decoding crashed the gateway twice within the hour (src/crash.rs: the
+    //     breadcrumbs a start recovered) is paused at its next connection, saying until when,
+    //     and not connected meanwhile.
+    let crashed = |minutes_ago| vitalgate::crash::Crash {
+        at: OffsetDateTime::now_utc() - TimeDuration::minutes(minutes_ago),
+        work: Some(vitalgate::crash::Work::DecodingDevice("cuff".into())),
+        location: "src/drivers/ble/blood_pressure.rs:1:1".into(),
+        thread: "tokio-rt-worker".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    vitalgate::crash::arm(
+        dir.path(),
+        vitalgate::crash::Recovery {
+            history: vec![crashed(20), crashed(10)],
+            ..Default::default()
+        },
+    );
+    let connects = count_calls(&bus, BP, "", "Connect");
+    ctl(&bus, &["disconnect", BP]);
+    ctl(&bus, &["advertise", BP]);
+    wait_for("cuff paused", || {
+        sink.states_of("cuff").iter().any(|(s, why)| {
+            *s == LinkState::Paused && why.as_deref().is_some_and(|w| w.contains("paused until"))
+        })
+    })
+    .await;
+    assert_eq!(
+        count_calls(&bus, BP, "", "Connect"),
+        connects,
+        "not connected while paused"
+    );
+
+    // 12. Shutdown: run returns when cancelled.
     token.cancel();
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
