@@ -359,7 +359,7 @@ fn recover_from_crash(state_dir: &std::path::Path, audit: &AuditLog) {
                 ),
             },
             Some(Work::DecodingHl7(_)) => {
-                "that HL7 message is answered with an error ACK if it is sent again".into()
+                "that HL7 message is refused (AR/CR) if it is sent again".into()
             }
             None => "none (the panic was in no row, device or message): restarted".into(),
         };

@@ -301,7 +301,7 @@ impl RenderContext {
     }
 
     /// Renders one row, named as the thread's work: a panic in it (a bug) leaves a breadcrumb
-    /// that makes the next start hold this row instead of crashing on it again
+    /// that makes the next start quarantine this row instead of crashing on it again
     /// ([`crate::crash`], HAZ-16).
     fn render_row(&self, id: i64, rec: &Record) -> Result<Vec<u8>, String> {
         crate::crash::during(crate::crash::Current::Row(id), || self.render(rec))
