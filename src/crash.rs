@@ -22,8 +22,8 @@
 //!     paused (state `paused`, a silent device at the platform) until an hour after the
 //!     second crash, then tried again: two restarts per hour at most, and the other devices
 //!     run meanwhile;
-//!   - an HL7 message that crashed decoding is answered with an error ACK when it is sent
-//!     again (the monitor keeps it): one restart.
+//!   - an HL7 message that crashed decoding is refused (`AR`/`CR`, naming the bug) when it is
+//!     sent again, instead of being decoded: one restart.
 //!
 //!   Only the running version's crashes count (an upgrade may be the fix), and none dated
 //!   after the present (a clock set back must not stretch a pause). A panic in no named work
