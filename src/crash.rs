@@ -201,23 +201,29 @@ pub fn install_hook() {
             .ok()
             .and_then(|dir| dir.clone())
             .map(|dir| write_breadcrumb(&dir, &crash));
-        let doing = match &crash.work {
-            Some(w) => format!(" while {}", describe(w)),
-            None => String::new(),
-        };
-        let breadcrumb = match written {
-            Some(Ok(path)) => format!("; breadcrumb {}", path.display()),
-            Some(Err(e)) => format!("; the breadcrumb could not be written: {e}"),
-            None => String::new(),
-        };
-        eprintln!(
-            "vitalgate: a bug: thread '{}' panicked at {}{doing}: {}{breadcrumb}; stopping now (systemd starts the gateway again; committed readings are safe)",
-            crash.thread,
-            crash.location,
-            crate::redact::scrub(&message),
-        );
+        eprintln!("{}", journal_line(&crash, &message, written));
         std::process::abort();
     }));
+}
+
+/// What the hook prints (to the journal): where, what it struck, the panic's message with
+/// every run of 10+ digits hidden (an NHS Number in a value's `Debug`), and the breadcrumb.
+fn journal_line(crash: &Crash, message: &str, written: Option<std::io::Result<PathBuf>>) -> String {
+    let doing = match &crash.work {
+        Some(w) => format!(" while {}", describe(w)),
+        None => String::new(),
+    };
+    let breadcrumb = match written {
+        Some(Ok(path)) => format!("; breadcrumb {}", path.display()),
+        Some(Err(e)) => format!("; the breadcrumb could not be written: {e}"),
+        None => String::new(),
+    };
+    format!(
+        "vitalgate: a bug: thread '{}' panicked at {}{doing}: {}{breadcrumb}; stopping now (systemd starts the gateway again; committed readings are safe)",
+        crash.thread,
+        crash.location,
+        crate::redact::scrub(message),
+    )
 }
 
 fn write_breadcrumb(dir: &Path, crash: &Crash) -> std::io::Result<PathBuf> {
@@ -715,6 +721,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = status_json(dir.path(), OffsetDateTime::now_utc());
         assert_eq!(s, serde_json::json!({"last_24h": 0, "last": null}));
+    }
+
+    #[test]
+    fn the_journal_line_hides_an_nhs_number_in_the_panic_message() {
+        let c = crash(datetime!(2026-12-05 10:00 UTC), device("a"));
+        let line = journal_line(&c, "bad frame for 943 476 5919: 72", None);
+        assert!(!line.contains("5919"), "{line}");
+        assert!(line.contains("while decoding device \"a\""), "{line}");
+        assert!(line.contains(crate::redact::HIDDEN_DIGITS), "{line}");
+    }
+
+    #[test]
+    fn the_journal_line_says_when_the_breadcrumb_could_not_be_written() {
+        let c = crash(datetime!(2026-12-05 10:00 UTC), None);
+        let full = std::io::Error::from_raw_os_error(28);
+        let line = journal_line(&c, "x", Some(Err(full)));
+        assert!(
+            line.contains("the breadcrumb could not be written"),
+            "{line}"
+        );
     }
 
     #[test]
