@@ -1,7 +1,8 @@
 //! One append (one group-commit transaction) of rows that differ from one another: patients
 //! with their own data keys, readings and alerts, long and short records (issue 18,
-//! acceptance 4). The writer binds lane, kind and key only when they change and seals every
-//! row in one reused buffer; each row must still carry exactly its own identity and bytes.
+//! acceptance 4). The writer binds lane, kind and key only when they change, and seals every
+//! row of the batch first, end to end in one buffer, then inserts them; each row must still
+//! carry exactly its own identity and bytes.
 
 use std::collections::BTreeMap;
 
