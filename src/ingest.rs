@@ -353,8 +353,9 @@ struct Writer {
     policy: GroupCommit,
     /// When frames were taken from the queue over the last [`RHYTHM`] and `max_wait`.
     arrivals: std::collections::VecDeque<Instant>,
-    /// Messages taken from the queue at once, in order; those before `inbox_next` are
-    /// handled (left as `Tick`s) ([`Writer::next_now`]).
+    /// Messages taken from the queue, in order: those before `inbox_next` are the batch
+    /// being gathered (its frames and the ticks among them), the rest were taken with them
+    /// and wait for the next batch ([`Writer::next_now`], [`Writer::commit_taken`]).
     inbox: Vec<Message>,
     inbox_next: usize,
     /// When the writer last took messages from the queue (or found it empty).
@@ -371,10 +372,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) -> Outbox {
-        while let Some(first) = self.next_now().or_else(|| self.rx.blocking_recv()) {
-            let first = match first {
-                Message::Frame(f) => f,
+        loop {
+            // A batch is gathered where the takes put its messages (`inbox[..inbox_next]`),
+            // and the commit moves each frame out once: moved from the inbox to a batch
+            // vector and then to the commit, a frame was copied twice more, and the batch
+            // vector reallocated as it grew (issue 18, acceptance 4).
+            if self.next_now().is_none() {
+                let Some(message) = self.rx.blocking_recv() else {
+                    break;
+                };
+                self.inbox.push(message);
+                self.inbox_next = 1;
+            }
+            let mut readings = match &self.inbox[0] {
+                Message::Frame(first) => first.readings.len(),
                 Message::Tick => {
+                    self.inbox.remove(0);
+                    self.inbox_next = 0;
                     self.tick();
                     continue;
                 }
@@ -382,8 +396,7 @@ impl Writer {
             let started = Instant::now();
             self.taken_at = started;
             self.arrived(started);
-            let mut batch = vec![first];
-            let mut readings = batch[0].readings.len();
+            let mut frames = 1;
             let mut tick = false;
             // Frames in the batch when the writer last lingered (None: not yet).
             let mut at_linger: Option<usize> = None;
@@ -392,12 +405,14 @@ impl Writer {
             let deadline = started + self.policy.max_wait;
             while readings < self.policy.max_batch && self.taken_at < deadline {
                 match self.next_now() {
-                    Some(Message::Frame(frame)) => {
-                        self.arrived(self.taken_at);
-                        readings += frame.readings.len();
-                        batch.push(frame);
-                    }
-                    Some(Message::Tick) => tick = true,
+                    Some(at) => match &self.inbox[at] {
+                        Message::Frame(frame) => {
+                            readings += frame.readings.len();
+                            frames += 1;
+                            self.arrived(self.taken_at);
+                        }
+                        Message::Tick => tick = true,
+                    },
                     None if self.expected_before(deadline).is_some() => {
                         // A device that sent a second ago, a little after this batch's
                         // first frame, is due again within `max_wait`: wait for it, so
@@ -408,23 +423,23 @@ impl Writer {
                         let left = until.min(deadline);
                         std::thread::sleep(left.saturating_duration_since(Instant::now()));
                         // A device that stopped is waited for once: its due time has passed.
-                        at_linger = Some(batch.len());
+                        at_linger = Some(frames);
                     }
-                    None if at_linger != Some(batch.len()) => {
+                    None if at_linger != Some(frames) => {
                         // Devices on the same clock (1 Hz monitors started together) send
                         // within a millisecond or two of each other, one after another:
                         // waiting while they keep coming (never past `max_wait` from the
                         // first) puts them in one transaction instead of several, each of
                         // which writes its own pages and sync to the WAL (SD-card wear;
                         // issue 18). A lone frame waits one linger.
-                        at_linger = Some(batch.len());
+                        at_linger = Some(frames);
                         let left = self.policy.max_wait.saturating_sub(started.elapsed());
                         std::thread::sleep(LINGER.min(left));
                     }
                     None => break,
                 }
             }
-            self.commit(batch);
+            self.commit_taken(frames);
             if tick {
                 self.tick();
             }
@@ -432,25 +447,40 @@ impl Writer {
         self.outbox
     }
 
-    /// The next message already queued, without waiting. Takes up to [`RECEIVE_AT_ONCE`]
-    /// at a time: each take from the queue gives its slots back to the devices and may wake
-    /// one, and doing that per frame cost the writer thread about a twentieth of its time
-    /// (issue 18, acceptance 4).
+    /// The index in `inbox` of the next message already queued, without waiting; the
+    /// message joins the batch being gathered. Takes up to [`RECEIVE_AT_ONCE`] at a time:
+    /// each take from the queue gives its slots back to the devices and may wake one, and
+    /// doing that per frame cost the writer thread about a twentieth of its time (issue 18,
+    /// acceptance 4). A take appends to the inbox, after the batch gathered so far.
     /// [`Writer::taken_at`] is read once per take, not per frame.
-    fn next_now(&mut self) -> Option<Message> {
+    fn next_now(&mut self) -> Option<usize> {
         if self.inbox_next == self.inbox.len() {
-            self.inbox.clear();
-            self.inbox_next = 0;
             self.taken_at = Instant::now();
             self.rx
                 .recv_many(&mut self.inbox, RECEIVE_AT_ONCE)
                 .now_or_never()?;
         }
-        // Read in order, each message moved out once (its slot left a `Tick`, which holds
-        // nothing): reversing the take to pop from its end moved every frame twice more.
-        let slot = self.inbox.get_mut(self.inbox_next)?;
+        let at = self.inbox_next;
+        // Nothing was taken: the queue is closed and empty.
+        if at == self.inbox.len() {
+            return None;
+        }
         self.inbox_next += 1;
-        Some(std::mem::replace(slot, Message::Tick))
+        Some(at)
+    }
+
+    /// Commits the batch gathered in `inbox[..inbox_next]` (`frames` frames; the ticks
+    /// among them are the caller's to run), each frame moved out once. What was taken after
+    /// the batch closed moves to the front of the inbox for the next one.
+    fn commit_taken(&mut self, frames: usize) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let taken = std::mem::replace(&mut self.inbox_next, 0);
+        let batch = inbox.drain(..taken).filter_map(|message| match message {
+            Message::Frame(frame) => Some(frame),
+            Message::Tick => None,
+        });
+        self.commit(batch, frames);
+        self.inbox = inbox;
     }
 
     /// Notes a frame taken from the queue at `at`, forgetting arrivals too old to predict
@@ -508,16 +538,18 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: Vec<Frame>) {
+    /// Validates, groups and commits `batch` (`frames` frames), every frame of it: a frame
+    /// left in the iterator would be dropped, its readings lost.
+    fn commit(&mut self, batch: impl Iterator<Item = Frame>, frames: usize) {
         let now = OffsetDateTime::now_utc();
         self.counters
             .frames_received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut records = Vec::with_capacity(batch.len());
+            .fetch_add(frames as u64, Ordering::Relaxed);
+        let mut records = Vec::with_capacity(frames);
         // The frame index of each reading record.
-        let mut owners = Vec::with_capacity(batch.len());
+        let mut owners = Vec::with_capacity(frames);
         // Each frame's waiter (`submit_and_wait`), told its row ids or why not.
-        let mut waiting = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(frames);
         // Cursors commit with the readings; the last one per device and key wins.
         let mut state: Vec<DeviceStateUpdate> = Vec::new();
         let mut extra = HookOutput::default();
@@ -526,7 +558,7 @@ impl Writer {
         // (publish/clock.rs): a synced one needs no stamp, and leaving it out keeps 18 bytes
         // per row off the SD card.
         let boot = clock.filter(|c| !c.synced).and_then(|c| c.stamp);
-        for (i, mut frame) in batch.into_iter().enumerate() {
+        for (i, mut frame) in batch.enumerate() {
             let accepted = self.accept(&mut frame, now, &mut extra);
             // The frame is taken apart: its texts move into its record (shared with more
             // records only when it makes several), no copy and no reference count touched

@@ -1,7 +1,8 @@
 //! One append (one group-commit transaction) of rows that differ from one another: patients
 //! with their own data keys, readings and alerts, long and short records (issue 18,
-//! acceptance 4). The writer binds lane, kind and key only when they change and seals every
-//! row in one reused buffer; each row must still carry exactly its own identity and bytes.
+//! acceptance 4). The writer binds lane, kind and key only when they change, and seals every
+//! row of the batch first, end to end in one buffer, then inserts them; each row must still
+//! carry exactly its own identity and bytes.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,7 @@ fn columns(outbox: &Outbox) -> BTreeMap<i64, (i64, i64, i64)> {
 }
 
 fn pending(outbox: &mut Outbox, lane: Lane) -> Vec<(i64, Record)> {
-    outbox.pending(lane, 0, 100).unwrap()
+    outbox.pending(lane, 0, 1000).unwrap()
 }
 
 #[test]
@@ -95,6 +96,67 @@ fn every_row_of_a_mixed_batch_opens_as_exactly_the_record_appended() {
         assert_eq!(read.remove(id).as_ref(), Some(appended), "row {id}");
     }
     assert!(read.is_empty(), "rows nobody appended: {read:?}");
+}
+
+/// The writer seals every row of a batch, end to end in one buffer, before it inserts any: a
+/// long batch of every kind of row, patients taking turns in runs, must still give each row
+/// exactly its own record, id, lane, kind and key.
+#[test]
+fn every_row_of_a_long_mixed_batch_opens_as_exactly_the_record_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::ephemeral().unwrap();
+    let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+    let batch: Vec<Record> = (0..333)
+        .map(|i| {
+            let patient = ["p1", "p2", "p3"][(i / 5) % 3];
+            match i % 11 {
+                3 => alert(patient, &format!("a{i}")),
+                7 => long(patient),
+                _ => spo2(patient, 70 + (i % 30) as i64),
+            }
+        })
+        .collect();
+    let ids = outbox.append(&batch, OffsetDateTime::now_utc()).unwrap();
+    assert_eq!(ids.len(), batch.len());
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids run in order");
+
+    let mut read: BTreeMap<i64, Record> = pending(&mut outbox, Lane::Reading)
+        .into_iter()
+        .chain(pending(&mut outbox, Lane::Alert))
+        .collect();
+    assert_eq!(
+        outbox.stats().unwrap().quarantined,
+        0,
+        "no row failed to open"
+    );
+    for (id, appended) in ids.iter().zip(&batch) {
+        assert_eq!(read.remove(id).as_ref(), Some(appended), "row {id}");
+    }
+    assert!(read.is_empty(), "rows nobody appended: {read:?}");
+    let rows = columns(&outbox);
+    let key_of = |patient: &str| {
+        let first = batch.iter().position(|r| patient_of(r) == patient).unwrap();
+        rows[&ids[first]].2
+    };
+    for (id, record) in ids.iter().zip(&batch) {
+        let (lane, kind) = match record {
+            Record::Alert(_) => (Lane::Alert as i64, 2),
+            _ => (Lane::Reading as i64, 1),
+        };
+        assert_eq!(
+            rows[id],
+            (lane, kind, key_of(patient_of(record))),
+            "row {id}"
+        );
+    }
+}
+
+fn patient_of(record: &Record) -> &str {
+    match record {
+        Record::Reading(r) => &r.patient_id,
+        Record::Alert(a) => &a.patient_id,
+        other => panic!("not in these batches: {other:?}"),
+    }
 }
 
 #[test]

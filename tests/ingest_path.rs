@@ -147,6 +147,66 @@ async fn every_waiting_frame_is_told_the_ids_of_its_own_readings_when_frames_are
     assert_eq!(sorted.len(), all.len(), "no id told to two frames");
 }
 
+/// A batch closes at `max_batch` readings part-way through what the writer took from its
+/// queue at once: the frames taken after it stay in the writer's hands and open the next
+/// batch, in order; ticks queued among them are run, not committed or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_taken_after_a_batch_closes_at_max_batch_are_committed_next_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let key = MasterKey::ephemeral().unwrap();
+    let (outbox, _) = Outbox::open(&path, &key).unwrap();
+    let (ingest, writer) = ingest::start(
+        outbox,
+        GroupCommit {
+            max_batch: 5,
+            max_wait: Duration::from_millis(200),
+        },
+        Arc::new(Notify::new()),
+        Box::new(NoHook),
+    )
+    .unwrap();
+    // One device sending as fast as the queue takes them: frames of one to three readings
+    // (so batches close past their fifth reading, never at a take's end), a tick now and then.
+    let frames: Vec<Vec<i64>> = (0..1500)
+        .map(|i| (0..=(i % 3)).map(|k| 50 + (i * 3 + k) % 50).collect())
+        .collect();
+    let (last, rest) = frames.split_last().unwrap();
+    for (i, values) in rest.iter().enumerate() {
+        ingest.submit(frame("p1", values)).await.unwrap();
+        if i % 97 == 0 {
+            ingest.tick().await.unwrap();
+        }
+    }
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        ingest.submit_and_wait(frame("p1", last)),
+    )
+    .await
+    .expect("committed within a minute")
+    .expect("committed");
+    let counters = ingest.counters.clone();
+    drop(ingest);
+    let mut outbox = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+
+    let sent: Vec<i64> = frames.iter().flatten().copied().collect();
+    let rows = outbox.stats().unwrap().backlog_readings;
+    let stored: Vec<i64> = (1..=rows as i64)
+        .flat_map(|id| values_of(&mut outbox, id))
+        .collect();
+    assert_eq!(stored, sent, "every reading stored once, in the order sent");
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&counters.readings_committed), sent.len() as u64);
+    assert_eq!(load(&counters.frames_received), frames.len() as u64);
+    assert!(
+        load(&counters.transactions) >= (sent.len() as u64).div_ceil(7),
+        "batches of about five readings: {} transactions",
+        load(&counters.transactions)
+    );
+}
+
 #[test]
 fn rows_sealed_under_each_key_are_counted_exactly_when_patients_interleave_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();

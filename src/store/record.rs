@@ -314,28 +314,30 @@ impl Record {
         }
     }
 
-    /// The row the ingest writer seals in place, written at the start of `buf` (one buffer
-    /// reused for every row of a batch): `room_before` bytes for the nonce, the plaintext,
-    /// `room_after` bytes for the tag. Returns the row's length: the row is `buf[..len]`;
-    /// what lies after it is left from earlier rows and never read. A reading is packed
-    /// straight into place, the buffer filled only when it grows (issue 18, acceptance 4).
+    /// The row the ingest writer seals in place, written into `buf` from `at` on (one
+    /// buffer holds every row of a batch, end to end): `room_before` bytes for the nonce,
+    /// the plaintext, `room_after` bytes for the tag. Returns where the row ends: the row is
+    /// `buf[at..end]`; what lies before `at` is never touched, what lies after `end` is left
+    /// from earlier use and never read. A reading is packed straight into place, the buffer
+    /// filled only when it grows (issue 18, acceptance 4).
     pub fn encode_row(
         &self,
         buf: &mut Vec<u8>,
+        at: usize,
         room_before: usize,
         room_after: usize,
     ) -> Result<usize, String> {
         match self {
             Record::Reading(r) => {
-                Ok(packed::encode_at(r, buf, room_before, room_after) + room_after)
+                Ok(packed::encode_at(r, buf, at + room_before, room_after) + room_after)
             }
             Record::Alert(_) | Record::Derived(_) => {
-                buf.clear();
-                buf.resize(room_before, 0);
+                buf.truncate(at);
+                buf.resize(at + room_before, 0);
                 self.encode_into(buf)?;
-                let len = buf.len() + room_after;
-                buf.resize(len, 0);
-                Ok(len)
+                let end = buf.len() + room_after;
+                buf.resize(end, 0);
+                Ok(end)
             }
         }
     }
@@ -635,6 +637,51 @@ mod tests {
     /// left behind it.
     #[test]
     fn rows_written_over_one_buffer_each_hold_exactly_their_own_plaintext() {
+        let mut buffer = Vec::new();
+        for record in &mixed_records() {
+            let len = record.encode_row(&mut buffer, 0, 12, 16).unwrap();
+            let plaintext = record.encode().unwrap();
+            assert_eq!(len, 12 + plaintext.len() + 16, "{record:?}");
+            assert_eq!(&buffer[12..len - 16], &plaintext[..], "{record:?}");
+            assert!(buffer.len() >= len);
+        }
+    }
+
+    /// A batch's rows written end to end into one buffer (the writer seals them all, then
+    /// inserts them all): each holds its own plaintext, and writing one never changes the
+    /// rows before it, whatever the buffer held from an earlier, longer batch.
+    #[test]
+    fn rows_written_end_to_end_leave_every_earlier_row_as_it_was() {
+        let records = mixed_records();
+        let mut buffer = vec![0xEE; 64 * 1024]; // what an earlier batch left
+        for round in 0..2 {
+            let mut rows = Vec::new();
+            let mut at = 0;
+            for record in &records {
+                let end = record.encode_row(&mut buffer, at, 12, 16).unwrap();
+                let plaintext = record.encode().unwrap();
+                assert_eq!(&buffer[at + 12..end - 16], &plaintext[..], "{record:?}");
+                // The sealing step, in place: the row's bytes are final from here on.
+                buffer[at..end].fill(rows.len() as u8);
+                rows.push((at, end, plaintext));
+                at = end;
+            }
+            for (n, (from, end, plaintext)) in rows.iter().enumerate() {
+                assert_eq!(
+                    end - from,
+                    12 + plaintext.len() + 16,
+                    "round {round}, row {n}"
+                );
+                assert!(
+                    buffer[*from..*end].iter().all(|&b| b == n as u8),
+                    "round {round}: row {n} was overwritten by a later one"
+                );
+            }
+        }
+    }
+
+    /// Long and short rows of every kind, in an order where a short row follows a long one.
+    fn mixed_records() -> Vec<Record> {
         let mut records = samples();
         records.reverse(); // the longest rows (alerts, many readings) first, then short ones
         records.push(Record::Alert(AlertRecord {
@@ -642,14 +689,7 @@ mod tests {
             event: serde_json::json!({"alert_id": "a1"}),
         }));
         records.extend(samples());
-        let mut buffer = Vec::new();
-        for record in &records {
-            let len = record.encode_row(&mut buffer, 12, 16).unwrap();
-            let plaintext = record.encode().unwrap();
-            assert_eq!(len, 12 + plaintext.len() + 16, "{record:?}");
-            assert_eq!(&buffer[12..len - 16], &plaintext[..], "{record:?}");
-            assert!(buffer.len() >= len);
-        }
+        records
     }
 
     #[test]
