@@ -770,12 +770,39 @@ impl Outbox {
                 counts.undelivered(record.lane() as i64, 1);
                 id += 1;
             }
+            // Rows go in [`ROWS_PER_INSERT`] at a time, one statement each: SQLite's work per
+            // statement (reset, step, the program's set-up) is paid once per 16 rows, not per
+            // row: 38 % of its per-row insert cost (issue 18, acceptance 4). What is left
+            // goes in one row at a time.
+            let mut at = 0;
+            let mut row_id = self.next_id;
+            let mut left = rows.as_slice();
+            if left.len() >= ROWS_PER_INSERT {
+                let mut many = tx.prepare_cached(many_rows_insert()).map_err(err)?;
+                many.raw_bind_parameter(1, created).map_err(err)?;
+                while let Some((chunk, rest)) = left.split_first_chunk::<ROWS_PER_INSERT>() {
+                    for (n, &(end, (lane, kind, key_id))) in chunk.iter().enumerate() {
+                        let first = 2 + 5 * n;
+                        many.raw_bind_parameter(first, row_id).map_err(err)?;
+                        many.raw_bind_parameter(first + 1, lane as i64)
+                            .map_err(err)?;
+                        many.raw_bind_parameter(first + 2, kind).map_err(err)?;
+                        many.raw_bind_parameter(first + 3, key_id).map_err(err)?;
+                        many.raw_bind_parameter(first + 4, &sealed[at..end])
+                            .map_err(err)?;
+                        ids.push(row_id);
+                        row_id += 1;
+                        at = end;
+                    }
+                    many.raw_execute().map_err(err)?;
+                    left = rest;
+                }
+            }
             // Parameters stay bound from row to row: lane, kind and key are bound again only
             // when they change, the creation time once (issue 18, acceptance 4).
             let mut bound: Option<(Lane, u8, u32)> = None;
             insert.raw_bind_parameter(4, created).map_err(err)?;
-            let mut at = 0;
-            for (row_id, &(end, shape)) in (self.next_id..).zip(&rows) {
+            for (row_id, &(end, shape)) in (row_id..).zip(left) {
                 if bound != Some(shape) {
                     insert.raw_bind_parameter(2, shape.0 as i64).map_err(err)?;
                     insert.raw_bind_parameter(3, shape.1).map_err(err)?;
@@ -1585,6 +1612,35 @@ fn same_text(a: &str, b: &str) -> bool {
 }
 
 /// How many values each owner seals in a batch of `records` and `state`.
+
+/// Rows per multi-row `INSERT` when a batch is written (`Outbox::write_batch`).
+const ROWS_PER_INSERT: usize = 16;
+
+/// `INSERT INTO outbox` of [`ROWS_PER_INSERT`] rows: `?1` is the creation time they share,
+/// then each row's id, lane, kind, key id and sealed record, five parameters per row.
+fn many_rows_insert() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows: Vec<String> = (0..ROWS_PER_INSERT)
+            .map(|n| {
+                let p = 2 + 5 * n;
+                format!(
+                    "(?{}, ?{}, ?{}, ?1, ?{}, x'', ?{})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO outbox (id, lane, kind, created_at, key_id, nonce, ciphertext) VALUES {}",
+            rows.join(", ")
+        )
+    })
+}
+
 fn sealing_owners(
     records: &[Record],
     state: &[DeviceStateUpdate],
