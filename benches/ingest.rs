@@ -78,8 +78,8 @@ fn main() {
     println!(
         "    validation, a sealed reading record (packed, AES-256-GCM under the patient's data key),"
     );
-    println!("    one INSERT binding id and the sealed value (nonce, ciphertext and tag in one blob; lane, kind,");
-    println!("    time and key bound when they change);");
+    println!("    inserted 16 rows per INSERT (id, lane, kind, key and the sealed value: nonce, ciphertext");
+    println!("    and tag in one blob; the time once), the batch's last < 16 one per INSERT;");
     println!("    per batch: keyring generation check, row and per-key counts, id mark, commit");
     println!(
         "  raw rusqlite baseline: per row one INSERT binding id and a blob as long as ours' row (the other"
