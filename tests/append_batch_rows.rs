@@ -83,16 +83,22 @@ fn every_row_of_a_mixed_batch_opens_as_exactly_the_record_appended() {
     let ids = outbox.append(&batch, OffsetDateTime::now_utc()).unwrap();
     assert_eq!(ids.len(), batch.len());
 
-    let mut read: BTreeMap<i64, Record> = pending(&mut outbox, Lane::Reading)
+    assert_rows_open_as_appended(&mut outbox, &ids, &batch);
+}
+
+/// Every pending row opens (none quarantined) as exactly the record appended under its id,
+/// and no other row is pending.
+fn assert_rows_open_as_appended(outbox: &mut Outbox, ids: &[i64], batch: &[Record]) {
+    let mut read: BTreeMap<i64, Record> = pending(outbox, Lane::Reading)
         .into_iter()
-        .chain(pending(&mut outbox, Lane::Alert))
+        .chain(pending(outbox, Lane::Alert))
         .collect();
     assert_eq!(
         outbox.stats().unwrap().quarantined,
         0,
         "no row failed to open"
     );
-    for (id, appended) in ids.iter().zip(&batch) {
+    for (id, appended) in ids.iter().zip(batch) {
         assert_eq!(read.remove(id).as_ref(), Some(appended), "row {id}");
     }
     assert!(read.is_empty(), "rows nobody appended: {read:?}");
@@ -120,19 +126,7 @@ fn every_row_of_a_long_mixed_batch_opens_as_exactly_the_record_appended() {
     assert_eq!(ids.len(), batch.len());
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids run in order");
 
-    let mut read: BTreeMap<i64, Record> = pending(&mut outbox, Lane::Reading)
-        .into_iter()
-        .chain(pending(&mut outbox, Lane::Alert))
-        .collect();
-    assert_eq!(
-        outbox.stats().unwrap().quarantined,
-        0,
-        "no row failed to open"
-    );
-    for (id, appended) in ids.iter().zip(&batch) {
-        assert_eq!(read.remove(id).as_ref(), Some(appended), "row {id}");
-    }
-    assert!(read.is_empty(), "rows nobody appended: {read:?}");
+    assert_rows_open_as_appended(&mut outbox, &ids, &batch);
     let rows = columns(&outbox);
     let key_of = |patient: &str| {
         let first = batch.iter().position(|r| patient_of(r) == patient).unwrap();

@@ -62,6 +62,31 @@ fn values_of(outbox: &mut Outbox, id: i64) -> Vec<i64> {
     }
 }
 
+/// An ingest writer (batches of up to `max_batch` readings, 200 ms) on a new outbox file in
+/// the returned temp dir.
+fn writer_on_a_new_outbox(
+    max_batch: usize,
+) -> (
+    tempfile::TempDir,
+    ingest::IngestHandle,
+    std::thread::JoinHandle<Outbox>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::ephemeral().unwrap();
+    let (outbox, _) = Outbox::open(&dir.path().join("outbox.db"), &key).unwrap();
+    let (ingest, writer) = ingest::start(
+        outbox,
+        GroupCommit {
+            max_batch,
+            max_wait: Duration::from_millis(200),
+        },
+        Arc::new(Notify::new()),
+        Box::new(NoHook),
+    )
+    .unwrap();
+    (dir, ingest, writer)
+}
+
 /// Each data key's counted rows (`rows:<key_id>` in `meta`, what key destruction reads)
 /// beside the rows actually sealed under it, by key id.
 fn counted_and_actual(outbox: &Outbox) -> Vec<(u32, i64, i64)> {
@@ -82,20 +107,7 @@ fn counted_and_actual(outbox: &Outbox) -> Vec<(u32, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_waiting_frame_is_told_the_ids_of_its_own_readings_when_frames_are_taken_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
-    let (outbox, _) = Outbox::open(&path, &key).unwrap();
-    let (ingest, writer) = ingest::start(
-        outbox,
-        GroupCommit {
-            max_batch: 2000,
-            max_wait: Duration::from_millis(200),
-        },
-        Arc::new(Notify::new()),
-        Box::new(NoHook),
-    )
-    .unwrap();
+    let (_dir, ingest, writer) = writer_on_a_new_outbox(2000);
     // Frames of one, none and several readings, of two patients, all queued at once: the
     // writer takes them from the queue together, and most share a transaction.
     let sent: Vec<(&str, Vec<i64>)> = (0..300)
@@ -152,20 +164,7 @@ async fn every_waiting_frame_is_told_the_ids_of_its_own_readings_when_frames_are
 /// batch, in order; ticks queued among them are run, not committed or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_taken_after_a_batch_closes_at_max_batch_are_committed_next_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.db");
-    let key = MasterKey::ephemeral().unwrap();
-    let (outbox, _) = Outbox::open(&path, &key).unwrap();
-    let (ingest, writer) = ingest::start(
-        outbox,
-        GroupCommit {
-            max_batch: 5,
-            max_wait: Duration::from_millis(200),
-        },
-        Arc::new(Notify::new()),
-        Box::new(NoHook),
-    )
-    .unwrap();
+    let (_dir, ingest, writer) = writer_on_a_new_outbox(5);
     // One device sending as fast as the queue takes them: frames of one to three readings
     // (so batches close past their fifth reading, never at a take's end), a tick now and then.
     let frames: Vec<Vec<i64>> = (0..1500)
