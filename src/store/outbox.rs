@@ -1611,8 +1611,6 @@ fn same_text(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
 }
 
-/// How many values each owner seals in a batch of `records` and `state`.
-
 /// Rows per multi-row `INSERT` when a batch is written (`Outbox::write_batch`).
 const ROWS_PER_INSERT: usize = 16;
 
@@ -1641,6 +1639,7 @@ fn many_rows_insert() -> &'static str {
     })
 }
 
+/// How many values each owner seals in a batch of `records` and `state`.
 fn sealing_owners(
     records: &[Record],
     state: &[DeviceStateUpdate],
