@@ -249,14 +249,32 @@ pub fn describe(work: &Work) -> String {
     }
 }
 
-/// Why a paused device is not running, as `status` and the journal show it.
-pub fn pause_reason(until: OffsetDateTime) -> String {
-    format!(
+/// A device kept from running after its decoding crashed the gateway
+/// ([`Recovery::device_paused_until`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    /// Why, as `status` and the journal show it.
+    pub reason: String,
+    /// How long from now until it is tried again.
+    pub wait: std::time::Duration,
+}
+
+/// Whether `device` is paused now by what the last start recovered; said in the journal when
+/// it is. Device transports (streams, serial ports, BLE) ask before they start it.
+pub fn device_pause(device: &str) -> Option<Pause> {
+    let now = OffsetDateTime::now_utc();
+    let until = recovered().device_paused_until(device, now)?;
+    let reason = format!(
         "paused until {}: decoding its input crashed the gateway {} times within {} min (a bug: please report it; the journal says where)",
         crate::status::rfc3339(until),
         DEVICE_CRASHES_TO_PAUSE,
         DEVICE_CRASH_WINDOW.whole_minutes(),
-    )
+    );
+    tracing::error!(device, %reason, "device paused");
+    Some(Pause {
+        reason,
+        wait: std::time::Duration::try_from(until - now).unwrap_or_default(),
+    })
 }
 
 /// Runs `f` (a decoder call) named as decoding `device`'s input.

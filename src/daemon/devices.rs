@@ -326,20 +326,16 @@ pub(crate) async fn wait_out_crash_pause(
     id: &str,
     token: &CancellationToken,
 ) -> bool {
-    let now = OffsetDateTime::now_utc();
-    let Some(until) = crate::crash::recovered().device_paused_until(id, now) else {
+    let Some(pause) = crate::crash::device_pause(id) else {
         return true;
     };
-    let reason = crate::crash::pause_reason(until);
-    tracing::error!(device = %id, %reason, "device paused");
     registry.update(id, |d| {
         d.state = LinkState::Paused;
-        d.last_error = Some(reason.clone());
+        d.last_error = Some(pause.reason.clone());
     });
-    let wait = Duration::try_from(until - now).unwrap_or_default();
     tokio::select! {
         _ = token.cancelled() => return false,
-        _ = tokio::time::sleep(wait) => {}
+        _ = tokio::time::sleep(pause.wait) => {}
     }
     tracing::info!(device = %id, "device pause over; starting it again");
     registry.update(id, |d| {

@@ -453,13 +453,10 @@ impl<S: BleSink> SessionCtx<S> {
     async fn run(self, peripheral: Peripheral) -> Duration {
         let id = self.device().id.clone();
         let address = self.device().address.clone();
-        let now = time::OffsetDateTime::now_utc();
-        if let Some(until) = crate::crash::recovered().device_paused_until(&id, now) {
-            // Its decoding crashed the gateway twice within the hour (crate::crash).
-            let reason = crate::crash::pause_reason(until);
-            tracing::error!(device = %id, %reason, "device paused");
-            self.sink.state(&id, LinkState::Paused, Some(reason));
-            return Duration::try_from(until - now).unwrap_or_default();
+        // Its decoding crashed the gateway twice within the hour (crate::crash).
+        if let Some(pause) = crash::device_pause(&id) {
+            self.sink.state(&id, LinkState::Paused, Some(pause.reason));
+            return pause.wait;
         }
         let result = self.serve(&peripheral).await;
         self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
